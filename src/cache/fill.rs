@@ -1,0 +1,454 @@
+//! Single-flight fills, teed through disk.
+//!
+//! The first request for a missing blob starts one fill: its owner feeds upstream bytes to a
+//! [`FillWriter`], whose writer thread appends them to a temp file, hashes them, and publishes
+//! progress on a `watch` channel. Every request for that digest, the first included, is a
+//! [`FillReader`] that reads the temp file up to the published length at its own pace, so one
+//! slow client never holds back the fill or the others, and the fill finishes (and is cached)
+//! even when every client has gone. The last byte of a response is released only once the
+//! whole blob has been verified, so a failed fill can still abort every response in flight.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::blobs::{Area, BlobFile, Store};
+use crate::oci::{Digest, Verifier};
+
+/// Responses are read from disk in chunks this large: hyper only reaches file-copy speed with
+/// big chunks, and one buffer per reader bounds memory.
+const READ_CHUNK: usize = 512 * 1024;
+/// Upstream chunks queued for the writer thread before the upstream read waits for the disk.
+const WRITE_QUEUE: usize = 256;
+
+#[derive(Debug, Clone)]
+pub enum FillState<E> {
+    /// Waiting for the upstream's answer.
+    Connecting,
+    /// Bytes are arriving; `total` is known if the upstream declared a length.
+    Streaming,
+    /// Every byte arrived and matched the digest.
+    Verified,
+    /// Nothing will be cached; responses in flight must be aborted.
+    Failed(E),
+}
+
+#[derive(Debug, Clone)]
+pub struct Progress<E> {
+    pub total: Option<u64>,
+    pub written: u64,
+    pub state: FillState<E>,
+}
+
+/// Why a fill's bytes were not committed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("length mismatch: upstream declared {declared} bytes, sent {received}")]
+    LengthMismatch { declared: u64, received: u64 },
+    #[error("cache write failed: {0}")]
+    Io(String),
+    #[error("the fill was abandoned before it finished")]
+    Abandoned,
+}
+
+/// One blob being fetched.
+pub struct Fill<E> {
+    file: Arc<File>,
+    progress: watch::Receiver<Progress<E>>,
+}
+
+impl<E: Clone> Fill<E> {
+    /// Waits until the upstream answered: the declared length (if any), or the failure.
+    pub async fn started(&self) -> Result<Option<u64>, E> {
+        let mut rx = self.progress.clone();
+        loop {
+            {
+                let p = rx.borrow_and_update();
+                match &p.state {
+                    FillState::Connecting => {}
+                    FillState::Failed(e) => return Err(e.clone()),
+                    _ => return Ok(p.total),
+                }
+            }
+            if rx.changed().await.is_err() {
+                // The writer is gone without a verdict; its state is final.
+                let p = rx.borrow();
+                return match &p.state {
+                    FillState::Failed(e) => Err(e.clone()),
+                    FillState::Connecting => Ok(None),
+                    _ => Ok(p.total),
+                };
+            }
+        }
+    }
+
+    /// A reader of bytes `start..end` (`end` = `None`: to the end of the blob).
+    pub fn reader(&self, start: u64, end: Option<u64>) -> FillReader<E> {
+        FillReader {
+            file: self.file.clone(),
+            progress: Some(self.progress.clone()),
+            pos: start,
+            end,
+        }
+    }
+}
+
+/// What a request for a blob joined.
+pub enum Joined<E> {
+    /// Already committed.
+    Cached(BlobFile),
+    /// A fill of this digest was already running.
+    Coalesced(Arc<Fill<E>>),
+    /// This request started the fill and must feed the writer.
+    Started(Arc<Fill<E>>, FillWriter<E>),
+}
+
+/// The fills in flight, by digest.
+pub struct Fills<E> {
+    store: Arc<Store>,
+    in_flight: Mutex<HashMap<Digest, Arc<Fill<E>>>>,
+}
+
+impl<E: Clone + Send + Sync + 'static> Fills<E> {
+    pub fn new(store: Arc<Store>) -> Arc<Self> {
+        Arc::new(Fills {
+            store,
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The fill of `digest` in progress, if any.
+    pub fn running(&self, digest: &Digest) -> Option<Arc<Fill<E>>> {
+        self.in_flight
+            .lock()
+            .expect("lock poisoned")
+            .get(digest)
+            .cloned()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.lock().expect("lock poisoned").len()
+    }
+
+    /// The committed blob, the running fill, or a new fill for `digest`.
+    ///
+    /// `failure` turns a commit failure into the value readers see.
+    pub fn join(
+        self: &Arc<Self>,
+        digest: &Digest,
+        failure: fn(CommitError) -> E,
+    ) -> io::Result<Joined<E>> {
+        // Hits take no lock.
+        if let Some(blob) = self.store.open_blob(digest)? {
+            return Ok(Joined::Cached(blob));
+        }
+        let mut in_flight = self.in_flight.lock().expect("lock poisoned");
+        if let Some(fill) = in_flight.get(digest) {
+            return Ok(Joined::Coalesced(fill.clone()));
+        }
+        // A fill removes itself only after its rename, under this lock: look again so a fill
+        // that finished since the first look is not repeated.
+        if let Some(blob) = self.store.open_blob(digest)? {
+            return Ok(Joined::Cached(blob));
+        }
+        let (temp_path, file) = self.store.temp_file()?;
+        let file = Arc::new(file);
+        let (progress_tx, progress_rx) = watch::channel(Progress {
+            total: None,
+            written: 0,
+            state: FillState::Connecting,
+        });
+        let fill = Arc::new(Fill {
+            file: file.clone(),
+            progress: progress_rx,
+        });
+        in_flight.insert(digest.clone(), fill.clone());
+        drop(in_flight);
+
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let job = WriteJob {
+            fills: self.clone(),
+            digest: digest.clone(),
+            temp_path,
+            file,
+            progress: progress_tx,
+            failure,
+        };
+        tokio::task::spawn_blocking(move || job.run(rx));
+        Ok(Joined::Started(fill, FillWriter { tx }))
+    }
+}
+
+enum Message<E> {
+    Start(Option<u64>),
+    Chunk(Bytes),
+    Finish(oneshot::Sender<Result<(), CommitError>>),
+    Fail(E),
+}
+
+/// The feeding end of a fill, held by whoever fetches the bytes.
+pub struct FillWriter<E> {
+    tx: mpsc::Sender<Message<E>>,
+}
+
+impl<E: Send + 'static> FillWriter<E> {
+    /// The upstream answered; `total` is its declared length.
+    pub async fn start(&self, total: Option<u64>) {
+        let _ = self.tx.send(Message::Start(total)).await;
+    }
+
+    /// Appends a chunk; waits when the disk is behind.
+    pub async fn write(&self, chunk: Bytes) -> Result<(), CommitError> {
+        self.tx
+            .send(Message::Chunk(chunk))
+            .await
+            .map_err(|_| CommitError::Io("the cache writer stopped".into()))
+    }
+
+    /// Verifies length and digest and commits the blob.
+    pub async fn finish(self) -> Result<(), CommitError> {
+        let (reply, verdict) = oneshot::channel();
+        if self.tx.send(Message::Finish(reply)).await.is_err() {
+            return Err(CommitError::Io("the cache writer stopped".into()));
+        }
+        verdict.await.unwrap_or(Err(CommitError::Abandoned))
+    }
+
+    /// The fill failed upstream; readers see `error`.
+    pub async fn fail(self, error: E) {
+        let _ = self.tx.send(Message::Fail(error)).await;
+    }
+}
+
+struct WriteJob<E> {
+    fills: Arc<Fills<E>>,
+    digest: Digest,
+    temp_path: PathBuf,
+    file: Arc<File>,
+    progress: watch::Sender<Progress<E>>,
+    failure: fn(CommitError) -> E,
+}
+
+impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
+    /// The writer thread: owns the temp file until it is committed or removed.
+    fn run(self, mut rx: mpsc::Receiver<Message<E>>) {
+        let mut verifier = Verifier::new(self.digest.algorithm());
+        let mut written = 0u64;
+        let mut total = None;
+        let mut io_error = None;
+        let verdict = loop {
+            match rx.blocking_recv() {
+                Some(Message::Start(declared)) => {
+                    total = declared;
+                    self.progress.send_modify(|p| {
+                        p.total = declared;
+                        p.state = FillState::Streaming;
+                    });
+                }
+                Some(Message::Chunk(chunk)) => {
+                    if io_error.is_some() {
+                        continue;
+                    }
+                    if let Err(e) = (&*self.file).write_all(&chunk) {
+                        io_error = Some(e.to_string());
+                        continue;
+                    }
+                    verifier.update(&chunk);
+                    written += chunk.len() as u64;
+                    self.progress.send_modify(|p| p.written = written);
+                }
+                Some(Message::Finish(reply)) => {
+                    let result = self.verify(verifier, written, total, io_error.take());
+                    break Some((result, Some(reply)));
+                }
+                Some(Message::Fail(e)) => {
+                    self.abandon(FillState::Failed(e));
+                    break None;
+                }
+                None => break Some((Err(CommitError::Abandoned), None)),
+            }
+        };
+        let Some((result, reply)) = verdict else {
+            return;
+        };
+        let result = result.and_then(|()| {
+            // Readers may finish as soon as the bytes are known good; the commit is only
+            // for the cache.
+            self.progress.send_modify(|p| p.state = FillState::Verified);
+            self.commit()
+        });
+        if let Err(e) = &result {
+            self.abandon(FillState::Failed((self.failure)(e.clone())));
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn verify(
+        &self,
+        verifier: Verifier,
+        written: u64,
+        total: Option<u64>,
+        io_error: Option<String>,
+    ) -> Result<(), CommitError> {
+        if let Some(e) = io_error {
+            return Err(CommitError::Io(e));
+        }
+        if let Some(declared) = total.filter(|&t| t != written) {
+            return Err(CommitError::LengthMismatch {
+                declared,
+                received: written,
+            });
+        }
+        let actual = verifier.finish();
+        if actual != self.digest {
+            return Err(CommitError::DigestMismatch {
+                expected: self.digest.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    fn commit(&self) -> Result<(), CommitError> {
+        let store = &self.fills.store;
+        let committed = store.commit(&self.temp_path, &self.file, Area::Blobs, &self.digest);
+        self.fills
+            .in_flight
+            .lock()
+            .expect("lock poisoned")
+            .remove(&self.digest);
+        committed.map_err(|e| CommitError::Io(e.to_string()))
+    }
+
+    /// Publishes a failure (unless the bytes were already verified: then the readers' bytes
+    /// were right, and only the cache copy is lost) and drops the temp file.
+    fn abandon(&self, failed: FillState<E>) {
+        self.progress.send_modify(|p| {
+            if p.state != FillState::Verified {
+                p.state = failed;
+            }
+        });
+        self.fills
+            .in_flight
+            .lock()
+            .expect("lock poisoned")
+            .remove(&self.digest);
+        let _ = std::fs::remove_file(&self.temp_path);
+    }
+}
+
+impl<E> PartialEq for FillState<E> {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+/// Why a reader stopped early.
+#[derive(Debug)]
+pub enum ReadError<E> {
+    Io(io::Error),
+    Failed(E),
+}
+
+/// Reads a committed blob or a fill in progress, a chunk at a time.
+pub struct FillReader<E> {
+    file: Arc<File>,
+    /// `None` for a committed blob.
+    progress: Option<watch::Receiver<Progress<E>>>,
+    pos: u64,
+    end: Option<u64>,
+}
+
+impl<E: Clone> FillReader<E> {
+    /// A reader of bytes `start..end` of a committed blob.
+    pub fn committed(blob: &BlobFile, start: u64, end: u64) -> Self {
+        FillReader {
+            file: blob.file.clone(),
+            progress: None,
+            pos: start,
+            end: Some(end.min(blob.size)),
+        }
+    }
+
+    /// The next chunk; `Ok(None)` once the range was sent and the blob verified.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ReadError<E>> {
+        loop {
+            let readable_to = match &mut self.progress {
+                None => self.end.unwrap_or(self.pos),
+                Some(rx) => {
+                    let p = rx.borrow_and_update();
+                    let end = self.end.or(p.total);
+                    match (&p.state, end) {
+                        (FillState::Failed(e), _) => return Err(ReadError::Failed(e.clone())),
+                        (FillState::Verified, end) => end.unwrap_or(p.written).min(p.written),
+                        // Hold back the last byte until the digest is known to match.
+                        (_, Some(end)) => p.written.min(end.saturating_sub(1)),
+                        (_, None) => p.written,
+                    }
+                }
+            };
+            if self.pos < readable_to {
+                let len = (readable_to - self.pos).min(READ_CHUNK as u64) as usize;
+                let chunk = self.read_at(self.pos, len).await.map_err(ReadError::Io)?;
+                self.pos += chunk.len() as u64;
+                return Ok(Some(chunk));
+            }
+            let Some(rx) = &mut self.progress else {
+                return Ok(None);
+            };
+            if rx.borrow().state == FillState::Verified {
+                return Ok(None);
+            }
+            if rx.changed().await.is_err() {
+                let state = rx.borrow().state.clone();
+                match state {
+                    FillState::Failed(e) => return Err(ReadError::Failed(e)),
+                    FillState::Verified => continue,
+                    _ => {
+                        return Err(ReadError::Io(io::Error::other(
+                            "the fill stopped without a verdict",
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            let mut filled = 0;
+            while filled < len {
+                match file.read_at(&mut buf[filled..], pos + filled as u64)? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            if filled == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "cache file is shorter than recorded",
+                ));
+            }
+            buf.truncate(filled);
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+}

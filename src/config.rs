@@ -1,0 +1,344 @@
+//! The configuration tree read from `mirror.toml`: every key has a built-in default, unknown keys
+//! are errors (a typo must not silently fall back to a default), and `validate` checks what serde
+//! cannot. Knows nothing of the rest of wharf.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub cache: CacheConfig,
+    /// The registries wharf may contact; the first is the default upstream.
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// How long in-flight responses may run on after a shutdown signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    pub max_size: Size,
+    /// How long a tag → digest answer is trusted before it is revalidated upstream.
+    #[serde(with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// Serve a cached tag when its revalidation fails because the upstream is down or limiting.
+    pub serve_stale: bool,
+    /// How long `tags/list` and `referrers` answers are reused.
+    #[serde(with = "humantime_serde")]
+    pub listing_ttl: Duration,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Matched against `?ns=` and a leading `/v2/<name>/` path segment.
+    pub name: String,
+    pub url: Url,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A file holding the password (or token) for `username`; read at start-up, never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of a response before it counts as stalled.
+    #[serde(default = "defaults::read_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .field("username", &self.username)
+            .field("password_file", &self.password_file)
+            .finish_non_exhaustive()
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+
+    pub fn read_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            dir: PathBuf::from("wharf-cache"),
+            max_size: Size(20 * 1024 * 1024 * 1024),
+            tag_ttl: Duration::from_secs(5 * 60),
+            serve_stale: true,
+            listing_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            cache: CacheConfig::default(),
+            upstreams: vec![UpstreamConfig::docker_hub()],
+        }
+    }
+}
+
+impl UpstreamConfig {
+    pub fn docker_hub() -> Self {
+        UpstreamConfig {
+            name: "docker.io".into(),
+            url: Url::parse("https://registry-1.docker.io").expect("static URL"),
+            username: None,
+            password_file: None,
+            connect_timeout: defaults::connect_timeout(),
+            read_timeout: defaults::read_timeout(),
+        }
+    }
+}
+
+/// A byte count written the way people write it: `"20GiB"`, `"500 MB"` or a plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        bytesize::ByteSize::from_str(s.trim())
+            .map(|b| Size(b.as_u64()))
+            .map_err(|e| format!("invalid size {s:?}: {e}"))
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Exact, so that printing and re-reading a config never changes it.
+        let units = [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
+        let text = units
+            .iter()
+            .find(|(_, n)| self.0 >= *n && self.0 % n == 0)
+            .map_or_else(|| self.0.to_string(), |(u, n)| format!("{}{u}", self.0 / n));
+        s.serialize_str(&text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a config file; without a path, the built-in defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("config"),
+            source: Box::new(e),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.upstreams.is_empty() {
+            return invalid("at least one [[upstream]] is required".into());
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let valid_name = !u.name.is_empty()
+                && u.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+            if !valid_name {
+                return invalid(format!(
+                    "upstream[{i}].name {:?} must be a registry host such as \"docker.io\" or \"host:port\"",
+                    u.name
+                ));
+            }
+            if self.upstreams[..i].iter().any(|o| o.name == u.name) {
+                return invalid(format!("upstream name {:?} is listed twice", u.name));
+            }
+            if !matches!(u.url.scheme(), "http" | "https") || u.url.host().is_none() {
+                return invalid(format!(
+                    "upstream[{i}].url {} must be an http(s) URL with a host",
+                    u.url
+                ));
+            }
+            if u.username.is_some() != u.password_file.is_some() {
+                return invalid(format!(
+                    "upstream[{i}]: username and password_file must be set together"
+                ));
+            }
+            if u.connect_timeout.is_zero() || u.read_timeout.is_zero() {
+                return invalid(format!("upstream[{i}]: timeouts must be greater than zero"));
+            }
+        }
+        if self.cache.max_size.bytes() == 0 {
+            return invalid("cache.max_size must be greater than zero".into());
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `check-config`. Holds no secrets: passwords
+    /// live only in their files.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_mirror_toml_parses_to_the_defaults() {
+        let text = include_str!("../mirror.toml");
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn human_sizes_and_durations() {
+        let c = Config::parse(
+            "[cache]\nmax_size = \"1.5 GiB\"\ntag_ttl = \"90s\"\n[server]\nshutdown_grace = \"2m\"",
+        )
+        .unwrap();
+        assert_eq!(c.cache.max_size.bytes(), 1024 * 1024 * 1024 * 3 / 2);
+        assert_eq!(c.cache.tag_ttl, Duration::from_secs(90));
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(120));
+        let c = Config::parse("[cache]\nmax_size = 1000").unwrap();
+        assert_eq!(c.cache.max_size.bytes(), 1000);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = Config::parse("[cache]\ndir = \"x\"\nmax_sise = \"1GiB\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_sise"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::parse("[cache]\nmax_size = \"lots\"").is_err());
+        assert!(Config::parse("[cache]\ntag_ttl = \"soon\"").is_err());
+        assert!(Config::parse("[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"").is_err());
+        assert!(Config::parse("[[upstream]]\nname = \"a/b\"\nurl = \"http://x\"").is_err());
+        let twice = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n\
+                     [[upstream]]\nname = \"a\"\nurl = \"http://y\"";
+        assert!(Config::parse(twice).is_err());
+        let half_credentials = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nusername = \"u\"";
+        assert!(Config::parse(half_credentials).is_err());
+    }
+
+    #[test]
+    fn upstream_list_replaces_the_default() {
+        let c = Config::parse(
+            "[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\n\
+             [[upstream]]\nname = \"127.0.0.1:5001\"\nurl = \"http://127.0.0.1:5001\"",
+        )
+        .unwrap();
+        let names: Vec<_> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["ghcr.io", "127.0.0.1:5001"]);
+        assert_eq!(c.upstreams[0].connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = Config::default();
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+    }
+}

@@ -1,0 +1,196 @@
+//! Prometheus metrics. `Metrics` owns its registry (no globals, so tests can run many wharfs in
+//! one process). Names carry the `wharf_` prefix and base units; label values come from enums or
+//! from the operator's config, never from request input.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_request_duration: HistogramVec,
+    pub cache_results: IntCounterVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_bytes: IntCounterVec,
+    pub served_bytes: IntCounterVec,
+    pub fills_in_flight: IntGauge,
+    pub digest_mismatches: IntCounter,
+    pub cache_size_bytes: IntGauge,
+    pub cache_entries: IntGauge,
+}
+
+/// What a cache lookup came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    Coalesced,
+    Stale,
+}
+
+impl CacheResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Coalesced => "coalesced",
+            CacheResult::Stale => "stale",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentKind {
+    Blob,
+    Manifest,
+}
+
+impl ContentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentKind::Blob => "blob",
+            ContentKind::Manifest => "manifest",
+        }
+    }
+}
+
+/// Where the bytes of a response came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Upstream,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Upstream => "upstream",
+        }
+    }
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let http_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "wharf_http_request_duration_seconds",
+                "Time from request to response headers, by route",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(http_request_duration.clone()))
+            .expect("unique metric");
+        let digest_mismatches = IntCounter::new(
+            "wharf_digest_mismatches_total",
+            "Upstream bodies whose digest or length did not match; never cached",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(digest_mismatches.clone()))
+            .expect("unique metric");
+        Metrics {
+            http_requests: counter_vec(
+                &registry,
+                "wharf_http_requests_total",
+                "Requests answered, by route and status",
+                &["route", "status"],
+            ),
+            http_request_duration,
+            cache_results: counter_vec(
+                &registry,
+                "wharf_cache_results_total",
+                "Cache lookups by kind (blob|manifest) and result (hit|miss|coalesced|stale)",
+                &["kind", "result"],
+            ),
+            upstream_requests: counter_vec(
+                &registry,
+                "wharf_upstream_requests_total",
+                "Requests sent upstream, by upstream, kind and status (or error)",
+                &["upstream", "kind", "status"],
+            ),
+            upstream_bytes: counter_vec(
+                &registry,
+                "wharf_upstream_bytes_total",
+                "Body bytes received from upstreams",
+                &["upstream"],
+            ),
+            served_bytes: counter_vec(
+                &registry,
+                "wharf_served_bytes_total",
+                "Body bytes sent to clients, by source (cache|upstream)",
+                &["source"],
+            ),
+            fills_in_flight: gauge(
+                &registry,
+                "wharf_fills_in_flight",
+                "Blob downloads from upstream in progress",
+            ),
+            digest_mismatches,
+            cache_size_bytes: gauge(
+                &registry,
+                "wharf_cache_size_bytes",
+                "Bytes of committed blobs and manifests",
+            ),
+            cache_entries: gauge(
+                &registry,
+                "wharf_cache_entries",
+                "Committed blobs and manifests",
+            ),
+            registry,
+        }
+    }
+
+    pub fn cache_result(&self, kind: ContentKind, result: CacheResult) {
+        self.cache_results
+            .with_label_values(&[kind.as_str(), result.as_str()])
+            .inc();
+    }
+
+    pub fn served(&self, source: Source, bytes: u64) {
+        self.served_bytes
+            .with_label_values(&[source.as_str()])
+            .inc_by(bytes);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,101 @@
+//! Coalescing of identical concurrent upstream requests: the first caller's work runs in its own
+//! task (so it completes even if that caller goes away) and every caller gets its result.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+pub struct Flights<K, V> {
+    running: Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>,
+}
+
+impl<K, V> Default for Flights<K, V> {
+    fn default() -> Self {
+        Flights {
+            running: Arc::default(),
+        }
+    }
+}
+
+/// Whether a caller started the work or joined work already under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    Led,
+    Followed,
+}
+
+impl<K, V> Flights<K, V>
+where
+    K: Eq + Hash + Clone + Send + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// Runs `work` unless the same key is already running; `None` if the work panicked.
+    pub async fn run<F, Fut>(&self, key: K, work: F) -> (Option<V>, Joined)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = V> + Send + 'static,
+    {
+        let (mut rx, joined) = {
+            let mut running = self.running.lock().expect("lock poisoned");
+            if let Some(rx) = running.get(&key) {
+                (rx.clone(), Joined::Followed)
+            } else {
+                let (tx, rx) = watch::channel(None);
+                running.insert(key.clone(), rx.clone());
+                let fut = work();
+                let registry = self.running.clone();
+                tokio::spawn(async move {
+                    let value = fut.await;
+                    let _ = tx.send(Some(value));
+                    registry.lock().expect("lock poisoned").remove(&key);
+                });
+                (rx, Joined::Led)
+            }
+        };
+        let value = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| v.clone());
+        (value, joined)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_run() {
+        let flights = Arc::new(Flights::<&'static str, usize>::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut handles = Vec::new();
+        for _ in 0..10 {
+            let (flights, runs) = (flights.clone(), runs.clone());
+            handles.push(tokio::spawn(async move {
+                flights
+                    .run("k", || async move {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        runs.fetch_add(1, Ordering::SeqCst) + 42
+                    })
+                    .await
+            }));
+        }
+        let mut led = 0;
+        for h in handles {
+            let (value, joined) = h.await.unwrap();
+            assert_eq!(value, Some(42));
+            led += usize::from(joined == Joined::Led);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(led, 1);
+        // Finished flights are forgotten: the next call runs again.
+        let (value, joined) = flights.run("k", || async { 7 }).await;
+        assert_eq!((value, joined), (Some(7), Joined::Led));
+    }
+}

@@ -1,0 +1,13 @@
+//! The OCI distribution vocabulary: digests, repository names, references, media types and the
+//! error envelope. Pure values and parsers; no IO, no HTTP stack, no knowledge of the cache.
+
+mod digest;
+mod error;
+pub mod media;
+mod name;
+mod reference;
+
+pub use digest::{Algorithm, Digest, DigestError, Verifier};
+pub use error::{ErrorBody, ErrorCode};
+pub use name::{NameError, RepoName};
+pub use reference::{Reference, ReferenceError, Tag};

@@ -1,0 +1,113 @@
+//! HTTP: the accept loop (HTTP/1.1 and h2c on one port, bounded graceful shutdown), routing,
+//! handlers, and the one error → response mapping.
+
+mod handlers;
+mod range;
+mod response;
+pub mod route;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::mirror::Mirror;
+pub use response::Body;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub mirror: Arc<Mirror>,
+    pub metrics: Metrics,
+}
+
+/// Answers one request: route, handle, map any error, count and log it once.
+async fn serve_request(state: AppState, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let route = route::parse(&method, &path, request.uri().query(), |name| {
+        state.mirror.is_registry(name)
+    });
+    let label = route.as_ref().map_or("other", route::Route::label);
+    let head = method == http::Method::HEAD;
+    let response = match route {
+        Ok(route) => handlers::handle(&state, &method, request.headers(), route).await,
+        Err(e) => Err(e.into()),
+    }
+    .unwrap_or_else(|e| response::error_response(&e, head));
+    let status = response.status();
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[label, status.as_str()])
+        .inc();
+    state
+        .metrics
+        .http_request_duration
+        .with_label_values(&[label])
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "wharf::access",
+        %method, path, status = status.as_u16(), route = label,
+        ms = elapsed.as_secs_f64() * 1000.0,
+    );
+    response
+}
+
+/// Serves until `shutdown` resolves, then lets open connections finish for up to `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(serve_request(state, request).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for open connections");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the rest"),
+    }
+}

@@ -1,0 +1,170 @@
+//! Response bodies, and the ONE place an [`Error`] becomes a status code and an OCI error body.
+//! Errors are logged here, once.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+use crate::cache::CommitError;
+use crate::error::{ClientError, Error};
+use crate::oci::{ErrorBody, ErrorCode, ReferenceError};
+use crate::upstream::UpstreamError;
+
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    Empty::new()
+        .map_err(|e: Infallible| match e {})
+        .boxed_unsync()
+}
+
+/// Status, OCI code and extra headers for an error.
+fn classify(error: &Error) -> (StatusCode, ErrorCode) {
+    use StatusCode as S;
+    match error {
+        Error::Client(e) => match e {
+            ClientError::Name(_) => (S::BAD_REQUEST, ErrorCode::NameInvalid),
+            ClientError::Digest(_) | ClientError::Reference(ReferenceError::BadDigest(_)) => {
+                (S::BAD_REQUEST, ErrorCode::DigestInvalid)
+            }
+            ClientError::Reference(ReferenceError::BadTag) => {
+                (S::BAD_REQUEST, ErrorCode::TagInvalid)
+            }
+            ClientError::UnknownRegistry(_) => (S::NOT_FOUND, ErrorCode::NameUnknown),
+            ClientError::Unsupported(_) | ClientError::MethodNotAllowed => {
+                (S::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
+            }
+            ClientError::NotFound => (S::NOT_FOUND, ErrorCode::Unsupported),
+            ClientError::RangeNotSatisfiable { .. } => {
+                (S::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid)
+            }
+            ClientError::ManifestUnknown => (S::NOT_FOUND, ErrorCode::ManifestUnknown),
+            ClientError::BlobUnknown => (S::NOT_FOUND, ErrorCode::BlobUnknown),
+        },
+        Error::Upstream(e) => match e {
+            UpstreamError::NotFound => (S::NOT_FOUND, ErrorCode::NameUnknown),
+            UpstreamError::Unauthorized { .. } | UpstreamError::Denied { .. } => {
+                (S::FORBIDDEN, ErrorCode::Denied)
+            }
+            UpstreamError::TooManyRequests { .. } => {
+                (S::TOO_MANY_REQUESTS, ErrorCode::Toomanyrequests)
+            }
+            UpstreamError::Unreachable { .. } => {
+                (S::SERVICE_UNAVAILABLE, ErrorCode::UpstreamUnavailable)
+            }
+            UpstreamError::Timeout { .. } => (S::GATEWAY_TIMEOUT, ErrorCode::UpstreamUnavailable),
+            UpstreamError::Status { .. } | UpstreamError::Invalid { .. } => {
+                (S::BAD_GATEWAY, ErrorCode::UpstreamUnavailable)
+            }
+        },
+        Error::Fill(CommitError::DigestMismatch { .. } | CommitError::LengthMismatch { .. }) => {
+            (S::BAD_GATEWAY, ErrorCode::UpstreamUnavailable)
+        }
+        Error::Fill(CommitError::Io(_) | CommitError::Abandoned) | Error::Internal(_) => {
+            (S::INTERNAL_SERVER_ERROR, ErrorCode::InternalError)
+        }
+    }
+}
+
+/// The response for an error: its status, an OCI JSON body (none for `HEAD`), and the headers
+/// some errors need (`Retry-After`, `Content-Range`).
+pub fn error_response(error: &Error, head: bool) -> Response<Body> {
+    let (status, code) = classify(error);
+    if status.is_server_error() {
+        tracing::error!(%status, %error, "request failed");
+    } else if matches!(error, Error::Upstream(_)) {
+        tracing::warn!(%status, %error, "upstream refused");
+    } else {
+        tracing::debug!(%status, %error, "request refused");
+    }
+    let json = ErrorBody::new(code, error.to_string()).to_json();
+    let mut response = Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_LENGTH, json.len());
+    match error {
+        Error::Upstream(UpstreamError::TooManyRequests {
+            retry_after: Some(after),
+            ..
+        }) => {
+            if let Ok(v) = HeaderValue::from_str(after) {
+                response = response.header(RETRY_AFTER, v);
+            }
+        }
+        Error::Client(ClientError::RangeNotSatisfiable { size }) => {
+            response = response.header(CONTENT_RANGE, format!("bytes */{size}"));
+        }
+        _ => {}
+    }
+    let body = if head { empty() } else { full(json) };
+    response.body(body).expect("static headers are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{DigestError, NameError};
+
+    fn status(e: impl Into<Error>) -> u16 {
+        classify(&e.into()).0.as_u16()
+    }
+
+    #[test]
+    fn client_mistakes_are_4xx() {
+        assert_eq!(status(NameError::TooLong), 400);
+        assert_eq!(status(DigestError::Malformed), 400);
+        assert_eq!(status(ReferenceError::BadTag), 400);
+        assert_eq!(status(ClientError::UnknownRegistry("x".into())), 404);
+        assert_eq!(status(ClientError::Unsupported("pushing")), 405);
+        assert_eq!(status(ClientError::RangeNotSatisfiable { size: 1 }), 416);
+    }
+
+    #[test]
+    fn upstream_failures_are_502_503_504_or_passed_429() {
+        let upstream = || "u".into();
+        assert_eq!(
+            status(UpstreamError::Unreachable {
+                upstream: upstream(),
+                reason: "refused".into()
+            }),
+            503
+        );
+        assert_eq!(
+            status(UpstreamError::Timeout {
+                upstream: upstream()
+            }),
+            504
+        );
+        assert_eq!(
+            status(UpstreamError::Status {
+                upstream: upstream(),
+                status: 500
+            }),
+            502
+        );
+        let limited = Error::from(UpstreamError::TooManyRequests {
+            upstream: upstream(),
+            retry_after: Some("17".into()),
+        });
+        let r = error_response(&limited, false);
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[RETRY_AFTER], "17");
+    }
+
+    #[test]
+    fn range_errors_carry_the_size() {
+        let r = error_response(&ClientError::RangeNotSatisfiable { size: 42 }.into(), false);
+        assert_eq!(r.headers()[CONTENT_RANGE], "bytes */42");
+    }
+}

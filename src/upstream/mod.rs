@@ -1,0 +1,553 @@
+//! The registry client: manifests, blobs and listings fetched from one configured upstream, with
+//! token or basic auth, pooled connections and timeouts. Knows nothing of the cache.
+
+mod auth;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
+use url::Url;
+
+pub use auth::Challenge;
+use auth::{TokenCache, TokenResponse};
+
+use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
+use crate::oci::{Digest, RepoName};
+
+/// The spec lets registries refuse manifests over 4 MiB; wharf will not buffer more than that.
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Listings (`tags/list`, `referrers`) are buffered too, so they are capped as well.
+const MAX_LISTING_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {upstream} is unreachable: {reason}")]
+    Unreachable { upstream: Arc<str>, reason: String },
+    #[error("upstream {upstream} timed out")]
+    Timeout { upstream: Arc<str> },
+    #[error("not found upstream")]
+    NotFound,
+    #[error("upstream {upstream} refused wharf's credentials")]
+    Unauthorized { upstream: Arc<str> },
+    #[error("upstream {upstream} denied access")]
+    Denied { upstream: Arc<str> },
+    #[error("upstream {upstream} is rate limiting")]
+    TooManyRequests {
+        upstream: Arc<str>,
+        retry_after: Option<String>,
+    },
+    #[error("upstream {upstream} answered {status}")]
+    Status { upstream: Arc<str>, status: u16 },
+    #[error("upstream {upstream} sent an invalid response: {reason}")]
+    Invalid { upstream: Arc<str>, reason: String },
+}
+
+impl UpstreamError {
+    /// Whether the upstream is down or limiting rather than saying "no": the cases where a
+    /// cached answer is better than an error.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            UpstreamError::Unreachable { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::TooManyRequests { .. } => true,
+            UpstreamError::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// What kind of request went upstream, for the metrics.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Manifest,
+    Blob,
+    Token,
+    Listing,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Manifest => "manifest",
+            Kind::Blob => "blob",
+            Kind::Token => "token",
+            Kind::Listing => "listing",
+        }
+    }
+}
+
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+impl Credentials {
+    fn basic_header(&self) -> String {
+        let raw = format!("{}:{}", self.username, self.password);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+}
+
+/// One upstream registry.
+pub struct Upstream {
+    name: Arc<str>,
+    base: Url,
+    http: reqwest::Client,
+    read_timeout: Duration,
+    credentials: Option<Credentials>,
+    tokens: TokenCache,
+    /// The last challenge seen, so later requests authenticate up front instead of paying a
+    /// 401 round trip each.
+    challenge: RwLock<Option<Challenge>>,
+    metrics: Metrics,
+}
+
+/// A manifest as the upstream served it.
+#[derive(Debug, Clone)]
+pub struct ManifestResponse {
+    /// `Docker-Content-Digest`, when the upstream sent a valid one.
+    pub digest: Option<Digest>,
+    pub media_type: String,
+    /// Empty for `HEAD`.
+    pub body: Bytes,
+}
+
+/// A listing (`tags/list`, `referrers`) as the upstream served it.
+#[derive(Debug, Clone)]
+pub struct ListingResponse {
+    pub content_type: Option<String>,
+    pub link: Option<String>,
+    pub body: Bytes,
+}
+
+/// A blob body being received from the upstream.
+pub struct BlobStream {
+    response: reqwest::Response,
+    upstream: Arc<str>,
+    metrics: Metrics,
+}
+
+impl BlobStream {
+    /// The length the upstream declared, if it did.
+    pub fn length(&self) -> Option<u64> {
+        self.response.content_length()
+    }
+
+    /// The next chunk, or `None` at the end of the body.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        let chunk = self
+            .response
+            .chunk()
+            .await
+            .map_err(|e| classify(&self.upstream, &e))?;
+        if let Some(c) = &chunk {
+            self.metrics
+                .upstream_bytes
+                .with_label_values(&[&self.upstream])
+                .inc_by(c.len() as u64);
+        }
+        Ok(chunk)
+    }
+}
+
+fn classify(upstream: &Arc<str>, e: &reqwest::Error) -> UpstreamError {
+    if e.is_timeout() {
+        UpstreamError::Timeout {
+            upstream: upstream.clone(),
+        }
+    } else {
+        // The source chain says what actually happened (refused, reset, DNS); reqwest's own
+        // message alone is only "error sending request".
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            reason = format!("{reason}: {s}");
+            source = s.source();
+        }
+        UpstreamError::Unreachable {
+            upstream: upstream.clone(),
+            reason,
+        }
+    }
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig, metrics: Metrics) -> Result<Upstream, String> {
+        let credentials = match (&config.username, &config.password_file) {
+            (Some(username), Some(file)) => {
+                let password = std::fs::read_to_string(file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                Some(Credentials {
+                    username: username.clone(),
+                    password: password.trim_end_matches(['\r', '\n']).to_owned(),
+                })
+            }
+            _ => None,
+        };
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            // reqwest drops Authorization (and cookies) when a redirect leaves the host, which is
+            // what a registry's redirect to a CDN or object store needs.
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        Ok(Upstream {
+            name: config.name.as_str().into(),
+            base: config.url.clone(),
+            http,
+            read_timeout: config.read_timeout,
+            credentials,
+            tokens: TokenCache::new(),
+            challenge: RwLock::new(None),
+            metrics,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn url(&self, repo: &RepoName, rest: &str) -> Url {
+        let mut url = self.base.clone();
+        let prefix = url.path().trim_end_matches('/').to_owned();
+        // `rest` may carry a query string, which `set_path` would escape.
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        url.set_path(&format!("{prefix}/v2/{repo}/{path}"));
+        url.set_query((!query.is_empty()).then_some(query));
+        url
+    }
+
+    fn record(&self, kind: Kind, status: &str) {
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[&self.name, kind.as_str(), status])
+            .inc();
+    }
+
+    fn status_error(&self, response: &reqwest::Response) -> UpstreamError {
+        let upstream = self.name.clone();
+        match response.status() {
+            StatusCode::NOT_FOUND => UpstreamError::NotFound,
+            StatusCode::UNAUTHORIZED => UpstreamError::Unauthorized { upstream },
+            StatusCode::FORBIDDEN => UpstreamError::Denied { upstream },
+            StatusCode::TOO_MANY_REQUESTS => UpstreamError::TooManyRequests {
+                upstream,
+                retry_after: header(response.headers(), "retry-after"),
+            },
+            s => UpstreamError::Status {
+                upstream,
+                status: s.as_u16(),
+            },
+        }
+    }
+
+    /// The `Authorization` value for a pull of `repo`, following `challenge` if given, else the
+    /// last challenge this upstream sent.
+    async fn authorization(
+        &self,
+        repo: &RepoName,
+        challenge: Option<Challenge>,
+    ) -> Result<Option<String>, UpstreamError> {
+        let challenge = match challenge {
+            Some(c) => c,
+            None => match self.challenge.read().expect("lock poisoned").clone() {
+                Some(c) => c,
+                None => return Ok(None),
+            },
+        };
+        match challenge {
+            Challenge::Basic => Ok(self.credentials.as_ref().map(Credentials::basic_header)),
+            Challenge::Bearer { realm, service, .. } => {
+                let scope = format!("repository:{repo}:pull");
+                let key = format!("{realm}\n{}\n{scope}", service.as_deref().unwrap_or(""));
+                let token = self
+                    .tokens
+                    .get_or_fetch(key, self.fetch_token(&realm, service.as_deref(), &scope))
+                    .await
+                    .map_err(|e| (*e).clone())?;
+                Ok(Some(format!("Bearer {}", token.value)))
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<auth::Token, UpstreamError> {
+        let invalid = |reason: String| UpstreamError::Invalid {
+            upstream: self.name.clone(),
+            reason,
+        };
+        let mut url = Url::parse(realm).map_err(|e| invalid(format!("token realm: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(format!("token realm {realm:?} is not http(s)")));
+        }
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(s) = service {
+                query.append_pair("service", s);
+            }
+            query.append_pair("scope", scope);
+        }
+        let mut request = self.http.get(url).timeout(self.read_timeout);
+        if let Some(c) = &self.credentials {
+            request = request.header(AUTHORIZATION, c.basic_header());
+        }
+        let response = request.send().await.map_err(|e| {
+            self.record(Kind::Token, "error");
+            classify(&self.name, &e)
+        })?;
+        self.record(Kind::Token, response.status().as_str());
+        if !response.status().is_success() {
+            return Err(match self.status_error(&response) {
+                UpstreamError::NotFound => UpstreamError::Unauthorized {
+                    upstream: self.name.clone(),
+                },
+                other => other,
+            });
+        }
+        let body = read_capped(&self.name, response, 64 * 1024).await?;
+        let parsed: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| invalid(format!("token response: {e}")))?;
+        parsed
+            .into_token()
+            .ok_or_else(|| invalid("token response holds no token".into()))
+    }
+
+    /// Sends a request with authentication, answering one challenge if the upstream sends one,
+    /// and retrying once when the connection fails before any response.
+    async fn send(
+        &self,
+        kind: Kind,
+        method: Method,
+        url: Url,
+        accept: Option<&str>,
+        repo: &RepoName,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut authorization = self.authorization(repo, None).await?;
+        let mut answered_challenge = false;
+        let mut retried = false;
+        loop {
+            let mut request = self.http.request(method.clone(), url.clone());
+            if let Some(accept) = accept {
+                request = request.header(ACCEPT, accept);
+            }
+            if let Some(a) = &authorization {
+                request = request.header(AUTHORIZATION, a);
+            }
+            if !matches!(kind, Kind::Blob) {
+                // Blobs may take long and are guarded by the read timeout; small answers get a
+                // deadline for the whole exchange.
+                request = request.timeout(self.read_timeout);
+            }
+            let response = match request.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.record(kind, "error");
+                    if !retried && e.is_connect() {
+                        retried = true;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    return Err(classify(&self.name, &e));
+                }
+            };
+            self.record(kind, response.status().as_str());
+            if response.status() == StatusCode::UNAUTHORIZED && !answered_challenge {
+                answered_challenge = true;
+                let challenge = response
+                    .headers()
+                    .get_all(reqwest::header::WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(Challenge::parse);
+                if let Some(challenge) = challenge {
+                    *self.challenge.write().expect("lock poisoned") = Some(challenge.clone());
+                    authorization = self.authorization(repo, Some(challenge)).await?;
+                    if authorization.is_some() {
+                        continue;
+                    }
+                }
+            }
+            return Ok(response);
+        }
+    }
+
+    /// `GET` (or `HEAD`) a manifest by tag or digest string.
+    pub async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+        accept: &str,
+        head: bool,
+    ) -> Result<ManifestResponse, UpstreamError> {
+        let method = if head { Method::HEAD } else { Method::GET };
+        let url = self.url(repo, &format!("manifests/{reference}"));
+        let response = self
+            .send(Kind::Manifest, method, url, Some(accept), repo)
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.status_error(&response));
+        }
+        let headers = response.headers();
+        let digest = header(headers, "docker-content-digest").and_then(|d| d.parse().ok());
+        let media_type =
+            header(headers, CONTENT_TYPE.as_str()).ok_or_else(|| UpstreamError::Invalid {
+                upstream: self.name.clone(),
+                reason: "manifest without Content-Type".into(),
+            })?;
+        if let Some(len) =
+            header(headers, CONTENT_LENGTH.as_str()).and_then(|l| l.parse::<u64>().ok())
+        {
+            if len > MAX_MANIFEST_BYTES as u64 {
+                return Err(UpstreamError::Invalid {
+                    upstream: self.name.clone(),
+                    reason: format!("manifest of {len} bytes exceeds the 4 MiB limit"),
+                });
+            }
+        }
+        let body = if head {
+            Bytes::new()
+        } else {
+            read_capped(&self.name, response, MAX_MANIFEST_BYTES).await?
+        };
+        Ok(ManifestResponse {
+            digest,
+            media_type,
+            body,
+        })
+    }
+
+    /// Starts a blob download; the body is read with [`BlobStream::next_chunk`].
+    pub async fn blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobStream, UpstreamError> {
+        let url = self.url(repo, &format!("blobs/{digest}"));
+        let response = self.send(Kind::Blob, Method::GET, url, None, repo).await?;
+        if !response.status().is_success() {
+            return Err(self.status_error(&response));
+        }
+        Ok(BlobStream {
+            response,
+            upstream: self.name.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// `HEAD` a blob: its length, if the upstream has it.
+    pub async fn blob_length(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, UpstreamError> {
+        let url = self.url(repo, &format!("blobs/{digest}"));
+        let response = self.send(Kind::Blob, Method::HEAD, url, None, repo).await?;
+        if !response.status().is_success() {
+            return Err(self.status_error(&response));
+        }
+        Ok(header(response.headers(), CONTENT_LENGTH.as_str()).and_then(|l| l.parse().ok()))
+    }
+
+    /// `GET /v2/<repo>/<path_and_query>` for listings such as `tags/list?n=10`.
+    pub async fn listing(
+        &self,
+        repo: &RepoName,
+        path_and_query: &str,
+    ) -> Result<ListingResponse, UpstreamError> {
+        let url = self.url(repo, path_and_query);
+        let response = self
+            .send(
+                Kind::Listing,
+                Method::GET,
+                url,
+                Some("application/json, */*"),
+                repo,
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.status_error(&response));
+        }
+        let content_type = header(response.headers(), CONTENT_TYPE.as_str());
+        let link = header(response.headers(), "link");
+        let body = read_capped(&self.name, response, MAX_LISTING_BYTES).await?;
+        Ok(ListingResponse {
+            content_type,
+            link,
+            body,
+        })
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn read_capped(
+    upstream: &Arc<str>,
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Bytes, UpstreamError> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| classify(upstream, &e))? {
+        if body.len() + chunk.len() > cap {
+            return Err(UpstreamError::Invalid {
+                upstream: upstream.clone(),
+                reason: format!("response body exceeds {cap} bytes"),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The configured upstreams, by name. Only these hosts are ever contacted.
+pub struct Upstreams {
+    by_name: HashMap<String, Arc<Upstream>>,
+    default: Arc<Upstream>,
+}
+
+impl Upstreams {
+    pub fn new(configs: &[UpstreamConfig], metrics: &Metrics) -> Result<Upstreams, String> {
+        let mut by_name = HashMap::new();
+        let mut default = None;
+        for config in configs {
+            let upstream = Arc::new(Upstream::new(config, metrics.clone())?);
+            default.get_or_insert_with(|| upstream.clone());
+            by_name.insert(config.name.clone(), upstream);
+        }
+        let default = default.ok_or("no upstream configured")?;
+        Ok(Upstreams { by_name, default })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.by_name.get(name)
+    }
+
+    pub fn default_upstream(&self) -> &Arc<Upstream> {
+        &self.default
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+}
