@@ -1,0 +1,222 @@
+//! Blob pulls through a real wharf: single flight, verification, aborts, ranges.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, random_bytes, sha256, FakeRegistry, Wharf};
+use futures_util::StreamExt;
+
+const MIB: usize = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_cold_clients_cause_one_upstream_get() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(64 * MIB, 1);
+    let digest = upstream.add_blob(blob.clone());
+    // Slow enough that all clients arrive while the fill is running.
+    upstream.faults().chunk_delay = Some(Duration::from_micros(300));
+    let wharf = Wharf::start(&upstream, "").await;
+
+    let started = std::time::Instant::now();
+    let clients = (0..16).map(|_| {
+        let (client, url) = (
+            wharf.client.clone(),
+            wharf.url(&format!("/v2/library/x/blobs/{digest}")),
+        );
+        tokio::spawn(async move {
+            let r = client.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.content_length(), Some(64 * MIB as u64));
+            sha256(&r.bytes().await.unwrap())
+        })
+    });
+    for c in futures_util::future::join_all(clients).await {
+        assert_eq!(c.unwrap(), digest);
+    }
+    eprintln!("16 x 64 MiB cold fan-in: {:?}", started.elapsed());
+    assert_eq!(upstream.count("GET", "/blobs/"), 1);
+    assert_eq!(
+        wharf
+            .metric("wharf_cache_results_total", &["blob", "miss"])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        wharf
+            .metric("wharf_cache_results_total", &["blob", "coalesced"])
+            .await,
+        15.0
+    );
+    assert!(eventually(Duration::from_secs(5), || async { wharf.has_blob(&digest) }).await);
+
+    // Warm: served from disk, no upstream traffic.
+    let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
+    assert_eq!(r.headers()["x-wharf-cache"], "hit");
+    assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
+    assert_eq!(upstream.count("GET", "/blobs/"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fill_completes_after_every_client_hangs_up() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(8 * MIB, 2);
+    let digest = upstream.add_blob(blob);
+    upstream.faults().chunk_delay = Some(Duration::from_millis(2));
+    let wharf = Wharf::start(&upstream, "").await;
+
+    for _ in 0..3 {
+        let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
+        let mut body = r.bytes_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert!(!first.is_empty());
+        drop(body); // hang up mid-way
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            wharf.has_blob(&digest)
+        })
+        .await,
+        "the fill should finish and commit with no client left"
+    );
+    let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
+    assert_eq!(r.headers()["x-wharf-cache"], "hit");
+    assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
+    assert_eq!(upstream.count("GET", "/blobs/"), 1);
+}
+
+/// Reads a whole response; `Err` when the connection was cut before the declared length.
+async fn read_all(r: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    Ok(r.bytes().await?.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_cut_midway_aborts_clients_and_caches_nothing() {
+    let upstream = FakeRegistry::start().await;
+    let digest = upstream.add_blob(random_bytes(4 * MIB, 3));
+    upstream.faults().cut_blob_after = Some(2 * MIB);
+    let wharf = Wharf::start(&upstream, "").await;
+
+    let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
+    assert_eq!(r.status(), 200);
+    assert!(read_all(r).await.is_err(), "the response must be aborted");
+    assert!(!wharf.has_blob(&digest));
+
+    upstream.faults().cut_blob_after = None;
+    let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
+    assert_eq!(r.headers()["x-wharf-cache"], "miss", "a fresh fill starts");
+    assert_eq!(sha256(&read_all(r).await.unwrap()), digest);
+    assert_eq!(upstream.count("GET", "/blobs/"), 2);
+    assert!(eventually(Duration::from_secs(5), || async { wharf.has_blob(&digest) }).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flipped_byte_aborts_clients_is_counted_and_not_cached() {
+    let upstream = FakeRegistry::start().await;
+    let digest = upstream.add_blob(random_bytes(3 * MIB, 4));
+    upstream.faults().flip_byte = true;
+    let wharf = Wharf::start(&upstream, "").await;
+
+    let path = format!("/v2/library/x/blobs/{digest}");
+    let (a, b) = tokio::join!(wharf.get(&path), wharf.get(&path));
+    assert!(read_all(a).await.is_err());
+    assert!(read_all(b).await.is_err());
+    assert!(!wharf.has_blob(&digest));
+    assert_eq!(
+        wharf.metric("wharf_digest_mismatches_total", &[]).await,
+        1.0
+    );
+
+    upstream.faults().flip_byte = false;
+    let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
+    assert_eq!(sha256(&read_all(r).await.unwrap()), digest);
+    assert!(eventually(Duration::from_secs(5), || async { wharf.has_blob(&digest) }).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranges_on_cached_and_in_flight_blobs() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(4 * MIB, 5);
+    let digest = upstream.add_blob(blob.clone());
+    upstream.faults().chunk_delay = Some(Duration::from_millis(3));
+    let wharf = Wharf::start(&upstream, "").await;
+    let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
+
+    // Start a fill, then ask for a range while it is still running.
+    let full = tokio::spawn(wharf.client.get(&url).send());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = wharf
+        .client
+        .get(&url)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 100-199/{}", blob.len())
+    );
+    assert_eq!(r.headers()["x-wharf-cache"], "coalesced");
+    assert_eq!(r.bytes().await.unwrap(), blob.slice(100..200));
+    let full = full.await.unwrap().unwrap();
+    assert_eq!(full.bytes().await.unwrap(), blob);
+
+    // Cached: suffix, open-ended and unsatisfiable ranges.
+    let r = wharf
+        .client
+        .get(&url)
+        .header("range", "bytes=-10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), blob.slice(blob.len() - 10..));
+    let r = wharf
+        .client
+        .get(&url)
+        .header("range", format!("bytes={}-", blob.len() - 3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), blob.slice(blob.len() - 3..));
+    let r = wharf
+        .client
+        .get(&url)
+        .header("range", format!("bytes={}-", blob.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{}", blob.len())
+    );
+    assert!(r.text().await.unwrap().contains("RANGE_INVALID"));
+    assert_eq!(upstream.count("GET", "/blobs/"), 1);
+}
+
+#[tokio::test]
+async fn head_and_unknown_blobs() {
+    let upstream = FakeRegistry::start().await;
+    let digest = upstream.add_blob(random_bytes(1000, 6));
+    let wharf = Wharf::start(&upstream, "").await;
+    let r = wharf
+        .client
+        .head(wharf.url(&format!("/v2/library/x/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "1000");
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+
+    let missing = sha256(b"missing");
+    let r = wharf.get(&format!("/v2/library/x/blobs/{missing}")).await;
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("BLOB_UNKNOWN"));
+    // The failed fill is forgotten: asking again asks the upstream again.
+    let r = wharf.get(&format!("/v2/library/x/blobs/{missing}")).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(upstream.count("GET", &missing), 2);
+}
