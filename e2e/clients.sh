@@ -1,0 +1,242 @@
+# Pulls through wharf with real clients: skopeo, dockerd, containerd (ctr) and podman, in the URL
+# shape each one uses. Sourced by run.sh, whose globals (WORK, UP, WHARF, DIGEST, ...) it uses.
+
+# ---- one pull through wharf, with the checks that it really went through wharf ---------------
+
+# pull_through LABEL UPSTREAM_NAME CMD... — run the pull, then check that wharf answered manifests
+# for it, that nothing but wharf reached the upstream meanwhile, and, when UPSTREAM_NAME is not
+# "-", that wharf fetched from the upstream under that configured name (which proves it resolved
+# the URL shape — ?ns= or path prefix — to the right upstream).
+pull_through() {
+    local label=$1 upstream_name=$2
+    shift 2
+    local manifests_before mark upstream_before=0
+    manifests_before=$(wmetric wharf_http_requests_total route=manifest status=200)
+    if [[ $upstream_name != - ]]; then
+        upstream_before=$(wmetric wharf_upstream_requests_total upstream="$upstream_name")
+    fi
+    mark=$(upstream_mark)
+
+    check "$label: pull succeeds" timeout "$CLIENT_TIMEOUT" "$@"
+    sleep 0.2 # the upstream logs a request just after answering it
+
+    expect_cmp "$label: wharf answered its manifest requests (200)" \
+        "$(($(wmetric wharf_http_requests_total route=manifest status=200) - manifests_before))" -gt 0
+    local bypass
+    bypass=$(bypassers_since "$mark")
+    if [[ -z $bypass ]]; then
+        pass "$label: no request went around wharf to the upstream"
+    else
+        mapfile -t lines <<<"$bypass"
+        fail "$label: the client reached the upstream directly (fallback?)" "${lines[@]}"
+    fi
+    if [[ $upstream_name != - ]]; then
+        expect_cmp "$label: wharf fetched via upstream \"$upstream_name\"" \
+            "$(($(wmetric wharf_upstream_requests_total upstream="$upstream_name") - upstream_before))" -gt 0
+    fi
+}
+
+# ---- skopeo ----------------------------------------------------------------------------------
+
+write_registries_conf() {
+    # Bare-host shape: mirror location is wharf's root; requests arrive as /v2/<repo>/... and go
+    # to wharf's default upstream. Path-prefix shape: /v2/<registry>/<repo>/...
+    cat >"$WORK/registries.conf" <<EOF
+unqualified-search-registries = []
+
+[[registry]]
+location = "$UP"
+insecure = true
+[[registry.mirror]]
+location = "$WHARF"
+insecure = true
+
+[[registry]]
+location = "$PREFIX_NAME"
+insecure = true
+[[registry.mirror]]
+location = "$WHARF/$PREFIX_NAME"
+insecure = true
+EOF
+    echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"$WORK/policy.json"
+    # Client command lines are arrays, not functions, so that `timeout` can run them.
+    # skopeo takes registries.conf from its flag (CONTAINERS_REGISTRIES_CONF is not read by all
+    # versions).
+    SKOPEO=(skopeo --registries-conf "$WORK/registries.conf" --policy "$WORK/policy.json")
+}
+
+# dir: keeps the manifest byte for byte (oci: would convert Docker schema 2 to OCI).
+dir_digest() { digest_of_stdin <"$1/manifest.json"; }
+
+test_skopeo() {
+    local out=$WORK/skopeo
+    mkdir -p "$out"
+
+    pull_through "skopeo plain docker://wharf/library/e2e-multi" docker.io \
+        "${SKOPEO[@]}" copy -q --src-tls-verify=false \
+        "docker://$WHARF/library/e2e-multi:$TAG" "dir:$out/multi"
+    expect_eq "skopeo plain: e2e-multi digest matches upstream" \
+        "${DIGEST[library/e2e-multi]}" "$(dir_digest "$out/multi")"
+
+    pull_through "skopeo plain --all library/e2e-multiarch" docker.io \
+        "${SKOPEO[@]}" copy -q --all --src-tls-verify=false \
+        "docker://$WHARF/library/e2e-multiarch:$TAG" "dir:$out/multiarch"
+    expect_eq "skopeo plain --all: e2e-multiarch index digest matches upstream" \
+        "${DIGEST[library/e2e-multiarch]}" "$(dir_digest "$out/multiarch")"
+    expect_eq "skopeo plain --all: the linux/amd64 manifest matches upstream" "$AMD64_DIGEST" \
+        "$(digest_of_stdin <"$out/multiarch/${AMD64_DIGEST#sha256:}.manifest.json" 2>&1)"
+
+    pull_through "skopeo mirror, bare-host shape ($UP/library/e2e-oci)" docker.io \
+        "${SKOPEO[@]}" copy -q "docker://$UP/library/e2e-oci:$TAG" "dir:$out/oci"
+    expect_eq "skopeo mirror, bare-host shape: e2e-oci digest matches upstream" \
+        "${DIGEST[library/e2e-oci]}" "$(dir_digest "$out/oci")"
+
+    pull_through "skopeo mirror, path-prefix shape ($PREFIX_NAME/acme/tools/e2e-app)" "$PREFIX_NAME" \
+        "${SKOPEO[@]}" copy -q "docker://$PREFIX_NAME/acme/tools/e2e-app:$TAG" "dir:$out/app"
+    expect_eq "skopeo mirror, path-prefix shape: e2e-app digest matches upstream" \
+        "${DIGEST[acme/tools/e2e-app]}" "$(dir_digest "$out/app")"
+}
+
+# ---- dockerd ---------------------------------------------------------------------------------
+
+DOCKER_CLI=()
+
+start_dockerd() {
+    local d=$WORK/dockerd
+    mkdir -p "$d"
+    local sock=$d/docker.sock
+    DOCKER_CLI=("$DOCKER" -H "unix://$sock")
+    # vfs and no networking: works without overlayfs or iptables; the mirror list is the point.
+    cat >"$d/daemon.json" <<EOF
+{
+  "storage-driver": "vfs",
+  "iptables": false,
+  "ip-masq": false,
+  "ip-forward": false,
+  "bridge": "none",
+  "registry-mirrors": ["$WHARF_URL"]
+}
+EOF
+    start_bg dockerd dockerd --config-file "$d/daemon.json" --data-root "$d/data" \
+        --exec-root "$d/exec" -H "unix://$sock" --pidfile "$d/docker.pid"
+    if wait_until 60 "${DOCKER_CLI[@]}" version; then
+        pass "private dockerd is up (registry-mirrors = $WHARF_URL)"
+    else
+        fail "private dockerd did not start" "$(tail -n 5 "$LOGS/dockerd.err")"
+        return 1
+    fi
+}
+
+# The digests dockerd recorded for IMAGE, space-separated "name@sha256:..." entries.
+docker_repo_digests() { "${DOCKER_CLI[@]}" image inspect --format '{{join .RepoDigests " "}}' "$1"; }
+
+# expect_has NAME NEEDLE HAYSTACK
+expect_has() {
+    if [[ " $3 " == *"$2"* ]]; then pass "$1"; else fail "$1" "expected to contain: $2" "actual: $3"; fi
+}
+
+test_dockerd() {
+    start_dockerd || return 0
+    # docker.io/library/e2e-multi: the daemon asks its mirror for /v2/library/e2e-multi/...
+    pull_through "dockerd pull e2e-multi" - "${DOCKER_CLI[@]}" pull "e2e-multi:$TAG"
+    expect_has "dockerd: e2e-multi RepoDigest matches upstream" \
+        "e2e-multi@${DIGEST[library/e2e-multi]}" "$(docker_repo_digests "e2e-multi:$TAG" 2>&1)"
+
+    pull_through "dockerd pull e2e-multiarch" - "${DOCKER_CLI[@]}" pull "e2e-multiarch:$TAG"
+    expect_has "dockerd: e2e-multiarch RepoDigest matches upstream index" \
+        "e2e-multiarch@${DIGEST[library/e2e-multiarch]}" "$(docker_repo_digests "e2e-multiarch:$TAG" 2>&1)"
+    expect_eq "dockerd: picked the linux/amd64 image from the index" amd64 \
+        "$("${DOCKER_CLI[@]}" image inspect --format '{{.Os}}/{{.Architecture}}' "e2e-multiarch:$TAG" 2>&1 | cut -d/ -f2)"
+}
+
+# ---- containerd ------------------------------------------------------------------------------
+
+CTR=()
+
+start_containerd() {
+    local d=$WORK/containerd
+    mkdir -p "$d"
+    local sock=$d/containerd.sock
+    CTR=(ctr -a "$sock" -n e2e)
+    # Own root, state and sockets; no CRI (it would want CNI and kubelet things); the "opt"
+    # plugin would otherwise install into /opt/containerd.
+    cat >"$d/config.toml" <<EOF
+version = 2
+root = "$d/root"
+state = "$d/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "$sock"
+[ttrpc]
+  address = "$d/containerd.ttrpc.sock"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$d/opt"
+EOF
+    # hosts.toml per registry: wharf first; "server" (the fallback) is a dead loopback port so a
+    # failing mirror can never fall back anywhere real. containerd adds ?ns=<registry>.
+    local registry
+    for registry in docker.io "$UP"; do
+        mkdir -p "$d/hosts/$registry"
+        cat >"$d/hosts/$registry/hosts.toml" <<EOF
+server = "http://127.0.0.1:$DEAD_PORT"
+
+[host."$WHARF_URL"]
+  capabilities = ["pull", "resolve"]
+EOF
+    done
+    start_bg containerd containerd --config "$d/config.toml"
+    if wait_until 30 "${CTR[@]}" version; then
+        pass "private containerd is up (hosts.toml mirror = $WHARF_URL)"
+    else
+        fail "private containerd did not start" "$(tail -n 5 "$LOGS/containerd.err")"
+        return 1
+    fi
+}
+
+# The target digest containerd recorded for REF.
+ctr_digest() { "${CTR[@]}" images ls | awk -v ref="$1" '$1 == ref {print $3}'; }
+
+test_containerd() {
+    start_containerd || return 0
+    local pull=("${CTR[@]}" images pull --hosts-dir "$WORK/containerd/hosts" --plain-http --snapshotter native)
+    local ref=docker.io/library/e2e-multiarch:$TAG
+    pull_through "ctr pull $ref (?ns=docker.io)" - "${pull[@]}" "$ref"
+    expect_eq "ctr: e2e-multiarch index digest matches upstream" \
+        "${DIGEST[library/e2e-multiarch]}" "$(ctr_digest "$ref")"
+
+    ref=$UP/acme/tools/e2e-app:$TAG
+    pull_through "ctr pull $ref (?ns=$UP)" "$UP" "${pull[@]}" "$ref"
+    expect_eq "ctr: e2e-app digest matches upstream" \
+        "${DIGEST[acme/tools/e2e-app]}" "$(ctr_digest "$ref")"
+
+    expect_cmp "ctr: layers were unpacked into snapshots" \
+        "$("${CTR[@]}" snapshots --snapshotter native ls 2>/dev/null | tail -n +2 | wc -l)" -gt 0
+}
+
+# ---- podman ----------------------------------------------------------------------------------
+
+test_podman() {
+    local d=$WORK/podman
+    mkdir -p "$d"
+    : >"$d/containers.conf" # no host settings leak in
+    # Rootful, private storage; podman reads the same registries.conf as skopeo, from the env.
+    local podman=(env CONTAINERS_CONF="$d/containers.conf" CONTAINERS_REGISTRIES_CONF="$WORK/registries.conf"
+        podman --root "$d/root" --runroot "$d/run" --storage-driver vfs --tmpdir "$d/tmp"
+        --cgroup-manager cgroupfs --events-backend file)
+    local ref=$UP/library/e2e-multi:$TAG
+    pull_through "podman pull $ref (bare-host mirror)" - \
+        "${podman[@]}" pull -q --signature-policy "$WORK/policy.json" "$ref"
+    expect_eq "podman: e2e-multi digest matches upstream" \
+        "${DIGEST[library/e2e-multi]}" "$("${podman[@]}" image inspect --format '{{.Digest}}' "$ref" 2>&1)"
+
+    ref=$PREFIX_NAME/library/e2e-oci:$TAG
+    pull_through "podman pull $ref (path-prefix mirror)" "$PREFIX_NAME" \
+        "${podman[@]}" pull -q --signature-policy "$WORK/policy.json" "$ref"
+    expect_eq "podman: e2e-oci digest matches upstream" \
+        "${DIGEST[library/e2e-oci]}" "$("${podman[@]}" image inspect --format '{{.Digest}}' "$ref" 2>&1)"
+}

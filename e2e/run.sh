@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# End-to-end test of wharf with real registry clients, entirely on 127.0.0.1.
+#
+#   bash e2e/run.sh path/to/wharf
+#
+# A CNCF distribution registry is the upstream; images are built offline and pushed to it; wharf
+# mirrors it; skopeo, dockerd, containerd (ctr) and podman pull through wharf in each URL shape
+# they use (plain /v2/<repo>, containerd's ?ns=, the /v2/<registry>/<repo> path prefix).
+# Every client silently falls back to the upstream when a mirror fails, so "the pull worked" proves
+# little: each pull is also checked against wharf's own counters and against the upstream's access
+# log, which must show no request from a client, only from wharf.
+#
+# Files: lib.sh (check bookkeeping, processes, metrics), mkimage.py (offline images), clients.sh
+# (the pulls), checks.sh (the protocol, caching, outage and timings).
+#
+# Must run as root (private dockerd and containerd). Environment:
+#   KEEP_WORKDIR=1   keep the scratch directory (logs, configs, caches) for inspection
+#   DOCKER=...       docker CLI to use (default: docker on PATH)
+set -Eeuo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [[ $# -ne 1 ]]; then
+    echo "usage: $0 WHARF_BIN" >&2
+    exit 2
+fi
+WHARF_SRC=$1
+DOCKER=${DOCKER:-docker}
+TAG=v1
+CLIENT_TIMEOUT=60 # seconds any single pull may take (a healthy one takes a few)
+SUITE_BUDGET=300  # seconds; after this, remaining checks fail at once instead of waiting
+
+WORK=$(mktemp -d)
+LOGS=$WORK/logs
+mkdir -p "$LOGS" "$WORK/tmp"
+export TMPDIR=$WORK/tmp
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
+declare -A WHARF_PIDS # name -> PID of each wharf started
+
+# ---- clean-up, always ------------------------------------------------------------------------
+
+finish() {
+    local rc=$?
+    trap - EXIT INT TERM
+    set +e
+    if ((rc != 0)); then
+        fail "the suite ran to the end" "stopped with exit status $rc${ERR_AT:+ after: $ERR_AT}"
+    fi
+    local pid=${WHARF_PIDS[wharf]:-}
+    if [[ -n $pid ]]; then
+        if kill -0 "$pid" 2>/dev/null; then
+            pass "wharf was still running at the end"
+        else
+            wait "$pid"
+            fail "wharf was still running at the end" "it exited with status $?"
+        fi
+    fi
+    if ((FAILED > 0)) && [[ -f $LOGS/wharf.err ]]; then
+        echo "---- last lines of wharf's log ----"
+        cat "$LOGS/wharf.out" "$LOGS/wharf.err" | tail -n 40 | sed 's/\x1b\[[0-9;]*m//g'
+        echo "-----------------------------------"
+    fi
+    stop_all
+    # A daemon killed hard can leave mounts behind; rm -rf must never descend through one.
+    local mnt
+    for mnt in $(awk -v w="$WORK" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r); do
+        umount -l "$mnt" 2>/dev/null
+    done
+    if [[ ${KEEP_WORKDIR:-0} == 1 ]]; then
+        echo "scratch directory kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    if ((FAILED > 0)); then
+        printf 'failed checks:\n'
+        printf '  %s\n' "${FAILED_NAMES[@]}"
+    fi
+    echo "$PASSED passed, $FAILED failed"
+    ((FAILED == 0)) || exit 1
+    exit 0
+}
+trap finish EXIT
+# Remember what failed outside any check (set -e then stops the suite), to say so at the end.
+trap 'ERR_AT="line $LINENO: $BASH_COMMAND"' ERR
+trap 'exit 130' INT TERM
+
+# Any request a client sends past loopback goes to a dead proxy and fails at once, so a fallback
+# to a public registry (Docker Hub for dockerd, say) can neither leave the machine nor succeed.
+# Go and curl never proxy loopback addresses, and NO_PROXY says so again.
+read -r UP_PORT WHARF_PORT TTL_PORT DEAD_PORT T1_PORT T2_PORT T3_PORT <<<"$(free_ports 7)"
+TIMING_PORTS=("$T1_PORT" "$T2_PORT" "$T3_PORT")
+export HTTP_PROXY=http://127.0.0.1:$DEAD_PORT HTTPS_PROXY=http://127.0.0.1:$DEAD_PORT
+export http_proxy=$HTTP_PROXY https_proxy=$HTTPS_PROXY
+export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
+export NO_COLOR=1
+
+UP=127.0.0.1:$UP_PORT
+WHARF=127.0.0.1:$WHARF_PORT
+WHARF_URL=http://$WHARF
+# An upstream name with no port: containers/image cannot put "host:port" inside a mirror's path
+# (it is not a valid repository path component), so the path-prefix shape is tested with this
+# name. Nothing resolves it, which also proves those pulls cannot bypass wharf.
+PREFIX_NAME=registry.e2e.test
+
+ACCEPT='application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json'
+
+# ---- upstream registry -----------------------------------------------------------------------
+
+start_upstream() {
+    cat >"$WORK/registry.yml" <<EOF
+version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: $WORK/registry-data
+http:
+  addr: $UP
+EOF
+    # The access log (one Apache-style line per request, with the user agent) goes to stdout.
+    start_bg upstream /usr/bin/docker-registry serve "$WORK/registry.yml"
+    UPSTREAM_PID=$STARTED_PID
+    UPSTREAM_ACCESS_LOG=$LOGS/upstream.out
+    if wait_until 30 curl -fsS --max-time 2 "http://$UP/v2/"; then
+        pass "upstream registry (CNCF distribution) answers on $UP"
+    else
+        fail "upstream registry did not start" "$(tail -n 5 "$LOGS/upstream.err")"
+        exit 1
+    fi
+}
+
+upstream_mark() { wc -l <"$UPSTREAM_ACCESS_LOG"; }
+
+# Access-log lines written after MARK.
+upstream_since() { tail -n +"$(($1 + 1))" "$UPSTREAM_ACCESS_LOG"; }
+
+# Blob GETs the upstream answered after MARK.
+upstream_blob_gets_since() {
+    upstream_since "$1" | grep -cE '"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]{64}[^ ]* HTTP' || true
+}
+
+# User agents of requests after MARK that did not come from wharf, i.e. a client that went
+# around the mirror.
+bypassers_since() {
+    upstream_since "$1" | awk -F'"' '$(NF-1) !~ /^wharf/ {print $(NF-1)}' | sort | uniq -c
+}
+
+# ---- images ----------------------------------------------------------------------------------
+
+# seed REPO FORMAT PLATFORMS LAYER_SIZES — build an image offline and push it to the upstream.
+seed() {
+    local repo=$1 format=$2 platforms=$3 layers=$4 layout args=()
+    layout=$WORK/layouts/${repo//\//_}
+    local p
+    for p in $platforms; do args+=(--platform "$p"); done
+    python3 "$HERE/mkimage.py" "$layout" "$TAG" --name "$repo" --layers "$layers" "${args[@]}" &&
+        skopeo copy -q --all --format "$format" --dest-tls-verify=false \
+            "oci:$layout:$TAG" "docker://$UP/$repo:$TAG"
+}
+
+# The upstream's manifest for REPO:TAG, exactly as served, saved before wharf starts: from then
+# on only wharf may talk to the upstream.
+manifest_file() { echo "$WORK/manifests/${1//\//_}.json"; }
+
+seed_images() {
+    check "build and push library/e2e-multi (4 layers, Docker schema 2)" \
+        seed library/e2e-multi v2s2 linux/amd64 16M,8M,4M,4K
+    check "build and push library/e2e-multiarch (OCI index: linux/amd64 + linux/arm64)" \
+        seed library/e2e-multiarch oci "linux/amd64 linux/arm64/v8" 2M,64K
+    check "build and push library/e2e-oci (OCI media types)" \
+        seed library/e2e-oci oci linux/amd64 3M,1M
+    check "build and push acme/tools/e2e-app (non-library repository)" \
+        seed acme/tools/e2e-app v2s2 linux/amd64 2M,512K,16K
+    # Pulled by no client: its layers are uncached when the fan-in and hang-up checks ask for them.
+    check "build and push library/e2e-fanin (two uncached 24 MiB layers)" \
+        seed library/e2e-fanin oci linux/amd64 24M,24M
+    # umoci is an independent reader of the layouts: if it can unpack them, so can a runtime.
+    check "umoci unpacks the built image (layout is valid)" \
+        umoci unpack --image "$WORK/layouts/library_e2e-multi:$TAG" "$WORK/umoci-bundle"
+
+    declare -gA DIGEST
+    local repo file
+    mkdir -p "$WORK/manifests"
+    for repo in library/e2e-multi library/e2e-multiarch library/e2e-oci acme/tools/e2e-app library/e2e-fanin; do
+        file=$(manifest_file "$repo")
+        if ! skopeo inspect --raw --tls-verify=false "docker://$UP/$repo:$TAG" >"$file"; then
+            fail "upstream serves $repo:$TAG"
+            exit 1
+        fi
+        DIGEST[$repo]=$(digest_of_stdin <"$file")
+        info "upstream $repo:$TAG = ${DIGEST[$repo]}"
+    done
+    AMD64_DIGEST=$(jq -r '.manifests[] | select(.platform.architecture == "amd64") | .digest' \
+        "$(manifest_file library/e2e-multiarch)")
+    info "upstream library/e2e-multiarch:$TAG linux/amd64 = $AMD64_DIGEST"
+}
+
+# ---- wharf -----------------------------------------------------------------------------------
+
+# write_wharf_config FILE LISTEN CACHE_DIR [TAG_TTL]
+write_wharf_config() {
+    cat >"$1" <<EOF
+[server]
+listen = "$2"
+
+[cache]
+dir = "$3"
+max_size = "20GiB"
+tag_ttl = "${4:-5m}"
+
+# The default upstream: plain /v2/<repo>/... (dockerd's registry-mirrors) lands here.
+[[upstream]]
+name = "docker.io"
+url = "http://$UP"
+
+# The same registry under its own host:port, for containerd's ?ns= and a path prefix.
+[[upstream]]
+name = "$UP"
+url = "http://$UP"
+
+# And under a port-less name, for the path prefix that containers/image can express.
+[[upstream]]
+name = "$PREFIX_NAME"
+url = "http://$UP"
+EOF
+}
+
+# start_wharf NAME LISTEN CACHE_DIR [TAG_TTL] — start a copy of the binary (the original may be rebuilt
+# while we run) and wait for /healthz.
+start_wharf() {
+    local name=$1 listen=$2 cache=$3 ttl=${4:-5m}
+    write_wharf_config "$WORK/$name.toml" "$listen" "$cache" "$ttl"
+    start_bg "$name" "$WORK/bin/wharf" serve --config "$WORK/$name.toml"
+    local pid=$STARTED_PID
+    WHARF_PIDS[$name]=$pid
+    if wait_until 30 curl -fsS --max-time 2 "http://$listen/healthz"; then
+        pass "$name starts and /healthz answers 200"
+    else
+        local state=running
+        kill -0 "$pid" 2>/dev/null || state=exited
+        mapfile -t lines < <(tail -n 15 "$LOGS/$name.err" | sed 's/\x1b\[[0-9;]*m//g')
+        fail "$name did not become healthy within 30 s (process $state)" "${lines[@]}"
+        exit 1
+    fi
+}
+
+wmetric() { metric "$WHARF_URL" "$@" || { echo "wharf's /metrics did not answer" >&2; return 1; }; }
+
+# shellcheck source=clients.sh
+source "$HERE/clients.sh"
+# shellcheck source=checks.sh
+source "$HERE/checks.sh"
+
+# ---- main ------------------------------------------------------------------------------------
+
+main() {
+    info "scratch directory $WORK; upstream $UP; wharf $WHARF"
+    if [[ $(id -u) -ne 0 ]]; then
+        fail "run as root (the suite starts private dockerd and containerd instances)"
+        exit 1
+    fi
+    if [[ ! -x $WHARF_SRC ]]; then
+        fail "wharf binary is executable: $WHARF_SRC"
+        exit 1
+    fi
+    mkdir -p "$WORK/bin"
+    cp "$WHARF_SRC" "$WORK/bin/wharf"
+
+    start_upstream
+    seed_images
+    write_registries_conf
+    SEED_MARK=$(upstream_mark) # from here on, only wharf may talk to the upstream
+    start_wharf wharf "$WHARF" "$WORK/cache"
+
+    local phase
+    for phase in test_skopeo test_dockerd test_containerd test_podman test_protocol test_repull \
+        test_single_fetch test_fan_in test_hang_up measure_timings \
+        test_upstream_outage; do # the outage comes last: it stops the upstream
+        if budget_spent; then
+            fail "$phase (not run: the suite's time budget of $SUITE_BUDGET s is spent)"
+        else
+            "$phase"
+        fi
+    done
+}
+
+main
