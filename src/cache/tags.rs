@@ -1,7 +1,8 @@
 //! Tag → digest answers and their age. One tag can hold several variants: a registry answers a
 //! client that does not accept an index with a single-platform manifest, so what a tag "is"
-//! depends on the client's `Accept`. Freshness is decided here from `fetched_at`, on wharf's own
-//! clock.
+//! depends on the client's `Accept`. Each variant remembers the `Accept` it was fetched with, so
+//! an answer is reused only for clients the upstream would have given it to. Freshness is
+//! decided here from `fetched_at`, on wharf's own clock.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,8 @@ pub struct Variant {
     pub digest: Digest,
     /// The media type without parameters.
     pub media_type: String,
+    /// What the request that fetched this answer accepted.
+    pub asked_with: Accept,
     pub fetched_at: SystemTime,
 }
 
@@ -31,6 +34,18 @@ impl Variant {
     pub fn is_fresh(&self, now: SystemTime, ttl: Duration) -> bool {
         now.duration_since(self.fetched_at)
             .map_or(true, |age| age < ttl)
+    }
+
+    /// Whether the upstream would answer `accept` with this variant. The same question gets the
+    /// same answer. Otherwise the client must accept the type, and if this is a single-platform
+    /// manifest, it must not accept an index type this answer's request did not: the tag may
+    /// really be such an index, which the registry would have sent instead.
+    fn answers(&self, accept: &Accept) -> bool {
+        if self.asked_with == *accept {
+            return true;
+        }
+        accept.accepts(&self.media_type)
+            && (is_index(&self.media_type) || accept.accepts_no_index_beyond(&self.asked_with))
     }
 }
 
@@ -47,7 +62,7 @@ impl TagTable {
         let variants = tags.get(key)?;
         variants
             .iter()
-            .filter(|v| accept.accepts(&v.media_type))
+            .filter(|v| v.answers(accept))
             .max_by_key(|v| (is_index(&v.media_type), v.fetched_at))
             .cloned()
     }
@@ -92,9 +107,14 @@ mod tests {
     }
 
     fn variant(body: &[u8], media_type: &str, secs: u64) -> Variant {
+        asked(body, media_type, secs, Accept::parse([]))
+    }
+
+    fn asked(body: &[u8], media_type: &str, secs: u64, asked_with: Accept) -> Variant {
         Variant {
             digest: Digest::sha256_of(body),
             media_type: media_type.into(),
+            asked_with,
             fetched_at: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
         }
     }
@@ -112,20 +132,57 @@ mod tests {
     #[test]
     fn index_wins_when_accepted_otherwise_the_single_manifest() {
         let table = TagTable::default();
+        let single_only = Accept::parse([DOCKER_MANIFEST]);
         table.record(key(), variant(b"index", OCI_INDEX, 1), None);
-        table.record(key(), variant(b"amd64", DOCKER_MANIFEST, 2), None);
+        table.record(
+            key(),
+            asked(b"amd64", DOCKER_MANIFEST, 2, single_only.clone()),
+            None,
+        );
         let everything = Accept::parse([]);
         assert_eq!(
             table.choose(&key(), &everything).unwrap().media_type,
             OCI_INDEX
         );
-        let single_only = Accept::parse([DOCKER_MANIFEST]);
         assert_eq!(
             table.choose(&key(), &single_only).unwrap().media_type,
             DOCKER_MANIFEST
         );
         let oci_manifest_only = Accept::parse([OCI_MANIFEST]);
         assert_eq!(table.choose(&key(), &oci_manifest_only), None);
+    }
+
+    #[test]
+    fn a_fallback_manifest_is_not_served_to_clients_that_accept_indexes() {
+        let table = TagTable::default();
+        // Only a single-platform client has asked so far: the tag may be an index.
+        let single_only = Accept::parse([DOCKER_MANIFEST]);
+        table.record(
+            key(),
+            asked(b"amd64", DOCKER_MANIFEST, 1, single_only),
+            None,
+        );
+        assert_eq!(table.choose(&key(), &Accept::parse([])), None);
+        let with_oci_index = Accept::parse([&format!("{DOCKER_MANIFEST}, {OCI_INDEX}") as &str]);
+        assert_eq!(table.choose(&key(), &with_oci_index), None);
+        // Asked by a client that accepts every index type, a single manifest is what the tag is.
+        let table = TagTable::default();
+        table.record(key(), variant(b"amd64", DOCKER_MANIFEST, 1), None);
+        assert!(table.choose(&key(), &with_oci_index).is_some());
+    }
+
+    #[test]
+    fn the_same_question_gets_the_same_answer_even_of_an_unaccepted_type() {
+        let table = TagTable::default();
+        // The upstream answered an OCI manifest to a client that asked only for Docker's.
+        let docker_only = Accept::parse([DOCKER_MANIFEST]);
+        table.record(
+            key(),
+            asked(b"oci", OCI_MANIFEST, 1, docker_only.clone()),
+            None,
+        );
+        assert!(table.choose(&key(), &docker_only).is_some());
+        assert_eq!(table.choose(&key(), &Accept::parse([OCI_INDEX])), None);
     }
 
     #[test]

@@ -229,6 +229,7 @@ impl Mirror {
                 let variant = Variant {
                     digest: m.digest.clone(),
                     media_type: m.media_type_essence().to_owned(),
+                    asked_with: accept.clone(),
                     fetched_at: SystemTime::now(),
                 };
                 let replaces = stale.as_ref().map(|(v, _)| &v.digest);

@@ -16,12 +16,19 @@ pub const ALL_MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
 /// answers a tag with the index whenever the client accepts it, so an index wins over a
 /// single-platform manifest stored for the same tag.
 pub fn is_index(media_type: &str) -> bool {
-    media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
+    INDEX_TYPES
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(media_type))
 }
 
-/// The media types a client said it accepts, from all of its `Accept` headers.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// The multi-platform media types.
+pub const INDEX_TYPES: [&str; 2] = [OCI_INDEX, DOCKER_MANIFEST_LIST];
+
+/// The media types a client said it accepts, from all of its `Accept` headers. Two clients that
+/// accept the same set compare equal whatever order they listed it in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Accept {
+    /// Lowercase, sorted, without duplicates.
     types: Vec<String>,
     any: bool,
 }
@@ -48,15 +55,13 @@ impl Accept {
                 }
                 if media_type == "*/*" || media_type == "application/*" {
                     accept.any = true;
-                } else if !accept
-                    .types
-                    .iter()
-                    .any(|t| t.eq_ignore_ascii_case(media_type))
-                {
+                } else {
                     accept.types.push(media_type.to_ascii_lowercase());
                 }
             }
         }
+        accept.types.sort_unstable();
+        accept.types.dedup();
         if accept.types.is_empty() {
             accept.any = true;
         }
@@ -69,6 +74,15 @@ impl Accept {
                 .types
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(media_type))
+    }
+
+    /// Whether every multi-platform type `self` accepts is accepted by `other` too: then an
+    /// answer the upstream gave `other` cannot be one it would have replaced with an index for
+    /// `self`.
+    pub fn accepts_no_index_beyond(&self, other: &Accept) -> bool {
+        INDEX_TYPES
+            .iter()
+            .all(|t| !self.accepts(t) || other.accepts(t))
     }
 
     /// The value to send upstream on the client's behalf.
@@ -124,6 +138,24 @@ mod tests {
     fn media_types_compare_case_insensitively() {
         let a = Accept::parse(["Application/VND.OCI.image.manifest.v1+json"]);
         assert!(a.accepts(OCI_MANIFEST));
+    }
+
+    #[test]
+    fn order_and_duplicates_do_not_matter() {
+        let a = Accept::parse([&format!("{OCI_MANIFEST}, {DOCKER_MANIFEST}") as &str]);
+        let b = Accept::parse([DOCKER_MANIFEST, OCI_MANIFEST, DOCKER_MANIFEST]);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn index_coverage() {
+        let single = Accept::parse([DOCKER_MANIFEST]);
+        let docker = Accept::parse([&format!("{DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST}") as &str]);
+        let everything = Accept::parse([]);
+        assert!(single.accepts_no_index_beyond(&docker));
+        assert!(docker.accepts_no_index_beyond(&everything));
+        assert!(!docker.accepts_no_index_beyond(&single));
+        assert!(!everything.accepts_no_index_beyond(&docker));
     }
 
     #[test]

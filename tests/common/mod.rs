@@ -60,6 +60,10 @@ pub struct Faults {
     pub basic: Option<String>,
     /// Redirect blob GETs to this base URL.
     pub redirect_blobs_to: Option<String>,
+    /// Manifest requests (GET and HEAD): wait this long before answering.
+    pub manifest_delay: Option<Duration>,
+    /// Manifest GETs: change the body but keep the digest header.
+    pub tamper_manifests: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +93,7 @@ pub struct FakeRegistry {
     _stop: oneshot::Sender<()>,
 }
 
-const TOKEN: &str = "fake-token-123";
+pub const TOKEN: &str = "fake-token-123";
 
 impl FakeRegistry {
     pub async fn start() -> FakeRegistry {
@@ -101,13 +105,17 @@ impl FakeRegistry {
         let (stop, mut stopped) = oneshot::channel();
         let state = (content.clone(), faults.clone(), seen.clone(), addr);
         tokio::spawn(async move {
+            // Dropped on stop, which aborts every open connection too: a stopped registry
+            // must look down to pooled keep-alive connections as well.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let (stream, _) = tokio::select! {
                     a = listener.accept() => a.unwrap(),
                     _ = &mut stopped => return,
                 };
+                while connections.try_join_next().is_some() {}
                 let state = state.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(respond(state, req).await) }
@@ -261,6 +269,11 @@ async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -
     let [reference, kind, repo] = parts[..] else {
         return full(404, &[], "");
     };
+    if kind == "manifests" {
+        if let Some(delay) = faults.manifest_delay {
+            tokio::time::sleep(delay).await;
+        }
+    }
     let c = content.lock().unwrap();
     match kind {
         "manifests" => {
@@ -281,9 +294,12 @@ async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -
                     digest = fallback.clone();
                 }
             }
-            let Some((media_type, body)) = c.manifests.get(&digest).cloned() else {
+            let Some((media_type, mut body)) = c.manifests.get(&digest).cloned() else {
                 return full(404, &[], "");
             };
+            if faults.tamper_manifests {
+                body = Bytes::from([&body[..], b" "].concat());
+            }
             let headers = [
                 ("content-type", media_type),
                 ("docker-content-digest", digest),
@@ -322,6 +338,11 @@ async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -
                 serde_json::json!({"name": repo, "tags": tags}).to_string(),
             )
         }
+        "referrers" => full(
+            200,
+            &[("content-type", OCI_INDEX.into())],
+            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#),
+        ),
         _ => full(404, &[], ""),
     }
 }
