@@ -337,16 +337,18 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
     /// Publishes a failure (unless the bytes were already verified: then the readers' bytes
     /// were right, and only the cache copy is lost) and drops the temp file.
     fn abandon(&self, failed: FillState<E>) {
-        self.progress.send_modify(|p| {
-            if p.state != FillState::Verified {
-                p.state = failed;
-            }
-        });
+        // Forget the fill before announcing its failure, so a request that arrives in between
+        // starts a fresh fill instead of joining this dead one.
         self.fills
             .in_flight
             .lock()
             .expect("lock poisoned")
             .remove(&self.digest);
+        self.progress.send_modify(|p| {
+            if p.state != FillState::Verified {
+                p.state = failed;
+            }
+        });
         let _ = std::fs::remove_file(&self.temp_path);
     }
 }
