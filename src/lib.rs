@@ -51,6 +51,12 @@ pub async fn run(
         metrics.clone(),
     );
     let state = server::AppState { mirror, metrics };
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        cache = %config.cache.dir.display(),
+        upstreams = ?config.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+        "wharf is serving"
+    );
     server::serve(listener, state, shutdown, config.server.shutdown_grace).await;
     Ok(())
 }

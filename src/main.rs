@@ -53,12 +53,6 @@ async fn serve(config: wharf::Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    tracing::info!(
-        listen = %listener.local_addr()?,
-        cache = %config.cache.dir.display(),
-        upstreams = ?config.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
-        "wharf is serving"
-    );
     wharf::run(listener, config, shutdown_signal()).await?;
     Ok(())
 }

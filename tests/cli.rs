@@ -1,0 +1,140 @@
+//! The `wharf` binary itself: `check-config`, and `serve` with its built-in defaults.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/mirror.toml");
+    let out = Command::new(WHARF)
+        .args(["check-config", "--config", shipped])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "listen = \"0.0.0.0:5000\"",
+        "max_size = \"20GiB\"",
+        "tag_ttl = \"5m\"",
+        "url = \"https://registry-1.docker.io/\"",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn check_config_names_a_bad_key_and_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mirror.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"0.0.0.0:5000\"\n\n[cache]\nmax_sise = \"1GiB\"\n",
+    )
+    .unwrap();
+    let out = Command::new(WHARF)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_sise") && err.contains("line 5"), "{err}");
+
+    let out = Command::new(WHARF)
+        .args(["check-config", "--config", "/nonexistent/mirror.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/mirror.toml"));
+}
+
+/// Stops the child by PID whatever happens in the test.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_with_built_in_defaults_answers_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(WHARF)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+    let stderr = running.0.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let at = line.find("listen=")?;
+            let rest = &line[at + "listen=".len()..];
+            Some(rest.split_whitespace().next()?.to_owned())
+        })
+        .expect("wharf logs the address it listens on");
+    // The default cache directory is created in the working directory.
+    assert!(dir.path().join("wharf-cache/blobs").is_dir());
+
+    let response = http_get(&format!("http://{addr}/v2/"));
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response
+        .to_ascii_lowercase()
+        .contains("docker-distribution-api-version: registry/2.0"));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &running.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wharf did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A minimal blocking HTTP/1.1 GET, so this test needs no async runtime.
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let authority = url
+        .strip_prefix("http://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let path = &url["http://".len() + authority.len()..];
+    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
