@@ -35,6 +35,9 @@ pub struct ServerConfig {
 pub struct CacheConfig {
     pub dir: PathBuf,
     pub max_size: Size,
+    /// Entries unused for this long are evicted even when there is room.
+    #[serde(with = "humantime_serde")]
+    pub max_idle: Duration,
     /// How long a tag → digest answer is trusted before it is revalidated upstream.
     #[serde(with = "humantime_serde")]
     pub tag_ttl: Duration,
@@ -100,6 +103,7 @@ impl Default for CacheConfig {
         CacheConfig {
             dir: PathBuf::from("wharf-cache"),
             max_size: Size(20 * 1024 * 1024 * 1024),
+            max_idle: Duration::from_secs(14 * 24 * 60 * 60),
             tag_ttl: Duration::from_secs(5 * 60),
             serve_stale: true,
             listing_ttl: Duration::from_secs(30),
@@ -234,6 +238,7 @@ impl Config {
         }
         for (i, u) in self.upstreams.iter().enumerate() {
             let valid_name = !u.name.is_empty()
+                && !u.name.starts_with('.')
                 && u.name
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
@@ -263,6 +268,9 @@ impl Config {
         }
         if self.cache.max_size.bytes() == 0 {
             return invalid("cache.max_size must be greater than zero".into());
+        }
+        if self.cache.max_idle.is_zero() {
+            return invalid("cache.max_idle must be greater than zero".into());
         }
         Ok(())
     }

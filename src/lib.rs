@@ -19,6 +19,7 @@ pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -32,21 +33,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let metrics = metrics::Metrics::new();
-    let dir = config.cache.dir.clone();
-    let store = tokio::task::spawn_blocking(move || cache::Store::open(&dir))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?
-        .map_err(|e| {
-            Error::Internal(format!(
-                "cannot open cache directory {}: {e}",
-                config.cache.dir.display()
-            ))
-        })?;
+    let (store, tags) = open_cache(&config.cache, &metrics).await?;
     let upstreams =
         upstream::Upstreams::new(&config.upstreams, &metrics).map_err(Error::Internal)?;
+    let sweeper = tokio::spawn(sweep_idle(
+        store.clone(),
+        tags.clone(),
+        config.cache.max_idle,
+    ));
     let mirror = mirror::Mirror::new(
         upstreams,
-        Arc::new(store),
+        store,
+        tags,
         config.cache.clone(),
         metrics.clone(),
     );
@@ -58,5 +56,53 @@ pub async fn run(
         "wharf is serving"
     );
     server::serve(listener, state, shutdown, config.server.shutdown_grace).await;
+    sweeper.abort();
     Ok(())
+}
+
+/// Opens the cache directory: the index is rebuilt from file metadata (a blocking walk).
+async fn open_cache(
+    config: &config::CacheConfig,
+    metrics: &metrics::Metrics,
+) -> Result<(Arc<cache::Store>, Arc<cache::TagTable>), Error> {
+    let (dir, max_size, metrics) = (config.dir.clone(), config.max_size.bytes(), metrics.clone());
+    let started = std::time::Instant::now();
+    let opened = tokio::task::spawn_blocking(move || {
+        let store = cache::Store::open(&dir, max_size, metrics)?;
+        let tags = cache::TagTable::open(&dir)?;
+        Ok::<_, std::io::Error>((store, tags))
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
+    .map_err(|e| {
+        Error::Internal(format!(
+            "cannot open cache directory {}: {e}",
+            config.dir.display()
+        ))
+    })?;
+    let usage = opened.0.usage();
+    tracing::info!(
+        entries = usage.entries,
+        bytes = usage.bytes,
+        elapsed = ?started.elapsed(),
+        "cache index rebuilt"
+    );
+    Ok((Arc::new(opened.0), Arc::new(opened.1)))
+}
+
+/// Evicts entries unused for `max_idle`, checking a few times per `max_idle` (and at least every
+/// ten minutes) so nothing outlives it by much.
+async fn sweep_idle(store: Arc<cache::Store>, tags: Arc<cache::TagTable>, max_idle: Duration) {
+    let every = (max_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(600));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let (store, tags) = (store.clone(), tags.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            store.evict_idle(max_idle);
+            tags.remove_idle(max_idle);
+        })
+        .await;
+    }
 }

@@ -20,6 +20,52 @@ pub struct Metrics {
     pub digest_mismatches: IntCounter,
     pub cache_size_bytes: IntGauge,
     pub cache_entries: IntGauge,
+    pub cache_max_size_bytes: IntGauge,
+    pub cache_evictions: IntCounterVec,
+    pub cache_evicted_bytes: IntCounterVec,
+    pub cache_bypass: IntCounterVec,
+    pub cache_writable: IntGauge,
+    pub cache_write_errors: IntCounterVec,
+    pub upstream_throttled: IntCounterVec,
+}
+
+/// Why an entry left the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionReason {
+    /// Room was needed under `max_size`.
+    Size,
+    /// Unused for `max_idle`.
+    Idle,
+    /// Its file no longer matched the index (removed or damaged outside wharf).
+    Invalid,
+}
+
+impl EvictionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionReason::Size => "size",
+            EvictionReason::Idle => "idle",
+            EvictionReason::Invalid => "invalid",
+        }
+    }
+}
+
+/// Why a blob was served without being cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BypassReason {
+    /// Larger than the whole cache.
+    Oversize,
+    /// The cache directory could not take it (disk full, read-only).
+    Unwritable,
+}
+
+impl BypassReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BypassReason::Oversize => "oversize",
+            BypassReason::Unwritable => "unwritable",
+        }
+    }
 }
 
 /// What a cache lookup came to.
@@ -163,6 +209,46 @@ impl Metrics {
                 "wharf_cache_entries",
                 "Committed blobs and manifests",
             ),
+            cache_max_size_bytes: gauge(
+                &registry,
+                "wharf_cache_max_size_bytes",
+                "The configured bound on committed bytes (max_size)",
+            ),
+            cache_evictions: counter_vec(
+                &registry,
+                "wharf_cache_evictions_total",
+                "Entries removed from the cache, by reason (size|idle|invalid)",
+                &["reason"],
+            ),
+            cache_evicted_bytes: counter_vec(
+                &registry,
+                "wharf_cache_evicted_bytes_total",
+                "Bytes removed from the cache, by reason (size|idle|invalid)",
+                &["reason"],
+            ),
+            cache_bypass: counter_vec(
+                &registry,
+                "wharf_cache_bypass_total",
+                "Blobs served without being cached, by reason (oversize|unwritable)",
+                &["reason"],
+            ),
+            cache_writable: gauge(
+                &registry,
+                "wharf_cache_writable",
+                "1 while the cache directory takes writes, 0 while caching is suspended",
+            ),
+            cache_write_errors: counter_vec(
+                &registry,
+                "wharf_cache_write_errors_total",
+                "Failed cache writes, by condition (disk_full|read_only|failing)",
+                &["condition"],
+            ),
+            upstream_throttled: counter_vec(
+                &registry,
+                "wharf_upstream_throttled_total",
+                "Requests not sent upstream because it asked wharf to wait (429 Retry-After)",
+                &["upstream"],
+            ),
             registry,
         }
     }
@@ -170,6 +256,20 @@ impl Metrics {
     pub fn cache_result(&self, kind: ContentKind, result: CacheResult) {
         self.cache_results
             .with_label_values(&[kind.as_str(), result.as_str()])
+            .inc();
+    }
+
+    pub fn evicted(&self, reason: EvictionReason, bytes: u64) {
+        let reason = reason.as_str();
+        self.cache_evictions.with_label_values(&[reason]).inc();
+        self.cache_evicted_bytes
+            .with_label_values(&[reason])
+            .inc_by(bytes);
+    }
+
+    pub fn bypassed(&self, reason: BypassReason) {
+        self.cache_bypass
+            .with_label_values(&[reason.as_str()])
             .inc();
     }
 

@@ -1,38 +1,50 @@
-//! Files on disk, keyed by digest. Content enters `blobs/` or `manifests/` only by `rename` from
-//! `tmp/` after it was verified and fsynced, so anything found there is whole and correct.
+//! Files on disk, keyed by digest, and the books kept on them. Content enters `blobs/` or
+//! `manifests/` only by `rename` from `tmp/` after it was verified and fsynced, so anything found
+//! there is whole and correct. Room is made under `max_size` before that rename, so committed
+//! bytes never pass it. A file's mtime is its last use, so recency survives restarts and crashes
+//! and the index is rebuilt from metadata alone.
 
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use super::health::{Condition, Health};
+use super::index::{EntryKey, Index};
+use super::scan;
+use crate::metrics::{BypassReason, EvictionReason, Metrics};
 use crate::oci::Digest;
 
+/// Free space a probe wants to see before caching resumes after the disk was full.
+const PROBE_MIN_FREE: u64 = 1024 * 1024;
+
 /// The cache directory.
-#[derive(Debug)]
 pub struct Store {
     root: PathBuf,
+    max_size: u64,
     next_temp: AtomicU64,
-    bytes: AtomicU64,
-    entries: AtomicU64,
+    index: Mutex<Index>,
+    health: Health,
+    metrics: Metrics,
 }
 
-/// An open committed blob.
+/// An open committed blob. The file stays readable to its holder even if it is evicted.
 #[derive(Debug, Clone)]
 pub struct BlobFile {
     pub file: Arc<File>,
     pub size: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Area {
     Blobs,
     Manifests,
 }
 
 impl Area {
-    fn dir(self) -> &'static str {
+    pub(super) fn dir(self) -> &'static str {
         match self {
             Area::Blobs => "blobs",
             Area::Manifests => "manifests",
@@ -40,65 +52,94 @@ impl Area {
     }
 }
 
+/// What a commit came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    Stored,
+    /// Larger than `max_size`: not cached, and nothing was evicted for it.
+    TooLarge,
+}
+
+/// Committed bytes and entries, and the span of their last uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub entries: u64,
+    pub max_bytes: u64,
+    /// Oldest and newest last use, in seconds since the Unix epoch.
+    pub use_span: Option<(u32, u32)>,
+}
+
 impl Store {
-    /// Opens (creating if needed) a cache directory, removes temp files a previous run left
-    /// behind, and totals what is committed from file metadata alone.
-    pub fn open(root: &Path) -> io::Result<Store> {
+    /// Opens (creating if needed) a cache directory: removes temp files a previous run left
+    /// behind, rebuilds the index from file metadata, and evicts down to `max_size` if the
+    /// directory holds more (the bound may have been lowered).
+    pub fn open(root: &Path, max_size: u64, metrics: Metrics) -> io::Result<Store> {
         for dir in ["blobs", "manifests", "tmp"] {
             fs::create_dir_all(root.join(dir))?;
         }
         for entry in fs::read_dir(root.join("tmp"))? {
-            let path = entry?.path();
-            // A leftover is an interrupted fill: never committed, safe to drop.
-            let _ = fs::remove_file(&path);
+            // A leftover is an interrupted fill or write: never committed, safe to drop.
+            let _ = fs::remove_file(entry?.path());
         }
+        let scan = scan::scan(root)?;
+        for path in &scan.foreign {
+            tracing::warn!(path = %path.display(), "ignoring a file in the cache that is not named like a digest");
+        }
+        let mut entries = scan.entries;
+        entries.sort_unstable_by_key(|e| e.used);
+        let mut index = Index::new();
+        for e in entries {
+            let key = EntryKey {
+                area: e.area,
+                digest: e.digest,
+            };
+            index.insert(key, e.size, e.used);
+        }
+        metrics.cache_max_size_bytes.set(gauge_value(max_size));
         let store = Store {
             root: root.to_owned(),
+            max_size,
             next_temp: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            entries: AtomicU64::new(0),
+            index: Mutex::new(index),
+            health: Health::new(metrics.clone()),
+            metrics,
         };
-        for area in [Area::Blobs, Area::Manifests] {
-            store.total_up(&root.join(area.dir()))?;
-        }
+        let victims = store.lock_index().shrink_to(max_size);
+        store.unlink(victims, EvictionReason::Size);
+        store.publish_usage();
         Ok(store)
     }
 
-    fn total_up(&self, dir: &Path) -> io::Result<()> {
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                self.total_up(&entry.path())?;
-            } else if kind.is_file() {
-                self.account(entry.metadata()?.len());
-            }
+    fn lock_index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().expect("lock poisoned")
+    }
+
+    pub fn max_size(&self) -> u64 {
+        self.max_size
+    }
+
+    pub fn usage(&self) -> Usage {
+        let index = self.lock_index();
+        let (bytes, entries) = index.usage();
+        Usage {
+            bytes,
+            entries,
+            max_bytes: self.max_size,
+            use_span: index.use_span(),
         }
-        Ok(())
     }
 
-    fn account(&self, size: u64) {
-        self.bytes.fetch_add(size, Ordering::Relaxed);
-        self.entries.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Committed bytes and entries.
-    pub fn usage(&self) -> (u64, u64) {
-        (
-            self.bytes.load(Ordering::Relaxed),
-            self.entries.load(Ordering::Relaxed),
-        )
+    fn publish_usage(&self) {
+        let (bytes, entries) = self.lock_index().usage();
+        self.metrics.cache_size_bytes.set(gauge_value(bytes));
+        self.metrics.cache_entries.set(gauge_value(entries));
     }
 
     /// `<root>/<area>/<algorithm>/<first two hex>/<hex>`. Digests only ever hold lowercase hex,
     /// so this path cannot leave the cache directory.
     pub fn path(&self, area: Area, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.root
-            .join(area.dir())
-            .join(digest.algorithm().as_str())
-            .join(&hex[..2])
-            .join(hex)
+        entry_path(&self.root, area, digest)
     }
 
     /// Creates a new, empty temp file for a fill or a manifest.
@@ -112,41 +153,221 @@ impl Store {
             .read(true)
             .write(true)
             .create_new(true)
-            .open(&path)?;
+            .open(&path)
+            .inspect_err(|e| {
+                self.health.failed(e);
+            })?;
         Ok((path, file))
     }
 
-    /// Makes a verified temp file visible under its digest: fsync the data, rename, fsync the
-    /// directory so the rename itself survives a crash.
-    pub fn commit(&self, temp: &Path, file: &File, area: Area, digest: &Digest) -> io::Result<()> {
-        file.sync_all()?;
-        let size = file.metadata()?.len();
-        let target = self.path(area, digest);
-        let parent = target.parent().expect("digest paths have a parent");
-        fs::create_dir_all(parent)?;
-        let existed = target.exists();
-        fs::rename(temp, &target)?;
-        File::open(parent)?.sync_all()?;
-        if !existed {
-            self.account(size);
+    /// Makes a verified temp file visible under its digest: fsync the data, make room, rename,
+    /// fsync the directory so the rename itself survives a crash. The temp file is gone
+    /// afterwards whatever the outcome.
+    pub fn commit(
+        &self,
+        temp: &Path,
+        file: &File,
+        area: Area,
+        digest: &Digest,
+    ) -> io::Result<Committed> {
+        let committed = self.commit_inner(temp, file, area, digest);
+        if committed.as_ref().map_or(true, |c| *c != Committed::Stored) {
+            let _ = fs::remove_file(temp);
         }
-        Ok(())
+        if let Err(e) = &committed {
+            self.health.failed(e);
+        }
+        committed
     }
 
-    /// Opens a committed blob, if present.
-    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<BlobFile>> {
-        match File::open(self.path(Area::Blobs, digest)) {
-            Ok(file) => {
-                let size = file.metadata()?.len();
-                Ok(Some(BlobFile {
-                    file: Arc::new(file),
-                    size,
-                }))
+    fn commit_inner(
+        &self,
+        temp: &Path,
+        file: &File,
+        area: Area,
+        digest: &Digest,
+    ) -> io::Result<Committed> {
+        file.sync_all()?;
+        let size = file.metadata()?.len();
+        let Some(victims) = self.lock_index().reserve(size, self.max_size) else {
+            self.metrics.bypassed(BypassReason::Oversize);
+            tracing::info!(%digest, size, max_size = self.max_size, "not caching an entry larger than the whole cache");
+            return Ok(Committed::TooLarge);
+        };
+        // Victims go before the new file arrives: the bytes on disk never pass max_size.
+        self.unlink(victims, EvictionReason::Size);
+        let target = self.path(area, digest);
+        let renamed = (|| {
+            let parent = target.parent().expect("digest paths have a parent");
+            fs::create_dir_all(parent)?;
+            fs::rename(temp, &target)?;
+            File::open(parent)?.sync_all()
+        })();
+        {
+            let mut index = self.lock_index();
+            index.release(size);
+            if renamed.is_ok() {
+                let key = EntryKey {
+                    area,
+                    digest: digest.clone(),
+                };
+                index.insert(key, size, SystemTime::now());
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        }
+        self.publish_usage();
+        renamed.map(|()| Committed::Stored)
+    }
+
+    /// Opens a committed blob and counts the use. A file that is missing or whose size does not
+    /// match the index (changed outside wharf) is dropped, never served.
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<BlobFile>> {
+        let key = EntryKey {
+            area: Area::Blobs,
+            digest: digest.clone(),
+        };
+        let now = SystemTime::now();
+        let Some(used) = self.lock_index().touch(&key, now) else {
+            return Ok(None);
+        };
+        let file = match File::open(self.path(Area::Blobs, digest)) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.drop_invalid(&key, "its file is gone");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let size = file.metadata()?.len();
+        if size != used.size {
+            self.drop_invalid(&key, "its size on disk does not match the index");
+            return Ok(None);
+        }
+        if used.persist {
+            // Best effort: a file owned by someone else keeps its old recency.
+            let _ = file.set_modified(now);
+        }
+        Ok(Some(BlobFile {
+            file: Arc::new(file),
+            size,
+        }))
+    }
+
+    /// Counts a use of an entry served without opening its file (a manifest held in memory).
+    /// Returns whether the entry is still cached.
+    pub fn touch(&self, area: Area, digest: &Digest) -> bool {
+        let key = EntryKey {
+            area,
+            digest: digest.clone(),
+        };
+        let now = SystemTime::now();
+        let Some(used) = self.lock_index().touch(&key, now) else {
+            return false;
+        };
+        if used.persist {
+            let _ = File::open(self.path(area, digest)).and_then(|f| f.set_modified(now));
+        }
+        true
+    }
+
+    pub fn contains(&self, area: Area, digest: &Digest) -> bool {
+        let key = EntryKey {
+            area,
+            digest: digest.clone(),
+        };
+        self.lock_index().contains(&key)
+    }
+
+    /// Removes an entry whose file is missing or damaged, from the index and from disk.
+    pub(super) fn drop_invalid(&self, key: &EntryKey, why: &str) {
+        let Some(entry) = self.lock_index().remove(key) else {
+            return;
+        };
+        tracing::warn!(digest = %key.digest, why, "dropping a cache entry");
+        let _ = fs::remove_file(self.path(key.area, &key.digest));
+        self.metrics.evicted(EvictionReason::Invalid, entry.size);
+        self.publish_usage();
+    }
+
+    /// Evicts every entry unused for `max_idle`.
+    pub fn evict_idle(&self, max_idle: Duration) {
+        let cutoff = SystemTime::now()
+            .checked_sub(max_idle)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let victims = self.lock_index().pop_idle(cutoff);
+        if !victims.is_empty() {
+            self.unlink(victims, EvictionReason::Idle);
+            self.publish_usage();
         }
     }
+
+    fn unlink(&self, victims: Vec<(EntryKey, super::index::Entry)>, reason: EvictionReason) {
+        for (key, entry) in victims {
+            // Unlink, never truncate: a reader holding the file keeps reading it to the end.
+            match fs::remove_file(self.path(key.area, &key.digest)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(digest = %key.digest, error = %e, "cannot remove an evicted entry");
+                }
+            }
+            tracing::debug!(digest = %key.digest, size = entry.size, reason = reason.as_str(), "evicted");
+            self.metrics.evicted(reason, entry.size);
+        }
+    }
+
+    // ---- the disk's condition ----------------------------------------------------------------
+
+    /// Whether a new fill or manifest may be written now. While the directory is unwritable,
+    /// this probes it every few seconds and resumes caching when the probe succeeds.
+    pub fn caching_allowed(&self) -> bool {
+        self.health.writable(|| self.probe())
+    }
+
+    /// Records a failed write (logged once per condition).
+    pub fn write_failed(&self, error: &io::Error) -> Condition {
+        self.health.failed(error)
+    }
+
+    /// Why caching is suspended, and since when, if it is.
+    pub fn unwritable(&self) -> Option<(Condition, Duration)> {
+        self.health.condition()
+    }
+
+    /// Whether the filesystem has room for `bytes` more. When it cannot tell, it says yes and
+    /// lets the write itself fail.
+    pub fn has_room_for(&self, bytes: u64) -> bool {
+        free_space(&self.root).map_or(true, |free| free >= bytes)
+    }
+
+    fn probe(&self) -> io::Result<()> {
+        if free_space(&self.root).is_some_and(|free| free < PROBE_MIN_FREE) {
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::NOSPC.raw_os_error(),
+            ));
+        }
+        let (path, file) = self.temp_file()?;
+        let written = io::Write::write_all(&mut &file, &[0u8; 4096]).and_then(|()| file.sync_all());
+        let _ = fs::remove_file(path);
+        written
+    }
+}
+
+pub(super) fn entry_path(root: &Path, area: Area, digest: &Digest) -> PathBuf {
+    let hex = digest.hex();
+    root.join(area.dir())
+        .join(digest.algorithm().as_str())
+        .join(&hex[..2])
+        .join(hex)
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
+fn free_space(path: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -154,30 +375,172 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    #[test]
-    fn commit_moves_into_place_and_reopen_totals_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let digest = Digest::sha256_of(b"hello");
-        let (temp, mut file) = store.temp_file().unwrap();
-        file.write_all(b"hello").unwrap();
-        store.commit(&temp, &file, Area::Blobs, &digest).unwrap();
-        assert!(!temp.exists());
-        let blob = store.open_blob(&digest).unwrap().unwrap();
-        assert_eq!(blob.size, 5);
-        assert_eq!(store.usage(), (5, 1));
+    fn store(dir: &Path, max_size: u64) -> Store {
+        Store::open(dir, max_size, Metrics::new()).unwrap()
+    }
 
-        let (leftover, _) = store.temp_file().unwrap();
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        assert!(!leftover.exists(), "temp files are removed at start-up");
-        assert_eq!(store.usage(), (5, 1));
+    fn put(store: &Store, bytes: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(bytes);
+        let (temp, mut file) = store.temp_file().unwrap();
+        file.write_all(bytes).unwrap();
+        assert_eq!(
+            store.commit(&temp, &file, Area::Blobs, &digest).unwrap(),
+            Committed::Stored
+        );
+        assert!(!temp.exists());
+        digest
     }
 
     #[test]
-    fn missing_blob_is_none() {
+    fn commit_moves_into_place_and_reopen_totals_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert!(store.open_blob(&Digest::sha256_of(b"x")).unwrap().is_none());
+        let s = store(dir.path(), 1000);
+        let digest = put(&s, b"hello");
+        assert_eq!(s.open_blob(&digest).unwrap().unwrap().size, 5);
+        assert_eq!((s.usage().bytes, s.usage().entries), (5, 1));
+
+        let (leftover, _) = s.temp_file().unwrap();
+        drop(s);
+        let s = store(dir.path(), 1000);
+        assert!(!leftover.exists(), "temp files are removed at start-up");
+        assert_eq!((s.usage().bytes, s.usage().entries), (5, 1));
+    }
+
+    #[test]
+    fn committed_bytes_stay_under_max_size_least_recently_used_going_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 30);
+        let a = put(&s, &[b'a'; 10]);
+        let b = put(&s, &[b'b'; 10]);
+        let c = put(&s, &[b'c'; 10]);
+        assert!(s.open_blob(&a).unwrap().is_some(), "a hit is a use");
+        let d = put(&s, &[b'd'; 10]);
+        assert!(
+            s.open_blob(&b).unwrap().is_none(),
+            "b was least recently used"
+        );
+        assert!(!s.path(Area::Blobs, &b).exists());
+        for kept in [&a, &c, &d] {
+            assert!(s.open_blob(kept).unwrap().is_some());
+        }
+        assert_eq!(s.usage().bytes, 30);
+    }
+
+    #[test]
+    fn an_entry_larger_than_the_cache_is_not_stored_and_evicts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 30);
+        let a = put(&s, &[b'a'; 20]);
+        let big = [b'x'; 31];
+        let (temp, mut file) = s.temp_file().unwrap();
+        file.write_all(&big).unwrap();
+        let digest = Digest::sha256_of(&big);
+        assert_eq!(
+            s.commit(&temp, &file, Area::Blobs, &digest).unwrap(),
+            Committed::TooLarge
+        );
+        assert!(!temp.exists());
+        assert!(s.open_blob(&a).unwrap().is_some());
+        assert!(s.open_blob(&digest).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_evicted_blob_stays_readable_to_its_reader() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 10);
+        let a = put(&s, &[b'a'; 10]);
+        let open = s.open_blob(&a).unwrap().unwrap();
+        put(&s, &[b'b'; 10]);
+        assert!(!s.path(Area::Blobs, &a).exists(), "evicted");
+        let mut buf = [0u8; 10];
+        open.file.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, [b'a'; 10]);
+    }
+
+    #[test]
+    fn a_file_changed_outside_wharf_is_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 1000);
+        let a = put(&s, b"original");
+        fs::write(s.path(Area::Blobs, &a), b"truncated").unwrap();
+        assert!(s.open_blob(&a).unwrap().is_none());
+        assert!(!s.path(Area::Blobs, &a).exists());
+        let b = put(&s, b"removed");
+        fs::remove_file(s.path(Area::Blobs, &b)).unwrap();
+        assert!(s.open_blob(&b).unwrap().is_none());
+        assert_eq!(s.usage().entries, 0);
+    }
+
+    #[test]
+    fn recency_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 30);
+        let a = put(&s, &[b'a'; 10]);
+        let b = put(&s, &[b'b'; 10]);
+        let c = put(&s, &[b'c'; 10]);
+        // Ages written as a restart would find them: a was used last.
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        for (digest, used) in [(&a, 300), (&b, 100), (&c, 200)] {
+            let f = File::open(s.path(Area::Blobs, digest)).unwrap();
+            f.set_modified(at(used)).unwrap();
+        }
+        drop(s);
+        let s = store(dir.path(), 30);
+        put(&s, &[b'd'; 10]);
+        assert!(
+            s.open_blob(&b).unwrap().is_none(),
+            "b was least recently used"
+        );
+        assert!(s.open_blob(&a).unwrap().is_some());
+        assert!(s.open_blob(&c).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_hit_is_written_to_disk_as_the_files_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 30);
+        let a = put(&s, b"a");
+        let path = s.path(Area::Blobs, &a);
+        File::open(&path)
+            .unwrap()
+            .set_modified(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        drop(s);
+        let s = store(dir.path(), 30);
+        s.open_blob(&a).unwrap().unwrap();
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(mtime > SystemTime::now() - Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_lower_max_size_is_enforced_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 100);
+        for n in 0..5u8 {
+            put(&s, &[n; 10]);
+        }
+        drop(s);
+        let s = store(dir.path(), 25);
+        assert_eq!(s.usage().bytes, 20);
+        assert_eq!(scan::scan(dir.path()).unwrap().entries.len(), 2);
+    }
+
+    #[test]
+    fn idle_entries_are_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 100);
+        let old = put(&s, b"old");
+        let path = s.path(Area::Blobs, &old);
+        File::open(&path)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        drop(s);
+        let s = store(dir.path(), 100);
+        let new = put(&s, b"new");
+        s.evict_idle(Duration::from_secs(60));
+        assert!(!path.exists());
+        assert!(s.open_blob(&new).unwrap().is_some());
     }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::blobs::{Area, BlobFile, Store};
+use super::blobs::{Area, BlobFile, Committed, Store};
 use crate::oci::{Digest, Verifier};
 
 /// Responses are read from disk in chunks this large: hyper only reaches file-copy speed with
@@ -55,6 +55,8 @@ pub enum CommitError {
     LengthMismatch { declared: u64, received: u64 },
     #[error("cache write failed: {0}")]
     Io(String),
+    #[error("not enough free disk space to cache {0} bytes")]
+    NoSpace(u64),
     #[error("the fill was abandoned before it finished")]
     Abandoned,
 }
@@ -101,10 +103,21 @@ impl<E: Clone> Fill<E> {
     }
 }
 
+impl CommitError {
+    /// The cache could not take the bytes (as opposed to the bytes being wrong): the blob can
+    /// still be streamed to clients without caching it.
+    pub fn is_unwritable(&self) -> bool {
+        matches!(self, CommitError::Io(_) | CommitError::NoSpace(_))
+    }
+}
+
 /// What a request for a blob joined.
 pub enum Joined<E> {
     /// Already committed.
     Cached(BlobFile),
+    /// Not cached, and the cache directory takes no writes now (disk full, read-only): stream
+    /// from the upstream without caching.
+    Unwritable,
     /// A fill of this digest was already running.
     Coalesced(Arc<Fill<E>>),
     /// This request started the fill and must feed the writer.
@@ -163,7 +176,13 @@ impl<E: Clone + Send + Sync + 'static> Fills<E> {
         if let Some(blob) = self.store.open_blob(digest)? {
             return Ok(Joined::Cached(blob));
         }
-        let (temp_path, file) = self.store.temp_file()?;
+        if !self.store.caching_allowed() {
+            return Ok(Joined::Unwritable);
+        }
+        let Ok((temp_path, file)) = self.store.temp_file() else {
+            // The store has recorded why (logged once per condition).
+            return Ok(Joined::Unwritable);
+        };
         let file = Arc::new(file);
         let (progress_tx, progress_rx) = watch::channel(Progress {
             total: None,
@@ -244,13 +263,24 @@ struct WriteJob<E> {
 impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
     /// The writer thread: owns the temp file until it is committed or removed.
     fn run(self, mut rx: mpsc::Receiver<Message<E>>) {
+        let store = self.fills.store.clone();
         let mut verifier = Verifier::new(self.digest.algorithm());
         let mut written = 0u64;
         let mut total = None;
-        let mut io_error = None;
         let verdict = loop {
             match rx.blocking_recv() {
                 Some(Message::Start(declared)) => {
+                    // Refuse before the first byte, while every reader can still be served
+                    // another way, rather than fail half-way when the disk runs out.
+                    if let Some(needed) = declared.filter(|&n| !store.has_room_for(n)) {
+                        store.write_failed(&io::Error::from_raw_os_error(
+                            rustix::io::Errno::NOSPC.raw_os_error(),
+                        ));
+                        self.abandon(FillState::Failed((self.failure)(CommitError::NoSpace(
+                            needed,
+                        ))));
+                        return;
+                    }
                     total = declared;
                     self.progress.send_modify(|p| {
                         p.total = declared;
@@ -258,19 +288,19 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
                     });
                 }
                 Some(Message::Chunk(chunk)) => {
-                    if io_error.is_some() {
-                        continue;
-                    }
                     if let Err(e) = (&*self.file).write_all(&chunk) {
-                        io_error = Some(e.to_string());
-                        continue;
+                        // Stop now: the readers are waiting for bytes that will not come.
+                        store.write_failed(&e);
+                        let error = CommitError::Io(e.to_string());
+                        self.abandon(FillState::Failed((self.failure)(error)));
+                        return;
                     }
                     verifier.update(&chunk);
                     written += chunk.len() as u64;
                     self.progress.send_modify(|p| p.written = written);
                 }
                 Some(Message::Finish(reply)) => {
-                    let result = self.verify(verifier, written, total, io_error.take());
+                    let result = self.verify(verifier, written, total);
                     break Some((result, Some(reply)));
                 }
                 Some(Message::Fail(e)) => {
@@ -302,11 +332,7 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
         verifier: Verifier,
         written: u64,
         total: Option<u64>,
-        io_error: Option<String>,
     ) -> Result<(), CommitError> {
-        if let Some(e) = io_error {
-            return Err(CommitError::Io(e));
-        }
         if let Some(declared) = total.filter(|&t| t != written) {
             return Err(CommitError::LengthMismatch {
                 declared,
@@ -323,6 +349,8 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
         Ok(())
     }
 
+    /// Stores the verified blob (unless it is larger than the whole cache: then the readers are
+    /// served from the temp file, which goes away with them).
     fn commit(&self) -> Result<(), CommitError> {
         let store = &self.fills.store;
         let committed = store.commit(&self.temp_path, &self.file, Area::Blobs, &self.digest);
@@ -331,7 +359,10 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
             .lock()
             .expect("lock poisoned")
             .remove(&self.digest);
-        committed.map_err(|e| CommitError::Io(e.to_string()))
+        match committed {
+            Ok(Committed::Stored | Committed::TooLarge) => Ok(()),
+            Err(e) => Err(CommitError::Io(e.to_string())),
+        }
     }
 
     /// Publishes a failure (unless the bytes were already verified: then the readers' bytes

@@ -1,13 +1,20 @@
-//! The local cache: blobs and manifests stored by digest, shared in-flight fills, and the tag →
-//! digest table. Knows nothing of HTTP or of the upstream client: a fill is fed bytes by its
-//! caller, and a failure is whatever value the caller hands it.
+//! The local cache: blobs and manifests stored by digest, the LRU index that bounds them, shared
+//! in-flight fills, the tag → digest table, and the disk's health. Knows nothing of HTTP or of
+//! the upstream client: a fill is fed bytes by its caller, and a failure is whatever value the
+//! caller hands it.
 
 mod blobs;
 mod fill;
+mod health;
+mod index;
+pub mod maintenance;
 mod manifests;
+mod scan;
+mod tag_files;
 mod tags;
 
-pub use blobs::{Area, BlobFile, Store};
+pub use blobs::{Area, BlobFile, Committed, Store, Usage};
 pub use fill::{CommitError, Fill, FillReader, FillState, FillWriter, Fills, Joined, ReadError};
+pub use health::Condition;
 pub use manifests::StoredManifest;
 pub use tags::{TagKey, TagTable, Variant};

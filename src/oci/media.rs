@@ -26,7 +26,7 @@ pub const INDEX_TYPES: [&str; 2] = [OCI_INDEX, DOCKER_MANIFEST_LIST];
 
 /// The media types a client said it accepts, from all of its `Accept` headers. Two clients that
 /// accept the same set compare equal whatever order they listed it in.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Accept {
     /// Lowercase, sorted, without duplicates.
     types: Vec<String>,

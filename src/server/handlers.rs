@@ -14,10 +14,9 @@ use http_body_util::{BodyExt, StreamBody};
 use super::response::{empty, full, Body, BodyError};
 use super::route::{Route, Target};
 use super::{range, AppState};
-use crate::cache::{FillReader, ReadError};
 use crate::error::{ClientError, Error};
 use crate::metrics::{CacheResult, Source};
-use crate::mirror::BlobAnswer;
+use crate::mirror::{BlobAnswer, BlobReader};
 use crate::oci::media::Accept;
 use crate::oci::{Digest, RepoName};
 use crate::upstream::Upstream;
@@ -153,37 +152,34 @@ async fn blob_get(
     let answer: BlobAnswer = state.mirror.blob(upstream, &target.repo, digest).await?;
     let source = source_of(answer.result);
     let response = blob_headers(digest).header("x-wharf-cache", answer.result.as_str());
-    // A range needs the size; without one (no upstream length) the whole blob is sent.
-    let (response, reader) = match (range, answer.size) {
+    // A range needs the size; without one (no upstream length), or when the bytes come
+    // straight from the upstream, the whole blob is sent.
+    let range = range.filter(|_| answer.serves_ranges());
+    let (response, start, end) = match (range, answer.size) {
         (Some(range), Some(size)) => {
             let (start, end) = range
                 .resolve(size)
                 .ok_or(ClientError::RangeNotSatisfiable { size })?;
-            (
-                response
-                    .status(StatusCode::PARTIAL_CONTENT)
-                    .header(CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1))
-                    .header(CONTENT_LENGTH, end - start),
-                answer.reader(start, Some(end)),
-            )
+            let response = response
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1))
+                .header(CONTENT_LENGTH, end - start);
+            (response, start, Some(end))
         }
-        (_, Some(size)) => (
-            response.header(CONTENT_LENGTH, size),
-            answer.reader(0, Some(size)),
-        ),
-        (_, None) => (response, answer.reader(0, None)),
+        (_, Some(size)) => (response.header(CONTENT_LENGTH, size), 0, Some(size)),
+        (_, None) => (response, 0, None),
     };
-    let body = stream_body(reader, state.metrics.clone(), source);
+    let body = stream_body(
+        answer.into_reader(start, end),
+        state.metrics.clone(),
+        source,
+    );
     Ok(response.body(body).expect("valid headers"))
 }
 
 /// A body that streams a reader. An error ends the stream with an error, which makes hyper cut
 /// the connection: the client sees a short body, never a complete-looking wrong one.
-fn stream_body(
-    reader: FillReader<Error>,
-    metrics: crate::metrics::Metrics,
-    source: Source,
-) -> Body {
+fn stream_body(reader: BlobReader, metrics: crate::metrics::Metrics, source: Source) -> Body {
     let chunks = stream::unfold(Some(reader), move |reader| {
         let metrics = metrics.clone();
         async move {
@@ -194,12 +190,8 @@ fn stream_body(
                     Some((Ok(Frame::data(chunk)), Some(reader)))
                 }
                 Ok(None) => None,
-                Err(ReadError::Failed(e)) => {
-                    tracing::warn!(error = %e, "aborting a blob response: its fill failed");
-                    Some((Err(BodyError::from(e)), None))
-                }
-                Err(ReadError::Io(e)) => {
-                    tracing::error!(error = %e, "aborting a blob response: read failed");
+                Err(e) => {
+                    tracing::warn!(error = %e, "aborting a blob response");
                     Some((Err(BodyError::from(e)), None))
                 }
             }
@@ -240,9 +232,21 @@ async fn listing(
     Ok(response.body(body).expect("valid headers"))
 }
 
+/// Ready while the process serves; the detail tells an operator whether the cache takes writes
+/// (wharf keeps serving from the upstream when it does not).
 fn ready(state: &AppState) -> Response<Body> {
+    let usage = state.mirror.cache_usage();
+    let unwritable = state.mirror.store().unwritable();
     let detail = serde_json::json!({
         "status": "ready",
+        "cache": {
+            "writable": unwritable.is_none(),
+            "condition": unwritable.map(|(c, _)| c.as_str()),
+            "condition_seconds": unwritable.map(|(_, since)| since.as_secs()),
+            "bytes": usage.bytes,
+            "max_bytes": usage.max_bytes,
+            "entries": usage.entries,
+        },
         "fills_in_flight": state.mirror.fills_in_flight(),
     });
     Response::builder()

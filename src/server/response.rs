@@ -71,9 +71,8 @@ fn classify(error: &Error) -> (StatusCode, ErrorCode) {
         Error::Fill(CommitError::DigestMismatch { .. } | CommitError::LengthMismatch { .. }) => {
             (S::BAD_GATEWAY, ErrorCode::UpstreamUnavailable)
         }
-        Error::Fill(CommitError::Io(_) | CommitError::Abandoned) | Error::Internal(_) => {
-            (S::INTERNAL_SERVER_ERROR, ErrorCode::InternalError)
-        }
+        Error::Fill(CommitError::Io(_) | CommitError::NoSpace(_) | CommitError::Abandoned)
+        | Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, ErrorCode::InternalError),
     }
 }
 

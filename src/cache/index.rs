@@ -1,0 +1,277 @@
+//! The index of committed entries: the size and last use of every file under `blobs/` and
+//! `manifests/`, in least-recently-used order, with the total they add up to. It decides what to
+//! evict and keeps the books; it does no IO (the store unlinks what it hands back).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lru::LruCache;
+
+use super::blobs::Area;
+use crate::oci::Digest;
+
+/// How stale the recency written to disk (a file's mtime) may get. Rewriting it on every hit
+/// would cost a syscall per request; once a second per entry keeps restarts accurate enough.
+const PERSIST_EVERY_SECS: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EntryKey {
+    pub area: Area,
+    pub digest: Digest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub size: u64,
+    /// Seconds since the Unix epoch.
+    pub last_used: u32,
+    /// The last use written to disk, in the same unit.
+    persisted: u32,
+}
+
+/// What a use of an entry found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Use {
+    pub size: u64,
+    /// The use should be written to disk (the entry's file mtime) so it survives a restart.
+    pub persist: bool,
+}
+
+pub struct Index {
+    lru: LruCache<EntryKey, Entry>,
+    /// Bytes of the entries in `lru`.
+    bytes: u64,
+    /// Bytes promised to commits that are between eviction and rename.
+    reserved: u64,
+}
+
+pub fn epoch_secs(t: SystemTime) -> u32 {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index::new()
+    }
+}
+
+impl Index {
+    pub fn new() -> Self {
+        Index {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+            reserved: 0,
+        }
+    }
+
+    /// Entries and their bytes.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.bytes, self.lru.len() as u64)
+    }
+
+    /// Adds (or replaces) an entry as the most recently used. Entries loaded at start-up must be
+    /// inserted oldest first.
+    pub fn insert(&mut self, key: EntryKey, size: u64, used: SystemTime) {
+        let used = epoch_secs(used);
+        let entry = Entry {
+            size,
+            last_used: used,
+            persisted: used,
+        };
+        if let Some((_, old)) = self.lru.push(key, entry) {
+            self.bytes -= old.size;
+        }
+        self.bytes += size;
+    }
+
+    /// Records a use of `key`, making it the most recently used.
+    pub fn touch(&mut self, key: &EntryKey, now: SystemTime) -> Option<Use> {
+        let now = epoch_secs(now);
+        let entry = self.lru.get_mut(key)?;
+        entry.last_used = entry.last_used.max(now);
+        let persist = entry.last_used >= entry.persisted.saturating_add(PERSIST_EVERY_SECS);
+        if persist {
+            entry.persisted = entry.last_used;
+        }
+        Some(Use {
+            size: entry.size,
+            persist,
+        })
+    }
+
+    pub fn contains(&self, key: &EntryKey) -> bool {
+        self.lru.contains(key)
+    }
+
+    pub fn remove(&mut self, key: &EntryKey) -> Option<Entry> {
+        let entry = self.lru.pop(key)?;
+        self.bytes -= entry.size;
+        Some(entry)
+    }
+
+    /// Reserves room for `incoming` bytes under `max`, popping least recently used entries until
+    /// it fits; the caller unlinks them. Returns `None` (and takes nothing) when `incoming` alone
+    /// is larger than `max`.
+    pub fn reserve(&mut self, incoming: u64, max: u64) -> Option<Vec<(EntryKey, Entry)>> {
+        if incoming > max {
+            return None;
+        }
+        let mut victims = Vec::new();
+        while self.bytes + self.reserved + incoming > max {
+            let Some((key, entry)) = self.lru.pop_lru() else {
+                // Only other reservations are left; they are bounded by `max` themselves.
+                break;
+            };
+            self.bytes -= entry.size;
+            victims.push((key, entry));
+        }
+        self.reserved += incoming;
+        Some(victims)
+    }
+
+    /// Ends a reservation: the commit landed (insert it) or failed (nothing to insert).
+    pub fn release(&mut self, reserved: u64) {
+        self.reserved -= reserved;
+    }
+
+    /// Pops least recently used entries until the total is at most `max`.
+    pub fn shrink_to(&mut self, max: u64) -> Vec<(EntryKey, Entry)> {
+        let mut victims = Vec::new();
+        while self.bytes > max {
+            let Some((key, entry)) = self.lru.pop_lru() else {
+                break;
+            };
+            self.bytes -= entry.size;
+            victims.push((key, entry));
+        }
+        victims
+    }
+
+    /// Pops every entry unused since `cutoff`.
+    pub fn pop_idle(&mut self, cutoff: SystemTime) -> Vec<(EntryKey, Entry)> {
+        let cutoff = epoch_secs(cutoff);
+        let mut victims = Vec::new();
+        while let Some((_, entry)) = self.lru.peek_lru() {
+            if entry.last_used >= cutoff {
+                break;
+            }
+            let (key, entry) = self.lru.pop_lru().expect("peeked");
+            self.bytes -= entry.size;
+            victims.push((key, entry));
+        }
+        victims
+    }
+
+    /// The least and most recent uses, in epoch seconds.
+    pub fn use_span(&self) -> Option<(u32, u32)> {
+        let oldest = self.lru.peek_lru()?.1.last_used;
+        let newest = self.lru.peek_mru()?.1.last_used;
+        Some((oldest, newest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> EntryKey {
+        EntryKey {
+            area: Area::Blobs,
+            digest: Digest::sha256_of(&[n]),
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn keeps_the_total() {
+        let mut index = Index::new();
+        index.insert(key(1), 10, at(1));
+        index.insert(key(2), 20, at(2));
+        assert_eq!(index.usage(), (30, 2));
+        index.insert(key(1), 15, at(3));
+        assert_eq!(index.usage(), (35, 2), "replacing adjusts the total");
+        assert_eq!(index.remove(&key(2)).unwrap().size, 20);
+        assert_eq!(index.usage(), (15, 1));
+        assert_eq!(index.remove(&key(2)), None);
+    }
+
+    #[test]
+    fn evicts_least_recently_used_first_and_a_hit_is_a_use() {
+        let mut index = Index::new();
+        for n in 1..=3 {
+            index.insert(key(n), 10, at(u64::from(n)));
+        }
+        index.touch(&key(1), at(10)).unwrap();
+        let victims = index.reserve(15, 30).unwrap();
+        let evicted: Vec<_> = victims.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(evicted, [key(2), key(3)]);
+        assert_eq!(index.usage(), (10, 1));
+        index.insert(key(4), 15, at(11));
+        index.release(15);
+        assert_eq!(index.usage(), (25, 2));
+    }
+
+    #[test]
+    fn reservations_count_until_released() {
+        let mut index = Index::new();
+        index.insert(key(1), 10, at(1));
+        assert!(index.reserve(15, 30).unwrap().is_empty());
+        // Another commit must not count on the first one's room.
+        let victims = index.reserve(10, 30).unwrap();
+        assert_eq!(victims.len(), 1);
+        index.release(15);
+        index.release(10);
+        assert_eq!(index.usage(), (0, 0));
+    }
+
+    #[test]
+    fn an_entry_larger_than_the_cache_evicts_nothing() {
+        let mut index = Index::new();
+        index.insert(key(1), 10, at(1));
+        assert!(index.reserve(31, 30).is_none());
+        assert_eq!(index.usage(), (10, 1));
+    }
+
+    #[test]
+    fn idle_entries_go_oldest_first_and_recent_ones_stay() {
+        let mut index = Index::new();
+        index.insert(key(1), 1, at(100));
+        index.insert(key(2), 1, at(200));
+        index.insert(key(3), 1, at(300));
+        index.touch(&key(1), at(400));
+        let idle: Vec<_> = index
+            .pop_idle(at(250))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(idle, [key(2)]);
+        assert_eq!(index.use_span(), Some((300, 400)));
+    }
+
+    #[test]
+    fn recency_is_persisted_at_most_once_a_second() {
+        let mut index = Index::new();
+        index.insert(key(1), 1, at(100));
+        assert!(!index.touch(&key(1), at(100)).unwrap().persist);
+        assert!(index.touch(&key(1), at(101)).unwrap().persist);
+        assert!(!index.touch(&key(1), at(101)).unwrap().persist);
+        assert!(index.touch(&key(1), at(105)).unwrap().persist);
+        assert_eq!(index.touch(&key(9), at(105)), None);
+    }
+
+    #[test]
+    fn shrink_to_a_smaller_size() {
+        let mut index = Index::new();
+        for n in 1..=4 {
+            index.insert(key(n), 10, at(u64::from(n)));
+        }
+        assert_eq!(index.shrink_to(25).len(), 2);
+        assert_eq!(index.usage(), (20, 2));
+    }
+}
