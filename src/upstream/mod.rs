@@ -2,6 +2,8 @@
 //! token or basic auth, pooled connections and timeouts. Knows nothing of the cache.
 
 mod auth;
+mod backoff;
+mod error;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -15,6 +17,9 @@ use url::Url;
 
 pub use auth::Challenge;
 use auth::{TokenCache, TokenResponse};
+use backoff::Backoff;
+use error::classify;
+pub use error::UpstreamError;
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
@@ -24,43 +29,6 @@ use crate::oci::{Digest, RepoName};
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 /// Listings (`tags/list`, `referrers`) are buffered too, so they are capped as well.
 const MAX_LISTING_BYTES: usize = 16 * 1024 * 1024;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("upstream {upstream} is unreachable: {reason}")]
-    Unreachable { upstream: Arc<str>, reason: String },
-    #[error("upstream {upstream} timed out")]
-    Timeout { upstream: Arc<str> },
-    #[error("not found upstream")]
-    NotFound,
-    #[error("upstream {upstream} refused wharf's credentials")]
-    Unauthorized { upstream: Arc<str> },
-    #[error("upstream {upstream} denied access")]
-    Denied { upstream: Arc<str> },
-    #[error("upstream {upstream} is rate limiting")]
-    TooManyRequests {
-        upstream: Arc<str>,
-        retry_after: Option<String>,
-    },
-    #[error("upstream {upstream} answered {status}")]
-    Status { upstream: Arc<str>, status: u16 },
-    #[error("upstream {upstream} sent an invalid response: {reason}")]
-    Invalid { upstream: Arc<str>, reason: String },
-}
-
-impl UpstreamError {
-    /// Whether the upstream is down or limiting rather than saying "no": the cases where a
-    /// cached answer is better than an error.
-    pub fn is_outage(&self) -> bool {
-        match self {
-            UpstreamError::Unreachable { .. }
-            | UpstreamError::Timeout { .. }
-            | UpstreamError::TooManyRequests { .. } => true,
-            UpstreamError::Status { status, .. } => *status >= 500,
-            _ => false,
-        }
-    }
-}
 
 /// What kind of request went upstream, for the metrics.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +76,8 @@ pub struct Upstream {
     /// The last challenge seen, so later requests authenticate up front instead of paying a
     /// 401 round trip each.
     challenge: RwLock<Option<Challenge>>,
+    /// Set by a 429: until it passes, nothing is sent to this upstream.
+    backoff: Backoff,
     metrics: Metrics,
 }
 
@@ -159,27 +129,6 @@ impl BlobStream {
     }
 }
 
-fn classify(upstream: &Arc<str>, e: &reqwest::Error) -> UpstreamError {
-    if e.is_timeout() {
-        UpstreamError::Timeout {
-            upstream: upstream.clone(),
-        }
-    } else {
-        // The source chain says what actually happened (refused, reset, DNS); reqwest's own
-        // message alone is only "error sending request".
-        let mut reason = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            reason = format!("{reason}: {s}");
-            source = s.source();
-        }
-        UpstreamError::Unreachable {
-            upstream: upstream.clone(),
-            reason,
-        }
-    }
-}
-
 impl Upstream {
     pub fn new(config: &UpstreamConfig, metrics: Metrics) -> Result<Upstream, String> {
         let credentials = match (&config.username, &config.password_file) {
@@ -212,6 +161,7 @@ impl Upstream {
             credentials,
             tokens: TokenCache::new(),
             challenge: RwLock::new(None),
+            backoff: Backoff::default(),
             metrics,
         })
     }
@@ -237,6 +187,33 @@ impl Upstream {
             .inc();
     }
 
+    /// Refuses to send anything while the upstream's last 429 asks wharf to wait.
+    fn check_backoff(&self) -> Result<(), UpstreamError> {
+        match self.backoff.remaining() {
+            None => Ok(()),
+            Some(wait) => {
+                self.metrics
+                    .upstream_throttled
+                    .with_label_values(&[&self.name])
+                    .inc();
+                Err(UpstreamError::TooManyRequests {
+                    upstream: self.name.clone(),
+                    retry_after: Some(backoff::as_retry_after(wait)),
+                })
+            }
+        }
+    }
+
+    /// Counts a response, and starts a backoff if it is a 429.
+    fn observe(&self, kind: Kind, response: &reqwest::Response) {
+        self.record(kind, response.status().as_str());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = header(response.headers(), "retry-after");
+            let wait = self.backoff.limited(retry_after.as_deref());
+            tracing::warn!(upstream = %self.name, ?wait, "the upstream is rate limiting; holding off");
+        }
+    }
+
     fn status_error(&self, response: &reqwest::Response) -> UpstreamError {
         let upstream = self.name.clone();
         match response.status() {
@@ -245,7 +222,10 @@ impl Upstream {
             StatusCode::FORBIDDEN => UpstreamError::Denied { upstream },
             StatusCode::TOO_MANY_REQUESTS => UpstreamError::TooManyRequests {
                 upstream,
-                retry_after: header(response.headers(), "retry-after"),
+                // What is left of the wait `observe` started, as the client should honour it.
+                retry_after: Some(backoff::as_retry_after(
+                    self.backoff.remaining().unwrap_or_default(),
+                )),
             },
             s => UpstreamError::Status {
                 upstream,
@@ -304,6 +284,7 @@ impl Upstream {
             }
             query.append_pair("scope", scope);
         }
+        self.check_backoff()?;
         let mut request = self.http.get(url).timeout(self.read_timeout);
         if let Some(c) = &self.credentials {
             request = request.header(AUTHORIZATION, c.basic_header());
@@ -312,7 +293,7 @@ impl Upstream {
             self.record(Kind::Token, "error");
             classify(&self.name, &e)
         })?;
-        self.record(Kind::Token, response.status().as_str());
+        self.observe(Kind::Token, &response);
         if !response.status().is_success() {
             return Err(match self.status_error(&response) {
                 UpstreamError::NotFound => UpstreamError::Unauthorized {
@@ -343,6 +324,7 @@ impl Upstream {
         let mut answered_challenge = false;
         let mut retried = false;
         loop {
+            self.check_backoff()?;
             let mut request = self.http.request(method.clone(), url.clone());
             if let Some(accept) = accept {
                 request = request.header(ACCEPT, accept);
@@ -359,7 +341,10 @@ impl Upstream {
                 Ok(r) => r,
                 Err(e) => {
                     self.record(kind, "error");
-                    if !retried && e.is_connect() {
+                    // One retry for a connection refused or reset at once (a restarting
+                    // upstream, a pooled connection gone stale); a connect that timed out has
+                    // used its time already.
+                    if !retried && e.is_connect() && !e.is_timeout() {
                         retried = true;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
@@ -367,7 +352,7 @@ impl Upstream {
                     return Err(classify(&self.name, &e));
                 }
             };
-            self.record(kind, response.status().as_str());
+            self.observe(kind, &response);
             if response.status() == StatusCode::UNAUTHORIZED && !answered_challenge {
                 answered_challenge = true;
                 let challenge = response

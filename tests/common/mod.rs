@@ -54,6 +54,8 @@ pub struct Faults {
     pub flip_byte: bool,
     /// Blob bodies: pause this long between 64 KiB chunks.
     pub chunk_delay: Option<Duration>,
+    /// Blob bodies: send this many bytes, then keep the connection open and send nothing.
+    pub stall_blob_after: Option<usize>,
     /// Require `Authorization: Bearer <token>` from this realm (served by the fake itself).
     pub bearer: bool,
     /// Require this `Authorization: Basic ...` value.
@@ -357,6 +359,7 @@ fn stream_blob(blob: Bytes, faults: &Faults, headers: &[(&str, String)]) -> Resp
     let send_len = faults.cut_blob_after.unwrap_or(data.len()).min(data.len());
     let cut = send_len < data.len();
     let delay = faults.chunk_delay;
+    let stall_at = faults.stall_blob_after;
     const CHUNK: usize = 64 * 1024;
     let chunks = futures_util::stream::unfold(0usize, move |pos| {
         let data = data.clone();
@@ -371,6 +374,9 @@ fn stream_blob(blob: Bytes, faults: &Faults, headers: &[(&str, String)]) -> Resp
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
+            if stall_at.is_some_and(|at| pos >= at) {
+                std::future::pending::<()>().await;
+            }
             let end = (pos + CHUNK).min(send_len);
             Some((Ok(Frame::data(data.slice(pos..end))), end))
         }
@@ -380,6 +386,24 @@ fn stream_blob(blob: Bytes, faults: &Faults, headers: &[(&str, String)]) -> Resp
         r = r.header(*k, v);
     }
     r.body(StreamBody::new(chunks).boxed_unsync()).unwrap()
+}
+
+/// A config for wharf in front of `upstream`, named both "docker.io" (the default upstream) and
+/// by its own host:port. `cache_extra` lands in `[cache]`, `upstream_extra` in each upstream.
+pub fn config_toml(
+    upstream: &FakeRegistry,
+    cache_dir: &std::path::Path,
+    cache_extra: &str,
+    upstream_extra: &str,
+) -> String {
+    format!(
+        "[cache]\ndir = {dir:?}\n{cache_extra}\n\
+         [[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\n{upstream_extra}\n\
+         [[upstream]]\nname = \"{addr}\"\nurl = \"{url}\"\n{upstream_extra}\n",
+        dir = cache_dir.display().to_string(),
+        url = upstream.url(),
+        addr = upstream.addr,
+    )
 }
 
 /// A running wharf.
@@ -400,14 +424,7 @@ impl Wharf {
     }
 
     pub async fn start_in(upstream: &FakeRegistry, extra: &str, cache: tempfile::TempDir) -> Wharf {
-        let toml = format!(
-            "[cache]\ndir = {dir:?}\n{extra}\n\
-             [[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\n\
-             [[upstream]]\nname = \"{addr}\"\nurl = \"{url}\"\n",
-            dir = cache.path().display().to_string(),
-            url = upstream.url(),
-            addr = upstream.addr,
-        );
+        let toml = config_toml(upstream, cache.path(), extra, "");
         Self::start_with_config(&toml, cache).await
     }
 

@@ -1,0 +1,64 @@
+//! What can go wrong upstream, in terms the rest of wharf can act on (serve stale, pass a 429
+//! on, answer 502/503/504).
+
+use std::sync::Arc;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {upstream} is unreachable: {reason}")]
+    Unreachable { upstream: Arc<str>, reason: String },
+    #[error("upstream {upstream} timed out")]
+    Timeout { upstream: Arc<str> },
+    #[error("not found upstream")]
+    NotFound,
+    #[error("upstream {upstream} refused wharf's credentials")]
+    Unauthorized { upstream: Arc<str> },
+    #[error("upstream {upstream} denied access")]
+    Denied { upstream: Arc<str> },
+    #[error("upstream {upstream} is rate limiting")]
+    TooManyRequests {
+        upstream: Arc<str>,
+        retry_after: Option<String>,
+    },
+    #[error("upstream {upstream} answered {status}")]
+    Status { upstream: Arc<str>, status: u16 },
+    #[error("upstream {upstream} sent an invalid response: {reason}")]
+    Invalid { upstream: Arc<str>, reason: String },
+}
+
+impl UpstreamError {
+    /// Whether the upstream is down or limiting rather than saying "no": the cases where a
+    /// cached answer is better than an error.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            UpstreamError::Unreachable { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::TooManyRequests { .. } => true,
+            UpstreamError::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+pub(super) fn classify(upstream: &Arc<str>, e: &reqwest::Error) -> UpstreamError {
+    // A connect that timed out means the host is unreachable (503); a timeout after that means
+    // it stalled while answering (504).
+    if e.is_timeout() && !e.is_connect() {
+        UpstreamError::Timeout {
+            upstream: upstream.clone(),
+        }
+    } else {
+        // The source chain says what actually happened (refused, reset, DNS); reqwest's own
+        // message alone is only "error sending request".
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            reason = format!("{reason}: {s}");
+            source = s.source();
+        }
+        UpstreamError::Unreachable {
+            upstream: upstream.clone(),
+            reason,
+        }
+    }
+}

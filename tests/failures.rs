@@ -1,0 +1,202 @@
+//! When the upstream fails: rate limits are honoured, errors are fast OCI JSON, stalls are cut,
+//! and a cache is served even when wharf starts while the upstream is down.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config_toml, random_bytes, sha256, FakeRegistry, Wharf, OCI_MANIFEST};
+
+const MIB: usize = 1024 * 1024;
+
+async fn error_code(r: reqwest::Response) -> String {
+    let body: serde_json::Value = r.json().await.expect("an OCI JSON error body");
+    body["errors"][0]["code"].as_str().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn a_429_holds_off_the_upstream_and_is_passed_on_with_retry_after() {
+    let upstream = FakeRegistry::start().await;
+    upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
+    let wharf = Wharf::start(&upstream, "tag_ttl = \"100ms\"").await;
+    assert_eq!(
+        wharf.get("/v2/library/app/manifests/v1").await.status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    upstream.faults().status = Some((429, Some("2")));
+    let r = wharf.get("/v2/library/other/manifests/v1").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "2");
+    assert_eq!(error_code(r).await, "TOOMANYREQUESTS");
+    let asked = upstream.seen().len();
+
+    // Within the wait: refused without asking the upstream again.
+    let r = wharf.get("/v2/library/other/manifests/v2").await;
+    assert_eq!(r.status(), 429);
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    // A cached tag is served stale meanwhile, also without asking.
+    let r = wharf.get("/v2/library/app/manifests/v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-wharf-cache"], "stale");
+    assert_eq!(
+        upstream.seen().len(),
+        asked,
+        "nothing sent during the backoff"
+    );
+    assert_eq!(
+        wharf.metric("wharf_upstream_throttled_total", &[]).await,
+        2.0
+    );
+
+    // Afterwards the upstream is asked again.
+    upstream.faults().status = None;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        wharf.get("/v2/library/app/manifests/v1").await.status(),
+        200
+    );
+    assert!(upstream.seen().len() > asked);
+}
+
+#[tokio::test]
+async fn a_failing_upstream_gets_502_and_a_vanished_one_a_fast_503() {
+    let upstream = FakeRegistry::start().await;
+    let wharf = Wharf::start(&upstream, "").await;
+
+    upstream.faults().status = Some((500, None));
+    let r = wharf.get("/v2/library/app/manifests/v1").await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(error_code(r).await, "UPSTREAM_UNAVAILABLE");
+
+    // Refused connections answer 503 at once, not after a timeout.
+    drop(upstream);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let r = wharf
+        .get(&format!("/v2/library/app/blobs/{}", sha256(b"x")))
+        .await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(error_code(r).await, "UPSTREAM_UNAVAILABLE");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so connecting to it
+/// hangs like connecting to a host that is down (without leaving loopback).
+async fn blackhole() -> (tokio::net::TcpListener, Vec<std::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            fillers.push(s);
+        }
+    }
+    (listener, fillers)
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_503_within_connect_timeout() {
+    let (listener, _fillers) = blackhole().await;
+    let cache = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[cache]\ndir = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"http://{}\"\n\
+         connect_timeout = \"500ms\"\n",
+        cache.path().join("c"),
+        listener.local_addr().unwrap()
+    );
+    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let started = Instant::now();
+    let r = wharf.get("/v2/library/app/manifests/v1").await;
+    let elapsed = started.elapsed();
+    assert_eq!(r.status(), 503);
+    assert_eq!(error_code(r).await, "UPSTREAM_UNAVAILABLE");
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_millis(900),
+        "answered after {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_upstream_is_cut_by_the_read_timeout_and_nothing_is_cached() {
+    let upstream = FakeRegistry::start().await;
+    let digest = upstream.add_blob(random_bytes(4 * MIB, 1));
+    upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
+    upstream.faults().stall_blob_after = Some(MIB);
+    let cache = tempfile::tempdir().unwrap();
+    let toml = config_toml(&upstream, cache.path(), "", "read_timeout = \"500ms\"");
+    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let path = format!("/v2/library/app/blobs/{digest}");
+
+    let started = Instant::now();
+    let r = wharf.get(&path).await;
+    assert_eq!(r.status(), 200, "headers go out before the stall");
+    assert!(r.bytes().await.is_err(), "the body must be cut short");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!wharf.has_blob(&digest));
+
+    // A manifest that never comes: a 504, as fast.
+    upstream.faults().manifest_delay = Some(Duration::from_secs(10));
+    let started = Instant::now();
+    let r = wharf.get("/v2/library/app/manifests/v1").await;
+    assert_eq!(r.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    upstream.faults().stall_blob_after = None;
+    upstream.faults().manifest_delay = None;
+    let r = wharf.get(&path).await;
+    assert_eq!(r.headers()["x-wharf-cache"], "miss");
+    assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
+}
+
+#[tokio::test]
+async fn wharf_starts_and_serves_its_cache_while_the_upstream_is_down() {
+    let upstream = FakeRegistry::start().await;
+    let blob = upstream.add_blob(random_bytes(100_000, 2));
+    let body = format!(r#"{{"schemaVersion":2,"layers":[{{"digest":"{blob}"}}]}}"#);
+    let manifest = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &body);
+    let ttl = "tag_ttl = \"100ms\"";
+    let wharf = Wharf::start(&upstream, ttl).await;
+    assert_eq!(
+        wharf.get("/v2/library/app/manifests/v1").await.status(),
+        200
+    );
+    let r = wharf.get(&format!("/v2/library/app/blobs/{blob}")).await;
+    assert_eq!(sha256(&r.bytes().await.unwrap()), blob);
+    let cache = wharf.stop().await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    // The tag expired and cannot be revalidated: it is served stale from the tag files.
+
+    let config = config_toml(&upstream, cache.path(), ttl, "");
+    drop(upstream);
+    let wharf = Wharf::start_with_config(&config, cache).await;
+    let r = wharf.get("/v2/library/app/manifests/v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-wharf-cache"], "stale");
+    assert_eq!(r.headers()["docker-content-digest"], manifest.as_str());
+    assert_eq!(r.text().await.unwrap(), body);
+    let r = wharf
+        .get(&format!("/v2/library/app/manifests/{manifest}"))
+        .await;
+    assert_eq!(r.headers()["x-wharf-cache"], "hit");
+    let r = wharf.get(&format!("/v2/library/app/blobs/{blob}")).await;
+    assert_eq!(r.headers()["x-wharf-cache"], "hit");
+    assert_eq!(sha256(&r.bytes().await.unwrap()), blob);
+}
