@@ -1,0 +1,326 @@
+//! The cache over its lifetime: bounded by max_size (least recently used first), swept by
+//! max_idle, recency kept across restarts, damage never served, maintenance while serving.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, random_bytes, sha256, FakeRegistry, Wharf};
+use futures_util::StreamExt;
+
+const MIB: usize = 1024 * 1024;
+const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
+
+fn blob_path(cache: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    cache.join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+/// GETs a blob whole and returns its digest and where wharf said it came from.
+async fn pull(wharf: &Wharf, digest: &str) -> (String, String) {
+    let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
+    assert_eq!(r.status(), 200, "{digest}");
+    let cache = r.headers()["x-wharf-cache"].to_str().unwrap().to_owned();
+    (sha256(&r.bytes().await.unwrap()), cache)
+}
+
+/// Pulls and waits until the blob is committed.
+async fn pull_and_cache(wharf: &Wharf, digest: &str) {
+    assert_eq!(pull(wharf, digest).await.0, digest);
+    assert!(eventually(Duration::from_secs(5), || async { wharf.has_blob(digest) }).await);
+}
+
+#[tokio::test]
+async fn least_recently_used_blobs_make_room_and_a_hit_counts_as_a_use() {
+    let upstream = FakeRegistry::start().await;
+    let blobs: Vec<_> = (0..4)
+        .map(|n| upstream.add_blob(random_bytes(MIB, n)))
+        .collect();
+    let wharf = Wharf::start(&upstream, "max_size = \"3MiB\"").await;
+    for d in &blobs[..3] {
+        pull_and_cache(&wharf, d).await;
+    }
+    assert_eq!(pull(&wharf, &blobs[0]).await.1, "hit");
+    pull_and_cache(&wharf, &blobs[3]).await;
+
+    assert!(
+        !wharf.has_blob(&blobs[1]),
+        "the least recently used one went"
+    );
+    for d in [&blobs[0], &blobs[2], &blobs[3]] {
+        assert!(wharf.has_blob(d));
+    }
+    assert_eq!(
+        wharf
+            .metric("wharf_cache_evictions_total", &["reason=\"size\""])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        wharf
+            .metric("wharf_cache_evicted_bytes_total", &["reason=\"size\""])
+            .await,
+        MIB as f64
+    );
+    assert_eq!(
+        wharf.metric("wharf_cache_size_bytes", &[]).await,
+        (3 * MIB) as f64
+    );
+    // Asked again, the evicted blob is fetched again.
+    assert_eq!(pull(&wharf, &blobs[1]).await.1, "miss");
+    assert_eq!(upstream.count("GET", &blobs[1]), 2);
+}
+
+#[tokio::test]
+async fn an_entry_larger_than_the_cache_is_served_but_not_cached() {
+    let upstream = FakeRegistry::start().await;
+    let small = upstream.add_blob(random_bytes(MIB / 2, 1));
+    let big = upstream.add_blob(random_bytes(2 * MIB, 2));
+    let wharf = Wharf::start(&upstream, "max_size = \"1MiB\"").await;
+    pull_and_cache(&wharf, &small).await;
+    for _ in 0..2 {
+        assert_eq!(pull(&wharf, &big).await, (big.clone(), "miss".to_owned()));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!wharf.has_blob(&big));
+    assert!(wharf.has_blob(&small), "nothing was evicted for it");
+    assert_eq!(
+        wharf
+            .metric("wharf_cache_bypass_total", &["reason=\"oversize\""])
+            .await,
+        2.0
+    );
+    // Its temp files are gone too.
+    let tmp = std::fs::read_dir(wharf.cache.path().join("tmp")).unwrap();
+    assert_eq!(tmp.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_being_read_when_it_is_evicted_stays_readable_to_the_end() {
+    let upstream = FakeRegistry::start().await;
+    // Larger than loopback socket buffers, so most of it is read from disk after the eviction.
+    let first = random_bytes(24 * MIB, 1);
+    let a = upstream.add_blob(first.clone());
+    let b = upstream.add_blob(random_bytes(24 * MIB, 2));
+    let wharf = Wharf::start(&upstream, "max_size = \"24MiB\"").await;
+    pull_and_cache(&wharf, &a).await;
+
+    let r = wharf.get(&format!("/v2/library/x/blobs/{a}")).await;
+    assert_eq!(r.headers()["x-wharf-cache"], "hit");
+    let mut body = r.bytes_stream();
+    let mut received = body.next().await.unwrap().unwrap().to_vec();
+    pull_and_cache(&wharf, &b).await;
+    assert!(!wharf.has_blob(&a), "evicted while being read");
+    while let Some(chunk) = body.next().await {
+        received.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(received.len(), first.len());
+    assert!(
+        received == first[..],
+        "the reader got the whole, right blob"
+    );
+}
+
+#[tokio::test]
+async fn entries_unused_for_max_idle_are_evicted() {
+    let upstream = FakeRegistry::start().await;
+    let d = upstream.add_blob(random_bytes(1000, 1));
+    let wharf = Wharf::start(&upstream, "max_idle = \"1s\"").await;
+    pull_and_cache(&wharf, &d).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async { !wharf.has_blob(&d) }).await,
+        "swept after max_idle"
+    );
+    assert_eq!(
+        wharf
+            .metric("wharf_cache_evictions_total", &["reason=\"idle\""])
+            .await,
+        1.0
+    );
+    assert_eq!(wharf.metric("wharf_cache_entries", &[]).await, 0.0);
+}
+
+#[tokio::test]
+async fn recency_survives_a_restart() {
+    let upstream = FakeRegistry::start().await;
+    let blobs: Vec<_> = (0..4)
+        .map(|n| upstream.add_blob(random_bytes(MIB, 10 + n)))
+        .collect();
+    let extra = "max_size = \"3MiB\"";
+    let wharf = Wharf::start(&upstream, extra).await;
+    for d in &blobs[..3] {
+        pull_and_cache(&wharf, d).await;
+    }
+    // Uses are written to disk at most once a second: let one second pass, then use the
+    // oldest blob.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(pull(&wharf, &blobs[0]).await.1, "hit");
+    let cache = wharf.stop().await;
+
+    let wharf = Wharf::start_in(&upstream, extra, cache).await;
+    assert_eq!(
+        wharf.metric("wharf_cache_entries", &[]).await,
+        3.0,
+        "the index is rebuilt"
+    );
+    pull_and_cache(&wharf, &blobs[3]).await;
+    assert!(
+        !wharf.has_blob(&blobs[1]),
+        "the least recently used before the restart"
+    );
+    assert!(wharf.has_blob(&blobs[0]));
+}
+
+#[tokio::test]
+async fn a_cached_blob_changed_on_disk_is_never_served() {
+    let upstream = FakeRegistry::start().await;
+    let d = upstream.add_blob(random_bytes(MIB, 1));
+    let wharf = Wharf::start(&upstream, "").await;
+    pull_and_cache(&wharf, &d).await;
+    let path = blob_path(wharf.cache.path(), &d);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+
+    assert_eq!(pull(&wharf, &d).await, (d.clone(), "miss".to_owned()));
+    assert_eq!(
+        wharf
+            .metric("wharf_cache_evictions_total", &["reason=\"invalid\""])
+            .await,
+        1.0
+    );
+    assert!(eventually(Duration::from_secs(5), || async { wharf.has_blob(&d) }).await);
+}
+
+fn cache_command(cache: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(WHARF)
+        .arg("cache")
+        .args(args)
+        .arg("--dir")
+        .arg(cache)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn cache_commands_work_while_the_server_runs() {
+    let upstream = FakeRegistry::start().await;
+    let good = upstream.add_blob(random_bytes(MIB, 1));
+    let rotten = upstream.add_blob(random_bytes(MIB, 2));
+    let wharf = Wharf::start(&upstream, "").await;
+    pull_and_cache(&wharf, &good).await;
+    pull_and_cache(&wharf, &rotten).await;
+
+    let (ok, text) = cache_command(wharf.cache.path(), &["stats"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("blobs                2 entries"), "{text}");
+
+    // Bit rot that keeps the size: only re-hashing finds it.
+    let path = blob_path(wharf.cache.path(), &rotten);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1000] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let (ok, text) = cache_command(wharf.cache.path(), &["verify"]);
+    assert!(!ok, "verify reports damage with a failing status");
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains("1 damaged and removed"), "{text}");
+    assert!(!path.exists());
+    assert_eq!(
+        pull(&wharf, &rotten).await,
+        (rotten.clone(), "miss".to_owned())
+    );
+
+    let (ok, text) = cache_command(wharf.cache.path(), &["prune", "--max-size", "0"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("removed 2 entries"), "{text}");
+    assert_eq!(pull(&wharf, &good).await, (good.clone(), "miss".to_owned()));
+}
+
+/// Sums the committed files that all existed at one moment: files seen while walking are
+/// counted only if they still exist once the walk is over, so a commit landing mid-walk cannot
+/// make the total look larger than it ever was.
+fn committed_bytes(cache: &Path) -> u64 {
+    let mut seen = Vec::new();
+    for area in ["blobs", "manifests"] {
+        let Ok(algorithms) = std::fs::read_dir(cache.join(area)) else {
+            continue;
+        };
+        for fan in algorithms
+            .flatten()
+            .flat_map(|a| std::fs::read_dir(a.path()))
+            .flatten()
+        {
+            for file in std::fs::read_dir(fan.unwrap().path()).into_iter().flatten() {
+                let file = file.unwrap();
+                if let Ok(m) = file.metadata() {
+                    seen.push((file.path(), m.len()));
+                }
+            }
+        }
+    }
+    seen.iter()
+        .filter(|(path, _)| path.exists())
+        .map(|(_, len)| len)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn churn_far_beyond_max_size_never_passes_it() {
+    const MAX: usize = 8 * MIB;
+    const BLOB: usize = MIB;
+    let upstream = FakeRegistry::start().await;
+    let blobs: Vec<_> = (0..48)
+        .map(|n| upstream.add_blob(random_bytes(BLOB, 100 + n)))
+        .collect();
+    let wharf = Arc::new(Wharf::start(&upstream, "max_size = \"8MiB\"").await);
+
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (wharf, done) = (wharf.clone(), done.clone());
+        tokio::spawn(async move {
+            let (mut max_gauge, mut max_files, mut samples) = (0f64, 0u64, 0);
+            while !done.load(Ordering::Relaxed) {
+                max_gauge = max_gauge.max(wharf.metric("wharf_cache_size_bytes", &[]).await);
+                let cache = wharf.cache.path().to_owned();
+                let files = tokio::task::spawn_blocking(move || committed_bytes(&cache))
+                    .await
+                    .unwrap();
+                max_files = max_files.max(files);
+                samples += 1;
+            }
+            (max_gauge, max_files, samples)
+        })
+    };
+    // 48 MiB of distinct blobs, six times max_size, eight clients at a time.
+    futures_util::stream::iter(blobs.clone())
+        .for_each_concurrent(8, |d| {
+            let wharf = wharf.clone();
+            async move { assert_eq!(pull(&wharf, &d).await.0, d) }
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    done.store(true, Ordering::Relaxed);
+    let (max_gauge, max_files, samples) = sampler.await.unwrap();
+    eprintln!(
+        "churn: {samples} samples; max committed on disk {max_files} B, index {max_gauge} B, \
+         max_size {MAX} B"
+    );
+    assert!(samples > 10, "the sampler ran ({samples} samples)");
+    assert!(
+        max_gauge <= MAX as f64,
+        "index passed max_size: {max_gauge}"
+    );
+    assert!(max_files <= MAX as u64, "disk passed max_size: {max_files}");
+    let final_bytes = committed_bytes(wharf.cache.path());
+    assert_eq!(
+        final_bytes as f64,
+        wharf.metric("wharf_cache_size_bytes", &[]).await
+    );
+    assert!(wharf.metric("wharf_cache_evictions_total", &[]).await >= 40.0);
+}

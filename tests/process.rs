@@ -1,0 +1,343 @@
+//! The real binary under hard stops: kill -9 at any moment never leaves a bad or partial blob
+//! behind and never loses a committed one; SIGTERM lets responses finish within the grace period.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{config_toml, random_bytes, sha256, FakeRegistry};
+use futures_util::StreamExt;
+
+const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
+const MIB: usize = 1024 * 1024;
+
+/// A wharf process, killed by PID when dropped whatever happened.
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    /// Starts wharf on a free port with `config` (without a [server] section) and waits until
+    /// it serves.
+    fn start(dir: &Path, config: &str, grace: &str) -> Process {
+        let config_path = dir.join("mirror.toml");
+        let server = format!("[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"{grace}\"\n");
+        fs::write(&config_path, server + config).unwrap();
+        let log = dir.join(format!("wharf-{}.log", Instant::now().elapsed().as_nanos()));
+        let child = Command::new(WHARF)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stderr(fs::File::create(&log).unwrap())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Guarded from here on: a failed start-up still kills and reaps the child.
+        let mut process = Process {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = fs::read_to_string(&process.log).unwrap_or_default();
+            let addr = text.lines().find_map(|l| {
+                let at = l.find("wharf is serving")?;
+                let rest = &l[at..];
+                let listen = &rest[rest.find("listen=")? + 7..];
+                listen.split_whitespace().next()?.parse().ok()
+            });
+            if let Some(addr) = addr {
+                process.addr = addr;
+                return process;
+            }
+            assert!(Instant::now() < deadline, "wharf did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit on its own; its status.
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wharf did not exit within {limit:?}:\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Every committed blob file, hashed: (name, digest of its bytes).
+fn committed_blobs(cache: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for fan in fs::read_dir(cache.join("blobs/sha256"))
+        .into_iter()
+        .flatten()
+    {
+        for file in fs::read_dir(fan.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            let mut bytes = Vec::new();
+            fs::File::open(&path)
+                .unwrap()
+                .read_to_end(&mut bytes)
+                .unwrap();
+            let name = format!("sha256:{}", path.file_name().unwrap().to_string_lossy());
+            out.push((name, sha256(&bytes)));
+        }
+    }
+    out
+}
+
+fn temp_files(cache: &Path) -> usize {
+    fs::read_dir(cache.join("tmp")).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_at_any_moment_leaves_only_whole_verified_blobs() {
+    let upstream = FakeRegistry::start().await;
+    let blobs: Vec<_> = (0..24)
+        .map(|n| upstream.add_blob(random_bytes(MIB, n)))
+        .collect();
+    // About 64 ms per fill, so early kills land mid-fill and later ones mid-commit or between;
+    // a small cache so commits keep evicting.
+    upstream.faults().chunk_delay = Some(Duration::from_millis(4));
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let config = config_toml(&upstream, &cache, "max_size = \"3MiB\"", "");
+    let client = reqwest::Client::new();
+    let mut killed_mid_fill = 0;
+
+    for round in 0..8u64 {
+        let wharf = Process::start(dir.path(), &config, "1s");
+        assert_eq!(
+            temp_files(&cache),
+            0,
+            "round {round}: start-up removes temp files"
+        );
+        for (name, actual) in committed_blobs(&cache) {
+            assert_eq!(
+                name, actual,
+                "round {round}: a committed blob is whole and right"
+            );
+        }
+        // Eight clients on six different blobs, then a kill at a different moment each round.
+        let pulls: Vec<_> = (0..8)
+            .map(|i| {
+                let url = wharf.url(&format!(
+                    "/v2/library/x/blobs/{}",
+                    blobs[(round as usize * 5 + i % 6) % blobs.len()]
+                ));
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let Ok(r) = client.get(url).send().await else {
+                        return;
+                    };
+                    let mut body = r.bytes_stream();
+                    while let Some(Ok(_)) = body.next().await {}
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10 + round * 30)).await;
+        wharf.kill_9();
+        killed_mid_fill += usize::from(temp_files(&cache) > 0);
+        for p in pulls {
+            let _ = p.await;
+        }
+    }
+    eprintln!("kill -9: {killed_mid_fill} of 8 rounds killed wharf mid-fill");
+    assert!(
+        killed_mid_fill > 0,
+        "no kill landed mid-fill; the test proves nothing"
+    );
+
+    // After the last crash: everything served is right, fetched again where it must be.
+    let wharf = Process::start(dir.path(), &config, "1s");
+    assert_eq!(temp_files(&cache), 0);
+    upstream.faults().chunk_delay = None;
+    for d in &blobs {
+        let r = client
+            .get(wharf.url(&format!("/v2/library/x/blobs/{d}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(&sha256(&r.bytes().await.unwrap()), d);
+    }
+    for (name, actual) in committed_blobs(&cache) {
+        assert_eq!(name, actual);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_committed_blob_survives_kill_9() {
+    let upstream = FakeRegistry::start().await;
+    let kept = upstream.add_blob(random_bytes(2 * MIB, 1));
+    let cut = upstream.add_blob(random_bytes(8 * MIB, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let config = config_toml(&upstream, &cache, "", "");
+    let client = reqwest::Client::new();
+
+    let wharf = Process::start(dir.path(), &config, "1s");
+    let r = client
+        .get(wharf.url(&format!("/v2/library/x/blobs/{kept}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&r.bytes().await.unwrap()), kept);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !committed_blobs(&cache).iter().any(|(n, _)| *n == kept) {
+        assert!(Instant::now() < deadline, "never committed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Mid-fill of another blob.
+    upstream.faults().chunk_delay = Some(Duration::from_millis(5));
+    let url = wharf.url(&format!("/v2/library/x/blobs/{cut}"));
+    let pull = tokio::spawn(async move { client.get(url).send().await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    wharf.kill_9();
+    let _ = pull.await;
+    upstream.faults().chunk_delay = None;
+
+    let wharf = Process::start(dir.path(), &config, "1s");
+    let client = reqwest::Client::new();
+    let r = client
+        .get(wharf.url(&format!("/v2/library/x/blobs/{kept}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["x-wharf-cache"],
+        "hit",
+        "nothing committed is lost"
+    );
+    assert_eq!(sha256(&r.bytes().await.unwrap()), kept);
+    assert_eq!(upstream.count("GET", &kept), 1);
+    let r = client
+        .get(wharf.url(&format!("/v2/library/x/blobs/{cut}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-wharf-cache"], "miss");
+    assert_eq!(sha256(&r.bytes().await.unwrap()), cut);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_a_response_finish_within_the_grace_period() {
+    let upstream = FakeRegistry::start().await;
+    let bytes = random_bytes(8 * MIB, 1);
+    let digest = upstream.add_blob(bytes.clone());
+    // 128 chunks of 64 KiB, 10 ms apart: about 1.3 s.
+    upstream.faults().chunk_delay = Some(Duration::from_millis(10));
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let mut wharf = Process::start(dir.path(), &config_toml(&upstream, &cache, "", ""), "10s");
+
+    let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
+    let pull = tokio::spawn(async move {
+        let r = reqwest::get(url).await.unwrap();
+        r.bytes().await.map(|b| sha256(&b))
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    wharf.sigterm();
+    // New connections are refused soon after the signal.
+    let addr = wharf.addr;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        pull.await.unwrap().unwrap(),
+        digest,
+        "the response finished"
+    );
+    assert!(wharf.wait_exit(Duration::from_secs(10)).success());
+    assert_eq!(temp_files(&cache), 0);
+    assert_eq!(committed_blobs(&cache), vec![(digest.clone(), digest)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_cuts_what_outlasts_the_grace_period_and_leaves_nothing_partial() {
+    let upstream = FakeRegistry::start().await;
+    let digest = upstream.add_blob(random_bytes(8 * MIB, 2));
+    // About 6 s of streaming, far beyond the grace period.
+    upstream.faults().chunk_delay = Some(Duration::from_millis(50));
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let config = config_toml(&upstream, &cache, "", "");
+    let mut wharf = Process::start(dir.path(), &config, "300ms");
+
+    let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
+    let pull = tokio::spawn(async move {
+        let r = reqwest::get(url).await.unwrap();
+        r.bytes().await.map(|b| b.len())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let signalled = Instant::now();
+    wharf.sigterm();
+    assert!(wharf.wait_exit(Duration::from_secs(5)).success());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert!(
+        pull.await.unwrap().is_err(),
+        "the unfinished response was cut, not completed"
+    );
+    assert!(
+        committed_blobs(&cache).is_empty(),
+        "nothing partial was committed"
+    );
+    assert_eq!(
+        temp_files(&cache),
+        0,
+        "the interrupted fill removed its temp file"
+    );
+
+    upstream.faults().chunk_delay = None;
+    let wharf = Process::start(dir.path(), &config, "1s");
+    assert_eq!(temp_files(&cache), 0);
+    let r = reqwest::get(wharf.url(&format!("/v2/library/x/blobs/{digest}")))
+        .await
+        .unwrap();
+    assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
+}
