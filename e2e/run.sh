@@ -87,7 +87,8 @@ trap 'exit 130' INT TERM
 # Any request a client sends past loopback goes to a dead proxy and fails at once, so a fallback
 # to a public registry (Docker Hub for dockerd, say) can neither leave the machine nor succeed.
 # Go and curl never proxy loopback addresses, and NO_PROXY says so again.
-read -r UP_PORT WHARF_PORT TTL_PORT DEAD_PORT T1_PORT T2_PORT T3_PORT <<<"$(free_ports 7)"
+read -r UP_PORT WHARF_PORT TTL_PORT DEAD_PORT T1_PORT T2_PORT T3_PORT DISK_PORT CHURN_PORT \
+    <<<"$(free_ports 9)"
 TIMING_PORTS=("$T1_PORT" "$T2_PORT" "$T3_PORT")
 export HTTP_PROXY=http://127.0.0.1:$DEAD_PORT HTTPS_PROXY=http://127.0.0.1:$DEAD_PORT
 export http_proxy=$HTTP_PROXY https_proxy=$HTTPS_PROXY
@@ -175,6 +176,12 @@ seed_images() {
     # Pulled by no client: its layers are uncached when the fan-in and hang-up checks ask for them.
     check "build and push library/e2e-fanin (two uncached 24 MiB layers)" \
         seed library/e2e-fanin oci linux/amd64 24M,24M
+    # For the disk checks (cache.sh): layers that overflow a small tmpfs, and many distinct ones
+    # to churn through a small max_size.
+    check "build and push library/e2e-disk (three 20 MiB layers)" \
+        seed library/e2e-disk oci linux/amd64 20M,20M,20M
+    check "build and push library/e2e-churn (24 layers of 4 MiB)" \
+        seed library/e2e-churn oci linux/amd64 "$(printf '4M,%.0s' {1..23})4M"
     # umoci is an independent reader of the layouts: if it can unpack them, so can a runtime.
     check "umoci unpacks the built image (layout is valid)" \
         umoci unpack --image "$WORK/layouts/library_e2e-multi:$TAG" "$WORK/umoci-bundle"
@@ -182,7 +189,8 @@ seed_images() {
     declare -gA DIGEST
     local repo file
     mkdir -p "$WORK/manifests"
-    for repo in library/e2e-multi library/e2e-multiarch library/e2e-oci acme/tools/e2e-app library/e2e-fanin; do
+    for repo in library/e2e-multi library/e2e-multiarch library/e2e-oci acme/tools/e2e-app \
+        library/e2e-fanin library/e2e-disk library/e2e-churn; do
         file=$(manifest_file "$repo")
         if ! skopeo inspect --raw --tls-verify=false "docker://$UP/$repo:$TAG" >"$file"; then
             fail "upstream serves $repo:$TAG"
@@ -198,7 +206,7 @@ seed_images() {
 
 # ---- wharf -----------------------------------------------------------------------------------
 
-# write_wharf_config FILE LISTEN CACHE_DIR [TAG_TTL]
+# write_wharf_config FILE LISTEN CACHE_DIR [TAG_TTL] [MAX_SIZE]
 write_wharf_config() {
     cat >"$1" <<EOF
 [server]
@@ -206,7 +214,7 @@ listen = "$2"
 
 [cache]
 dir = "$3"
-max_size = "20GiB"
+max_size = "${5:-20GiB}"
 tag_ttl = "${4:-5m}"
 
 # The default upstream: plain /v2/<repo>/... (dockerd's registry-mirrors) lands here.
@@ -226,11 +234,11 @@ url = "http://$UP"
 EOF
 }
 
-# start_wharf NAME LISTEN CACHE_DIR [TAG_TTL] — start a copy of the binary (the original may be rebuilt
-# while we run) and wait for /healthz.
+# start_wharf NAME LISTEN CACHE_DIR [TAG_TTL] [MAX_SIZE] — start a copy of the binary (the original
+# may be rebuilt while we run) and wait for /healthz.
 start_wharf() {
-    local name=$1 listen=$2 cache=$3 ttl=${4:-5m}
-    write_wharf_config "$WORK/$name.toml" "$listen" "$cache" "$ttl"
+    local name=$1 listen=$2 cache=$3 ttl=${4:-5m} max_size=${5:-20GiB}
+    write_wharf_config "$WORK/$name.toml" "$listen" "$cache" "$ttl" "$max_size"
     start_bg "$name" "$WORK/bin/wharf" serve --config "$WORK/$name.toml"
     local pid=$STARTED_PID
     WHARF_PIDS[$name]=$pid
@@ -251,6 +259,8 @@ wmetric() { metric "$WHARF_URL" "$@" || { echo "wharf's /metrics did not answer"
 source "$HERE/clients.sh"
 # shellcheck source=checks.sh
 source "$HERE/checks.sh"
+# shellcheck source=cache.sh
+source "$HERE/cache.sh"
 
 # ---- main ------------------------------------------------------------------------------------
 
@@ -275,7 +285,8 @@ main() {
 
     local phase
     for phase in test_skopeo test_dockerd test_containerd test_podman test_protocol test_repull \
-        test_single_fetch test_fan_in test_hang_up measure_timings \
+        test_single_fetch test_fan_in test_hang_up measure_timings test_disk_full \
+        test_read_only test_churn \
         test_upstream_outage; do # the outage comes last: it stops the upstream
         if budget_spent; then
             fail "$phase (not run: the suite's time budget of $SUITE_BUDGET s is spent)"

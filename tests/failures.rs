@@ -200,3 +200,54 @@ async fn wharf_starts_and_serves_its_cache_while_the_upstream_is_down() {
     assert_eq!(r.headers()["x-wharf-cache"], "hit");
     assert_eq!(sha256(&r.bytes().await.unwrap()), blob);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cache_that_takes_no_writes_streams_from_the_upstream_and_recovers() {
+    let upstream = FakeRegistry::start().await;
+    let good = upstream.add_blob(random_bytes(2 * MIB, 3));
+    let corrupt = upstream.add_blob(random_bytes(MIB, 4));
+    let wharf = Wharf::start(&upstream, "").await;
+    // A file where the temp directory should be: every write fails, even for root.
+    let tmp = wharf.cache.path().join("tmp");
+    std::fs::remove_dir(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+
+    let r = wharf.get(&format!("/v2/library/x/blobs/{good}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some(2 * MIB as u64));
+    assert_eq!(
+        sha256(&r.bytes().await.unwrap()),
+        good,
+        "served whole, from the upstream"
+    );
+    assert!(!wharf.has_blob(&good));
+    let ready: serde_json::Value = wharf.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["cache"]["writable"], false);
+    assert_eq!(ready["cache"]["condition"], "failing");
+    assert_eq!(wharf.metric("wharf_cache_writable", &[]).await, 0.0);
+    assert_eq!(
+        wharf
+            .metric("wharf_cache_bypass_total", &["reason=\"unwritable\""])
+            .await,
+        1.0
+    );
+
+    // Passed through, bytes are still verified: a bad body is cut short.
+    upstream.faults().flip_byte = true;
+    let r = wharf.get(&format!("/v2/library/x/blobs/{corrupt}")).await;
+    assert!(r.bytes().await.is_err());
+    assert_eq!(
+        wharf.metric("wharf_digest_mismatches_total", &[]).await,
+        1.0
+    );
+    upstream.faults().flip_byte = false;
+
+    // The directory is back: caching resumes after the next probe.
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = wharf.get(&format!("/v2/library/x/blobs/{good}")).await;
+    assert_eq!(sha256(&r.bytes().await.unwrap()), good);
+    assert!(common::eventually(Duration::from_secs(5), || async { wharf.has_blob(&good) }).await);
+    assert_eq!(wharf.metric("wharf_cache_writable", &[]).await, 1.0);
+}

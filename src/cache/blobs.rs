@@ -320,7 +320,7 @@ impl Store {
     /// Whether a new fill or manifest may be written now. While the directory is unwritable,
     /// this probes it every few seconds and resumes caching when the probe succeeds.
     pub fn caching_allowed(&self) -> bool {
-        self.health.writable(|| self.probe())
+        self.health.writable(|needed| self.probe(needed))
     }
 
     /// Records a failed write (logged once per condition).
@@ -333,17 +333,19 @@ impl Store {
         self.health.condition()
     }
 
-    /// Whether the filesystem has room for `bytes` more. When it cannot tell, it says yes and
-    /// lets the write itself fail.
-    pub fn has_room_for(&self, bytes: u64) -> bool {
-        free_space(&self.root).map_or(true, |free| free >= bytes)
+    /// Checks that the filesystem has room for `bytes` more; if not, caching is suspended until
+    /// it has. When it cannot tell, it says yes and lets the write itself fail.
+    pub fn make_sure_of_room(&self, bytes: u64) -> bool {
+        let room = free_space(&self.root).map_or(true, |free| free >= bytes);
+        if !room {
+            self.health.failed_needing(&no_space(), bytes);
+        }
+        room
     }
 
-    fn probe(&self) -> io::Result<()> {
-        if free_space(&self.root).is_some_and(|free| free < PROBE_MIN_FREE) {
-            return Err(io::Error::from_raw_os_error(
-                rustix::io::Errno::NOSPC.raw_os_error(),
-            ));
+    fn probe(&self, needed: u64) -> io::Result<()> {
+        if free_space(&self.root).is_some_and(|free| free < needed.max(PROBE_MIN_FREE)) {
+            return Err(no_space());
         }
         let (path, file) = self.temp_file()?;
         let written = io::Write::write_all(&mut &file, &[0u8; 4096]).and_then(|()| file.sync_all());
@@ -358,6 +360,10 @@ pub(super) fn entry_path(root: &Path, area: Area, digest: &Digest) -> PathBuf {
         .join(digest.algorithm().as_str())
         .join(&hex[..2])
         .join(hex)
+}
+
+fn no_space() -> io::Error {
+    io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error())
 }
 
 /// Bytes an unprivileged writer may still use on the filesystem holding `path`.

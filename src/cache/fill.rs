@@ -272,10 +272,7 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
                 Some(Message::Start(declared)) => {
                     // Refuse before the first byte, while every reader can still be served
                     // another way, rather than fail half-way when the disk runs out.
-                    if let Some(needed) = declared.filter(|&n| !store.has_room_for(n)) {
-                        store.write_failed(&io::Error::from_raw_os_error(
-                            rustix::io::Errno::NOSPC.raw_os_error(),
-                        ));
+                    if let Some(needed) = declared.filter(|&n| !store.make_sure_of_room(n)) {
                         self.abandon(FillState::Failed((self.failure)(CommitError::NoSpace(
                             needed,
                         ))));

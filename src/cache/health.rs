@@ -56,6 +56,9 @@ struct Unwritable {
     condition: Condition,
     since: Instant,
     next_probe: Instant,
+    /// Bytes the failed write needed, when known: a probe waits until they are free, so one
+    /// large blob does not make caching stop and resume over and over.
+    needed: u64,
 }
 
 pub struct Health {
@@ -74,6 +77,11 @@ impl Health {
 
     /// Records a failed write. Logged only when the condition starts or changes.
     pub fn failed(&self, error: &io::Error) -> Condition {
+        self.failed_needing(error, 0)
+    }
+
+    /// Records a write refused for want of `needed` free bytes.
+    pub fn failed_needing(&self, error: &io::Error, needed: u64) -> Condition {
         let condition = Condition::of(error);
         self.metrics
             .cache_write_errors
@@ -86,18 +94,20 @@ impl Health {
             tracing::warn!(%error, "caching suspended: {condition}; serving from the upstream without caching");
         }
         let since = state.as_ref().map_or(now, |s| s.since);
+        let needed = needed.max(state.as_ref().map_or(0, |s| s.needed));
         *state = Some(Unwritable {
             condition,
             since,
             next_probe: now + PROBE_EVERY,
+            needed,
         });
         self.metrics.cache_writable.set(0);
         condition
     }
 
-    /// Whether writes may be attempted. While unwritable, `probe` is run at most every
-    /// [`PROBE_EVERY`]; when it succeeds, caching resumes.
-    pub fn writable(&self, probe: impl FnOnce() -> io::Result<()>) -> bool {
+    /// Whether writes may be attempted. While unwritable, `probe` (given the bytes the failed
+    /// write needed) is run at most every [`PROBE_EVERY`]; when it succeeds, caching resumes.
+    pub fn writable(&self, probe: impl FnOnce(u64) -> io::Result<()>) -> bool {
         let mut state = self.state.lock().expect("lock poisoned");
         let Some(unwritable) = state.as_mut() else {
             return true;
@@ -108,9 +118,10 @@ impl Health {
         }
         // Claim the probe so concurrent requests do not all run it.
         unwritable.next_probe = now + PROBE_EVERY;
-        let (condition, since) = (unwritable.condition, unwritable.since);
+        let (condition, since, needed) =
+            (unwritable.condition, unwritable.since, unwritable.needed);
         drop(state);
-        match probe() {
+        match probe(needed) {
             Ok(()) => {
                 tracing::info!(
                     after = ?since.elapsed(),
@@ -157,18 +168,31 @@ mod tests {
     fn a_failure_suspends_writes_until_a_probe_succeeds() {
         let metrics = Metrics::new();
         let health = Health::new(metrics.clone());
-        assert!(health.writable(|| unreachable!("no probe while writable")));
+        assert!(health.writable(|_| unreachable!("no probe while writable")));
         health.failed(&os_error(rustix::io::Errno::NOSPC));
         assert_eq!(metrics.cache_writable.get(), 0);
-        assert!(!health.writable(|| unreachable!("too early to probe")));
+        assert!(!health.writable(|_| unreachable!("too early to probe")));
         assert_eq!(health.condition().unwrap().0, Condition::DiskFull);
 
         // Pretend the probe interval has passed.
         health.state.lock().unwrap().as_mut().unwrap().next_probe = Instant::now();
-        assert!(!health.writable(|| Err(io::Error::other("still full"))));
+        assert!(!health.writable(|_| Err(io::Error::other("still full"))));
         health.state.lock().unwrap().as_mut().unwrap().next_probe = Instant::now();
-        assert!(health.writable(|| Ok(())));
+        assert!(health.writable(|_| Ok(())));
         assert_eq!(metrics.cache_writable.get(), 1);
         assert!(health.condition().is_none());
+    }
+
+    #[test]
+    fn the_probe_is_told_how_much_room_the_failed_write_needed() {
+        let health = Health::new(Metrics::new());
+        health.failed_needing(&os_error(rustix::io::Errno::NOSPC), 20 << 20);
+        health.state.lock().unwrap().as_mut().unwrap().next_probe = Instant::now();
+        let mut asked = 0;
+        health.writable(|needed| {
+            asked = needed;
+            Err(io::Error::other("not yet"))
+        });
+        assert_eq!(asked, 20 << 20);
     }
 }

@@ -102,6 +102,9 @@ pub struct ListingResponse {
 /// A blob body being received from the upstream.
 pub struct BlobStream {
     response: reqwest::Response,
+    /// Read when the response arrived: reqwest's own `content_length` is what remains of the
+    /// body, which shrinks as it is read.
+    declared: Option<u64>,
     upstream: Arc<str>,
     metrics: Metrics,
 }
@@ -109,7 +112,7 @@ pub struct BlobStream {
 impl BlobStream {
     /// The length the upstream declared, if it did.
     pub fn length(&self) -> Option<u64> {
-        self.response.content_length()
+        self.declared
     }
 
     /// The next chunk, or `None` at the end of the body.
@@ -430,6 +433,7 @@ impl Upstream {
             return Err(self.status_error(&response));
         }
         Ok(BlobStream {
+            declared: response.content_length(),
             response,
             upstream: self.name.clone(),
             metrics: self.metrics.clone(),

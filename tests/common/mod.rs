@@ -440,13 +440,17 @@ impl Wharf {
             .await
             .unwrap();
         });
-        Wharf {
+        let wharf = Wharf {
             addr,
             cache,
             client: reqwest::Client::new(),
             stop: Some(stop),
             task: Some(task),
-        }
+        };
+        // Connections queue on the bound listener until the cache is open and wharf accepts:
+        // once /healthz answers, the cache directory is in place.
+        assert_eq!(wharf.get("/healthz").await.status(), 200);
+        wharf
     }
 
     pub fn url(&self, path: &str) -> String {
