@@ -69,7 +69,10 @@ fn main() {
     let cold = drop_kernel_caches().then(|| open(dir.path()).1);
 
     println!("start-up with {entries} cached entries (index rebuilt from file metadata):");
-    println!("  warm page cache: median {:?}, best {:?} (5 runs)", times[2], times[0]);
+    println!(
+        "  warm page cache: median {:?}, best {:?} (5 runs)",
+        times[2], times[0]
+    );
     match cold {
         Some(t) => println!("  cold (kernel caches dropped): {t:?}"),
         None => println!("  cold: not measured (dropping kernel caches needs root)"),

@@ -259,18 +259,25 @@ async fn an_expired_tag_is_served_stale_while_the_upstream_fails() {
     // 429 last: it makes wharf hold off the upstream for a while.
     for (status, retry_after) in [(503, None), (500, None), (429, Some("30"))] {
         upstream.faults().status = Some((status, retry_after));
+        let asked = upstream.count("HEAD", "/manifests/v1");
         let answer = get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
         assert_eq!(answer.status, 200, "upstream answering {status}");
         assert_eq!(
             (answer.cache.as_str(), answer.digest.as_str()),
             ("stale", digest.as_str())
         );
+        assert_eq!(upstream.count("HEAD", "/manifests/v1"), asked + 1);
+        // Until another tag_ttl has passed, the tag is served stale without asking again.
+        let answer = get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
+        assert_eq!(answer.cache, "stale");
+        assert_eq!(upstream.count("HEAD", "/manifests/v1"), asked + 1);
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert_eq!(
         wharf
             .metric("wharf_cache_results_total", &["manifest", "stale"])
             .await,
-        3.0
+        6.0
     );
 }
 

@@ -83,6 +83,7 @@ impl TagFiles {
                     media_type: v.media_type,
                     asked_with: v.asked_with,
                     fetched_at: UNIX_EPOCH + Duration::from_millis(v.fetched_at),
+                    revalidate_after: None,
                 })
             })
             .collect()

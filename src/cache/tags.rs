@@ -30,6 +30,9 @@ pub struct Variant {
     /// What the request that fetched this answer accepted.
     pub asked_with: Accept,
     pub fetched_at: SystemTime,
+    /// After a failed revalidation: serve this stale, without asking the upstream, until then.
+    /// Kept in memory only; after a restart one request asks again.
+    pub revalidate_after: Option<SystemTime>,
 }
 
 impl Variant {
@@ -38,6 +41,11 @@ impl Variant {
     pub fn is_fresh(&self, now: SystemTime, ttl: Duration) -> bool {
         now.duration_since(self.fetched_at)
             .map_or(true, |age| age < ttl)
+    }
+
+    /// Whether a recent failed revalidation says not to ask the upstream yet.
+    pub fn revalidation_deferred(&self, now: SystemTime) -> bool {
+        self.revalidate_after.is_some_and(|t| now < t)
     }
 
     /// Whether the upstream would answer `accept` with this variant. The same question gets the
@@ -133,11 +141,21 @@ impl TagTable {
         self.with_variants(key, |variants| {
             for v in variants.iter_mut().filter(|v| &v.digest == digest) {
                 v.fetched_at = now;
+                v.revalidate_after = None;
             }
         });
         if let Some(files) = &self.files {
             files.touch(key);
         }
+    }
+
+    /// Puts off revalidating a variant until `until` (the upstream just failed to answer).
+    pub fn defer(&self, key: &TagKey, digest: &Digest, until: SystemTime) {
+        self.with_variants(key, |variants| {
+            for v in variants.iter_mut().filter(|v| &v.digest == digest) {
+                v.revalidate_after = Some(until);
+            }
+        });
     }
 
     /// Forgets a tag the upstream no longer has.
@@ -185,6 +203,7 @@ mod tests {
             media_type: media_type.into(),
             asked_with,
             fetched_at: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+            revalidate_after: None,
         }
     }
 
@@ -312,5 +331,20 @@ mod tests {
         }
         let table = TagTable::open(dir.path()).unwrap();
         assert_eq!(table.choose(&key(), &Accept::parse([])), None);
+    }
+
+    #[test]
+    fn a_deferred_revalidation_lasts_until_its_time_or_a_confirmation() {
+        let table = TagTable::in_memory();
+        let v = variant(b"x", OCI_MANIFEST, 1);
+        table.record(key(), v.clone(), None);
+        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        table.defer(&key(), &v.digest, at(100));
+        let chosen = table.choose(&key(), &Accept::parse([])).unwrap();
+        assert!(chosen.revalidation_deferred(at(99)));
+        assert!(!chosen.revalidation_deferred(at(100)));
+        table.touch(&key(), &v.digest, at(50));
+        let chosen = table.choose(&key(), &Accept::parse([])).unwrap();
+        assert!(!chosen.revalidation_deferred(at(60)));
     }
 }

@@ -88,10 +88,20 @@ impl Mirror {
         let mut stale = None;
         if let Some(variant) = self.tags.choose(&key, accept) {
             if let Some(manifest) = self.cached_manifest(&variant.digest)? {
-                if variant.is_fresh(SystemTime::now(), self.config.tag_ttl) {
+                let now = SystemTime::now();
+                if variant.is_fresh(now, self.config.tag_ttl) {
                     return Ok(ManifestAnswer {
                         manifest,
                         result: CacheResult::Hit,
+                    });
+                }
+                if self.config.serve_stale && variant.revalidation_deferred(now) {
+                    // The upstream failed to answer for this tag less than a tag_ttl ago: do
+                    // not make every pull wait for it again.
+                    tracing::debug!(%repo, %tag, "serving a stale tag until its next revalidation");
+                    return Ok(ManifestAnswer {
+                        manifest,
+                        result: CacheResult::Stale,
                     });
                 }
                 match self.revalidate(upstream, &key, &accept_header).await {
@@ -122,6 +132,7 @@ impl Mirror {
                     media_type: m.media_type_essence().to_owned(),
                     asked_with: accept.clone(),
                     fetched_at: SystemTime::now(),
+                    revalidate_after: None,
                 };
                 let replaces = stale.as_ref().map(|(v, _)| &v.digest);
                 self.tags.record(key, variant, replaces);
@@ -140,6 +151,7 @@ impl Mirror {
     }
 
     /// Serves a cached tag when the upstream is down or limiting (if allowed), else the error.
+    /// The tag is then not revalidated again before another `tag_ttl`.
     fn stale_or(
         &self,
         key: &TagKey,
@@ -150,8 +162,11 @@ impl Mirror {
         if outage && self.config.serve_stale {
             tracing::warn!(
                 upstream = %key.upstream, repo = %key.repo, tag = %key.tag, %error,
+                retry_in = ?self.config.tag_ttl,
                 "serving a stale tag: the upstream could not revalidate it"
             );
+            let retry_at = SystemTime::now() + self.config.tag_ttl;
+            self.tags.defer(key, &manifest.digest, retry_at);
             return Ok(ManifestAnswer {
                 manifest,
                 result: CacheResult::Stale,
