@@ -18,7 +18,9 @@ is_committed() { [[ -n $(committed_file "$1" "$2") ]]; }
 DISK_URL=
 DISK_DIR=
 
-# A 48 MiB disk, a cache allowed 1 GiB, and three 20 MiB layers: the third does not fit.
+# A 48 MiB disk, a cache allowed 1 GiB, and three 20 MiB layers. First wharf fills the disk
+# itself, and must evict its own least recently used layers to make room. Then something else
+# fills the disk, and wharf must serve from the upstream without caching until space returns.
 test_disk_full() {
     DISK_DIR=$WORK/disk-cache
     DISK_URL=http://127.0.0.1:$DISK_PORT
@@ -31,33 +33,47 @@ test_disk_full() {
     mapfile -t layers < <(layer_digests library/e2e-disk)
     local first=${layers[0]} second=${layers[1]} third=${layers[2]} blobs=$DISK_URL/v2/library/e2e-disk/blobs
 
-    expect_eq "disk full: the 1st layer is served" "200 $first" "$(http_get "$blobs/$first")"
-    expect_eq "disk full: the 2nd layer is served" "200 $second" "$(http_get "$blobs/$second")"
+    expect_eq "disk short: the 1st layer is served" "200 $first" "$(http_get "$blobs/$first")"
+    expect_eq "disk short: the 2nd layer is served" "200 $second" "$(http_get "$blobs/$second")"
     wait_until 5 is_committed "$DISK_DIR" "$second"
+    expect_eq "disk short: the 3rd layer is served" "200 $third" "$(http_get "$blobs/$third")"
+    if wait_until 5 is_committed "$DISK_DIR" "$third"; then
+        pass "disk short: wharf made room for the 3rd layer on its own disk"
+    else
+        fail "disk short: wharf made room for the 3rd layer on its own disk" "$(readyz_field "$DISK_URL" .)"
+    fi
+    expect_eq "disk short: the least recently used layer went" "" "$(committed_file "$DISK_DIR" "$first")"
+    expect_cmp "disk short: counted as wharf_cache_evictions_total{reason=\"disk_space\"}" \
+        "$(metric "$DISK_URL" wharf_cache_evictions_total reason=disk_space)" -ge 1
+    expect_eq "disk short: caching never stopped" 1 "$(metric "$DISK_URL" wharf_cache_writable)"
+
+    # Something else takes the disk: even an empty cache could not hold a layer now. The prune
+    # runs while wharf serves, so wharf's index still lists the pruned layers.
+    check "disk full: 'wharf cache prune' while wharf runs" \
+        "$WORK/bin/wharf" cache prune --dir "$DISK_DIR" --max-size 0
+    check "disk full: another program fills the disk" \
+        dd if=/dev/zero of="$DISK_DIR/filler" bs=1M count=34 status=none
     for i in 1 2 3; do
-        expect_eq "disk full: the 3rd layer is served from the upstream (pull $i)" "200 $third" \
-            "$(http_get "$blobs/$third")"
+        expect_eq "disk full: a layer is served from the upstream (pull $i)" "200 $first" \
+            "$(http_get "$blobs/$first")"
     done
-    expect_eq "disk full: the 3rd layer is not cached" "" "$(committed_file "$DISK_DIR" "$third")"
+    expect_eq "disk full: the layer is not cached" "" "$(committed_file "$DISK_DIR" "$first")"
     expect_eq "disk full: /readyz names the condition" "false disk_full" \
         "$(readyz_field "$DISK_URL" '"\(.cache.writable) \(.cache.condition)"')"
     expect_eq "disk full: wharf_cache_writable is 0" 0 "$(metric "$DISK_URL" wharf_cache_writable)"
     expect_cmp "disk full: wharf_cache_bypass_total{reason=\"unwritable\"} counts each pull" \
         "$(metric "$DISK_URL" wharf_cache_bypass_total reason=unwritable)" -ge 3
-    expect_eq "disk full: the cache still hits" "200 $first" "$(http_get "$blobs/$first")"
 
-    # Space returns: prune the cache while the server runs.
-    check "disk full: 'wharf cache prune' frees space while wharf runs" \
-        "$WORK/bin/wharf" cache prune --dir "$DISK_DIR" --max-size 0
+    # Space returns.
+    rm -f "$DISK_DIR/filler"
     sleep 2.5 # wharf probes the directory every 2 s
-    expect_eq "space back: the 3rd layer is served" "200 $third" "$(http_get "$blobs/$third")"
-    if wait_until 5 is_committed "$DISK_DIR" "$third"; then
-        pass "space back: caching resumed (the 3rd layer is now cached)"
-    else
-        fail "space back: caching resumed (the 3rd layer is now cached)" \
-            "$(readyz_field "$DISK_URL" .)"
-    fi
     expect_eq "space back: /readyz says writable" true "$(readyz_field "$DISK_URL" .cache.writable)"
+    expect_eq "space back: the layer is served" "200 $first" "$(http_get "$blobs/$first")"
+    if wait_until 5 is_committed "$DISK_DIR" "$first"; then
+        pass "space back: caching resumed (the layer is now cached)"
+    else
+        fail "space back: caching resumed (the layer is now cached)" "$(readyz_field "$DISK_URL" .)"
+    fi
     expect_eq "disk full: logged once when it began and once when it ended" "1 1" \
         "$(grep -c 'caching suspended' "$LOGS/$name.err") $(grep -c 'caching resumed' "$LOGS/$name.err")"
 }
@@ -72,17 +88,17 @@ test_read_only() {
     mapfile -t layers < <(layer_digests library/e2e-disk)
     local first=${layers[0]} second=${layers[1]} third=${layers[2]} blobs=$DISK_URL/v2/library/e2e-disk/blobs
     check "read-only: remount the cache directory read-only" mount -o remount,ro "$DISK_DIR"
-    expect_eq "read-only: an uncached layer is served from the upstream" "200 $first" \
-        "$(http_get "$blobs/$first")"
-    expect_eq "read-only: a cached layer is still a hit" "200 $third hit" \
-        "$(http_get "$blobs/$third") $(curl -sS --max-time 5 -o /dev/null -D - "$blobs/$third" |
+    expect_eq "read-only: an uncached layer is served from the upstream" "200 $second" \
+        "$(http_get "$blobs/$second")"
+    expect_eq "read-only: a cached layer is still a hit" "200 $first hit" \
+        "$(http_get "$blobs/$first") $(curl -sS --max-time 5 -o /dev/null -D - "$blobs/$first" |
             tr -d '\r' | awk 'tolower($1) == "x-wharf-cache:" {print $2}')"
     expect_eq "read-only: /readyz names the condition" "false read_only" \
         "$(readyz_field "$DISK_URL" '"\(.cache.writable) \(.cache.condition)"')"
     check "read-only: remount the cache directory read-write" mount -o remount,rw "$DISK_DIR"
     sleep 2.5
-    expect_eq "read-write again: a layer is served" "200 $second" "$(http_get "$blobs/$second")"
-    if wait_until 5 is_committed "$DISK_DIR" "$second"; then
+    expect_eq "read-write again: a layer is served" "200 $third" "$(http_get "$blobs/$third")"
+    if wait_until 5 is_committed "$DISK_DIR" "$third"; then
         pass "read-write again: caching resumed"
     else
         fail "read-write again: caching resumed" "$(readyz_field "$DISK_URL" .)"

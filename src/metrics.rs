@@ -38,6 +38,8 @@ pub enum EvictionReason {
     Idle,
     /// Its file no longer matched the index (removed or damaged outside wharf).
     Invalid,
+    /// The filesystem ran short of space for a new entry.
+    DiskSpace,
 }
 
 impl EvictionReason {
@@ -46,6 +48,7 @@ impl EvictionReason {
             EvictionReason::Size => "size",
             EvictionReason::Idle => "idle",
             EvictionReason::Invalid => "invalid",
+            EvictionReason::DiskSpace => "disk_space",
         }
     }
 }
@@ -217,13 +220,13 @@ impl Metrics {
             cache_evictions: counter_vec(
                 &registry,
                 "wharf_cache_evictions_total",
-                "Entries removed from the cache, by reason (size|idle|invalid)",
+                "Entries removed from the cache, by reason (size|idle|invalid|disk_space)",
                 &["reason"],
             ),
             cache_evicted_bytes: counter_vec(
                 &registry,
                 "wharf_cache_evicted_bytes_total",
-                "Bytes removed from the cache, by reason (size|idle|invalid)",
+                "Bytes removed from the cache, by reason (size|idle|invalid|disk_space)",
                 &["reason"],
             ),
             cache_bypass: counter_vec(

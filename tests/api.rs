@@ -5,14 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{sha256, FakeRegistry, Wharf, OCI_INDEX, OCI_MANIFEST};
+use common::{error_code, sha256, FakeRegistry, Wharf, OCI_INDEX, OCI_MANIFEST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// The first error code of an OCI error body.
-async fn error_code(r: reqwest::Response) -> String {
-    let body: serde_json::Value = r.json().await.expect("an OCI JSON error body");
-    body["errors"][0]["code"].as_str().unwrap_or("").to_owned()
-}
 
 #[tokio::test]
 async fn base_and_operational_endpoints() {

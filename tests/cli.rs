@@ -138,3 +138,32 @@ fn http_get(url: &str) -> String {
     stream.read_to_string(&mut response).unwrap();
     response
 }
+
+#[test]
+fn a_second_wharf_on_the_same_cache_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = || {
+        Command::new(WHARF)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = Running(spawn());
+    let stderr = first.0.stderr.take().unwrap();
+    let serving = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("wharf is serving"));
+    assert!(serving);
+
+    let second = spawn().wait_with_output().unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another wharf is using this cache directory"),
+        "{err}"
+    );
+}

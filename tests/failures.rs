@@ -5,14 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{config_toml, random_bytes, sha256, FakeRegistry, Wharf, OCI_MANIFEST};
+use common::{config_toml, error_code, random_bytes, sha256, FakeRegistry, Wharf, OCI_MANIFEST};
 
 const MIB: usize = 1024 * 1024;
-
-async fn error_code(r: reqwest::Response) -> String {
-    let body: serde_json::Value = r.json().await.expect("an OCI JSON error body");
-    body["errors"][0]["code"].as_str().unwrap_or("").to_owned()
-}
 
 #[tokio::test]
 async fn a_429_holds_off_the_upstream_and_is_passed_on_with_retry_after() {

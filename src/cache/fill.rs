@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::blobs::{Area, BlobFile, Committed, Store};
+use super::disk::RoomClaim;
 use crate::oci::{Digest, Verifier};
 
 /// Responses are read from disk in chunks this large: hyper only reaches file-copy speed with
@@ -158,30 +159,31 @@ impl<E: Clone + Send + Sync + 'static> Fills<E> {
     /// The committed blob, the running fill, or a new fill for `digest`.
     ///
     /// `failure` turns a commit failure into the value readers see.
-    pub fn join(
-        self: &Arc<Self>,
-        digest: &Digest,
-        failure: fn(CommitError) -> E,
-    ) -> io::Result<Joined<E>> {
+    pub fn join(self: &Arc<Self>, digest: &Digest, failure: fn(CommitError) -> E) -> Joined<E> {
         // Hits take no lock.
-        if let Some(blob) = self.store.open_blob(digest)? {
-            return Ok(Joined::Cached(blob));
+        if let Some(blob) = self.store.open_blob(digest) {
+            return Joined::Cached(blob);
         }
+        if let Some(fill) = self.running(digest) {
+            return Joined::Coalesced(fill);
+        }
+        // May probe the disk: outside the lock, so a slow disk holds up no other request.
+        let writable = self.store.caching_allowed();
         let mut in_flight = self.in_flight.lock().expect("lock poisoned");
         if let Some(fill) = in_flight.get(digest) {
-            return Ok(Joined::Coalesced(fill.clone()));
+            return Joined::Coalesced(fill.clone());
         }
         // A fill removes itself only after its rename, under this lock: look again so a fill
         // that finished since the first look is not repeated.
-        if let Some(blob) = self.store.open_blob(digest)? {
-            return Ok(Joined::Cached(blob));
+        if let Some(blob) = self.store.open_blob(digest) {
+            return Joined::Cached(blob);
         }
-        if !self.store.caching_allowed() {
-            return Ok(Joined::Unwritable);
+        if !writable {
+            return Joined::Unwritable;
         }
         let Ok((temp_path, file)) = self.store.temp_file() else {
             // The store has recorded why (logged once per condition).
-            return Ok(Joined::Unwritable);
+            return Joined::Unwritable;
         };
         let file = Arc::new(file);
         let (progress_tx, progress_rx) = watch::channel(Progress {
@@ -204,9 +206,10 @@ impl<E: Clone + Send + Sync + 'static> Fills<E> {
             file,
             progress: progress_tx,
             failure,
+            room: None,
         };
         tokio::task::spawn_blocking(move || job.run(rx));
-        Ok(Joined::Started(fill, FillWriter { tx }))
+        Joined::Started(fill, FillWriter { tx })
     }
 }
 
@@ -258,11 +261,13 @@ struct WriteJob<E> {
     file: Arc<File>,
     progress: watch::Sender<Progress<E>>,
     failure: fn(CommitError) -> E,
+    /// Disk space held for the declared length until the fill ends.
+    room: Option<RoomClaim>,
 }
 
 impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
     /// The writer thread: owns the temp file until it is committed or removed.
-    fn run(self, mut rx: mpsc::Receiver<Message<E>>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Message<E>>) {
         let store = self.fills.store.clone();
         let mut verifier = Verifier::new(self.digest.algorithm());
         let mut written = 0u64;
@@ -272,11 +277,13 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
                 Some(Message::Start(declared)) => {
                     // Refuse before the first byte, while every reader can still be served
                     // another way, rather than fail half-way when the disk runs out.
-                    if let Some(needed) = declared.filter(|&n| !store.make_sure_of_room(n)) {
-                        self.abandon(FillState::Failed((self.failure)(CommitError::NoSpace(
-                            needed,
-                        ))));
-                        return;
+                    if let Some(needed) = declared {
+                        self.room = store.claim_room(needed);
+                        if self.room.is_none() {
+                            let error = (self.failure)(CommitError::NoSpace(needed));
+                            self.abandon(FillState::Failed(error));
+                            return;
+                        }
                     }
                     total = declared;
                     self.progress.send_modify(|p| {

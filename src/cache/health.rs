@@ -53,6 +53,8 @@ impl fmt::Display for Condition {
 }
 
 struct Unwritable {
+    /// Counts failures, so a probe that started before a new failure does not erase it.
+    generation: u64,
     condition: Condition,
     since: Instant,
     next_probe: Instant,
@@ -94,8 +96,9 @@ impl Health {
             tracing::warn!(%error, "caching suspended: {condition}; serving from the upstream without caching");
         }
         let since = state.as_ref().map_or(now, |s| s.since);
-        let needed = needed.max(state.as_ref().map_or(0, |s| s.needed));
+        let generation = state.as_ref().map_or(0, |s| s.generation + 1);
         *state = Some(Unwritable {
+            generation,
             condition,
             since,
             next_probe: now + PROBE_EVERY,
@@ -118,21 +121,28 @@ impl Health {
         }
         // Claim the probe so concurrent requests do not all run it.
         unwritable.next_probe = now + PROBE_EVERY;
-        let (condition, since, needed) =
-            (unwritable.condition, unwritable.since, unwritable.needed);
+        let (condition, since, needed, generation) = (
+            unwritable.condition,
+            unwritable.since,
+            unwritable.needed,
+            unwritable.generation,
+        );
         drop(state);
-        match probe(needed) {
-            Ok(()) => {
-                tracing::info!(
-                    after = ?since.elapsed(),
-                    "caching resumed: the cache directory takes writes again ({condition} no more)"
-                );
-                *self.state.lock().expect("lock poisoned") = None;
-                self.metrics.cache_writable.set(1);
-                true
-            }
-            Err(_) => false,
+        if probe(needed).is_err() {
+            return false;
         }
+        let mut state = self.state.lock().expect("lock poisoned");
+        if state.as_ref().is_some_and(|s| s.generation != generation) {
+            // Something failed while the probe ran: that failure stands.
+            return false;
+        }
+        *state = None;
+        self.metrics.cache_writable.set(1);
+        tracing::info!(
+            after = ?since.elapsed(),
+            "caching resumed: the cache directory takes writes again ({condition} no more)"
+        );
+        true
     }
 
     /// The current condition and how long it has lasted, if the cache is unwritable.

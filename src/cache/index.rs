@@ -29,6 +29,17 @@ pub struct Entry {
 }
 
 /// What a use of an entry found.
+/// The answer to a request for room.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// Granted; these entries were taken out of the index to make room.
+    Granted(Vec<(EntryKey, Entry)>),
+    /// Larger than the whole cache: never fits.
+    TooLarge,
+    /// Fits only once commits holding reservations have landed.
+    Wait,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Use {
     pub size: u64,
@@ -113,23 +124,53 @@ impl Index {
     }
 
     /// Reserves room for `incoming` bytes under `max`, popping least recently used entries until
-    /// it fits; the caller unlinks them. Returns `None` (and takes nothing) when `incoming` alone
-    /// is larger than `max`.
-    pub fn reserve(&mut self, incoming: u64, max: u64) -> Option<Vec<(EntryKey, Entry)>> {
+    /// it fits; the caller unlinks the victims before its new file arrives.
+    pub fn reserve(&mut self, incoming: u64, max: u64) -> Reservation {
         if incoming > max {
-            return None;
+            return Reservation::TooLarge;
+        }
+        if self.reserved + incoming > max {
+            // The room is promised to commits between eviction and rename; evicting everything
+            // else would not make it fit. Their entries will be evictable once they land.
+            return Reservation::Wait;
         }
         let mut victims = Vec::new();
         while self.bytes + self.reserved + incoming > max {
-            let Some((key, entry)) = self.lru.pop_lru() else {
-                // Only other reservations are left; they are bounded by `max` themselves.
-                break;
-            };
+            let (key, entry) = self
+                .lru
+                .pop_lru()
+                .expect("reserved + incoming fit under max");
             self.bytes -= entry.size;
             victims.push((key, entry));
         }
         self.reserved += incoming;
+        Reservation::Granted(victims)
+    }
+
+    /// Pops least recently used entries adding up to at least `bytes`, if the index holds that
+    /// much; otherwise takes nothing.
+    pub fn free_at_least(&mut self, bytes: u64) -> Option<Vec<(EntryKey, Entry)>> {
+        if self.bytes < bytes {
+            return None;
+        }
+        let mut freed = 0;
+        let mut victims = Vec::new();
+        while freed < bytes {
+            let (key, entry) = self.lru.pop_lru().expect("the index holds enough");
+            self.bytes -= entry.size;
+            freed += entry.size;
+            victims.push((key, entry));
+        }
         Some(victims)
+    }
+
+    /// Puts back an entry that could not be removed after all, as least recently used.
+    pub fn restore(&mut self, key: EntryKey, entry: Entry) {
+        self.bytes += entry.size;
+        if let Some((_, old)) = self.lru.push(key.clone(), entry) {
+            self.bytes -= old.size;
+        }
+        self.lru.demote(&key);
     }
 
     /// Ends a reservation: the commit landed (insert it) or failed (nothing to insert).
@@ -208,7 +249,9 @@ mod tests {
             index.insert(key(n), 10, at(u64::from(n)));
         }
         index.touch(&key(1), at(10)).unwrap();
-        let victims = index.reserve(15, 30).unwrap();
+        let Reservation::Granted(victims) = index.reserve(15, 30) else {
+            panic!("room can be made")
+        };
         let evicted: Vec<_> = victims.iter().map(|(k, _)| k.clone()).collect();
         assert_eq!(evicted, [key(2), key(3)]);
         assert_eq!(index.usage(), (10, 1));
@@ -221,9 +264,11 @@ mod tests {
     fn reservations_count_until_released() {
         let mut index = Index::new();
         index.insert(key(1), 10, at(1));
-        assert!(index.reserve(15, 30).unwrap().is_empty());
+        assert_eq!(index.reserve(15, 30), Reservation::Granted(vec![]));
         // Another commit must not count on the first one's room.
-        let victims = index.reserve(10, 30).unwrap();
+        let Reservation::Granted(victims) = index.reserve(10, 30) else {
+            panic!("room can be made")
+        };
         assert_eq!(victims.len(), 1);
         index.release(15);
         index.release(10);
@@ -231,11 +276,55 @@ mod tests {
     }
 
     #[test]
+    fn room_promised_to_others_means_waiting_not_overshooting() {
+        let mut index = Index::new();
+        index.insert(key(1), 10, at(1));
+        assert!(matches!(index.reserve(20, 30), Reservation::Granted(_)));
+        // 20 reserved + 20 more cannot fit under 30 even with the cache emptied.
+        assert_eq!(index.reserve(20, 30), Reservation::Wait);
+        assert_eq!(index.usage(), (10, 1), "nothing was evicted for it");
+        index.release(20);
+        index.insert(key(2), 20, at(2));
+        assert!(matches!(index.reserve(20, 30), Reservation::Granted(v) if v.len() == 2));
+    }
+
+    #[test]
     fn an_entry_larger_than_the_cache_evicts_nothing() {
         let mut index = Index::new();
         index.insert(key(1), 10, at(1));
-        assert!(index.reserve(31, 30).is_none());
+        assert_eq!(index.reserve(31, 30), Reservation::TooLarge);
         assert_eq!(index.usage(), (10, 1));
+    }
+
+    #[test]
+    fn freeing_space_takes_least_recently_used_entries_or_nothing() {
+        let mut index = Index::new();
+        for n in 1..=3 {
+            index.insert(key(n), 10, at(u64::from(n)));
+        }
+        assert_eq!(index.free_at_least(31), None);
+        assert_eq!(index.usage(), (30, 3));
+        let freed: Vec<_> = index
+            .free_at_least(15)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(freed, [key(1), key(2)]);
+        let (k, e) = (
+            key(9),
+            Entry {
+                size: 5,
+                last_used: 9,
+                persisted: 9,
+            },
+        );
+        index.restore(k.clone(), e);
+        assert_eq!(index.usage(), (15, 2));
+        assert_eq!(
+            index.shrink_to(10).into_iter().next().map(|(k, _)| k),
+            Some(k)
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! caller hands it.
 
 mod blobs;
+mod disk;
 mod fill;
 mod health;
 mod index;

@@ -129,11 +129,21 @@ impl TagTable {
     /// supersedes (a revalidation that found a new digest); any variant of the same media type
     /// is superseded too.
     pub fn record(&self, key: TagKey, variant: Variant, replaces: Option<&Digest>) {
-        self.with_variants(&key, |variants| {
+        let recorded = self.with_variants(&key, |variants| {
+            // Two answers raced: the one asked for later wins, whichever arrived last.
+            let newer_known = variants
+                .iter()
+                .any(|v| v.media_type == variant.media_type && v.fetched_at > variant.fetched_at);
+            if newer_known {
+                return false;
+            }
             variants.retain(|v| v.media_type != variant.media_type && Some(&v.digest) != replaces);
             variants.push(variant);
+            true
         });
-        self.persist(&key);
+        if recorded {
+            self.persist(&key);
+        }
     }
 
     /// Marks a variant as just confirmed by the upstream.
@@ -150,12 +160,16 @@ impl TagTable {
     }
 
     /// Puts off revalidating a variant until `until` (the upstream just failed to answer).
-    pub fn defer(&self, key: &TagKey, digest: &Digest, until: SystemTime) {
+    /// Returns whether this started a deferral (rather than found one running at `now`).
+    pub fn defer(&self, key: &TagKey, digest: &Digest, now: SystemTime, until: SystemTime) -> bool {
         self.with_variants(key, |variants| {
+            let mut started = false;
             for v in variants.iter_mut().filter(|v| &v.digest == digest) {
+                started |= !v.revalidation_deferred(now);
                 v.revalidate_after = Some(until);
             }
-        });
+            started
+        })
     }
 
     /// Forgets a tag the upstream no longer has.
@@ -339,12 +353,25 @@ mod tests {
         let v = variant(b"x", OCI_MANIFEST, 1);
         table.record(key(), v.clone(), None);
         let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-        table.defer(&key(), &v.digest, at(100));
+        assert!(table.defer(&key(), &v.digest, at(10), at(100)));
+        assert!(
+            !table.defer(&key(), &v.digest, at(20), at(100)),
+            "already deferred"
+        );
         let chosen = table.choose(&key(), &Accept::parse([])).unwrap();
         assert!(chosen.revalidation_deferred(at(99)));
         assert!(!chosen.revalidation_deferred(at(100)));
         table.touch(&key(), &v.digest, at(50));
         let chosen = table.choose(&key(), &Accept::parse([])).unwrap();
         assert!(!chosen.revalidation_deferred(at(60)));
+    }
+
+    #[test]
+    fn an_older_answer_does_not_replace_a_newer_one() {
+        let table = TagTable::in_memory();
+        let newer = variant(b"new", OCI_MANIFEST, 20);
+        table.record(key(), newer.clone(), None);
+        table.record(key(), variant(b"old", OCI_MANIFEST, 10), None);
+        assert_eq!(table.choose(&key(), &Accept::parse([])), Some(newer));
     }
 }

@@ -84,7 +84,7 @@ impl Mirror {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobAnswer, Error> {
-        let (fill, result) = match self.fills.join(digest, Error::Fill)? {
+        let (fill, result) = match self.fills.join(digest, Error::Fill) {
             Joined::Cached(blob) => {
                 self.metrics
                     .cache_result(ContentKind::Blob, CacheResult::Hit);
@@ -202,7 +202,7 @@ impl Mirror {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<(Option<u64>, CacheResult), Error> {
-        if let Some(blob) = self.store.open_blob(digest)? {
+        if let Some(blob) = self.store.open_blob(digest) {
             return Ok((Some(blob.size), CacheResult::Hit));
         }
         if let Some(fill) = self.fills.running(digest) {

@@ -46,11 +46,15 @@ where
                 let (tx, rx) = watch::channel(None);
                 running.insert(key.clone(), rx.clone());
                 let fut = work();
-                let registry = self.running.clone();
+                let done = Done {
+                    running: self.running.clone(),
+                    key: Some(key),
+                };
                 tokio::spawn(async move {
+                    // Dropped however the work ends (a panic included): the key is free again.
+                    let _done = done;
                     let value = fut.await;
                     let _ = tx.send(Some(value));
-                    registry.lock().expect("lock poisoned").remove(&key);
                 });
                 (rx, Joined::Led)
             }
@@ -61,6 +65,20 @@ where
             .ok()
             .and_then(|v| v.clone());
         (value, joined)
+    }
+}
+
+/// Forgets a flight's key when its work ends.
+struct Done<K: Eq + Hash, V> {
+    running: Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>,
+    key: Option<K>,
+}
+
+impl<K: Eq + Hash, V> Drop for Done<K, V> {
+    fn drop(&mut self) {
+        if let (Some(key), Ok(mut running)) = (self.key.take(), self.running.lock()) {
+            running.remove(&key);
+        }
     }
 }
 
@@ -97,5 +115,16 @@ mod tests {
         // Finished flights are forgotten: the next call runs again.
         let (value, joined) = flights.run("k", || async { 7 }).await;
         assert_eq!((value, joined), (Some(7), Joined::Led));
+    }
+
+    #[tokio::test]
+    async fn a_flight_whose_work_panics_does_not_block_its_key() {
+        let flights = Flights::<&'static str, usize>::default();
+        let (value, _) = flights
+            .run("k", || async { panic!("the work failed") })
+            .await;
+        assert_eq!(value, None);
+        let (value, joined) = flights.run("k", || async { 1 }).await;
+        assert_eq!((value, joined), (Some(1), Joined::Led));
     }
 }

@@ -117,11 +117,13 @@ impl Mirror {
                         self.tags.forget(&key);
                         return Err(ClientError::ManifestUnknown.into());
                     }
-                    Err(e) => return self.stale_or(&key, manifest, e),
+                    Err(e) => return self.stale_or(&key, manifest, e, Defer::Yes),
                 }
                 stale = Some((variant, manifest));
             }
         }
+        // Stamped when asked, so an answer that arrives late cannot pass for a newer one.
+        let asked_at = SystemTime::now();
         let (fetched, joined) = self
             .fetch_manifest(upstream, repo, tag.as_str(), &accept_header)
             .await;
@@ -131,14 +133,17 @@ impl Mirror {
                     digest: m.digest.clone(),
                     media_type: m.media_type_essence().to_owned(),
                     asked_with: accept.clone(),
-                    fetched_at: SystemTime::now(),
+                    fetched_at: asked_at,
                     revalidate_after: None,
                 };
                 let replaces = stale.as_ref().map(|(v, _)| &v.digest);
                 self.tags.record(key, variant, replaces);
                 m
             }
-            (Err(e), Some((_, manifest))) => return self.stale_or(&key, manifest, e),
+            // The upstream said the tag moved but the new manifest did not come (a 429 on the
+            // GET after a free HEAD, say): the old one is better than nothing, but the tag must
+            // be asked about again soon rather than after a whole tag_ttl.
+            (Err(e), Some((_, manifest))) => return self.stale_or(&key, manifest, e, Defer::No),
             (Err(Error::Upstream(UpstreamError::NotFound)), None) => {
                 return Err(ClientError::ManifestUnknown.into())
             }
@@ -151,22 +156,31 @@ impl Mirror {
     }
 
     /// Serves a cached tag when the upstream is down or limiting (if allowed), else the error.
-    /// The tag is then not revalidated again before another `tag_ttl`.
+    /// With [`Defer::Yes`] the tag is then not revalidated again before another `tag_ttl`.
     fn stale_or(
         &self,
         key: &TagKey,
         manifest: Arc<StoredManifest>,
         error: Error,
+        defer: Defer,
     ) -> Result<ManifestAnswer, Error> {
         let outage = matches!(&error, Error::Upstream(e) if e.is_outage());
         if outage && self.config.serve_stale {
-            tracing::warn!(
-                upstream = %key.upstream, repo = %key.repo, tag = %key.tag, %error,
-                retry_in = ?self.config.tag_ttl,
-                "serving a stale tag: the upstream could not revalidate it"
-            );
-            let retry_at = SystemTime::now() + self.config.tag_ttl;
-            self.tags.defer(key, &manifest.digest, retry_at);
+            let now = SystemTime::now();
+            // Requests that waited on one revalidation all land here: log it once.
+            let first = match defer {
+                Defer::Yes => {
+                    self.tags
+                        .defer(key, &manifest.digest, now, now + self.config.tag_ttl)
+                }
+                Defer::No => true,
+            };
+            if first {
+                tracing::warn!(
+                    upstream = %key.upstream, repo = %key.repo, tag = %key.tag, %error,
+                    "serving a stale tag: the upstream could not revalidate it"
+                );
+            }
             return Ok(ManifestAnswer {
                 manifest,
                 result: CacheResult::Stale,
@@ -271,14 +285,27 @@ impl Mirror {
             media_type: response.media_type,
             body: response.body,
         });
-        if let Err(e) = self.store.write_manifest(&manifest) {
+        // Off the async workers: the commit fsyncs.
+        let (store, to_write) = (self.store.clone(), manifest.clone());
+        match tokio::task::spawn_blocking(move || store.write_manifest(&to_write)).await {
+            Ok(Ok(())) => {}
             // Served all the same; the store logs the disk's condition once.
-            tracing::debug!(digest = %manifest.digest, error = %e, "manifest not cached");
+            Ok(Err(e)) => {
+                tracing::debug!(digest = %manifest.digest, error = %e, "manifest not cached")
+            }
+            Err(e) => tracing::error!(error = %e, "manifest write task failed"),
         }
         self.manifests
             .insert(manifest.digest.clone(), manifest.clone());
         Ok(manifest)
     }
+}
+
+/// Whether serving a tag stale puts off its next revalidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Defer {
+    Yes,
+    No,
 }
 
 fn miss_or_coalesced(joined: Joined) -> CacheResult {

@@ -236,7 +236,11 @@ async fn listing(
 /// (wharf keeps serving from the upstream when it does not).
 fn ready(state: &AppState) -> Response<Body> {
     let usage = state.mirror.cache_usage();
-    let unwritable = state.mirror.store().unwritable();
+    let store = state.mirror.store();
+    // Probes an unwritable directory (at most every few seconds), so the answer is current even
+    // when no request has needed the cache lately.
+    store.caching_allowed();
+    let unwritable = store.unwritable();
     let detail = serde_json::json!({
         "status": "ready",
         "cache": {

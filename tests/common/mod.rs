@@ -496,6 +496,12 @@ impl Wharf {
     }
 }
 
+/// The first error code of an OCI error body.
+pub async fn error_code(r: reqwest::Response) -> String {
+    let body: serde_json::Value = r.json().await.expect("an OCI JSON error body");
+    body["errors"][0]["code"].as_str().unwrap_or("").to_owned()
+}
+
 /// Polls `check` every 20 ms for up to `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where
