@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
-            wharf::telemetry::init();
+            let _log_flushed_on_exit = wharf::telemetry::init();
             tokio::runtime::Runtime::new()?.block_on(serve(config))
         }
     }

@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use super::buffers::BufferPool;
 use super::disk::{self, Promises, RoomClaim};
 use super::health::{Condition, Health};
 use super::index::{Entry, EntryKey, Index, Reservation};
+use super::reader::FillReader;
 use super::scan;
 use crate::metrics::{BypassReason, EvictionReason, Metrics};
 use crate::oci::Digest;
@@ -32,15 +34,25 @@ pub struct Store {
     promises: Promises,
     health: Health,
     metrics: Metrics,
+    buffers: BufferPool,
     /// Held for the store's lifetime: one wharf per directory.
     _lock: File,
 }
 
 /// An open committed blob. The file stays readable to its holder even if it is evicted.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BlobFile {
-    pub file: Arc<File>,
+    file: Arc<File>,
     pub size: u64,
+    buffers: BufferPool,
+}
+
+impl BlobFile {
+    /// A reader of bytes `start..end`.
+    pub fn reader<E: Clone>(&self, start: u64, end: u64) -> FillReader<E> {
+        let end = Some(end.min(self.size));
+        FillReader::new(self.file.clone(), self.buffers.clone(), None, start, end)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,6 +125,7 @@ impl Store {
             promises: Promises::default(),
             health: Health::new(metrics.clone()),
             metrics,
+            buffers: BufferPool::default(),
             _lock: lock,
         };
         let victims = store.lock_index().shrink_to(max_size);
@@ -129,6 +142,10 @@ impl Store {
 
     pub fn max_size(&self) -> u64 {
         self.max_size
+    }
+
+    pub(super) fn buffers(&self) -> &BufferPool {
+        &self.buffers
     }
 
     pub fn usage(&self) -> Usage {
@@ -285,6 +302,7 @@ impl Store {
         Some(BlobFile {
             file: Arc::new(file),
             size,
+            buffers: self.buffers.clone(),
         })
     }
 
@@ -523,7 +541,7 @@ mod tests {
         assert!(!s.path(Area::Blobs, &a).exists(), "evicted");
         let mut buf = [0u8; 10];
         open.file.read_exact_at(&mut buf, 0).unwrap();
-        assert_eq!(buf, [b'a'; 10]);
+        assert_eq!(buf, [b'a'; 10], "still readable through the open file");
     }
 
     #[test]

@@ -10,23 +10,28 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::blobs::{Area, BlobFile, Committed, Store};
+use super::buffers::BufferPool;
 use super::disk::RoomClaim;
+use super::reader::FillReader;
+use super::recent::Recent;
 use crate::oci::{Digest, Verifier};
 
-/// Responses are read from disk in chunks this large: hyper only reaches file-copy speed with
-/// big chunks, and one buffer per reader bounds memory.
-const READ_CHUNK: usize = 512 * 1024;
-/// Upstream chunks queued for the writer thread before the upstream read waits for the disk.
-const WRITE_QUEUE: usize = 256;
+/// Bytes queued for the writer thread before the upstream read waits for the disk. Bounded in
+/// bytes, not chunks: an upstream chunk can be anything from a few KiB to hundreds.
+const WRITE_BUDGET: usize = 4 * 1024 * 1024;
+/// Messages in the writer's queue (the byte budget is what really bounds it).
+const WRITE_QUEUE: usize = 1024;
+/// Progress is published to readers at least this many bytes at a time (and at the end), so
+/// readers following a fill wake for reads worth making, not for every upstream chunk.
+const PUBLISH_EVERY: u64 = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub enum FillState<E> {
@@ -41,7 +46,7 @@ pub enum FillState<E> {
 }
 
 #[derive(Debug, Clone)]
-pub struct Progress<E> {
+pub(super) struct Progress<E> {
     pub total: Option<u64>,
     pub written: u64,
     pub state: FillState<E>,
@@ -65,6 +70,8 @@ pub enum CommitError {
 /// One blob being fetched.
 pub struct Fill<E> {
     file: Arc<File>,
+    buffers: BufferPool,
+    recent: Arc<Recent>,
     progress: watch::Receiver<Progress<E>>,
 }
 
@@ -95,12 +102,14 @@ impl<E: Clone> Fill<E> {
 
     /// A reader of bytes `start..end` (`end` = `None`: to the end of the blob).
     pub fn reader(&self, start: u64, end: Option<u64>) -> FillReader<E> {
-        FillReader {
-            file: self.file.clone(),
-            progress: Some(self.progress.clone()),
-            pos: start,
+        let following = Some((self.progress.clone(), self.recent.clone()));
+        FillReader::new(
+            self.file.clone(),
+            self.buffers.clone(),
+            following,
+            start,
             end,
-        }
+        )
     }
 }
 
@@ -191,8 +200,11 @@ impl<E: Clone + Send + Sync + 'static> Fills<E> {
             written: 0,
             state: FillState::Connecting,
         });
+        let recent = Arc::new(Recent::default());
         let fill = Arc::new(Fill {
             file: file.clone(),
+            buffers: self.store.buffers().clone(),
+            recent: recent.clone(),
             progress: progress_rx,
         });
         in_flight.insert(digest.clone(), fill.clone());
@@ -207,15 +219,18 @@ impl<E: Clone + Send + Sync + 'static> Fills<E> {
             progress: progress_tx,
             failure,
             room: None,
+            recent,
         };
         tokio::task::spawn_blocking(move || job.run(rx));
-        Joined::Started(fill, FillWriter { tx })
+        let budget = Arc::new(Semaphore::new(WRITE_BUDGET));
+        Joined::Started(fill, FillWriter { tx, budget })
     }
 }
 
 enum Message<E> {
     Start(Option<u64>),
-    Chunk(Bytes),
+    /// A chunk and its share of the byte budget, given back once it is on disk.
+    Chunk(Bytes, OwnedSemaphorePermit),
     Finish(oneshot::Sender<Result<(), CommitError>>),
     Fail(E),
 }
@@ -223,6 +238,7 @@ enum Message<E> {
 /// The feeding end of a fill, held by whoever fetches the bytes.
 pub struct FillWriter<E> {
     tx: mpsc::Sender<Message<E>>,
+    budget: Arc<Semaphore>,
 }
 
 impl<E: Send + 'static> FillWriter<E> {
@@ -233,10 +249,19 @@ impl<E: Send + 'static> FillWriter<E> {
 
     /// Appends a chunk; waits when the disk is behind.
     pub async fn write(&self, chunk: Bytes) -> Result<(), CommitError> {
-        self.tx
-            .send(Message::Chunk(chunk))
+        let stopped = || CommitError::Io("the cache writer stopped".into());
+        // A chunk larger than the whole budget takes all of it.
+        let share = chunk.len().clamp(1, WRITE_BUDGET) as u32;
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(share)
             .await
-            .map_err(|_| CommitError::Io("the cache writer stopped".into()))
+            .map_err(|_| stopped())?;
+        self.tx
+            .send(Message::Chunk(chunk, permit))
+            .await
+            .map_err(|_| stopped())
     }
 
     /// Verifies length and digest and commits the blob.
@@ -263,6 +288,7 @@ struct WriteJob<E> {
     failure: fn(CommitError) -> E,
     /// Disk space held for the declared length until the fill ends.
     room: Option<RoomClaim>,
+    recent: Arc<Recent>,
 }
 
 impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
@@ -271,6 +297,7 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
         let store = self.fills.store.clone();
         let mut verifier = Verifier::new(self.digest.algorithm());
         let mut written = 0u64;
+        let mut published = 0u64;
         let mut total = None;
         let verdict = loop {
             match rx.blocking_recv() {
@@ -291,7 +318,7 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
                         p.state = FillState::Streaming;
                     });
                 }
-                Some(Message::Chunk(chunk)) => {
+                Some(Message::Chunk(chunk, _budget)) => {
                     if let Err(e) = (&*self.file).write_all(&chunk) {
                         // Stop now: the readers are waiting for bytes that will not come.
                         store.write_failed(&e);
@@ -300,10 +327,16 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
                         return;
                     }
                     verifier.update(&chunk);
+                    let offset = written;
                     written += chunk.len() as u64;
-                    self.progress.send_modify(|p| p.written = written);
+                    self.recent.push(offset, chunk);
+                    if written >= published + PUBLISH_EVERY {
+                        published = written;
+                        self.progress.send_modify(|p| p.written = written);
+                    }
                 }
                 Some(Message::Finish(reply)) => {
+                    self.progress.send_modify(|p| p.written = written);
                     let result = self.verify(verifier, written, total);
                     break Some((result, Some(reply)));
                 }
@@ -391,101 +424,5 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
 impl<E> PartialEq for FillState<E> {
     fn eq(&self, other: &Self) -> bool {
         std::mem::discriminant(self) == std::mem::discriminant(other)
-    }
-}
-
-/// Why a reader stopped early.
-#[derive(Debug)]
-pub enum ReadError<E> {
-    Io(io::Error),
-    Failed(E),
-}
-
-/// Reads a committed blob or a fill in progress, a chunk at a time.
-pub struct FillReader<E> {
-    file: Arc<File>,
-    /// `None` for a committed blob.
-    progress: Option<watch::Receiver<Progress<E>>>,
-    pos: u64,
-    end: Option<u64>,
-}
-
-impl<E: Clone> FillReader<E> {
-    /// A reader of bytes `start..end` of a committed blob.
-    pub fn committed(blob: &BlobFile, start: u64, end: u64) -> Self {
-        FillReader {
-            file: blob.file.clone(),
-            progress: None,
-            pos: start,
-            end: Some(end.min(blob.size)),
-        }
-    }
-
-    /// The next chunk; `Ok(None)` once the range was sent and the blob verified.
-    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ReadError<E>> {
-        loop {
-            let readable_to = match &mut self.progress {
-                None => self.end.unwrap_or(self.pos),
-                Some(rx) => {
-                    let p = rx.borrow_and_update();
-                    let end = self.end.or(p.total);
-                    match (&p.state, end) {
-                        (FillState::Failed(e), _) => return Err(ReadError::Failed(e.clone())),
-                        (FillState::Verified, end) => end.unwrap_or(p.written).min(p.written),
-                        // Hold back the last byte until the digest is known to match.
-                        (_, Some(end)) => p.written.min(end.saturating_sub(1)),
-                        (_, None) => p.written,
-                    }
-                }
-            };
-            if self.pos < readable_to {
-                let len = (readable_to - self.pos).min(READ_CHUNK as u64) as usize;
-                let chunk = self.read_at(self.pos, len).await.map_err(ReadError::Io)?;
-                self.pos += chunk.len() as u64;
-                return Ok(Some(chunk));
-            }
-            let Some(rx) = &mut self.progress else {
-                return Ok(None);
-            };
-            if rx.borrow().state == FillState::Verified {
-                return Ok(None);
-            }
-            if rx.changed().await.is_err() {
-                let state = rx.borrow().state.clone();
-                match state {
-                    FillState::Failed(e) => return Err(ReadError::Failed(e)),
-                    FillState::Verified => continue,
-                    _ => {
-                        return Err(ReadError::Io(io::Error::other(
-                            "the fill stopped without a verdict",
-                        )))
-                    }
-                }
-            }
-        }
-    }
-
-    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            let mut filled = 0;
-            while filled < len {
-                match file.read_at(&mut buf[filled..], pos + filled as u64)? {
-                    0 => break,
-                    n => filled += n,
-                }
-            }
-            if filled == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "cache file is shorter than recorded",
-                ));
-            }
-            buf.truncate(filled);
-            Ok(Bytes::from(buf))
-        })
-        .await
-        .map_err(io::Error::other)?
     }
 }

@@ -4,18 +4,22 @@
 //! caller hands it.
 
 mod blobs;
+mod buffers;
 mod disk;
 mod fill;
 mod health;
 mod index;
 pub mod maintenance;
 mod manifests;
+mod reader;
+mod recent;
 mod scan;
 mod tag_files;
 mod tags;
 
 pub use blobs::{Area, BlobFile, Committed, Store, Usage};
-pub use fill::{CommitError, Fill, FillReader, FillState, FillWriter, Fills, Joined, ReadError};
+pub use fill::{CommitError, Fill, FillState, FillWriter, Fills, Joined};
 pub use health::Condition;
 pub use manifests::StoredManifest;
+pub use reader::{FillReader, ReadError};
 pub use tags::{TagKey, TagTable, Variant};

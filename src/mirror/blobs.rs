@@ -39,11 +39,9 @@ impl BlobAnswer {
     /// A reader of `start..end` (`end` exclusive; `None` = to the end).
     pub fn into_reader(self, start: u64, end: Option<u64>) -> BlobReader {
         match self.source {
-            BlobSource::Cached(blob) => BlobReader::Cache(FillReader::committed(
-                &blob,
-                start,
-                end.unwrap_or(blob.size),
-            )),
+            BlobSource::Cached(blob) => {
+                BlobReader::Cache(blob.reader(start, end.unwrap_or(blob.size)))
+            }
             BlobSource::Filling(fill) => BlobReader::Cache(fill.reader(start, end)),
             BlobSource::Upstream(passthrough) => BlobReader::Upstream(passthrough),
         }

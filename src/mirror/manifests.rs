@@ -2,11 +2,12 @@
 //! one coalesced `HEAD` when not, fetched with one coalesced `GET` when missing or moved, and
 //! served stale when the upstream is down.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::flights::Joined;
-use super::Mirror;
+use super::{HotManifest, Mirror};
 use crate::cache::{Area, CommitError, StoredManifest, TagKey, Variant};
 use crate::error::{ClientError, Error};
 use crate::metrics::{CacheResult, ContentKind};
@@ -38,17 +39,30 @@ impl Mirror {
     }
 
     fn cached_manifest(&self, digest: &Digest) -> Result<Option<Arc<StoredManifest>>, Error> {
-        if let Some(m) = self.manifests.get(digest) {
-            // A use of the disk entry too, for eviction; the memory copy outlives an eviction.
-            self.store.touch(Area::Manifests, digest);
-            return Ok(Some(m));
+        if let Some(hot) = self.manifests.get(digest) {
+            // A use of the disk entry too, for eviction (the memory copy outlives an eviction).
+            let now = unix_secs();
+            if hot.recorded_use.swap(now, Ordering::Relaxed) != now {
+                self.store.touch(Area::Manifests, digest);
+            }
+            return Ok(Some(hot.manifest.clone()));
         }
         let Some(m) = self.store.read_manifest(digest)? else {
             return Ok(None);
         };
         let m = Arc::new(m);
-        self.manifests.insert(digest.clone(), m.clone());
+        self.remember(m.clone());
         Ok(Some(m))
+    }
+
+    /// Keeps a manifest in memory for the hot path.
+    fn remember(&self, manifest: Arc<StoredManifest>) {
+        let hot = HotManifest {
+            manifest,
+            recorded_use: AtomicU64::new(unix_secs()),
+        };
+        self.manifests
+            .insert(hot.manifest.digest.clone(), Arc::new(hot));
     }
 
     async fn manifest_by_digest(
@@ -84,7 +98,6 @@ impl Mirror {
             repo: repo.clone(),
             tag: tag.clone(),
         };
-        let accept_header = accept.header_value();
         let mut stale = None;
         if let Some(variant) = self.tags.choose(&key, accept) {
             if let Some(manifest) = self.cached_manifest(&variant.digest)? {
@@ -104,7 +117,10 @@ impl Mirror {
                         result: CacheResult::Stale,
                     });
                 }
-                match self.revalidate(upstream, &key, &accept_header).await {
+                match self
+                    .revalidate(upstream, &key, &accept.header_value())
+                    .await
+                {
                     Ok(Some(current)) if current == variant.digest => {
                         self.tags.touch(&key, &current, SystemTime::now());
                         return Ok(ManifestAnswer {
@@ -125,7 +141,7 @@ impl Mirror {
         // Stamped when asked, so an answer that arrives late cannot pass for a newer one.
         let asked_at = SystemTime::now();
         let (fetched, joined) = self
-            .fetch_manifest(upstream, repo, tag.as_str(), &accept_header)
+            .fetch_manifest(upstream, repo, tag.as_str(), &accept.header_value())
             .await;
         let manifest = match (fetched, stale) {
             (Ok(m), stale) => {
@@ -295,8 +311,7 @@ impl Mirror {
             }
             Err(e) => tracing::error!(error = %e, "manifest write task failed"),
         }
-        self.manifests
-            .insert(manifest.digest.clone(), manifest.clone());
+        self.remember(manifest.clone());
         Ok(manifest)
     }
 }
@@ -306,6 +321,12 @@ impl Mirror {
 enum Defer {
     Yes,
     No,
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn miss_or_coalesced(joined: Joined) -> CacheResult {

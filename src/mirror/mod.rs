@@ -7,6 +7,7 @@ mod flights;
 mod manifests;
 mod passthrough;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use moka::future::Cache as AsyncCache;
@@ -25,6 +26,13 @@ pub use manifests::ManifestAnswer;
 /// Manifests kept in memory for the hot path (they are small and asked for constantly).
 const MANIFEST_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
 
+/// A manifest held in memory, and when a use of it was last recorded in the disk index: once a
+/// second is enough for eviction order, and spares the hot path the index lock.
+struct HotManifest {
+    manifest: Arc<StoredManifest>,
+    recorded_use: AtomicU64,
+}
+
 type ManifestKey = (Arc<str>, RepoName, String, String);
 type ListingKey = (Arc<str>, RepoName, String);
 
@@ -33,7 +41,7 @@ pub struct Mirror {
     store: Arc<Store>,
     fills: Arc<Fills<Error>>,
     tags: Arc<TagTable>,
-    manifests: Cache<Digest, Arc<StoredManifest>>,
+    manifests: Cache<Digest, Arc<HotManifest>>,
     manifest_fetches: Flights<ManifestKey, Result<Arc<StoredManifest>, Error>>,
     revalidations: Flights<ManifestKey, Result<Option<Digest>, Error>>,
     listings: AsyncCache<ListingKey, Arc<ListingResponse>>,
@@ -55,8 +63,8 @@ impl Mirror {
             store,
             tags,
             manifests: Cache::builder()
-                .weigher(|_, m: &Arc<StoredManifest>| {
-                    u32::try_from(m.body.len()).unwrap_or(u32::MAX)
+                .weigher(|_, m: &Arc<HotManifest>| {
+                    u32::try_from(m.manifest.body.len()).unwrap_or(u32::MAX)
                 })
                 .max_capacity(MANIFEST_MEMORY_BYTES)
                 .build(),

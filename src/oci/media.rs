@@ -24,12 +24,23 @@ pub fn is_index(media_type: &str) -> bool {
 /// The multi-platform media types.
 pub const INDEX_TYPES: [&str; 2] = [OCI_INDEX, DOCKER_MANIFEST_LIST];
 
+/// The manifest types wharf knows by name, one bit each in [`Accept`].
+const KNOWN: [&str; 4] = [
+    OCI_INDEX,
+    DOCKER_MANIFEST_LIST,
+    OCI_MANIFEST,
+    DOCKER_MANIFEST,
+];
+
 /// The media types a client said it accepts, from all of its `Accept` headers. Two clients that
-/// accept the same set compare equal whatever order they listed it in.
+/// accept the same set compare equal whatever order they listed it in. The manifest types every
+/// client sends are kept as bits, so parsing and comparing the usual headers allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Accept {
-    /// Lowercase, sorted, without duplicates.
-    types: Vec<String>,
+    /// Bit i set: `KNOWN[i]` is accepted.
+    known: u8,
+    /// Other media types, lowercase, sorted, without duplicates.
+    others: Vec<Box<str>>,
     any: bool,
 }
 
@@ -40,40 +51,55 @@ impl Accept {
         let mut accept = Accept::default();
         for value in values {
             for item in value.split(',') {
-                let media_type = item.split(';').next().unwrap_or("").trim();
+                let mut parts = item.split(';');
+                let media_type = parts.next().unwrap_or("").trim();
                 if media_type.is_empty() {
                     continue;
                 }
                 // q=0 means "not acceptable"; anything else only orders preferences, which a
                 // registry ignores.
-                let refused = item
-                    .split(';')
-                    .skip(1)
-                    .any(|p| matches!(p.trim().replace(' ', "").as_str(), "q=0" | "q=0.0"));
+                let refused = parts.any(|p| {
+                    p.split_once('=').is_some_and(|(k, v)| {
+                        k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>() == Ok(0.0)
+                    })
+                });
                 if refused {
                     continue;
                 }
                 if media_type == "*/*" || media_type == "application/*" {
                     accept.any = true;
+                } else if let Some(i) = KNOWN
+                    .iter()
+                    .position(|k| k.eq_ignore_ascii_case(media_type))
+                {
+                    accept.known |= 1 << i;
                 } else {
-                    accept.types.push(media_type.to_ascii_lowercase());
+                    accept.others.push(media_type.to_ascii_lowercase().into());
                 }
             }
         }
-        accept.types.sort_unstable();
-        accept.types.dedup();
-        if accept.types.is_empty() {
+        accept.others.sort_unstable();
+        accept.others.dedup();
+        if accept.known == 0 && accept.others.is_empty() {
             accept.any = true;
         }
         accept
     }
 
     pub fn accepts(&self, media_type: &str) -> bool {
-        self.any
-            || self
-                .types
+        if self.any {
+            return true;
+        }
+        match KNOWN
+            .iter()
+            .position(|k| k.eq_ignore_ascii_case(media_type))
+        {
+            Some(i) => self.known & (1 << i) != 0,
+            None => self
+                .others
                 .iter()
-                .any(|t| t.eq_ignore_ascii_case(media_type))
+                .any(|t| t.eq_ignore_ascii_case(media_type)),
+        }
     }
 
     /// Whether every multi-platform type `self` accepts is accepted by `other` too: then an
@@ -87,19 +113,17 @@ impl Accept {
 
     /// The value to send upstream on the client's behalf.
     pub fn header_value(&self) -> String {
+        let named = KNOWN
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.any || self.known & (1 << i) != 0)
+            .map(|(_, k)| *k)
+            .chain(self.others.iter().map(|t| &**t));
+        let mut value = named.collect::<Vec<_>>().join(", ");
         if self.any {
-            let mut all = ALL_MANIFEST_TYPES.to_owned();
-            for t in &self.types {
-                if !ALL_MANIFEST_TYPES.contains(t.as_str()) {
-                    all.push_str(", ");
-                    all.push_str(t);
-                }
-            }
-            all.push_str(", */*");
-            all
-        } else {
-            self.types.join(", ")
+            value.push_str(", */*");
         }
+        value
     }
 }
 
@@ -132,6 +156,27 @@ mod tests {
         let a = Accept::parse([&format!("{OCI_MANIFEST}, {OCI_INDEX};q=0") as &str]);
         assert!(!a.accepts(OCI_INDEX));
         assert!(a.accepts(OCI_MANIFEST));
+    }
+
+    #[test]
+    fn q_zero_in_any_spelling_refuses() {
+        for refusal in ["q=0", "q=0.0", "q=0.000", " q = 0 ", "Q=0"] {
+            let a = Accept::parse([&format!("{OCI_MANIFEST}, {OCI_INDEX};{refusal}") as &str]);
+            assert!(!a.accepts(OCI_INDEX), "{refusal:?}");
+        }
+        let a = Accept::parse([&format!("{OCI_MANIFEST}, {OCI_INDEX};q=0.5") as &str]);
+        assert!(a.accepts(OCI_INDEX));
+    }
+
+    #[test]
+    fn other_types_are_kept_and_passed_on() {
+        let a = Accept::parse(["application/vnd.example+json, application/json"]);
+        assert!(a.accepts("application/vnd.example+json"));
+        assert!(!a.accepts(OCI_MANIFEST));
+        assert_eq!(
+            a.header_value(),
+            "application/json, application/vnd.example+json"
+        );
     }
 
     #[test]

@@ -180,13 +180,15 @@ async fn blob_get(
 /// A body that streams a reader. An error ends the stream with an error, which makes hyper cut
 /// the connection: the client sees a short body, never a complete-looking wrong one.
 fn stream_body(reader: BlobReader, metrics: crate::metrics::Metrics, source: Source) -> Body {
+    // Looked up once per response, not once per chunk.
+    let served = metrics.served_counter(source);
     let chunks = stream::unfold(Some(reader), move |reader| {
-        let metrics = metrics.clone();
+        let served = served.clone();
         async move {
             let mut reader = reader?;
             match reader.next_chunk().await {
                 Ok(Some(chunk)) => {
-                    metrics.served(source, chunk.len() as u64);
+                    served.inc_by(chunk.len() as u64);
                     Some((Ok(Frame::data(chunk)), Some(reader)))
                 }
                 Ok(None) => None,

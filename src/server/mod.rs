@@ -60,7 +60,7 @@ async fn serve_request(state: AppState, request: Request<Incoming>) -> Response<
     tracing::info!(
         target: "wharf::access",
         %method, path, status = status.as_u16(), route = label,
-        ms = elapsed.as_secs_f64() * 1000.0,
+        us = elapsed.as_micros() as u64,
     );
     response
 }

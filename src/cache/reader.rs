@@ -1,0 +1,170 @@
+//! Reading a committed blob or a fill in progress, a chunk at a time, one chunk ahead. A chunk
+//! already in the page cache (the common case for a cache) is copied right away on the calling
+//! thread; only one that needs the disk is read on the blocking pool, so hot blobs cost no thread
+//! hop per chunk, and a slow disk still never stalls the async workers.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::buffers::{BufferPool, CHUNK};
+use super::fill::{FillState, Progress};
+use super::recent::Recent;
+
+/// Why a reader stopped early.
+#[derive(Debug)]
+pub enum ReadError<E> {
+    Io(io::Error),
+    Failed(E),
+}
+
+pub struct FillReader<E> {
+    file: Arc<File>,
+    buffers: BufferPool,
+    /// `None` for a committed blob.
+    progress: Option<watch::Receiver<Progress<E>>>,
+    /// The fill's newest bytes, in memory.
+    recent: Option<Arc<Recent>>,
+    /// Where the next read starts.
+    pos: u64,
+    end: Option<u64>,
+    ahead: Option<Ahead>,
+}
+
+/// The chunk after the one being sent.
+enum Ahead {
+    Ready(Bytes),
+    Reading(JoinHandle<io::Result<Bytes>>),
+}
+
+impl<E: Clone> FillReader<E> {
+    /// A reader of bytes `start..end` (`end` = `None`: to the end), following a fill's progress
+    /// and newest bytes if the blob is still being filled.
+    pub(super) fn new(
+        file: Arc<File>,
+        buffers: BufferPool,
+        following: Option<(watch::Receiver<Progress<E>>, Arc<Recent>)>,
+        start: u64,
+        end: Option<u64>,
+    ) -> Self {
+        let (progress, recent) = following.unzip();
+        FillReader {
+            file,
+            buffers,
+            progress,
+            recent,
+            pos: start,
+            end,
+            ahead: None,
+        }
+    }
+
+    /// How far bytes may be read now.
+    fn readable_to(&mut self) -> Result<u64, ReadError<E>> {
+        let Some(rx) = &mut self.progress else {
+            return Ok(self.end.unwrap_or(self.pos));
+        };
+        let p = rx.borrow_and_update();
+        let end = self.end.or(p.total);
+        Ok(match (&p.state, end) {
+            (FillState::Failed(e), _) => return Err(ReadError::Failed(e.clone())),
+            (FillState::Verified, end) => end.unwrap_or(p.written).min(p.written),
+            // Hold back the last byte until the digest is known to match.
+            (_, Some(end)) => p.written.min(end.saturating_sub(1)),
+            (_, None) => p.written,
+        })
+    }
+
+    /// Starts reading the next chunk if any bytes are readable; whether it did.
+    fn read_ahead(&mut self) -> Result<bool, ReadError<E>> {
+        let to = self.readable_to()?;
+        if self.pos >= to {
+            return Ok(false);
+        }
+        if let Some(bytes) = self.recent.as_ref().and_then(|r| r.get(self.pos, to)) {
+            self.pos += bytes.len() as u64;
+            self.ahead = Some(Ahead::Ready(bytes));
+            return Ok(true);
+        }
+        let len = (to - self.pos).min(CHUNK as u64) as usize;
+        let (pos, mut buf) = (self.pos, self.buffers.take());
+        self.pos += len as u64;
+        let cached = read_cached(&self.file, &mut buf[..len], pos);
+        if cached == len {
+            self.ahead = Some(Ahead::Ready(self.buffers.freeze(buf, len)));
+            return Ok(true);
+        }
+        let (file, buffers) = (self.file.clone(), self.buffers.clone());
+        self.ahead = Some(Ahead::Reading(tokio::task::spawn_blocking(move || {
+            let rest = pos + cached as u64;
+            file.read_exact_at(&mut buf[cached..len], rest)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof => {
+                        io::Error::new(e.kind(), "cache file is shorter than recorded")
+                    }
+                    _ => e,
+                })?;
+            Ok(buffers.freeze(buf, len))
+        })));
+        Ok(true)
+    }
+
+    /// The next chunk; `Ok(None)` once the range was sent and the blob verified.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ReadError<E>> {
+        loop {
+            if let Some(ahead) = self.ahead.take() {
+                let chunk = match ahead {
+                    Ahead::Ready(chunk) => chunk,
+                    Ahead::Reading(read) => read
+                        .await
+                        .map_err(|e| ReadError::Io(io::Error::other(e)))?
+                        .map_err(ReadError::Io)?,
+                };
+                // A failure here shows on the next call; this chunk was readable.
+                let _ = self.read_ahead();
+                return Ok(Some(chunk));
+            }
+            if self.read_ahead()? {
+                continue;
+            }
+            let Some(rx) = &mut self.progress else {
+                return Ok(None);
+            };
+            if rx.borrow().state == FillState::Verified {
+                return Ok(None);
+            }
+            if rx.changed().await.is_err() {
+                let state = rx.borrow().state.clone();
+                match state {
+                    FillState::Failed(e) => return Err(ReadError::Failed(e)),
+                    FillState::Verified => continue,
+                    _ => {
+                        return Err(ReadError::Io(io::Error::other(
+                            "the fill stopped without a verdict",
+                        )))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies what the page cache holds of `buf.len()` bytes at `pos`, without waiting for the disk
+/// (`RWF_NOWAIT`); how many bytes it got. Zero where the kernel cannot tell.
+fn read_cached(file: &File, buf: &mut [u8], pos: u64) -> usize {
+    use rustix::io::{preadv2, ReadWriteFlags};
+    let mut got = 0;
+    while got < buf.len() {
+        let mut slices = [io::IoSliceMut::new(&mut buf[got..])];
+        match preadv2(file, &mut slices, pos + got as u64, ReadWriteFlags::NOWAIT) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    got
+}
