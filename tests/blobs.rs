@@ -48,7 +48,7 @@ async fn sixteen_cold_clients_cause_one_upstream_get() {
             .await,
         15.0
     );
-    assert!(eventually(Duration::from_secs(5), || async { wharf.has_blob(&digest) }).await);
+    assert!(wharf.settled(&digest).await);
 
     // Warm: served from disk, no upstream traffic.
     let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
@@ -97,9 +97,14 @@ async fn upstream_cut_midway_aborts_clients_and_caches_nothing() {
     upstream.faults().cut_blob_after = Some(2 * MIB);
     let wharf = Wharf::start(&upstream, "").await;
 
+    // Either the headers went out before the cut, and the body is then cut short, or the cut
+    // came first, and the answer is an error. Never a complete-looking body.
     let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
-    assert_eq!(r.status(), 200);
-    assert!(read_all(r).await.is_err(), "the response must be aborted");
+    if r.status() == 200 {
+        assert!(read_all(r).await.is_err(), "the response must be aborted");
+    } else {
+        assert_eq!(r.status(), 503, "the upstream connection broke");
+    }
     assert!(!wharf.has_blob(&digest));
 
     upstream.faults().cut_blob_after = None;
@@ -107,7 +112,7 @@ async fn upstream_cut_midway_aborts_clients_and_caches_nothing() {
     assert_eq!(r.headers()["x-wharf-cache"], "miss", "a fresh fill starts");
     assert_eq!(sha256(&read_all(r).await.unwrap()), digest);
     assert_eq!(upstream.count("GET", "/blobs/"), 2);
-    assert!(eventually(Duration::from_secs(5), || async { wharf.has_blob(&digest) }).await);
+    assert!(wharf.settled(&digest).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -115,6 +120,8 @@ async fn flipped_byte_aborts_clients_is_counted_and_not_cached() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(random_bytes(3 * MIB, 4));
     upstream.faults().flip_byte = true;
+    // Slow enough that both clients join the one fill before it fails.
+    upstream.faults().chunk_delay = Some(Duration::from_millis(1));
     let wharf = Wharf::start(&upstream, "").await;
 
     let path = format!("/v2/library/x/blobs/{digest}");
@@ -128,9 +135,10 @@ async fn flipped_byte_aborts_clients_is_counted_and_not_cached() {
     );
 
     upstream.faults().flip_byte = false;
+    upstream.faults().chunk_delay = None;
     let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
     assert_eq!(sha256(&read_all(r).await.unwrap()), digest);
-    assert!(eventually(Duration::from_secs(5), || async { wharf.has_blob(&digest) }).await);
+    assert!(wharf.settled(&digest).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -28,10 +28,11 @@ async fn pull(wharf: &Wharf, digest: &str) -> (String, String) {
     (sha256(&r.bytes().await.unwrap()), cache)
 }
 
-/// Pulls and waits until the blob is committed.
+/// Pulls and waits until the blob is committed and its fill is over (a request in between
+/// would still join the finished fill).
 async fn pull_and_cache(wharf: &Wharf, digest: &str) {
     assert_eq!(pull(wharf, digest).await.0, digest);
-    assert!(eventually(Duration::from_secs(5), || async { wharf.has_blob(digest) }).await);
+    assert!(wharf.settled(digest).await);
 }
 
 #[tokio::test]
@@ -196,7 +197,7 @@ async fn a_cached_blob_changed_on_disk_is_never_served() {
             .await,
         1.0
     );
-    assert!(eventually(Duration::from_secs(5), || async { wharf.has_blob(&d) }).await);
+    assert!(wharf.settled(&d).await);
 }
 
 fn cache_command(cache: &Path, args: &[&str]) -> (bool, String) {
@@ -239,6 +240,8 @@ async fn cache_commands_work_while_the_server_runs() {
         pull(&wharf, &rotten).await,
         (rotten.clone(), "miss".to_owned())
     );
+    // Its commit lands just after the response: wait for it before pruning.
+    assert!(wharf.settled(&rotten).await);
 
     let (ok, text) = cache_command(wharf.cache.path(), &["prune", "--max-size", "0"]);
     assert!(ok, "{text}");

@@ -484,6 +484,15 @@ impl Wharf {
         cache
     }
 
+    /// Waits (up to 5 s) until `digest` is committed and no fill is in flight: a request before
+    /// then could still join the finished fill instead of hitting the cache.
+    pub async fn settled(&self, digest: &str) -> bool {
+        eventually(Duration::from_secs(5), || async {
+            self.has_blob(digest) && self.metric("wharf_fills_in_flight", &[]).await == 0.0
+        })
+        .await
+    }
+
     /// Whether a committed blob file exists for `digest`.
     pub fn has_blob(&self, digest: &str) -> bool {
         let hex = digest.strip_prefix("sha256:").unwrap();
