@@ -9,8 +9,8 @@ use bytes::Bytes;
 /// Responses are read from disk in chunks this large: hyper only reaches file-copy speed with
 /// big chunks, while each reader holds at most two (one being sent, one read ahead).
 pub const CHUNK: usize = 512 * 1024;
-/// Spare buffers kept between uses (4 MiB); more in flight are freed when dropped.
-const SPARES: usize = 8;
+/// Spare buffers kept between uses (8 MiB at most); more in flight are freed when dropped.
+const SPARES: usize = 16;
 
 #[derive(Clone, Default)]
 pub struct BufferPool {

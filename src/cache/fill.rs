@@ -26,7 +26,7 @@ use crate::oci::{Digest, Verifier};
 
 /// Bytes queued for the writer thread before the upstream read waits for the disk. Bounded in
 /// bytes, not chunks: an upstream chunk can be anything from a few KiB to hundreds.
-const WRITE_BUDGET: usize = 4 * 1024 * 1024;
+const WRITE_BUDGET: usize = 2 * 1024 * 1024;
 /// Messages in the writer's queue (the byte budget is what really bounds it).
 const WRITE_QUEUE: usize = 1024;
 /// Progress is published to readers at least this many bytes at a time (and at the end), so

@@ -1,7 +1,8 @@
-//! Reading a committed blob or a fill in progress, a chunk at a time, one chunk ahead. A chunk
-//! already in the page cache (the common case for a cache) is copied right away on the calling
-//! thread; only one that needs the disk is read on the blocking pool, so hot blobs cost no thread
-//! hop per chunk, and a slow disk still never stalls the async workers.
+//! Reading a committed blob or a fill in progress, a chunk at a time. A chunk already in memory
+//! (the fill's newest bytes, or the page cache, the common case for a cache) is taken right away
+//! on the calling thread; only one that needs the disk is read on the blocking pool, and then the
+//! next one is read ahead while it is sent. Hot blobs cost no thread hop and one buffer per
+//! reader; a slow disk never stalls the async workers.
 
 use std::fs::File;
 use std::io;
@@ -33,13 +34,14 @@ pub struct FillReader<E> {
     /// Where the next read starts.
     pos: u64,
     end: Option<u64>,
-    ahead: Option<Ahead>,
+    /// Read ahead after a chunk had to come from the disk.
+    ahead: Option<Read>,
 }
 
-/// The chunk after the one being sent.
-enum Ahead {
+/// A chunk on its way.
+enum Read {
     Ready(Bytes),
-    Reading(JoinHandle<io::Result<Bytes>>),
+    FromDisk(JoinHandle<io::Result<Bytes>>),
 }
 
 impl<E: Clone> FillReader<E> {
@@ -80,77 +82,87 @@ impl<E: Clone> FillReader<E> {
         })
     }
 
-    /// Starts reading the next chunk if any bytes are readable; whether it did.
-    fn read_ahead(&mut self) -> Result<bool, ReadError<E>> {
+    /// Starts reading the next chunk, if any bytes are readable now.
+    fn start_read(&mut self) -> Result<Option<Read>, ReadError<E>> {
         let to = self.readable_to()?;
         if self.pos >= to {
-            return Ok(false);
+            return Ok(None);
         }
         if let Some(bytes) = self.recent.as_ref().and_then(|r| r.get(self.pos, to)) {
             self.pos += bytes.len() as u64;
-            self.ahead = Some(Ahead::Ready(bytes));
-            return Ok(true);
+            return Ok(Some(Read::Ready(bytes)));
         }
         let len = (to - self.pos).min(CHUNK as u64) as usize;
         let (pos, mut buf) = (self.pos, self.buffers.take());
         self.pos += len as u64;
         let cached = read_cached(&self.file, &mut buf[..len], pos);
         if cached == len {
-            self.ahead = Some(Ahead::Ready(self.buffers.freeze(buf, len)));
-            return Ok(true);
+            return Ok(Some(Read::Ready(self.buffers.freeze(buf, len))));
         }
         let (file, buffers) = (self.file.clone(), self.buffers.clone());
-        self.ahead = Some(Ahead::Reading(tokio::task::spawn_blocking(move || {
-            let rest = pos + cached as u64;
-            file.read_exact_at(&mut buf[cached..len], rest)
-                .map_err(|e| match e.kind() {
-                    io::ErrorKind::UnexpectedEof => {
-                        io::Error::new(e.kind(), "cache file is shorter than recorded")
-                    }
-                    _ => e,
-                })?;
-            Ok(buffers.freeze(buf, len))
-        })));
-        Ok(true)
+        Ok(Some(Read::FromDisk(tokio::task::spawn_blocking(
+            move || {
+                let rest = pos + cached as u64;
+                file.read_exact_at(&mut buf[cached..len], rest)
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::UnexpectedEof => {
+                            io::Error::new(e.kind(), "cache file is shorter than recorded")
+                        }
+                        _ => e,
+                    })?;
+                Ok(buffers.freeze(buf, len))
+            },
+        ))))
     }
 
     /// The next chunk; `Ok(None)` once the range was sent and the blob verified.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ReadError<E>> {
         loop {
-            if let Some(ahead) = self.ahead.take() {
-                let chunk = match ahead {
-                    Ahead::Ready(chunk) => chunk,
-                    Ahead::Reading(read) => read
+            let read = match self.ahead.take() {
+                Some(read) => read,
+                None => match self.start_read()? {
+                    Some(read) => read,
+                    None if self.wait_for_more().await? => continue,
+                    None => return Ok(None),
+                },
+            };
+            return match read {
+                Read::Ready(chunk) => Ok(Some(chunk)),
+                Read::FromDisk(handle) => {
+                    let chunk = handle
                         .await
                         .map_err(|e| ReadError::Io(io::Error::other(e)))?
-                        .map_err(ReadError::Io)?,
-                };
-                // A failure here shows on the next call; this chunk was readable.
-                let _ = self.read_ahead();
-                return Ok(Some(chunk));
-            }
-            if self.read_ahead()? {
-                continue;
-            }
-            let Some(rx) = &mut self.progress else {
-                return Ok(None);
-            };
-            if rx.borrow().state == FillState::Verified {
-                return Ok(None);
-            }
-            if rx.changed().await.is_err() {
-                let state = rx.borrow().state.clone();
-                match state {
-                    FillState::Failed(e) => return Err(ReadError::Failed(e)),
-                    FillState::Verified => continue,
-                    _ => {
-                        return Err(ReadError::Io(io::Error::other(
-                            "the fill stopped without a verdict",
-                        )))
-                    }
+                        .map_err(ReadError::Io)?;
+                    // The disk is slow to reach: have the next chunk on its way while this one
+                    // is sent. A failure shows on the next call; this chunk was readable.
+                    self.ahead = self.start_read().ok().flatten();
+                    Ok(Some(chunk))
                 }
-            }
+            };
         }
+    }
+
+    /// Nothing is readable now: waits until a fill publishes more bytes or its verdict. Whether
+    /// more may come (not for a committed blob, nor for a verified fill); an error if the fill
+    /// failed or stopped.
+    async fn wait_for_more(&mut self) -> Result<bool, ReadError<E>> {
+        let Some(rx) = &mut self.progress else {
+            return Ok(false);
+        };
+        if rx.borrow().state == FillState::Verified {
+            return Ok(false);
+        }
+        if rx.changed().await.is_err() {
+            let state = rx.borrow().state.clone();
+            return match state {
+                FillState::Failed(e) => Err(ReadError::Failed(e)),
+                FillState::Verified => Ok(true),
+                _ => Err(ReadError::Io(io::Error::other(
+                    "the fill stopped without a verdict",
+                ))),
+            };
+        }
+        Ok(true)
     }
 }
 
