@@ -23,6 +23,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 CREATED = "2024-01-01T00:00:00Z"
 
 
@@ -86,13 +87,16 @@ def layer_tar(name, number, size):
     return buf.getvalue()
 
 
-def write_image(layout, name, sizes, os_name, arch, variant):
+def write_image(layout, name, sizes, os_name, arch, variant, compress=True):
     layers, diff_ids, history = [], [], []
     for number, size in enumerate(sizes, start=1):
         tar = layer_tar(name, number, size)
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
-        # mtime=0 keeps the gzip header free of the wall clock.
-        layers.append(layout.put(gzip.compress(tar, compresslevel=1, mtime=0), OCI_LAYER_GZIP))
+        if compress:
+            # mtime=0 keeps the gzip header free of the wall clock.
+            layers.append(layout.put(gzip.compress(tar, compresslevel=1, mtime=0), OCI_LAYER_GZIP))
+        else:
+            layers.append(layout.put(tar, OCI_LAYER_TAR))
         history.append({"created": CREATED, "created_by": f"e2e layer {number} ({size} random bytes)"})
     config = {
         "created": CREATED,
@@ -125,6 +129,8 @@ def main():
     parser.add_argument("--name", required=True, help="written into the image, for humans")
     parser.add_argument("--layers", required=True, help="comma-separated random-byte sizes, e.g. 8M,2M,4K")
     parser.add_argument("--platform", action="append", required=True, help="os/arch[/variant]")
+    parser.add_argument("--uncompressed", action="store_true",
+                        help="plain tar layers (fast to build when size, not realism, matters)")
     args = parser.parse_args()
 
     layout = Layout(args.layout)
@@ -132,7 +138,8 @@ def main():
     entries = []
     for platform in args.platform:
         os_name, arch, *variant = platform.split("/")
-        entries.append(write_image(layout, args.name, sizes, os_name, arch, variant[0] if variant else None))
+        entries.append(write_image(layout, args.name, sizes, os_name, arch, variant[0] if variant else None,
+                                   compress=not args.uncompressed))
 
     if len(entries) == 1:
         top = entries[0][0]
