@@ -378,16 +378,22 @@ events {{ worker_connections 4096; }}
 """
 
 
-def start_nginx_proxy(procs, work, name, port, upstream_port):
-    """nginx as docker-registry-proxy configures it, over plain HTTP to the upstream."""
-    config = work / f"{name}.conf"
-    config.write_text(NGINX_COMMON.format(work=work, name=name) + f"""
-http {{
-    access_log {work}/{name}-access.log;
+# Both nginx servers log every request (as wharf does), send files with sendfile, and keep
+# connections open for wrk.
+NGINX_HTTP_COMMON = """    access_log {work}/{name}-access.log;
     sendfile on;
     keepalive_requests 100000;
     client_body_temp_path {work}/{name}-body;
-    proxy_temp_path {work}/{name}-proxy-temp;
+"""
+
+
+def start_nginx_proxy(procs, work, name, port, upstream_port):
+    """nginx as docker-registry-proxy configures it, over plain HTTP to the upstream."""
+    config = work / f"{name}.conf"
+    http_common = NGINX_HTTP_COMMON.format(work=work, name=name)
+    config.write_text(NGINX_COMMON.format(work=work, name=name) + f"""
+http {{
+{http_common}    proxy_temp_path {work}/{name}-proxy-temp;
     proxy_cache_path {work}/{name}-cache levels=1:2 max_size=100g inactive=60d keys_zone=cache:10m use_temp_path=off;
     upstream registry {{ server 127.0.0.1:{upstream_port}; keepalive 32; }}
     server {{
@@ -440,13 +446,10 @@ http {{
 def start_nginx_static(procs, work, port, root):
     name = "static"
     config = work / f"{name}.conf"
+    http_common = NGINX_HTTP_COMMON.format(work=work, name=name)
     config.write_text(NGINX_COMMON.format(work=work, name=name) + f"""
 http {{
-    access_log {work}/{name}-access.log;
-    sendfile on;
-    keepalive_requests 100000;
-    client_body_temp_path {work}/{name}-body;
-    server {{
+{http_common}    server {{
         listen 127.0.0.1:{port};
         location /blobs/ {{ root {root}; default_type application/octet-stream; }}
         location /manifests/ {{
