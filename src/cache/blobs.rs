@@ -140,10 +140,6 @@ impl Store {
         self.index.lock().expect("lock poisoned")
     }
 
-    pub fn max_size(&self) -> u64 {
-        self.max_size
-    }
-
     pub(super) fn buffers(&self) -> &BufferPool {
         &self.buffers
     }

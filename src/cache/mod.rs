@@ -18,7 +18,7 @@ mod tag_files;
 mod tags;
 
 pub use blobs::{Area, BlobFile, Committed, Store, Usage};
-pub use fill::{CommitError, Fill, FillState, FillWriter, Fills, Joined};
+pub use fill::{CommitError, Fill, FillWriter, Fills, Joined};
 pub use health::Condition;
 pub use manifests::StoredManifest;
 pub use reader::{FillReader, ReadError};
