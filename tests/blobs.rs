@@ -228,3 +228,76 @@ async fn head_and_unknown_blobs() {
     assert_eq!(r.status(), 404);
     assert_eq!(upstream.count("GET", &missing), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bytes_of_a_stalled_fill_reach_clients() {
+    // The upstream sends the first 100,000 bytes, then nothing: what arrived is readable, a
+    // range inside it is answered whole, and the full response waits for the rest.
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(4 * MIB, 8);
+    let digest = upstream.add_blob(blob.clone());
+    upstream.faults().stall_blob_after = Some(100_000);
+    let wharf = Wharf::start(&upstream, "").await;
+    let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
+
+    let r = wharf.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut got = 0;
+    while got < 65_536 {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("bytes that arrived are passed on without waiting for more")
+            .unwrap()
+            .unwrap();
+        got += chunk.len();
+    }
+
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        wharf
+            .client
+            .get(&url)
+            .header("range", "bytes=1000-1999")
+            .send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(r.status(), 206);
+    let range = tokio::time::timeout(Duration::from_secs(5), r.bytes())
+        .await
+        .expect("a range that ends before the stall is answered now")
+        .unwrap();
+    assert_eq!(range, blob.slice(1000..2000));
+}
+
+#[tokio::test]
+async fn an_empty_blob_is_served_and_cached() {
+    let upstream = FakeRegistry::start().await;
+    let digest = upstream.add_blob(bytes::Bytes::new());
+    let wharf = Wharf::start(&upstream, "").await;
+    let path = format!("/v2/library/x/blobs/{digest}");
+    let r = wharf.get(&path).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "0");
+    assert!(r.bytes().await.unwrap().is_empty());
+    assert!(wharf.settled(&digest).await);
+    assert!(wharf.has_blob(&digest));
+    let r = wharf.get(&path).await;
+    assert_eq!(r.headers()["x-wharf-cache"], "hit");
+    assert_eq!(r.headers()["content-length"], "0");
+    assert_eq!(upstream.count("GET", "/blobs/"), 1);
+}
+
+#[tokio::test]
+async fn an_empty_body_for_a_non_empty_digest_is_an_error() {
+    // Nothing can be held back of an empty body: the answer must wait for the verdict.
+    let upstream = FakeRegistry::start().await;
+    let digest = upstream.add_blob(random_bytes(1000, 9));
+    upstream.faults().truncate_blobs_to = Some(0);
+    let wharf = Wharf::start(&upstream, "").await;
+    let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
+    assert_eq!(r.status(), 502);
+    assert!(!wharf.has_blob(&digest));
+}

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 /// Responses are read from disk in chunks this large: hyper only reaches file-copy speed with
-/// big chunks, while each reader holds at most two (one being sent, one read ahead).
+/// big chunks. A reader holds one, plus one read ahead when the disk is slow; hyper may hold two
+/// more while they are being sent.
 pub const CHUNK: usize = 512 * 1024;
 /// Spare buffers kept between uses (8 MiB at most); more in flight are freed when dropped.
 const SPARES: usize = 16;

@@ -100,6 +100,25 @@ impl<E: Clone> Fill<E> {
         }
     }
 
+    /// Waits for the fill's verdict: verified, failed, or (`Ok(false)`) stopped without one.
+    pub async fn verdict(&self) -> Result<bool, E> {
+        let mut rx = self.progress.clone();
+        loop {
+            match &rx.borrow_and_update().state {
+                FillState::Verified => return Ok(true),
+                FillState::Failed(e) => return Err(e.clone()),
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return match &rx.borrow().state {
+                    FillState::Verified => Ok(true),
+                    FillState::Failed(e) => Err(e.clone()),
+                    _ => Ok(false),
+                };
+            }
+        }
+    }
+
     /// A reader of bytes `start..end` (`end` = `None`: to the end of the blob).
     pub fn reader(&self, start: u64, end: Option<u64>) -> FillReader<E> {
         let following = Some((self.progress.clone(), self.recent.clone()));
@@ -220,6 +239,7 @@ impl<E: Clone + Send + Sync + 'static> Fills<E> {
             failure,
             room: None,
             recent,
+            forgotten: false,
         };
         tokio::task::spawn_blocking(move || job.run(rx));
         let budget = Arc::new(Semaphore::new(WRITE_BUDGET));
@@ -289,6 +309,8 @@ struct WriteJob<E> {
     /// Disk space held for the declared length until the fill ends.
     room: Option<RoomClaim>,
     recent: Arc<Recent>,
+    /// Whether this fill was taken out of the table of fills in flight.
+    forgotten: bool,
 }
 
 impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
@@ -330,7 +352,9 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
                     let offset = written;
                     written += chunk.len() as u64;
                     self.recent.push(offset, chunk);
-                    if written >= published + PUBLISH_EVERY {
+                    // Coarse while bytes pour in; at once when the writer has caught up, so
+                    // a trickling upstream still reaches clients promptly.
+                    if written >= published + PUBLISH_EVERY || rx.is_empty() {
                         published = written;
                         self.progress.send_modify(|p| p.written = written);
                     }
@@ -388,14 +412,11 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
 
     /// Stores the verified blob (unless it is larger than the whole cache: then the readers are
     /// served from the temp file, which goes away with them).
-    fn commit(&self) -> Result<(), CommitError> {
+    fn commit(&mut self) -> Result<(), CommitError> {
         let store = &self.fills.store;
         let committed = store.commit(&self.temp_path, &self.file, Area::Blobs, &self.digest);
-        self.fills
-            .in_flight
-            .lock()
-            .expect("lock poisoned")
-            .remove(&self.digest);
+        self.forget();
+        self.recent.clear();
         match committed {
             Ok(Committed::Stored | Committed::TooLarge) => Ok(()),
             Err(e) => Err(CommitError::Io(e.to_string())),
@@ -404,20 +425,42 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
 
     /// Publishes a failure (unless the bytes were already verified: then the readers' bytes
     /// were right, and only the cache copy is lost) and drops the temp file.
-    fn abandon(&self, failed: FillState<E>) {
+    fn abandon(&mut self, failed: FillState<E>) {
         // Forget the fill before announcing its failure, so a request that arrives in between
         // starts a fresh fill instead of joining this dead one.
-        self.fills
-            .in_flight
-            .lock()
-            .expect("lock poisoned")
-            .remove(&self.digest);
+        self.forget();
         self.progress.send_modify(|p| {
             if p.state != FillState::Verified {
                 p.state = failed;
             }
         });
+        self.recent.clear();
         let _ = std::fs::remove_file(&self.temp_path);
+    }
+
+    /// Takes this fill out of the table of fills in flight (once: a later fill of the same
+    /// digest may take its place).
+    fn forget(&mut self) {
+        if !self.forgotten {
+            self.forgotten = true;
+            if let Ok(mut in_flight) = self.fills.in_flight.lock() {
+                in_flight.remove(&self.digest);
+            }
+        }
+    }
+}
+
+impl<E> Drop for WriteJob<E> {
+    /// Should the writer thread panic, its fill must not stay in the table: every later request
+    /// for the digest would join a fill that never ends. (Its readers see the progress sender
+    /// gone and fail.)
+    fn drop(&mut self) {
+        if !self.forgotten {
+            if let Ok(mut in_flight) = self.fills.in_flight.lock() {
+                in_flight.remove(&self.digest);
+            }
+            let _ = std::fs::remove_file(&self.temp_path);
+        }
     }
 }
 

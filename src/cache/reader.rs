@@ -38,6 +38,15 @@ pub struct FillReader<E> {
     ahead: Option<Read>,
 }
 
+/// What the reader can do next.
+enum Next {
+    Read(Read),
+    /// Nothing readable yet: wait for the fill.
+    Wait,
+    /// Everything was read.
+    Done,
+}
+
 /// A chunk on its way.
 enum Read {
     Ready(Bytes),
@@ -66,41 +75,46 @@ impl<E: Clone> FillReader<E> {
         }
     }
 
-    /// How far bytes may be read now.
-    fn readable_to(&mut self) -> Result<u64, ReadError<E>> {
+    /// How far bytes may be read now, and whether that is final: no more will come (a committed
+    /// blob, or a verified fill). Both come from one look at the fill's progress, so a verdict
+    /// that lands in between can never end a response before its last bytes.
+    fn readable_to(&mut self) -> Result<(u64, bool), ReadError<E>> {
         let Some(rx) = &mut self.progress else {
-            return Ok(self.end.unwrap_or(self.pos));
+            return Ok((self.end.unwrap_or(self.pos), true));
         };
         let p = rx.borrow_and_update();
         let end = self.end.or(p.total);
         Ok(match (&p.state, end) {
             (FillState::Failed(e), _) => return Err(ReadError::Failed(e.clone())),
-            (FillState::Verified, end) => end.unwrap_or(p.written).min(p.written),
-            // Hold back the last byte until the digest is known to match.
-            (_, Some(end)) => p.written.min(end.saturating_sub(1)),
-            (_, None) => p.written,
+            (FillState::Verified, end) => (end.unwrap_or(p.written).min(p.written), true),
+            // A response that ends with the blob's last byte holds that byte back until the
+            // digest is known to match, so a bad fill can still cut it short. A range that ends
+            // earlier is answered as soon as its bytes exist.
+            (_, Some(end)) if Some(end) == p.total => (p.written.min(end.saturating_sub(1)), false),
+            (_, Some(end)) => (p.written.min(end), false),
+            (_, None) => (p.written, false),
         })
     }
 
     /// Starts reading the next chunk, if any bytes are readable now.
-    fn start_read(&mut self) -> Result<Option<Read>, ReadError<E>> {
-        let to = self.readable_to()?;
+    fn start_read(&mut self) -> Result<Next, ReadError<E>> {
+        let (to, last) = self.readable_to()?;
         if self.pos >= to {
-            return Ok(None);
+            return Ok(if last { Next::Done } else { Next::Wait });
         }
         if let Some(bytes) = self.recent.as_ref().and_then(|r| r.get(self.pos, to)) {
             self.pos += bytes.len() as u64;
-            return Ok(Some(Read::Ready(bytes)));
+            return Ok(Next::Read(Read::Ready(bytes)));
         }
         let len = (to - self.pos).min(CHUNK as u64) as usize;
         let (pos, mut buf) = (self.pos, self.buffers.take());
         self.pos += len as u64;
         let cached = read_cached(&self.file, &mut buf[..len], pos);
         if cached == len {
-            return Ok(Some(Read::Ready(self.buffers.freeze(buf, len))));
+            return Ok(Next::Read(Read::Ready(self.buffers.freeze(buf, len))));
         }
         let (file, buffers) = (self.file.clone(), self.buffers.clone());
-        Ok(Some(Read::FromDisk(tokio::task::spawn_blocking(
+        Ok(Next::Read(Read::FromDisk(tokio::task::spawn_blocking(
             move || {
                 let rest = pos + cached as u64;
                 file.read_exact_at(&mut buf[cached..len], rest)
@@ -121,9 +135,12 @@ impl<E: Clone> FillReader<E> {
             let read = match self.ahead.take() {
                 Some(read) => read,
                 None => match self.start_read()? {
-                    Some(read) => read,
-                    None if self.wait_for_more().await? => continue,
-                    None => return Ok(None),
+                    Next::Read(read) => read,
+                    Next::Done => return Ok(None),
+                    Next::Wait => {
+                        self.progress_changed().await?;
+                        continue;
+                    }
                 },
             };
             return match read {
@@ -135,34 +152,33 @@ impl<E: Clone> FillReader<E> {
                         .map_err(ReadError::Io)?;
                     // The disk is slow to reach: have the next chunk on its way while this one
                     // is sent. A failure shows on the next call; this chunk was readable.
-                    self.ahead = self.start_read().ok().flatten();
+                    if let Ok(Next::Read(next)) = self.start_read() {
+                        self.ahead = Some(next);
+                    }
                     Ok(Some(chunk))
                 }
             };
         }
     }
 
-    /// Nothing is readable now: waits until a fill publishes more bytes or its verdict. Whether
-    /// more may come (not for a committed blob, nor for a verified fill); an error if the fill
-    /// failed or stopped.
-    async fn wait_for_more(&mut self) -> Result<bool, ReadError<E>> {
-        let Some(rx) = &mut self.progress else {
-            return Ok(false);
-        };
-        if rx.borrow().state == FillState::Verified {
-            return Ok(false);
+    /// Waits until the fill publishes anything new. What it published is looked at by the next
+    /// `readable_to`, never here.
+    async fn progress_changed(&mut self) -> Result<(), ReadError<E>> {
+        let rx = self
+            .progress
+            .as_mut()
+            .expect("only a fill makes a reader wait");
+        if rx.changed().await.is_ok() {
+            return Ok(());
         }
-        if rx.changed().await.is_err() {
-            let state = rx.borrow().state.clone();
-            return match state {
-                FillState::Failed(e) => Err(ReadError::Failed(e)),
-                FillState::Verified => Ok(true),
-                _ => Err(ReadError::Io(io::Error::other(
-                    "the fill stopped without a verdict",
-                ))),
-            };
+        // The writer is gone: its last word is final. A verdict is read by the next look; no
+        // verdict means it stopped without one.
+        match &rx.borrow().state {
+            FillState::Failed(_) | FillState::Verified => Ok(()),
+            _ => Err(ReadError::Io(io::Error::other(
+                "the fill stopped without a verdict",
+            ))),
         }
-        Ok(true)
     }
 }
 

@@ -38,6 +38,13 @@ impl Recent {
         }
     }
 
+    /// Lets go of everything: once a fill has ended, its readers read the file.
+    pub fn clear(&self) {
+        let mut w = self.window.lock().expect("lock poisoned");
+        w.chunks.clear();
+        w.bytes = 0;
+    }
+
     /// The bytes from `pos` (up to `to`, exclusive) that the window holds in one piece, if any.
     pub fn get(&self, pos: u64, to: u64) -> Option<Bytes> {
         let w = self.window.lock().expect("lock poisoned");

@@ -107,6 +107,17 @@ impl Mirror {
         };
         self.metrics.cache_result(ContentKind::Blob, result);
         match fill.started().await {
+            // An empty body has no last byte to hold back, and HTTP completes an empty response
+            // without reading it: answer only once the fill is verified.
+            Ok(Some(0)) => match fill.verdict().await {
+                Ok(true) => Ok(BlobAnswer {
+                    size: Some(0),
+                    result,
+                    source: BlobSource::Filling(fill),
+                }),
+                Ok(false) => Err(Error::Internal("the fill stopped without a verdict".into())),
+                Err(e) => Err(e),
+            },
             Ok(size) => Ok(BlobAnswer {
                 size,
                 result,

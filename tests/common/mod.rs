@@ -50,6 +50,8 @@ pub struct Faults {
     pub status: Option<(u16, Option<&'static str>)>,
     /// Blob bodies: declare the full length, then close after this many bytes.
     pub cut_blob_after: Option<usize>,
+    /// Blob bodies: send only this many bytes, and declare that length (a well-framed lie).
+    pub truncate_blobs_to: Option<usize>,
     /// Blob bodies: flip one byte in the middle.
     pub flip_byte: bool,
     /// Blob bodies: pause this long between 64 KiB chunks.
@@ -314,6 +316,10 @@ async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -
                 return full(404, &[], r#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#);
             };
             drop(c);
+            let blob = match faults.truncate_blobs_to {
+                Some(len) => blob.slice(..len.min(blob.len())),
+                None => blob,
+            };
             if let (Some(base), false) = (&faults.redirect_blobs_to, head) {
                 return full(307, &[("location", format!("{base}{path}"))], "");
             }
