@@ -18,7 +18,12 @@ pub fn init() -> WorkerGuard {
     let (writer, guard) = NonBlockingBuilder::default()
         .buffered_lines_limit(QUEUED_LINES)
         .thread_name("wharf-log")
-        .finish(std::io::stderr());
+        // Buffered: the writer thread drains every queued line, then flushes them with one
+        // write.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
