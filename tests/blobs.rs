@@ -301,3 +301,77 @@ async fn an_empty_body_for_a_non_empty_digest_is_an_error() {
     assert_eq!(r.status(), 502);
     assert!(!wharf.has_blob(&digest));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cached_blobs_are_whole_over_http1_keep_alive_and_h2c() {
+    // Over HTTP/1, cached bytes leave by sendfile, in pieces that are not aligned with the
+    // blob; over HTTP/2 they are framed by hyper. Both must give the exact bytes, on
+    // connections that carry other responses before and after.
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(5 * MIB + 12_345, 10);
+    let digest = upstream.add_blob(blob.clone());
+    let wharf = Wharf::start(&upstream, "").await;
+    let path = format!("/v2/library/x/blobs/{digest}");
+    assert_eq!(wharf.get(&path).await.bytes().await.unwrap(), blob);
+    assert!(wharf.settled(&digest).await);
+
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let h1 = reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    for (client, version) in [
+        (h1, reqwest::Version::HTTP_11),
+        (h2, reqwest::Version::HTTP_2),
+    ] {
+        for _ in 0..2 {
+            let r = client.get(wharf.url("/v2/")).send().await.unwrap();
+            assert_eq!(r.version(), version);
+            assert_eq!(r.text().await.unwrap(), "{}");
+            let r = client.get(wharf.url(&path)).send().await.unwrap();
+            assert_eq!(r.headers()["x-wharf-cache"], "hit");
+            assert!(r.bytes().await.unwrap() == blob, "{version:?}: whole blob");
+            let r = client
+                .get(wharf.url(&path))
+                .header("range", "bytes=1-3000000")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 206);
+            assert!(
+                r.bytes().await.unwrap() == blob.slice(1..3_000_001),
+                "{version:?}: range"
+            );
+        }
+    }
+    assert_eq!(upstream.count("GET", "/blobs/"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_joining_late_reads_what_the_fill_already_wrote() {
+    // The fill is megabytes ahead when the second client arrives: its first bytes are no longer
+    // in the fill's memory window and are sent from the temp file.
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(16 * MIB, 11);
+    let digest = upstream.add_blob(blob.clone());
+    upstream.faults().chunk_delay = Some(Duration::from_millis(2));
+    let wharf = Wharf::start(&upstream, "").await;
+    let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
+    let first = tokio::spawn(wharf.client.get(&url).send());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            wharf.metric("wharf_upstream_bytes_total", &[]).await > (8 * MIB) as f64
+        })
+        .await
+    );
+    let late = wharf.client.get(&url).send().await.unwrap();
+    assert_eq!(late.headers()["x-wharf-cache"], "coalesced");
+    assert_eq!(sha256(&late.bytes().await.unwrap()), digest);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(sha256(&first.bytes().await.unwrap()), digest);
+    assert_eq!(upstream.count("GET", "/blobs/"), 1);
+}

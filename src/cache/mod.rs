@@ -21,5 +21,5 @@ pub use blobs::{Area, BlobFile, Committed, Store, Usage};
 pub use fill::{CommitError, Fill, FillWriter, Fills, Joined};
 pub use health::Condition;
 pub use manifests::StoredManifest;
-pub use reader::{FillReader, ReadError};
+pub use reader::{Chunk, FillReader, ReadError};
 pub use tags::{TagKey, TagTable, Variant};

@@ -38,6 +38,17 @@ pub struct FillReader<E> {
     ahead: Option<Read>,
 }
 
+/// A piece of a response: bytes in memory, or a range of a committed blob's file that the page
+/// cache holds, for the caller to send straight from the file.
+pub enum Chunk {
+    Bytes(Bytes),
+    InFile {
+        file: Arc<File>,
+        offset: u64,
+        len: usize,
+    },
+}
+
 /// What the reader can do next.
 enum Next {
     Read(Read),
@@ -161,6 +172,35 @@ impl<E: Clone> FillReader<E> {
         }
     }
 
+    /// The next piece, of at most `max` bytes. Readable bytes in the fill's window in memory
+    /// are taken from there; others that the page cache holds (of a committed blob, or written
+    /// by a fill that has moved on) are pointed at, not read, saving the copy out of the page
+    /// cache; anything else comes as [`Self::next_chunk`] gives it, waiting for a fill if need be.
+    pub async fn next_piece(&mut self, max: usize) -> Result<Option<Chunk>, ReadError<E>> {
+        if self.ahead.is_none() {
+            let (to, _) = self.readable_to()?;
+            if self.pos < to {
+                if let Some(bytes) = self.recent.as_ref().and_then(|r| r.get(self.pos, to)) {
+                    self.pos += bytes.len() as u64;
+                    return Ok(Some(Chunk::Bytes(bytes)));
+                }
+                let len = (to - self.pos).min(max as u64) as usize;
+                // A range the disk would have to read goes through the blocking pool instead,
+                // so a cold blob never stalls an async worker.
+                if in_page_cache(&self.file, self.pos, len) {
+                    let offset = self.pos;
+                    self.pos += len as u64;
+                    return Ok(Some(Chunk::InFile {
+                        file: self.file.clone(),
+                        offset,
+                        len,
+                    }));
+                }
+            }
+        }
+        Ok(self.next_chunk().await?.map(Chunk::Bytes))
+    }
+
     /// Waits until the fill publishes anything new. What it published is looked at by the next
     /// `readable_to`, never here.
     async fn progress_changed(&mut self) -> Result<(), ReadError<E>> {
@@ -180,6 +220,18 @@ impl<E: Clone> FillReader<E> {
             ))),
         }
     }
+}
+
+/// Whether the page cache holds `len` bytes at `pos`, judged by one byte in every MiB and the
+/// last one (the cache keeps and drops a file's pages in runs, not one by one).
+fn in_page_cache(file: &File, pos: u64, len: usize) -> bool {
+    const STRIDE: usize = 1024 * 1024;
+    let last = pos + len as u64 - 1;
+    let mut byte = [0u8; 1];
+    (pos..last)
+        .step_by(STRIDE)
+        .chain(std::iter::once(last))
+        .all(|at| read_cached(file, &mut byte, at) == 1)
 }
 
 /// Copies what the page cache holds of `buf.len()` bytes at `pos`, without waiting for the disk

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::passthrough::Passthrough;
 use super::Mirror;
-use crate::cache::{BlobFile, CommitError, Fill, FillReader, FillWriter, Joined, ReadError};
+use crate::cache::{BlobFile, Chunk, CommitError, Fill, FillReader, FillWriter, Joined, ReadError};
 use crate::error::{ClientError, Error};
 use crate::metrics::{BypassReason, CacheResult, ContentKind};
 use crate::oci::{Digest, RepoName};
@@ -58,12 +58,27 @@ impl BlobReader {
     /// The next chunk; `Ok(None)` at the end. An error means the response must be cut short.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
         match self {
-            BlobReader::Cache(reader) => reader.next_chunk().await.map_err(|e| match e {
-                ReadError::Failed(e) => e,
-                ReadError::Io(e) => Error::Internal(format!("reading the cache: {e}")),
-            }),
+            BlobReader::Cache(reader) => reader.next_chunk().await.map_err(read_error),
             BlobReader::Upstream(passthrough) => passthrough.next_chunk().await,
         }
+    }
+
+    /// The next piece of at most `max` bytes, which may be a range of a cached file to send
+    /// from the file itself; `Ok(None)` at the end.
+    pub async fn next_piece(&mut self, max: usize) -> Result<Option<Chunk>, Error> {
+        match self {
+            BlobReader::Cache(reader) => reader.next_piece(max).await.map_err(read_error),
+            BlobReader::Upstream(passthrough) => {
+                Ok(passthrough.next_chunk().await?.map(Chunk::Bytes))
+            }
+        }
+    }
+}
+
+fn read_error(e: ReadError<Error>) -> Error {
+    match e {
+        ReadError::Failed(e) => e,
+        ReadError::Io(e) => Error::Internal(format!("reading the cache: {e}")),
     }
 }
 

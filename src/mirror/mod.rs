@@ -13,6 +13,7 @@ use std::sync::Arc;
 use moka::future::Cache as AsyncCache;
 use moka::sync::Cache;
 
+pub use crate::cache::Chunk;
 use crate::cache::{Fills, Store, StoredManifest, TagTable, Usage};
 use crate::config::CacheConfig;
 use crate::error::{ClientError, Error};

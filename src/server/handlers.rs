@@ -13,10 +13,11 @@ use http_body_util::{BodyExt, StreamBody};
 
 use super::response::{empty, full, Body, BodyError};
 use super::route::{Route, Target};
+use super::sendfile::{FileRanges, MAX_RANGE};
 use super::{range, AppState};
 use crate::error::{ClientError, Error};
 use crate::metrics::{CacheResult, Source};
-use crate::mirror::{BlobAnswer, BlobReader};
+use crate::mirror::{BlobAnswer, BlobReader, Chunk};
 use crate::oci::media::Accept;
 use crate::oci::{Digest, RepoName};
 use crate::upstream::Upstream;
@@ -29,6 +30,7 @@ pub async fn handle(
     method: &Method,
     headers: &HeaderMap,
     route: Route,
+    zero_copy: Option<FileRanges>,
 ) -> Result<Response<Body>, Error> {
     let head = method == Method::HEAD;
     match route {
@@ -82,7 +84,7 @@ pub async fn handle(
                     .get(RANGE)
                     .and_then(|v| v.to_str().ok())
                     .and_then(range::parse);
-                blob_get(state, upstream, &target, &digest, range).await
+                blob_get(state, upstream, &target, &digest, range, zero_copy).await
             }
         }
         Route::Tags { target, query } => {
@@ -148,6 +150,7 @@ async fn blob_get(
     target: &Target,
     digest: &Digest,
     range: Option<range::ByteRange>,
+    zero_copy: Option<FileRanges>,
 ) -> Result<Response<Body>, Error> {
     let answer: BlobAnswer = state.mirror.blob(upstream, &target.repo, digest).await?;
     let source = source_of(answer.result);
@@ -173,20 +176,38 @@ async fn blob_get(
         answer.into_reader(start, end),
         state.metrics.clone(),
         source,
+        zero_copy,
     );
     Ok(response.body(body).expect("valid headers"))
 }
 
 /// A body that streams a reader. An error ends the stream with an error, which makes hyper cut
-/// the connection: the client sees a short body, never a complete-looking wrong one.
-fn stream_body(reader: BlobReader, metrics: crate::metrics::Metrics, source: Source) -> Body {
+/// the connection: the client sees a short body, never a complete-looking wrong one. With
+/// `zero_copy`, cached ranges the page cache holds are sent by the socket from the file.
+fn stream_body(
+    reader: BlobReader,
+    metrics: crate::metrics::Metrics,
+    source: Source,
+    zero_copy: Option<FileRanges>,
+) -> Body {
     // Looked up once per response, not once per chunk.
     let served = metrics.served_counter(source);
     let chunks = stream::unfold(Some(reader), move |reader| {
-        let served = served.clone();
+        let (served, zero_copy) = (served.clone(), zero_copy.clone());
         async move {
             let mut reader = reader?;
-            match reader.next_chunk().await {
+            let next = match &zero_copy {
+                Some(ranges) => reader.next_piece(MAX_RANGE).await.map(|piece| {
+                    piece.map(|piece| match piece {
+                        Chunk::Bytes(bytes) => bytes,
+                        Chunk::InFile { file, offset, len } => {
+                            ranges.placeholder(file, offset, len)
+                        }
+                    })
+                }),
+                None => reader.next_chunk().await,
+            };
+            match next {
                 Ok(Some(chunk)) => {
                     served.inc_by(chunk.len() as u64);
                     Some((Ok(Frame::data(chunk)), Some(reader)))

@@ -5,6 +5,7 @@ mod handlers;
 mod range;
 mod response;
 pub mod route;
+mod sendfile;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 pub use response::Body;
+use sendfile::{FileRanges, SendfileSocket};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -30,8 +32,13 @@ pub struct AppState {
     pub metrics: Metrics,
 }
 
-/// Answers one request: route, handle, map any error, count and log it once.
-async fn serve_request(state: AppState, request: Request<Incoming>) -> Response<Body> {
+/// Answers one request: route, handle, map any error, count and log it once. `file_ranges` is
+/// the connection's zero-copy queue; only HTTP/1 bodies may use it (HTTP/2 frames its data).
+async fn serve_request(
+    state: AppState,
+    request: Request<Incoming>,
+    file_ranges: FileRanges,
+) -> Response<Body> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -40,8 +47,9 @@ async fn serve_request(state: AppState, request: Request<Incoming>) -> Response<
     });
     let label = route.as_ref().map_or("other", route::Route::label);
     let head = method == http::Method::HEAD;
+    let zero_copy = (request.version() <= http::Version::HTTP_11).then_some(file_ranges);
     let response = match route {
-        Ok(route) => handlers::handle(&state, &method, request.headers(), route).await,
+        Ok(route) => handlers::handle(&state, &method, request.headers(), route, zero_copy).await,
         Err(e) => Err(e.into()),
     }
     .unwrap_or_else(|e| response::error_response(&e, head));
@@ -72,7 +80,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Body chunks must reach the socket as they are, never copied into hyper's buffer: the
+    // zero-copy placeholders depend on it.
+    builder.http1().writev(true);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -89,13 +100,14 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let (socket, file_ranges) = SendfileSocket::new(stream);
         let state = state.clone();
         let service = service_fn(move |request| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(serve_request(state, request).await) }
+            let (state, file_ranges) = (state.clone(), file_ranges.clone());
+            async move { Ok::<_, Infallible>(serve_request(state, request, file_ranges).await) }
         });
         let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(socket), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

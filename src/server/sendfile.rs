@@ -1,0 +1,312 @@
+//! Zero-copy blob bodies on plain HTTP/1 connections: a cached blob's bytes go from the page
+//! cache to the socket with `sendfile(2)`, never through wharf's memory.
+//!
+//! hyper has no sendfile path, so this sits beneath it. A body hands hyper a *placeholder* for a
+//! file range: a slice of a static region that holds no data and that nothing else points into,
+//! while the connection's [`FileRanges`] queue records which file range each placeholder stands
+//! for. hyper queues body chunks as they are when the connection writes vectored (it never copies
+//! them), so when it writes, [`SendfileSocket`] recognises a placeholder by its address and sends
+//! the file range in its place. A placeholder that does not match the head of the queue, in
+//! position or in length, cuts the connection: a client may get a short body, never wrong bytes.
+//!
+//! Knows sockets and files, not requests or the cache.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The largest file range one placeholder stands for. The region is never written or read, so
+/// it costs address space only (it lives in `.bss`).
+pub const MAX_RANGE: usize = 2 * 1024 * 1024;
+static PLACEHOLDER: [u8; MAX_RANGE] = [0; MAX_RANGE];
+
+fn placeholder_offset(slice: &[u8]) -> Option<usize> {
+    let base = PLACEHOLDER.as_ptr() as usize;
+    let at = (slice.as_ptr() as usize).wrapping_sub(base);
+    (at < MAX_RANGE && !slice.is_empty()).then_some(at)
+}
+
+/// A file range waiting to be sent.
+struct Pending {
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+    sent: usize,
+}
+
+/// The file ranges a connection's placeholders stand for, in the order hyper will write them.
+#[derive(Clone, Default)]
+pub struct FileRanges {
+    queue: Arc<Mutex<VecDeque<Pending>>>,
+}
+
+impl FileRanges {
+    /// A body chunk that stands for `len` bytes of `file` at `offset` (`len` ≤ [`MAX_RANGE`]).
+    pub fn placeholder(&self, file: Arc<File>, offset: u64, len: usize) -> Bytes {
+        assert!(
+            len <= MAX_RANGE,
+            "a placeholder stands for at most MAX_RANGE bytes"
+        );
+        self.queue
+            .lock()
+            .expect("lock poisoned")
+            .push_back(Pending {
+                file,
+                offset,
+                len,
+                sent: 0,
+            });
+        Bytes::from_static(&PLACEHOLDER[..len])
+    }
+}
+
+/// A TCP connection that sends placeholders' file ranges with `sendfile`.
+pub struct SendfileSocket {
+    stream: TcpStream,
+    ranges: FileRanges,
+}
+
+impl SendfileSocket {
+    pub fn new(stream: TcpStream) -> (Self, FileRanges) {
+        let ranges = FileRanges::default();
+        let socket = SendfileSocket {
+            stream,
+            ranges: ranges.clone(),
+        };
+        (socket, ranges)
+    }
+
+    /// Sends (part of) the file range a placeholder slice stands for; how many bytes went out.
+    fn poll_send_range(
+        &self,
+        cx: &mut Context<'_>,
+        slice: &[u8],
+        at: usize,
+    ) -> Poll<io::Result<usize>> {
+        let mut queue = self.ranges.queue.lock().expect("lock poisoned");
+        let Some(range) = queue.front_mut() else {
+            return Poll::Ready(Err(mismatch("a placeholder with no file range behind it")));
+        };
+        if at != range.sent || slice.len() != range.len - range.sent {
+            return Poll::Ready(Err(mismatch(
+                "a placeholder out of step with its file range",
+            )));
+        }
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            let mut offset = range.offset + range.sent as u64;
+            let sent = self.stream.try_io(Interest::WRITABLE, || {
+                rustix::fs::sendfile(&self.stream, &*range.file, Some(&mut offset), slice.len())
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "cache file is shorter than recorded",
+                    )))
+                }
+                Ok(n) => {
+                    range.sent += n;
+                    if range.sent == range.len {
+                        queue.pop_front();
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl SendfileSocket {
+    /// Writes ordinary bytes that a file range follows, telling the kernel more is coming.
+    fn poll_send_more(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            let sent = self.stream.try_io(Interest::WRITABLE, || {
+                sendmsg(
+                    &self.stream,
+                    bufs,
+                    &mut SendAncillaryBuffer::default(),
+                    SendFlags::MORE | SendFlags::NOSIGNAL,
+                )
+                .map_err(io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                sent => return Poll::Ready(sent),
+            }
+        }
+    }
+}
+
+fn mismatch(what: &str) -> io::Error {
+    io::Error::other(format!("zero-copy body: {what}"))
+}
+
+impl AsyncRead for SendfileSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SendfileSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    /// Writes the ordinary slices up to the first placeholder in one `writev`, or, when a
+    /// placeholder comes first, sends its file range.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
+            return Poll::Ready(Ok(0));
+        };
+        if let Some(at) = placeholder_offset(&bufs[first]) {
+            return self.poll_send_range(cx, &bufs[first], at);
+        }
+        match bufs[first..]
+            .iter()
+            .position(|b| placeholder_offset(b).is_some())
+        {
+            // Headers followed by a file range: sent with MSG_MORE, so that they leave in the
+            // same packets as the range's first bytes instead of costing a packet of their own.
+            Some(n) => self.poll_send_more(cx, &bufs[first..first + n]),
+            None => Pin::new(&mut self.stream).poll_write_vectored(cx, &bufs[first..]),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (SendfileSocket, FileRanges, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (socket, ranges) = SendfileSocket::new(accepted.unwrap().0);
+        (socket, ranges, client.unwrap())
+    }
+
+    fn file_of(bytes: &[u8]) -> Arc<File> {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        Arc::new(file)
+    }
+
+    #[tokio::test]
+    async fn placeholders_become_their_file_ranges_between_ordinary_bytes() {
+        let (mut socket, ranges, mut client) = pair().await;
+        let content: Vec<u8> = (0..3 * MAX_RANGE as u32).map(|i| (i % 251) as u8).collect();
+        let file = file_of(&content);
+        let a = ranges.placeholder(file.clone(), 10, MAX_RANGE);
+        let b = ranges.placeholder(file.clone(), 2 * MAX_RANGE as u64, 1000);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        // Written as hyper does: vectored, advancing past what each call took.
+        let slices: Vec<&[u8]> = vec![b"head", &a, b"mid", &b, b"tail"];
+        let mut queue: VecDeque<&[u8]> = slices.into_iter().collect();
+        while let Some(front) = queue.pop_front() {
+            let mut io: Vec<IoSlice> = vec![IoSlice::new(front)];
+            io.extend(queue.iter().map(|s| IoSlice::new(s)));
+            let n = std::future::poll_fn(|cx| Pin::new(&mut socket).poll_write_vectored(cx, &io))
+                .await
+                .unwrap();
+            if n < front.len() {
+                queue.push_front(&front[n..]);
+                continue;
+            }
+            let mut rest = n - front.len();
+            while rest > 0 {
+                let next = queue.pop_front().unwrap();
+                let took = rest.min(next.len());
+                rest -= took;
+                if took < next.len() {
+                    queue.push_front(&next[took..]);
+                }
+            }
+        }
+        socket.shutdown().await.unwrap();
+        drop(socket);
+        let got = reader.await.unwrap();
+        let mut want = b"head".to_vec();
+        want.extend_from_slice(&content[10..10 + MAX_RANGE]);
+        want.extend_from_slice(b"mid");
+        want.extend_from_slice(&content[2 * MAX_RANGE..2 * MAX_RANGE + 1000]);
+        want.extend_from_slice(b"tail");
+        assert_eq!(got.len(), want.len());
+        assert!(got == want);
+    }
+
+    #[tokio::test]
+    async fn a_placeholder_out_of_step_cuts_the_connection() {
+        let (mut socket, ranges, _client) = pair().await;
+        let file = file_of(b"0123456789");
+        let placeholder = ranges.placeholder(file.clone(), 0, 10);
+        // Half of it, as if hyper had skipped bytes: refused.
+        let r = socket.write(&placeholder[5..]).await;
+        assert!(r.is_err());
+        // A placeholder with nothing queued: refused.
+        let (mut socket, _ranges, _client) = pair().await;
+        assert!(socket.write(&placeholder).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_file_shorter_than_its_range_cuts_the_connection() {
+        let (mut socket, ranges, _client) = pair().await;
+        let placeholder = ranges.placeholder(file_of(b"short"), 0, 100);
+        let mut sent = 0;
+        let err = loop {
+            match socket.write(&placeholder[sent..]).await {
+                Ok(n) => sent += n,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(sent, 5);
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
