@@ -28,6 +28,18 @@ pub struct ServerConfig {
     /// How long in-flight responses may run on after a shutdown signal.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Serve HTTPS with this certificate instead of plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM: the server certificate, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +76,16 @@ pub struct UpstreamConfig {
     /// Longest wait for the next bytes of a response before it counts as stalled.
     #[serde(default = "defaults::read_timeout", with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// PEM bundle of extra CAs to trust for this upstream, besides the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate from this upstream. Only for tests and emergencies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+    /// The upstream is another mirror serving several registries (a regional wharf): every
+    /// request to it carries `?ns=<name>`, so it knows which registry is meant.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pass_ns: bool,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -73,6 +95,9 @@ impl fmt::Debug for UpstreamConfig {
             .field("url", &self.url.as_str())
             .field("username", &self.username)
             .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .field("insecure", &self.insecure)
+            .field("pass_ns", &self.pass_ns)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +119,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -130,6 +156,9 @@ impl UpstreamConfig {
             password_file: None,
             connect_timeout: defaults::connect_timeout(),
             read_timeout: defaults::read_timeout(),
+            ca_file: None,
+            insecure: false,
+            pass_ns: false,
         }
     }
 }
@@ -342,6 +371,24 @@ mod tests {
         let names: Vec<_> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["ghcr.io", "127.0.0.1:5001"]);
         assert_eq!(c.upstreams[0].connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn tls_and_upstream_trust_settings() {
+        let c = Config::parse(
+            "[server.tls]\ncert = \"/etc/wharf/tls.crt\"\nkey = \"/etc/wharf/tls.key\"\n\
+             [[upstream]]\nname = \"docker.io\"\nurl = \"https://regional:5000\"\n\
+             ca_file = \"/etc/wharf/regional-ca.pem\"\npass_ns = true",
+        )
+        .unwrap();
+        let tls = c.server.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/etc/wharf/tls.crt"));
+        assert!(c.upstreams[0].pass_ns && !c.upstreams[0].insecure);
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+        assert!(
+            Config::parse("[server.tls]\ncert = \"/x\"").is_err(),
+            "a key is required"
+        );
     }
 
     #[test]

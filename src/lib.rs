@@ -32,6 +32,14 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    // Before anything else: a bad certificate must stop start-up, not the first handshake.
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(server::Tls::load)
+        .transpose()
+        .map_err(Error::Internal)?;
     let metrics = metrics::Metrics::new();
     let (store, tags) = open_cache(&config.cache, &metrics).await?;
     let upstreams =
@@ -51,11 +59,12 @@ pub async fn run(
     let state = server::AppState { mirror, metrics };
     tracing::info!(
         listen = %listener.local_addr()?,
+        https = tls.is_some(),
         cache = %config.cache.dir.display(),
         upstreams = ?config.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
         "wharf is serving"
     );
-    server::serve(listener, state, shutdown, config.server.shutdown_grace).await;
+    server::serve(listener, state, shutdown, config.server.shutdown_grace, tls).await;
     sweeper.abort();
     Ok(())
 }

@@ -80,8 +80,12 @@ impl Process {
     }
 
     fn sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -340,4 +344,45 @@ async fn sigterm_cuts_what_outlasts_the_grace_period_and_leaves_nothing_partial(
         .await
         .unwrap();
     assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_and_wharf_keeps_serving() {
+    let upstream = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki::issue("a CA");
+    common::pki::write_pair(dir.path(), &pki);
+    let config = common::pki::server_tls_toml(dir.path())
+        + &config_toml(&upstream, &dir.path().join("cache"), "", "");
+    let mut wharf = Process::start(dir.path(), &config, "1s");
+    let reloads = |wharf: &Process| {
+        fs::read_to_string(&wharf.log)
+            .unwrap()
+            .matches("TLS certificate reloaded")
+            .count()
+    };
+    assert_eq!(reloads(&wharf), 0);
+    // The files are unchanged: only the signal makes wharf load them again.
+    wharf.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reloads(&wharf) == 0 {
+        assert!(Instant::now() < deadline, "no reload after SIGHUP");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        wharf.child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop wharf"
+    );
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://{}/v2/", wharf.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wharf.sigterm();
+    assert!(wharf.wait_exit(Duration::from_secs(10)).success());
 }

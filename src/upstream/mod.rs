@@ -69,6 +69,8 @@ impl Credentials {
 pub struct Upstream {
     name: Arc<str>,
     base: Url,
+    /// Add `?ns=<name>`: the upstream is a mirror of several registries.
+    pass_ns: bool,
     http: reqwest::Client,
     read_timeout: Duration,
     credentials: Option<Credentials>,
@@ -145,7 +147,24 @@ impl Upstream {
             }
             _ => None,
         };
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(file) = &config.ca_file {
+            let pem = std::fs::read(file)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", file.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("ca_file {}: {e}", file.display()))?;
+            if certificates.is_empty() {
+                return Err(format!("ca_file {}: no PEM certificate", file.display()));
+            }
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        if config.insecure {
+            tracing::warn!(upstream = %config.name, "insecure = true: the upstream's certificate is not checked");
+            http = http.danger_accept_invalid_certs(true);
+        }
+        let http = http
             .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
@@ -159,6 +178,7 @@ impl Upstream {
         Ok(Upstream {
             name: config.name.as_str().into(),
             base: config.url.clone(),
+            pass_ns: config.pass_ns,
             http,
             read_timeout: config.read_timeout,
             credentials,
@@ -180,6 +200,9 @@ impl Upstream {
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         url.set_path(&format!("{prefix}/v2/{repo}/{path}"));
         url.set_query((!query.is_empty()).then_some(query));
+        if self.pass_ns {
+            url.query_pairs_mut().append_pair("ns", &self.name);
+        }
         url
     }
 
@@ -538,5 +561,32 @@ impl Upstreams {
 
     pub fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_upstream_is_told_which_registry_is_meant() {
+        let mut config = UpstreamConfig::docker_hub();
+        config.url = Url::parse("http://regional:5000/").unwrap();
+        let repo: RepoName = "library/alpine".parse().unwrap();
+        let plain = Upstream::new(&config, Metrics::new()).unwrap();
+        assert_eq!(
+            plain.url(&repo, "tags/list?n=5").as_str(),
+            "http://regional:5000/v2/library/alpine/tags/list?n=5"
+        );
+        config.pass_ns = true;
+        let tiered = Upstream::new(&config, Metrics::new()).unwrap();
+        assert_eq!(
+            tiered.url(&repo, "manifests/3.20").as_str(),
+            "http://regional:5000/v2/library/alpine/manifests/3.20?ns=docker.io"
+        );
+        assert_eq!(
+            tiered.url(&repo, "tags/list?n=5").as_str(),
+            "http://regional:5000/v2/library/alpine/tags/list?n=5&ns=docker.io"
+        );
     }
 }

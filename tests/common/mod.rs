@@ -2,6 +2,8 @@
 //! real wharf started on 127.0.0.1:0 in front of it.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod pki;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -415,6 +417,8 @@ pub fn config_toml(
 /// A running wharf.
 pub struct Wharf {
     pub addr: SocketAddr,
+    /// "http" or "https".
+    scheme: &'static str,
     pub cache: tempfile::TempDir,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -435,6 +439,24 @@ impl Wharf {
     }
 
     pub async fn start_with_config(toml: &str, cache: tempfile::TempDir) -> Wharf {
+        Self::launch(toml, cache, "http", reqwest::Client::new()).await
+    }
+
+    /// Starts wharf with a config that has `[server.tls]`; `client` must trust its certificate.
+    pub async fn start_https(
+        toml: &str,
+        cache: tempfile::TempDir,
+        client: reqwest::Client,
+    ) -> Wharf {
+        Self::launch(toml, cache, "https", client).await
+    }
+
+    async fn launch(
+        toml: &str,
+        cache: tempfile::TempDir,
+        scheme: &'static str,
+        client: reqwest::Client,
+    ) -> Wharf {
         let config = wharf::Config::parse(toml).expect("test config parses");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -448,8 +470,9 @@ impl Wharf {
         });
         let wharf = Wharf {
             addr,
+            scheme,
             cache,
-            client: reqwest::Client::new(),
+            client,
             stop: Some(stop),
             task: Some(task),
         };
@@ -460,7 +483,7 @@ impl Wharf {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

@@ -1,0 +1,152 @@
+//! HTTPS: the server's certificate and key, loaded at start-up (a bad one stops wharf there) and
+//! reloaded when their files change or on SIGHUP. A reload only changes what new handshakes
+//! present: open connections keep going. Knows files and rustls, not requests.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+
+/// How often the certificate and key files are looked at (two `stat`s).
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// The TLS side of the listener.
+pub struct Tls {
+    acceptor: TlsAcceptor,
+    certificate: Arc<ReloadingCertificate>,
+}
+
+impl Tls {
+    /// Loads the certificate chain and key, or says precisely why they cannot serve.
+    pub fn load(config: &TlsConfig) -> Result<Tls, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certificate = Arc::new(ReloadingCertificate {
+            cert: config.cert.clone(),
+            key: config.key.clone(),
+            current: RwLock::new(Arc::new(load_pair(&config.cert, &config.key, &provider)?)),
+            stamp: Mutex::new(stamp(&config.cert, &config.key)),
+            provider: provider.clone(),
+        });
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(certificate.clone());
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Tls {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            certificate,
+        })
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor.clone()
+    }
+
+    /// Reloads the certificate whenever its files change or SIGHUP arrives; runs until
+    /// dropped.
+    pub async fn watch(self: Arc<Self>) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = signal(SignalKind::hangup())
+            .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler; certificate files are still watched"))
+            .ok();
+        let mut ticks = tokio::time::interval(CHECK_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let forced = tokio::select! {
+                _ = ticks.tick() => false,
+                Some(()) = async { hangups.as_mut()?.recv().await } => true,
+            };
+            let certificate = self.certificate.clone();
+            let _ = tokio::task::spawn_blocking(move || certificate.reload(forced)).await;
+        }
+    }
+}
+
+/// What a file looked like when it was loaded: a changed stamp means new content (a rewrite, or
+/// a symlink swapped to a new file, as Kubernetes updates secrets).
+type Stamp = Option<[(i64, i64, u64, u64); 2]>;
+
+fn stamp(cert: &Path, key: &Path) -> Stamp {
+    let one = |path: &Path| {
+        let m = fs::metadata(path).ok()?;
+        Some((m.mtime(), m.mtime_nsec(), m.ino(), m.len()))
+    };
+    Some([one(cert)?, one(key)?])
+}
+
+#[derive(Debug)]
+struct ReloadingCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    stamp: Mutex<Stamp>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ReloadingCertificate {
+    /// Loads the files again if they changed (or if `forced`). A pair that does not load is
+    /// logged and the previous one kept: a half-written file must not take HTTPS down.
+    fn reload(&self, forced: bool) {
+        let now = stamp(&self.cert, &self.key);
+        {
+            let mut last = self.stamp.lock().expect("lock poisoned");
+            if !forced && *last == now {
+                return;
+            }
+            *last = now;
+        }
+        match load_pair(&self.cert, &self.key, &self.provider) {
+            Ok(pair) => {
+                *self.current.write().expect("lock poisoned") = Arc::new(pair);
+                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate not reloaded; the previous one stays in use")
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().expect("lock poisoned").clone())
+    }
+}
+
+fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("TLS certificate {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "TLS certificate {}: no PEM certificate in the file",
+            cert.display()
+        ));
+    }
+    let private =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("TLS key {}: {e}", key.display()))?;
+    let signer = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| format!("TLS key {}: {e}", key.display()))?;
+    let pair = CertifiedKey::new(chain, signer);
+    pair.keys_match().map_err(|e| {
+        format!(
+            "TLS key {} does not belong to certificate {}: {e}",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    Ok(pair)
+}

@@ -1,0 +1,167 @@
+//! HTTPS: wharf serves HTTP/1.1 and HTTP/2 over TLS, reloads its certificate when the files
+//! change without dropping connections, and refuses to start with a bad certificate. Upstreams
+//! over TLS are checked against an extra CA, or not at all when `insecure` says so.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::pki::{issue, write_pair};
+use common::{config_toml, eventually, random_bytes, sha256, FakeRegistry, Wharf};
+
+fn client_trusting(ca_pem: &str, http2: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap());
+    let builder = if http2 {
+        builder.http2_prior_knowledge()
+    } else {
+        builder.http1_only()
+    };
+    builder.build().unwrap()
+}
+
+fn tls_config(upstream: &FakeRegistry, cache: &Path, certs: &Path) -> String {
+    common::pki::server_tls_toml(certs) + &config_toml(upstream, cache, "", "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(3 * 1024 * 1024, 1);
+    let digest = upstream.add_blob(blob.clone());
+    let certs = tempfile::tempdir().unwrap();
+    let first = issue("first CA");
+    write_pair(certs.path(), &first);
+    let cache = tempfile::tempdir().unwrap();
+    let toml = tls_config(&upstream, cache.path(), certs.path());
+    let wharf = Wharf::start_https(&toml, cache, client_trusting(&first.ca, false)).await;
+    let path = format!("/v2/library/x/blobs/{digest}");
+
+    // HTTP/1.1 and HTTP/2 (ALPN): the same bytes, cold then warm.
+    let r = wharf.get(&path).await;
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
+    assert!(wharf.settled(&digest).await);
+    let h2 = client_trusting(&first.ca, true);
+    let r = h2.get(wharf.url(&path)).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.headers()["x-wharf-cache"], "hit");
+    assert!(r.bytes().await.unwrap() == blob);
+    // Plain HTTP on the HTTPS port gets nowhere.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/v2/", wharf.addr))
+        .send()
+        .await;
+    assert!(plain.is_err() || plain.unwrap().status() == 400);
+
+    // A new certificate from another CA: new handshakes present it once the files change,
+    // while the HTTP/2 connection opened before keeps working.
+    let second = issue("second CA");
+    write_pair(certs.path(), &second);
+    let trusts_second = client_trusting(&second.ca, false);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            trusts_second.get(wharf.url("/v2/")).send().await.is_ok()
+        })
+        .await,
+        "the new certificate is served"
+    );
+    let r = h2.get(wharf.url("/v2/")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the connection opened before the reload is kept"
+    );
+    let fresh_first = client_trusting(&first.ca, false);
+    assert!(fresh_first.get(wharf.url("/v2/")).send().await.is_err());
+
+    // A broken pair is not loaded; the current one stays.
+    std::fs::write(certs.path().join("tls.key"), "not a key").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = client_trusting(&second.ca, false)
+        .get(wharf.url("/v2/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(upstream.count("GET", "/blobs/"), 1);
+}
+
+#[tokio::test]
+async fn a_bad_certificate_or_key_stops_start_up_with_a_clear_error() {
+    let upstream = FakeRegistry::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let run = |toml: String| async move {
+        let config = wharf::Config::parse(&toml).unwrap();
+        wharf::run(listener().await, config, std::future::pending())
+            .await
+            .unwrap_err()
+            .to_string()
+    };
+
+    let toml = tls_config(&upstream, cache.path(), certs.path());
+    let err = run(toml.clone()).await;
+    assert!(err.contains("tls.crt"), "{err}");
+
+    let pki = issue("a CA");
+    write_pair(certs.path(), &pki);
+    std::fs::write(certs.path().join("tls.key"), issue("other").key).unwrap();
+    let err = run(toml.clone()).await;
+    assert!(err.contains("does not belong"), "{err}");
+
+    std::fs::write(certs.path().join("tls.crt"), "garbage").unwrap();
+    let err = run(toml).await;
+    assert!(err.contains("no PEM certificate"), "{err}");
+}
+
+/// An HTTPS upstream: wharf trusts it through `ca_file`, refuses it without, and skips the check
+/// only with `insecure = true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_checked_against_ca_file() {
+    let registry = FakeRegistry::start().await;
+    let digest = registry.add_blob(random_bytes(100_000, 2));
+    // The "upstream" is a wharf serving HTTPS in front of the fake registry.
+    let certs = tempfile::tempdir().unwrap();
+    let pki = issue("upstream CA");
+    write_pair(certs.path(), &pki);
+    let front_cache = tempfile::tempdir().unwrap();
+    let toml = tls_config(&registry, front_cache.path(), certs.path());
+    let front = Wharf::start_https(&toml, front_cache, client_trusting(&pki.ca, false)).await;
+    let ca_file = certs.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca).unwrap();
+
+    let edge = |extra: String| {
+        let front_url = front.url("");
+        async move {
+            let cache = tempfile::tempdir().unwrap();
+            let toml = format!(
+                "[cache]\ndir = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{front_url}\"\n{extra}",
+                cache.path().display().to_string()
+            );
+            Wharf::start_with_config(&toml, cache).await
+        }
+    };
+    let path = format!("/v2/library/x/blobs/{digest}");
+
+    let untrusting = edge(String::new()).await;
+    let r = untrusting.get(&path).await;
+    assert_eq!(
+        r.status(),
+        503,
+        "an untrusted certificate is an unreachable upstream"
+    );
+
+    let trusting = edge(format!("ca_file = {:?}", ca_file.display().to_string())).await;
+    let r = trusting.get(&path).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
+
+    let insecure = edge("insecure = true".into()).await;
+    let r = insecure.get(&path).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
+}
