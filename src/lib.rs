@@ -7,6 +7,7 @@
 //! - [`upstream`]: the registry client (auth, tokens, timeouts).
 //! - [`oci`]: the spec's vocabulary, pure values.
 //! - [`config`], [`metrics`], [`telemetry`], [`error`]: leaves used by the above.
+//! - [`warm`]: `wharf warm`, a client of the pull API that fills a cache ahead of need.
 pub mod cache;
 pub mod config;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod oci;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod warm;
 
 use std::future::Future;
 use std::sync::Arc;

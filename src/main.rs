@@ -3,6 +3,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use wharf::oci::manifest::Platform;
+use wharf::oci::ImageRef;
 
 /// wharf: a pull-through caching mirror for container registries.
 #[derive(Parser)]
@@ -27,6 +29,36 @@ enum Command {
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Pull images into a cache ahead of need: through a running wharf (--server), or into the
+    /// cache directory of --config / --dir. Exits non-zero if anything failed.
+    Warm {
+        /// Images, e.g. `alpine:3.20`, `ghcr.io/org/app@sha256:...`.
+        images: Vec<String>,
+        /// A file with more images, one per line (`#` starts a comment).
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// The running wharf to warm, e.g. `http://wharf.local:5000`.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["config", "dir"])]
+        server: Option<url::Url>,
+        /// CA bundle to trust when --server is an HTTPS wharf with a private CA.
+        #[arg(long, value_name = "FILE", requires = "server")]
+        ca_file: Option<PathBuf>,
+        /// mirror.toml: warm its cache directory through its upstreams.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The cache directory to warm; overrides the config's.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Platforms of multi-platform images to warm (default: this machine's).
+        #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+        platforms: Vec<wharf::oci::manifest::Platform>,
+        /// Every platform an image has.
+        #[arg(long, conflicts_with = "platforms")]
+        all_platforms: bool,
+        /// Blobs fetched at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
     },
     /// Inspect or tidy a cache directory; safe while the server runs.
     Cache {
@@ -72,6 +104,43 @@ fn main() -> anyhow::Result<()> {
             let dir = dir.unwrap_or(config.cache.dir);
             cache_command(action, &dir)
         }
+        Command::Warm {
+            images,
+            from_file,
+            server,
+            ca_file,
+            config,
+            dir,
+            platforms,
+            all_platforms,
+            jobs,
+        } => {
+            let images = image_list(images, from_file.as_deref())?;
+            let target = match server {
+                Some(url) => wharf::warm::Target::Server { url, ca_file },
+                None => {
+                    let mut config = wharf::Config::load(config.as_deref())?;
+                    config.cache.dir = dir.unwrap_or(config.cache.dir);
+                    wharf::warm::Target::CacheDir(config)
+                }
+            };
+            let platforms = match (all_platforms, platforms.is_empty()) {
+                (true, _) => wharf::warm::Platforms::All,
+                (false, true) => wharf::warm::Platforms::These(vec![Platform::host()]),
+                (false, false) => wharf::warm::Platforms::These(platforms),
+            };
+            let report = tokio::runtime::Runtime::new()?
+                .block_on(wharf::warm::run(target, &images, &platforms, jobs))
+                .map_err(anyhow::Error::msg)?;
+            if !report.failures.is_empty() {
+                eprintln!("failed:");
+                for failure in &report.failures {
+                    eprintln!("  {failure}");
+                }
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Serve { config, listen } => {
             let mut config = wharf::Config::load(config.as_deref())?;
             if let Some(listen) = listen {
@@ -81,6 +150,28 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(serve(config))
         }
     }
+}
+
+/// The images named on the command line and in `--from-file`, parsed.
+fn image_list(
+    mut names: Vec<String>,
+    from_file: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<ImageRef>> {
+    if let Some(file) = from_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        names.extend(
+            text.lines()
+                .map(|l| l.split('#').next().unwrap_or_default().trim())
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    anyhow::ensure!(!names.is_empty(), "no images to warm");
+    names
+        .iter()
+        .map(|n| n.parse::<ImageRef>().map_err(anyhow::Error::from))
+        .collect()
 }
 
 fn cache_command(action: CacheAction, dir: &std::path::Path) -> anyhow::Result<()> {

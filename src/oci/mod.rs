@@ -3,11 +3,14 @@
 
 mod digest;
 mod error;
+mod image_ref;
+pub mod manifest;
 pub mod media;
 mod name;
 mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Verifier};
 pub use error::{ErrorBody, ErrorCode};
+pub use image_ref::{ImageRef, ImageRefError};
 pub use name::{NameError, RepoName};
 pub use reference::{Reference, ReferenceError, Tag};

@@ -1,0 +1,374 @@
+//! `wharf warm`: fills a cache before it is needed by pulling images through wharf's own pull
+//! API, so the usual single-flight fills do the work and a running mirror can be warmed from
+//! anywhere. A client of the pull API only: it knows nothing of the cache or the server.
+
+mod progress;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures_util::{stream, StreamExt};
+use url::Url;
+
+use crate::config::Config;
+use crate::oci::manifest::{Descriptor, ManifestDoc, Platform};
+use crate::oci::{media, Digest, ImageRef};
+pub use progress::Progress;
+
+/// Which manifests of a multi-platform image to warm.
+#[derive(Debug, Clone)]
+pub enum Platforms {
+    All,
+    These(Vec<Platform>),
+}
+
+impl Platforms {
+    fn wants(&self, platform: Option<&Platform>) -> bool {
+        match self {
+            Platforms::All => true,
+            // Entries without a platform (attestations) belong to no platform anyone runs.
+            Platforms::These(wanted) => {
+                platform.is_some_and(|p| wanted.iter().any(|w| p.serves(w)))
+            }
+        }
+    }
+}
+
+/// What a warm run did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub images: usize,
+    pub blobs: usize,
+    /// Blobs wharf already had.
+    pub hits: usize,
+    pub bytes: u64,
+    pub failures: Vec<String>,
+    pub elapsed: Duration,
+}
+
+/// A blob to fetch, and the image it was found in (its repository is where it is asked for).
+struct BlobJob {
+    image: ImageRef,
+    descriptor: Descriptor,
+}
+
+/// Warms `images` through the wharf at `base`, `jobs` blobs at a time.
+pub async fn warm(
+    client: &reqwest::Client,
+    base: &Url,
+    images: &[ImageRef],
+    platforms: &Platforms,
+    jobs: usize,
+    progress: &Progress,
+) -> Report {
+    let started = Instant::now();
+    let mut report = Report::default();
+    let mut seen = HashSet::new();
+    let mut blobs = Vec::new();
+    for image in images {
+        match walk(client, base, image, platforms).await {
+            Ok(found) => {
+                report.images += 1;
+                let new: Vec<_> = found
+                    .into_iter()
+                    .filter(|d| seen.insert(d.digest.clone()))
+                    .collect();
+                progress.image(image, new.len(), new.iter().map(|d| d.size).sum());
+                blobs.extend(new.into_iter().map(|descriptor| BlobJob {
+                    image: image.clone(),
+                    descriptor,
+                }));
+            }
+            Err(e) => {
+                let failure = format!("{image}: {e}");
+                progress.failed(&failure);
+                report.failures.push(failure);
+            }
+        }
+    }
+    progress.start_blobs(blobs.len(), blobs.iter().map(|b| b.descriptor.size).sum());
+    let mut results = stream::iter(
+        blobs
+            .iter()
+            .map(|job| fetch_blob(client, base, job, progress)),
+    )
+    .buffer_unordered(jobs.max(1));
+    while let Some(result) = results.next().await {
+        match result {
+            Ok((bytes, hit)) => {
+                report.blobs += 1;
+                report.hits += usize::from(hit);
+                report.bytes += bytes;
+            }
+            Err(failure) => {
+                progress.failed(&failure);
+                report.failures.push(failure);
+            }
+        }
+    }
+    report.elapsed = started.elapsed();
+    report
+}
+
+fn manifest_url(base: &Url, image: &ImageRef, reference: &str) -> Url {
+    api_url(base, image, &format!("manifests/{reference}"))
+}
+
+fn api_url(base: &Url, image: &ImageRef, rest: &str) -> Url {
+    let mut url = base.clone();
+    let prefix = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&format!("{prefix}/v2/{}/{rest}", image.repo));
+    url.query_pairs_mut().append_pair("ns", &image.registry);
+    url
+}
+
+/// The blobs of `image` for the wanted platforms: configs and layers, manifests fetched on
+/// the way (which caches them too).
+async fn walk(
+    client: &reqwest::Client,
+    base: &Url,
+    image: &ImageRef,
+    platforms: &Platforms,
+) -> Result<Vec<Descriptor>, String> {
+    let top = get_manifest(client, base, image, &image.reference.to_string()).await?;
+    let manifests = match top {
+        ManifestDoc::Image { config, layers } => return Ok(image_blobs(config, layers)),
+        ManifestDoc::Index(entries) => entries,
+    };
+    let chosen: Vec<_> = manifests
+        .into_iter()
+        .filter(|m| platforms.wants(m.platform.as_ref()))
+        .collect();
+    if chosen.is_empty() {
+        let Platforms::These(wanted) = platforms else {
+            return Err("the index lists no manifest".into());
+        };
+        let wanted: Vec<_> = wanted.iter().map(Platform::to_string).collect();
+        return Err(format!(
+            "no manifest for {} in the index",
+            wanted.join(", ")
+        ));
+    }
+    let mut blobs = Vec::new();
+    for manifest in chosen {
+        match get_manifest(client, base, image, &manifest.digest.to_string()).await? {
+            ManifestDoc::Image { config, layers } => blobs.extend(image_blobs(config, layers)),
+            ManifestDoc::Index(_) => {
+                return Err(format!("{}: an index inside an index", manifest.digest))
+            }
+        }
+    }
+    Ok(blobs)
+}
+
+fn image_blobs(config: Descriptor, layers: Vec<Descriptor>) -> Vec<Descriptor> {
+    std::iter::once(config)
+        .chain(layers.into_iter().filter(Descriptor::is_distributable))
+        .collect()
+}
+
+async fn get_manifest(
+    client: &reqwest::Client,
+    base: &Url,
+    image: &ImageRef,
+    reference: &str,
+) -> Result<ManifestDoc, String> {
+    let response = client
+        .get(manifest_url(base, image, reference))
+        .header(reqwest::header::ACCEPT, media::ALL_MANIFEST_TYPES)
+        .send()
+        .await
+        .map_err(|e| format!("manifest {reference}: {e}"))?;
+    let response = success(response, &format!("manifest {reference}")).await?;
+    let media_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("manifest {reference}: {e}"))?;
+    ManifestDoc::parse(&media_type, &body).map_err(|e| format!("manifest {reference}: {e}"))
+}
+
+/// The response if it is a 2xx; otherwise its status and OCI error message.
+async fn success(response: reqwest::Response, what: &str) -> Result<reqwest::Response, String> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    let body = response.bytes().await.unwrap_or_default();
+    // Any registry's error body: the first code and message, if it is one.
+    let detail = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            let first = &v["errors"][0];
+            Some(format!(
+                "{} {}",
+                first["code"].as_str()?,
+                first["message"].as_str().unwrap_or_default()
+            ))
+        })
+        .unwrap_or_default();
+    Err(format!("{what}: {status} {detail}").trim_end().to_owned())
+}
+
+/// Reads a blob to its end; its size and whether wharf already had it.
+async fn fetch_blob(
+    client: &reqwest::Client,
+    base: &Url,
+    job: &BlobJob,
+    progress: &Progress,
+) -> Result<(u64, bool), String> {
+    let digest: &Digest = &job.descriptor.digest;
+    let what = format!("blob {digest} of {}", job.image);
+    let bar = progress.blob(digest, job.descriptor.size);
+    let response = client
+        .get(api_url(base, &job.image, &format!("blobs/{digest}")))
+        .send()
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    let mut response = success(response, &what).await?;
+    let hit = response
+        .headers()
+        .get("x-wharf-cache")
+        .is_some_and(|v| v == "hit");
+    let mut received = 0u64;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("{what}: cut after {received} bytes: {e}"))?
+    {
+        received += chunk.len() as u64;
+        bar.advance(chunk.len() as u64);
+    }
+    if received != job.descriptor.size {
+        return Err(format!(
+            "{what}: {received} bytes, but the manifest says {}",
+            job.descriptor.size
+        ));
+    }
+    bar.done(hit);
+    Ok((received, hit))
+}
+
+/// Where to warm.
+pub enum Target {
+    /// A running wharf, by its URL; `ca_file` to trust an HTTPS one with a private CA.
+    Server { url: Url, ca_file: Option<PathBuf> },
+    /// A cache directory (the config's), through a wharf started here on loopback for the
+    /// duration.
+    CacheDir(Config),
+}
+
+/// Warms `images` into `target`, showing progress on stderr, and ends with a summary line.
+pub async fn run(
+    target: Target,
+    images: &[ImageRef],
+    platforms: &Platforms,
+    jobs: usize,
+) -> Result<Report, String> {
+    let progress = Progress::default();
+    let report = match target {
+        Target::Server { url, ca_file } => {
+            let client = http_client(ca_file.as_deref())?;
+            warm(&client, &url, images, platforms, jobs, &progress).await
+        }
+        Target::CacheDir(config) => {
+            warm_cache_dir(config, images, platforms, jobs, &progress).await?
+        }
+    };
+    progress.finish(&report);
+    Ok(report)
+}
+
+fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("wharf-warm/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(120));
+    if let Some(file) = ca_file {
+        let pem =
+            std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{}: {e}", file.display()))?
+        {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build HTTP client: {e}"))
+}
+
+async fn warm_cache_dir(
+    mut config: Config,
+    images: &[ImageRef],
+    platforms: &Platforms,
+    jobs: usize,
+    progress: &Progress,
+) -> Result<Report, String> {
+    config.server.tls = None;
+    let dir = config.cache.dir.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot listen on loopback: {e}"))?;
+    let url = Url::parse(&format!(
+        "http://{}/",
+        listener.local_addr().map_err(|e| e.to_string())?
+    ))
+    .expect("a loopback URL");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(crate::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    let client = http_client(None)?;
+    // Connections wait in the listener's queue until the cache is open; a cache that cannot
+    // be opened (locked by a running wharf, say) ends the server instead.
+    let stopped = |ended: Result<Result<(), crate::Error>, _>| {
+        let why = match ended {
+            Ok(Err(e)) => e.to_string(),
+            _ => "it stopped".into(),
+        };
+        format!(
+            "cannot warm {}: {why} (if a wharf is serving it, warm that one with --server)",
+            dir.display()
+        )
+    };
+    let health = client.get(url.join("healthz").expect("static path")).send();
+    let answered = tokio::select! {
+        answered = health => answered,
+        ended = &mut server => return Err(stopped(ended)),
+    };
+    if let Err(e) = answered {
+        // The server may have stopped just before: its reason is the better message.
+        if let Ok(ended) = tokio::time::timeout(Duration::from_secs(1), &mut server).await {
+            return Err(stopped(ended));
+        }
+        return Err(format!("the local wharf did not answer: {e}"));
+    }
+    let report = warm(&client, &url, images, platforms, jobs, progress).await;
+    // A response ends when its bytes are verified; the commit into the cache follows.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && fills_in_flight(&client, &url).await != Some(0) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+    Ok(report)
+}
+
+async fn fills_in_flight(client: &reqwest::Client, base: &Url) -> Option<u64> {
+    let ready: serde_json::Value = client
+        .get(base.join("readyz").ok()?)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    ready["fills_in_flight"].as_u64()
+}
