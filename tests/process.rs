@@ -386,3 +386,24 @@ async fn sighup_reloads_the_certificate_and_wharf_keeps_serving() {
     wharf.sigterm();
     assert!(wharf.wait_exit(Duration::from_secs(10)).success());
 }
+
+#[tokio::test]
+async fn sighup_does_not_stop_a_plain_http_wharf() {
+    let upstream = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_toml(&upstream, &dir.path().join("cache"), "", "");
+    let mut wharf = Process::start(dir.path(), &config, "1s");
+    wharf.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !fs::read_to_string(&wharf.log)
+        .unwrap()
+        .contains("nothing to reload")
+    {
+        assert!(Instant::now() < deadline, "SIGHUP went unanswered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = reqwest::get(wharf.url("/healthz")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    wharf.sigterm();
+    assert!(wharf.wait_exit(Duration::from_secs(10)).success());
+}

@@ -98,7 +98,12 @@ pub async fn serve(
     builder.http1().writev(true);
     let graceful = GracefulShutdown::new();
     let tls = tls.map(Arc::new);
-    let reloads = tls.clone().map(|tls| tokio::spawn(tls.watch()));
+    // SIGHUP reloads the certificate; without one it must still not end the process (its
+    // default action), as `systemctl reload` sends it to any wharf.
+    let reloads = match tls.clone() {
+        Some(tls) => tokio::spawn(tls.watch()),
+        None => tokio::spawn(nothing_to_reload()),
+    };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -138,13 +143,22 @@ pub async fn serve(
         }
     }
     drop(listener);
-    if let Some(reloads) = reloads {
-        reloads.abort();
-    }
+    reloads.abort();
     tracing::info!("shutting down: waiting for open connections");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the rest"),
+    }
+}
+
+/// Answers SIGHUP when there is no certificate to reload.
+async fn nothing_to_reload() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: nothing to reload (no [server.tls])");
     }
 }
 
