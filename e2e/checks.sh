@@ -70,6 +70,7 @@ test_protocol() {
         grep -q "^$series{" <<<"$page" || missing_series+=("$series")
     done
     expect_eq "/metrics exposes the documented series" "" "${missing_series[*]}"
+    check "/metrics passes promtool check metrics" bash -c "curl -fsS --max-time 5 '$WHARF_URL/metrics' | promtool check metrics"
 }
 
 # ---- warm pulls cost the upstream nothing ----------------------------------------------------

@@ -39,25 +39,14 @@ pull_through() {
 # ---- skopeo ----------------------------------------------------------------------------------
 
 write_registries_conf() {
-    # Bare-host shape: mirror location is wharf's root; requests arrive as /v2/<repo>/... and go
-    # to wharf's default upstream. Path-prefix shape: /v2/<registry>/<repo>/...
-    cat >"$WORK/registries.conf" <<EOF
-unqualified-search-registries = []
-
-[[registry]]
-location = "$UP"
-insecure = true
-[[registry.mirror]]
-location = "$WHARF"
-insecure = true
-
-[[registry]]
-location = "$PREFIX_NAME"
-insecure = true
-[[registry.mirror]]
-location = "$WHARF/$PREFIX_NAME"
-insecure = true
-EOF
+    # The shipped drop-in (deploy/clients/podman): docker.io in the bare-host shape (requests
+    # arrive as /v2/<repo>/... at wharf's default upstream) and ghcr.io in the path-prefix shape
+    # (/v2/ghcr.io/<repo>/...).
+    render "$CLIENTS/podman/registries.conf.d/50-wharf.conf" "$WORK/50-wharf.conf" "$WHARF_URL"
+    {
+        echo 'unqualified-search-registries = []'
+        cat "$WORK/50-wharf.conf"
+    } >"$WORK/registries.conf"
     echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"$WORK/policy.json"
     # Client command lines are arrays, not functions, so that `timeout` can run them.
     # skopeo takes registries.conf from its flag (CONTAINERS_REGISTRIES_CONF is not read by all
@@ -86,8 +75,8 @@ test_skopeo() {
     expect_eq "skopeo plain --all: the linux/amd64 manifest matches upstream" "$AMD64_DIGEST" \
         "$(digest_of_stdin <"$out/multiarch/${AMD64_DIGEST#sha256:}.manifest.json" 2>&1)"
 
-    pull_through "skopeo mirror, bare-host shape ($UP/library/e2e-oci)" docker.io \
-        "${SKOPEO[@]}" copy -q "docker://$UP/library/e2e-oci:$TAG" "dir:$out/oci"
+    pull_through "skopeo mirror, bare-host shape (docker.io/library/e2e-oci)" docker.io \
+        "${SKOPEO[@]}" copy -q "docker://docker.io/library/e2e-oci:$TAG" "dir:$out/oci"
     expect_eq "skopeo mirror, bare-host shape: e2e-oci digest matches upstream" \
         "${DIGEST[library/e2e-oci]}" "$(dir_digest "$out/oci")"
 
@@ -100,27 +89,34 @@ test_skopeo() {
 # ---- dockerd ---------------------------------------------------------------------------------
 
 DOCKER_CLI=()
+DOCKERD_PID=
 
+# start_dockerd MIRROR_URL — (re)start the private dockerd with the shipped daemon.json's
+# registry-mirrors pointing at MIRROR_URL. Its images survive a restart.
 start_dockerd() {
-    local d=$WORK/dockerd
+    local d=$WORK/dockerd mirror=$1
     mkdir -p "$d"
     local sock=$d/docker.sock
     DOCKER_CLI=("$DOCKER" -H "unix://$sock")
+    if [[ -n $DOCKERD_PID ]]; then
+        stop_pid "$DOCKERD_PID"
+    fi
+    render "$CLIENTS/docker/daemon.json" "$d/mirrors.json" "$mirror"
     # vfs and no networking: works without overlayfs or iptables; the mirror list is the point.
-    cat >"$d/daemon.json" <<EOF
+    jq -s '.[0] * .[1]' - "$d/mirrors.json" >"$d/daemon.json" <<'JSON'
 {
   "storage-driver": "vfs",
   "iptables": false,
   "ip-masq": false,
   "ip-forward": false,
-  "bridge": "none",
-  "registry-mirrors": ["$WHARF_URL"]
+  "bridge": "none"
 }
-EOF
+JSON
     start_bg dockerd dockerd --config-file "$d/daemon.json" --data-root "$d/data" \
         --exec-root "$d/exec" -H "unix://$sock" --pidfile "$d/docker.pid"
+    DOCKERD_PID=$STARTED_PID
     if wait_until 60 "${DOCKER_CLI[@]}" version; then
-        pass "private dockerd is up (registry-mirrors = $WHARF_URL)"
+        pass "private dockerd is up (registry-mirrors = $mirror)"
     else
         fail "private dockerd did not start" "$(tail -n 5 "$LOGS/dockerd.err")"
         return 1
@@ -136,7 +132,7 @@ expect_has() {
 }
 
 test_dockerd() {
-    start_dockerd || return 0
+    start_dockerd "$WHARF_URL" || return 0
     # docker.io/library/e2e-multi: the daemon asks its mirror for /v2/library/e2e-multi/...
     pull_through "dockerd pull e2e-multi" - "${DOCKER_CLI[@]}" pull "e2e-multi:$TAG"
     expect_has "dockerd: e2e-multi RepoDigest matches upstream" \
@@ -177,18 +173,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [plugins."io.containerd.internal.v1.opt"]
   path = "$d/opt"
 EOF
-    # hosts.toml per registry: wharf first; "server" (the fallback) is a dead loopback port so a
-    # failing mirror can never fall back anywhere real. containerd adds ?ns=<registry>.
-    local registry
-    for registry in docker.io "$UP"; do
-        mkdir -p "$d/hosts/$registry"
-        cat >"$d/hosts/$registry/hosts.toml" <<EOF
-server = "http://127.0.0.1:$DEAD_PORT"
-
-[host."$WHARF_URL"]
-  capabilities = ["pull", "resolve"]
-EOF
-    done
+    # The shipped hosts.toml files (deploy/clients/containerd): docker.io and _default (every
+    # other registry), wharf first. containerd adds ?ns=<registry>.
+    render_hosts "$d/hosts" "$WHARF_URL"
     start_bg containerd containerd --config "$d/config.toml"
     if wait_until 30 "${CTR[@]}" version; then
         pass "private containerd is up (hosts.toml mirror = $WHARF_URL)"
@@ -196,6 +183,14 @@ EOF
         fail "private containerd did not start" "$(tail -n 5 "$LOGS/containerd.err")"
         return 1
     fi
+}
+
+# render_hosts DIR URL [CA] — the shipped certs.d tree, pointing at the wharf at URL.
+render_hosts() {
+    local registry
+    for registry in docker.io _default; do
+        render "$CLIENTS/containerd/certs.d/$registry/hosts.toml" "$1/$registry/hosts.toml" "$2" "${3:-}"
+    done
 }
 
 # The target digest containerd recorded for REF.
@@ -209,10 +204,11 @@ test_containerd() {
     expect_eq "ctr: e2e-multiarch index digest matches upstream" \
         "${DIGEST[library/e2e-multiarch]}" "$(ctr_digest "$ref")"
 
-    ref=$UP/acme/tools/e2e-app:$TAG
-    pull_through "ctr pull $ref (?ns=$UP)" "$UP" "${pull[@]}" "$ref"
-    expect_eq "ctr: e2e-app digest matches upstream" \
-        "${DIGEST[acme/tools/e2e-app]}" "$(ctr_digest "$ref")"
+    # Not yet asked for under this name, so wharf must fetch its tag through upstream "ghcr.io".
+    ref=$PREFIX_NAME/library/e2e-multi:$TAG
+    pull_through "ctr pull $ref (_default hosts.toml, ?ns=$PREFIX_NAME)" "$PREFIX_NAME" "${pull[@]}" "$ref"
+    expect_eq "ctr: e2e-multi digest matches upstream" \
+        "${DIGEST[library/e2e-multi]}" "$(ctr_digest "$ref")"
 
     expect_cmp "ctr: layers were unpacked into snapshots" \
         "$("${CTR[@]}" snapshots --snapshotter native ls 2>/dev/null | tail -n +2 | wc -l)" -gt 0
@@ -228,7 +224,7 @@ test_podman() {
     local podman=(env CONTAINERS_CONF="$d/containers.conf" CONTAINERS_REGISTRIES_CONF="$WORK/registries.conf"
         podman --root "$d/root" --runroot "$d/run" --storage-driver vfs --tmpdir "$d/tmp"
         --cgroup-manager cgroupfs --events-backend file)
-    local ref=$UP/library/e2e-multi:$TAG
+    local ref=docker.io/library/e2e-multi:$TAG
     pull_through "podman pull $ref (bare-host mirror)" - \
         "${podman[@]}" pull -q --signature-policy "$WORK/policy.json" "$ref"
     expect_eq "podman: e2e-multi digest matches upstream" \

@@ -13,6 +13,8 @@ PACKAGES=(
     python3         # builds the OCI image layouts (standard library only)
     jq
     curl
+    openssl         # a private CA for the HTTPS checks
+    prometheus      # promtool: lints a live /metrics page
     procps          # ps: find the children a daemon started, to stop them
     mount           # umount: release anything a killed daemon left mounted
     coreutils       # timeout, sha256sum, mktemp
@@ -28,7 +30,7 @@ export DEBIAN_FRONTEND=noninteractive
 # Recommends are not needed: nothing here runs a container, the suite only pulls and unpacks.
 "${SUDO[@]}" apt-get install -y --no-install-recommends "${PACKAGES[@]}"
 
-for tool in docker-registry skopeo dockerd docker containerd ctr podman umoci python3 jq curl; do
+for tool in docker-registry skopeo dockerd docker containerd ctr podman umoci python3 jq curl openssl promtool; do
     command -v "$tool" >/dev/null || { echo "install.sh: $tool is still missing" >&2; exit 1; }
 done
 echo "e2e dependencies installed"

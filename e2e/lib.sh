@@ -165,3 +165,17 @@ print(int(total))
 
 # sha256 of stdin as "sha256:<hex>"
 digest_of_stdin() { echo "sha256:$(sha256sum | cut -d' ' -f1)"; }
+
+# ---- the shipped client snippets -------------------------------------------------------------
+
+# render SRC DEST URL — a client snippet from deploy/clients with its placeholder address put
+# right: "http://wharf.example:5000" becomes URL, any other "wharf.example:5000" URL's host:port.
+# With CA, the commented-out `ca = ...` line is switched on and points at CA.
+render() {
+    local src=$1 dest=$2 url=$3 ca=${4:-}
+    mkdir -p "$(dirname "$dest")"
+    sed -e "s#http://wharf.example:5000#$url#g" -e "s#wharf.example:5000#${url#*://}#g" "$src" >"$dest"
+    if [[ -n $ca ]]; then
+        sed -i -E "s#^([[:space:]]*)\# ca = \"[^\"]*\".*#\1ca = \"$ca\"#" "$dest"
+    fi
+}

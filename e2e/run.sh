@@ -27,7 +27,7 @@ WHARF_SRC=$1
 DOCKER=${DOCKER:-docker}
 TAG=v1
 CLIENT_TIMEOUT=60 # seconds any single pull may take (a healthy one takes a few)
-SUITE_BUDGET=300  # seconds; after this, remaining checks fail at once instead of waiting
+SUITE_BUDGET=480  # seconds; after this, remaining checks fail at once instead of waiting
 
 WORK=$(mktemp -d)
 LOGS=$WORK/logs
@@ -61,6 +61,7 @@ finish() {
         echo "-----------------------------------"
     fi
     stop_all
+    declare -F tls_cleanup >/dev/null && tls_cleanup
     # A daemon killed hard can leave mounts behind; rm -rf must never descend through one.
     local mnt
     for mnt in $(awk -v w="$WORK" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r); do
@@ -88,7 +89,7 @@ trap 'exit 130' INT TERM
 # to a public registry (Docker Hub for dockerd, say) can neither leave the machine nor succeed.
 # Go and curl never proxy loopback addresses, and NO_PROXY says so again.
 read -r UP_PORT WHARF_PORT TTL_PORT DEAD_PORT T1_PORT T2_PORT T3_PORT DISK_PORT CHURN_PORT \
-    <<<"$(free_ports 9)"
+    TLS_PORT UP2_PORT REGIONAL_PORT EDGE_PORT EDGE2_PORT <<<"$(free_ports 14)"
 TIMING_PORTS=("$T1_PORT" "$T2_PORT" "$T3_PORT")
 export HTTP_PROXY=http://127.0.0.1:$DEAD_PORT HTTPS_PROXY=http://127.0.0.1:$DEAD_PORT
 export http_proxy=$HTTP_PROXY https_proxy=$HTTPS_PROXY
@@ -98,10 +99,11 @@ export NO_COLOR=1
 UP=127.0.0.1:$UP_PORT
 WHARF=127.0.0.1:$WHARF_PORT
 WHARF_URL=http://$WHARF
-# An upstream name with no port: containers/image cannot put "host:port" inside a mirror's path
-# (it is not a valid repository path component), so the path-prefix shape is tested with this
-# name. Nothing resolves it, which also proves those pulls cannot bypass wharf.
-PREFIX_NAME=registry.e2e.test
+# A second name for the upstream, the one the shipped client snippets (deploy/clients) use for
+# the path-prefix shape: containers/image cannot put "host:port" inside a mirror's path. Any
+# fallback to the real ghcr.io would go to the dead proxy, so these pulls cannot bypass wharf.
+PREFIX_NAME=ghcr.io
+CLIENTS=$HERE/../deploy/clients
 
 ACCEPT='application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json'
 
@@ -234,15 +236,14 @@ url = "http://$UP"
 EOF
 }
 
-# start_wharf NAME LISTEN CACHE_DIR [TAG_TTL] [MAX_SIZE] — start a copy of the binary (the original
-# may be rebuilt while we run) and wait for /healthz.
-start_wharf() {
-    local name=$1 listen=$2 cache=$3 ttl=${4:-5m} max_size=${5:-20GiB}
-    write_wharf_config "$WORK/$name.toml" "$listen" "$cache" "$ttl" "$max_size"
-    start_bg "$name" "$WORK/bin/wharf" serve --config "$WORK/$name.toml"
+# launch_wharf NAME CONFIG URL — start a copy of the binary (the original may be rebuilt while
+# we run) with CONFIG and wait until URL/healthz answers.
+launch_wharf() {
+    local name=$1 config=$2 url=$3
+    start_bg "$name" "$WORK/bin/wharf" serve --config "$config"
     local pid=$STARTED_PID
     WHARF_PIDS[$name]=$pid
-    if wait_until 30 curl -fsS --max-time 2 "http://$listen/healthz"; then
+    if wait_until 30 curl -fsS --max-time 2 "$url/healthz"; then
         pass "$name starts and /healthz answers 200"
     else
         local state=running
@@ -253,7 +254,16 @@ start_wharf() {
     fi
 }
 
-wmetric() { metric "$WHARF_URL" "$@" || { echo "wharf's /metrics did not answer" >&2; return 1; }; }
+# start_wharf NAME LISTEN CACHE_DIR [TAG_TTL] [MAX_SIZE] — the usual config, plain HTTP.
+start_wharf() {
+    local name=$1 listen=$2 cache=$3 ttl=${4:-5m} max_size=${5:-20GiB}
+    write_wharf_config "$WORK/$name.toml" "$listen" "$cache" "$ttl" "$max_size"
+    launch_wharf "$name" "$WORK/$name.toml" "http://$listen"
+}
+
+# The wharf whose metrics the pull checks read (the main one unless a phase points elsewhere).
+METRICS_URL=$WHARF_URL
+wmetric() { metric "$METRICS_URL" "$@" || { echo "wharf's /metrics did not answer" >&2; return 1; }; }
 
 # shellcheck source=clients.sh
 source "$HERE/clients.sh"
@@ -261,6 +271,10 @@ source "$HERE/clients.sh"
 source "$HERE/checks.sh"
 # shellcheck source=cache.sh
 source "$HERE/cache.sh"
+# shellcheck source=tls.sh
+source "$HERE/tls.sh"
+# shellcheck source=tiers.sh
+source "$HERE/tiers.sh"
 
 # ---- main ------------------------------------------------------------------------------------
 
@@ -285,8 +299,8 @@ main() {
 
     local phase
     for phase in test_skopeo test_dockerd test_containerd test_podman test_protocol test_repull \
-        test_single_fetch test_fan_in test_hang_up measure_timings test_disk_full \
-        test_read_only test_churn \
+        test_single_fetch test_fan_in test_hang_up measure_timings test_tls test_tiers \
+        test_disk_full test_read_only test_churn \
         test_upstream_outage; do # the outage comes last: it stops the upstream
         if budget_spent; then
             fail "$phase (not run: the suite's time budget of $SUITE_BUDGET s is spent)"
