@@ -28,11 +28,36 @@ use tokio::net::TcpListener;
 pub use config::Config;
 pub use error::Error;
 
-/// Runs wharf on `listener` until `shutdown` resolves.
+/// Runs wharf on `listener` until `shutdown` resolves. SIGHUP reloads the TLS certificate (and
+/// is otherwise logged): its handler is installed first, so a reload sent while a large cache is
+/// being opened cannot end the process.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let hangups = signal(SignalKind::hangup())
+        .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler"))
+        .ok();
+    run_with(listener, config, shutdown, hangups).await
+}
+
+/// [`run`] without taking over SIGHUP, for a wharf embedded in a command (`wharf warm`) where a
+/// hang-up must still end the process.
+pub async fn run_embedded(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    run_with(listener, config, shutdown, None).await
+}
+
+async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    hangups: Option<tokio::signal::unix::Signal>,
 ) -> Result<(), Error> {
     // Before anything else: a bad certificate must stop start-up, not the first handshake.
     let tls = config
@@ -66,7 +91,15 @@ pub async fn run(
         upstreams = ?config.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
         "wharf is serving"
     );
-    server::serve(listener, state, shutdown, config.server.shutdown_grace, tls).await;
+    server::serve(
+        listener,
+        state,
+        shutdown,
+        config.server.shutdown_grace,
+        tls,
+        hangups,
+    )
+    .await;
     sweeper.abort();
     Ok(())
 }

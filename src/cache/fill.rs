@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -30,8 +31,10 @@ const WRITE_BUDGET: usize = 2 * 1024 * 1024;
 /// Messages in the writer's queue (the byte budget is what really bounds it).
 const WRITE_QUEUE: usize = 1024;
 /// Progress is published to readers at least this many bytes at a time (and at the end), so
-/// readers following a fill wake for reads worth making, not for every upstream chunk.
+/// readers following a fill wake for reads worth making, not for every upstream chunk...
 const PUBLISH_EVERY: u64 = 256 * 1024;
+/// ...or when no more bytes came for this long, so a slow upstream still reaches them promptly.
+const PUBLISH_LINGER: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Clone)]
 pub enum FillState<E> {
@@ -321,8 +324,23 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
         let mut written = 0u64;
         let mut published = 0u64;
         let mut total = None;
+        let runtime = tokio::runtime::Handle::current();
         let verdict = loop {
-            match rx.blocking_recv() {
+            // Bytes not yet published wait at most PUBLISH_LINGER for more to join them: a
+            // fast upstream is published in PUBLISH_EVERY steps, a trickle promptly.
+            let message = if written > published {
+                match runtime.block_on(tokio::time::timeout(PUBLISH_LINGER, rx.recv())) {
+                    Ok(message) => message,
+                    Err(_) => {
+                        published = written;
+                        self.progress.send_modify(|p| p.written = written);
+                        continue;
+                    }
+                }
+            } else {
+                rx.blocking_recv()
+            };
+            match message {
                 Some(Message::Start(declared)) => {
                     // Refuse before the first byte, while every reader can still be served
                     // another way, rather than fail half-way when the disk runs out.
@@ -352,9 +370,7 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
                     let offset = written;
                     written += chunk.len() as u64;
                     self.recent.push(offset, chunk);
-                    // Coarse while bytes pour in; at once when the writer has caught up, so
-                    // a trickling upstream still reaches clients promptly.
-                    if written >= published + PUBLISH_EVERY || rx.is_empty() {
+                    if written >= published + PUBLISH_EVERY {
                         published = written;
                         self.progress.send_modify(|p| p.written = written);
                     }
@@ -451,14 +467,20 @@ impl<E: Clone + Send + Sync + 'static> WriteJob<E> {
 }
 
 impl<E> Drop for WriteJob<E> {
-    /// Should the writer thread panic, its fill must not stay in the table: every later request
-    /// for the digest would join a fill that never ends. (Its readers see the progress sender
-    /// gone and fail.)
+    /// Should the writer thread panic, its fill must not stay in the table (every later request
+    /// for the digest would join a fill that never ends), and its readers, even those still
+    /// waiting for the upstream's answer, must see it failed.
     fn drop(&mut self) {
         if !self.forgotten {
             if let Ok(mut in_flight) = self.fills.in_flight.lock() {
                 in_flight.remove(&self.digest);
             }
+            let failed = (self.failure)(CommitError::Abandoned);
+            self.progress.send_modify(|p| {
+                if p.state != FillState::Verified {
+                    p.state = FillState::Failed(failed);
+                }
+            });
             let _ = std::fs::remove_file(&self.temp_path);
         }
     }

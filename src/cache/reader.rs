@@ -222,10 +222,12 @@ impl<E: Clone> FillReader<E> {
     }
 }
 
-/// Whether the page cache holds `len` bytes at `pos`, judged by one byte in every MiB and the
-/// last one (the cache keeps and drops a file's pages in runs, not one by one).
+/// Whether the page cache holds `len` bytes at `pos`, judged by one byte in every 128 KiB and
+/// the last one (the kernel reads ahead and reclaims a file's pages in runs). A miss costs a
+/// blocking read on an async worker when the range is sent, so the probe errs on the side of
+/// looking; a probe is a syscall of one byte.
 fn in_page_cache(file: &File, pos: u64, len: usize) -> bool {
-    const STRIDE: usize = 1024 * 1024;
+    const STRIDE: usize = 128 * 1024;
     let last = pos + len as u64 - 1;
     let mut byte = [0u8; 1];
     (pos..last)

@@ -22,6 +22,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::signal::unix::Signal;
 
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
@@ -91,6 +92,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     tls: Option<Tls>,
+    hangups: Option<Signal>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Body chunks must reach the socket as they are, never copied into hyper's buffer: the
@@ -98,11 +100,11 @@ pub async fn serve(
     builder.http1().writev(true);
     let graceful = GracefulShutdown::new();
     let tls = tls.map(Arc::new);
-    // SIGHUP reloads the certificate; without one it must still not end the process (its
-    // default action), as `systemctl reload` sends it to any wharf.
+    // SIGHUP reloads the certificate; without one it is only logged (`systemctl reload` may
+    // send it to any wharf).
     let reloads = match tls.clone() {
-        Some(tls) => tokio::spawn(tls.watch()),
-        None => tokio::spawn(nothing_to_reload()),
+        Some(tls) => tokio::spawn(tls.watch(hangups)),
+        None => tokio::spawn(nothing_to_reload(hangups)),
     };
     tokio::pin!(shutdown);
     loop {
@@ -152,9 +154,8 @@ pub async fn serve(
 }
 
 /// Answers SIGHUP when there is no certificate to reload.
-async fn nothing_to_reload() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+async fn nothing_to_reload(hangups: Option<Signal>) {
+    let Some(mut hangups) = hangups else {
         return;
     };
     while hangups.recv().await.is_some() {

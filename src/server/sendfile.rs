@@ -22,15 +22,19 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The largest file range one placeholder stands for. The region is never written or read, so
-/// it costs address space only (it lives in `.bss`).
+/// The largest file range one placeholder stands for.
 pub const MAX_RANGE: usize = 2 * 1024 * 1024;
-static PLACEHOLDER: [u8; MAX_RANGE] = [0; MAX_RANGE];
+/// Where consecutive placeholders start, apart: two in a row never look alike, so one that
+/// hyper skipped could not pass for the next.
+const STAGGER: usize = 4096;
+/// The placeholders' region: room for any length at any staggered start. It is never written
+/// or read, so it costs address space only (it lives in `.bss`).
+static PLACEHOLDER: [u8; 2 * MAX_RANGE] = [0; 2 * MAX_RANGE];
 
 fn placeholder_offset(slice: &[u8]) -> Option<usize> {
     let base = PLACEHOLDER.as_ptr() as usize;
     let at = (slice.as_ptr() as usize).wrapping_sub(base);
-    (at < MAX_RANGE && !slice.is_empty()).then_some(at)
+    (at < PLACEHOLDER.len() && !slice.is_empty()).then_some(at)
 }
 
 /// A file range waiting to be sent.
@@ -39,12 +43,20 @@ struct Pending {
     offset: u64,
     len: usize,
     sent: usize,
+    /// Where its placeholder starts in the region.
+    start: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    made: usize,
 }
 
 /// The file ranges a connection's placeholders stand for, in the order hyper will write them.
 #[derive(Clone, Default)]
 pub struct FileRanges {
-    queue: Arc<Mutex<VecDeque<Pending>>>,
+    queue: Arc<Mutex<Queue>>,
 }
 
 impl FileRanges {
@@ -54,16 +66,17 @@ impl FileRanges {
             len <= MAX_RANGE,
             "a placeholder stands for at most MAX_RANGE bytes"
         );
-        self.queue
-            .lock()
-            .expect("lock poisoned")
-            .push_back(Pending {
-                file,
-                offset,
-                len,
-                sent: 0,
-            });
-        Bytes::from_static(&PLACEHOLDER[..len])
+        let mut queue = self.queue.lock().expect("lock poisoned");
+        let start = queue.made % (MAX_RANGE / STAGGER) * STAGGER;
+        queue.made += 1;
+        queue.pending.push_back(Pending {
+            file,
+            offset,
+            len,
+            sent: 0,
+            start,
+        });
+        Bytes::from_static(&PLACEHOLDER[start..start + len])
     }
 }
 
@@ -91,20 +104,19 @@ impl SendfileSocket {
         at: usize,
     ) -> Poll<io::Result<usize>> {
         let mut queue = self.ranges.queue.lock().expect("lock poisoned");
-        let Some(range) = queue.front_mut() else {
+        let Some(range) = queue.pending.front_mut() else {
             return Poll::Ready(Err(mismatch("a placeholder with no file range behind it")));
         };
-        if at != range.sent || slice.len() != range.len - range.sent {
+        if at != range.start + range.sent || slice.len() != range.len - range.sent {
             return Poll::Ready(Err(mismatch(
                 "a placeholder out of step with its file range",
             )));
         }
         loop {
             ready!(self.stream.poll_write_ready(cx))?;
-            let mut offset = range.offset + range.sent as u64;
+            let offset = range.offset + range.sent as u64;
             let sent = self.stream.try_io(Interest::WRITABLE, || {
-                rustix::fs::sendfile(&self.stream, &*range.file, Some(&mut offset), slice.len())
-                    .map_err(io::Error::from)
+                send_file_range(&self.stream, &range.file, offset, slice.len())
             });
             match sent {
                 Ok(0) => {
@@ -116,7 +128,7 @@ impl SendfileSocket {
                 Ok(n) => {
                     range.sent += n;
                     if range.sent == range.len {
-                        queue.pop_front();
+                        queue.pending.pop_front();
                     }
                     return Poll::Ready(Ok(n));
                 }
@@ -151,6 +163,28 @@ impl SendfileSocket {
                 sent => return Poll::Ready(sent),
             }
         }
+    }
+}
+
+/// Sends up to `len` bytes of `file` at `offset` with `sendfile`, or, where the file's
+/// filesystem cannot splice, with a read and a write. (A peer that hung up makes `sendfile`
+/// raise SIGPIPE, which Rust programs ignore: the call fails with EPIPE instead.)
+fn send_file_range(socket: &TcpStream, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+    use rustix::io::Errno;
+    let mut at = offset;
+    match rustix::fs::sendfile(socket, file, Some(&mut at), len) {
+        Ok(n) => Ok(n),
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0; len.min(64 * 1024)];
+            let n = file.read_at(&mut buf, offset)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            rustix::net::send(socket, &buf[..n], rustix::net::SendFlags::NOSIGNAL)
+                .map_err(io::Error::from)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -293,6 +327,37 @@ mod tests {
         // A placeholder with nothing queued: refused.
         let (mut socket, _ranges, _client) = pair().await;
         assert!(socket.write(&placeholder).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_skipped_placeholder_cannot_pass_for_the_next_one() {
+        let (mut socket, ranges, _client) = pair().await;
+        let file = file_of(&[7u8; 100]);
+        let first = ranges.placeholder(file.clone(), 0, 100);
+        let second = ranges.placeholder(file, 0, 100);
+        assert_ne!(first.as_ptr(), second.as_ptr());
+        // As if hyper had dropped the first without writing it.
+        assert!(socket.write(&second).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_spliced_is_copied() {
+        // Files of /proc often refuse splice (EINVAL): the bytes must come through all the same.
+        let path = "/proc/self/mountinfo";
+        let content = std::fs::read(path).unwrap();
+        let len = content.len().min(4096);
+        let (mut socket, ranges, mut client) = pair().await;
+        let placeholder = ranges.placeholder(Arc::new(File::open(path).unwrap()), 0, len);
+        let mut sent = 0;
+        while sent < len {
+            sent += socket.write(&placeholder[sent..]).await.unwrap();
+        }
+        socket.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        // The file is read twice and may change in between; its start is stable.
+        assert_eq!(got[..64], content[..64]);
+        assert_eq!(got.len(), len);
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use tokio::signal::unix::Signal;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
@@ -30,11 +31,13 @@ impl Tls {
     /// Loads the certificate chain and key, or says precisely why they cannot serve.
     pub fn load(config: &TlsConfig) -> Result<Tls, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // Stamped before loading: a change in between is then seen by the first check.
+        let stamp = stamp(&config.cert, &config.key);
         let certificate = Arc::new(ReloadingCertificate {
             cert: config.cert.clone(),
             key: config.key.clone(),
             current: RwLock::new(Arc::new(load_pair(&config.cert, &config.key, &provider)?)),
-            stamp: Mutex::new(stamp(&config.cert, &config.key)),
+            stamp: Mutex::new(stamp),
             provider: provider.clone(),
         });
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
@@ -53,13 +56,9 @@ impl Tls {
         self.acceptor.clone()
     }
 
-    /// Reloads the certificate whenever its files change or SIGHUP arrives; runs until
-    /// dropped.
-    pub async fn watch(self: Arc<Self>) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangups = signal(SignalKind::hangup())
-            .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler; certificate files are still watched"))
-            .ok();
+    /// Reloads the certificate whenever its files change or a hang-up signal arrives; runs
+    /// until dropped.
+    pub async fn watch(self: Arc<Self>, mut hangups: Option<Signal>) {
         let mut ticks = tokio::time::interval(CHECK_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -74,13 +73,14 @@ impl Tls {
 }
 
 /// What a file looked like when it was loaded: a changed stamp means new content (a rewrite, or
-/// a symlink swapped to a new file, as Kubernetes updates secrets).
-type Stamp = Option<[(i64, i64, u64, u64); 2]>;
+/// a symlink swapped to a new file, as Kubernetes updates secrets). The change time, which no
+/// program can set, catches copies that keep the old modification time (`cp -p`, `rsync -t`).
+type Stamp = Option<[(u64, u64, i64, i64, u64); 2]>;
 
 fn stamp(cert: &Path, key: &Path) -> Stamp {
     let one = |path: &Path| {
         let m = fs::metadata(path).ok()?;
-        Some((m.mtime(), m.mtime_nsec(), m.ino(), m.len()))
+        Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec(), m.len()))
     };
     Some([one(cert)?, one(key)?])
 }

@@ -293,9 +293,12 @@ fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
     if let Some(file) = ca_file {
         let pem =
             std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        for certificate in reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("{}: {e}", file.display()))?
-        {
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        if certificates.is_empty() {
+            return Err(format!("{}: no PEM certificate", file.display()));
+        }
+        for certificate in certificates {
             builder = builder.add_root_certificate(certificate);
         }
     }
@@ -322,7 +325,7 @@ async fn warm_cache_dir(
     ))
     .expect("a loopback URL");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(crate::run(listener, config, async {
+    let mut server = tokio::spawn(crate::run_embedded(listener, config, async {
         let _ = stopped.await;
     }));
     let client = http_client(None)?;
@@ -353,7 +356,11 @@ async fn warm_cache_dir(
     let report = warm(&client, &url, images, platforms, jobs, progress).await;
     // A response ends when its bytes are verified; the commit into the cache follows.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline && fills_in_flight(&client, &url).await != Some(0) {
+    while fills_in_flight(&client, &url).await != Some(0) {
+        if Instant::now() > deadline {
+            progress.failed("fills still running after 60 s were stopped; run warm again");
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stop.send(());
