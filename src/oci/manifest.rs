@@ -48,12 +48,18 @@ pub struct Platform {
 impl Platform {
     /// The platform this program runs on, named as images name it.
     pub fn host() -> Platform {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            other => other,
+        // Rust's names for architectures, in Go's spelling (GOARCH), which images use.
+        let architecture = match (std::env::consts::ARCH, cfg!(target_endian = "little")) {
+            ("x86_64", _) => "amd64",
+            ("aarch64", _) => "arm64",
+            ("x86", _) => "386",
+            ("arm", _) => "arm",
+            ("powerpc64", true) => "ppc64le",
+            ("powerpc64", false) => "ppc64",
+            ("loongarch64", _) => "loong64",
+            ("mips64", true) => "mips64le",
+            ("mips", true) => "mipsle",
+            (other, _) => other,
         };
         Platform {
             os: "linux".into(),

@@ -83,13 +83,12 @@ impl Progress {
                 .progress_chars("=> "),
             );
             bar.set_prefix(digest.hex()[..8].to_owned());
-            (bar, bars.total.clone())
+            (bar, bars.total.clone(), bars.multi.clone())
         });
         BlobProgress {
             digest: digest.clone(),
             bar,
             started: Instant::now(),
-            plain: self.bars.is_none(),
         }
     }
 
@@ -113,15 +112,14 @@ impl Progress {
 
 pub struct BlobProgress {
     digest: Digest,
-    /// The blob's own bar and the total's.
-    bar: Option<(ProgressBar, ProgressBar)>,
+    /// The blob's own bar, the total's, and the set they are drawn in; `None`: plain lines.
+    bar: Option<(ProgressBar, ProgressBar, MultiProgress)>,
     started: Instant,
-    plain: bool,
 }
 
 impl BlobProgress {
     pub fn advance(&self, bytes: u64) {
-        if let Some((bar, total)) = &self.bar {
+        if let Some((bar, total, _)) = &self.bar {
             bar.inc(bytes);
             total.inc(bytes);
         }
@@ -129,12 +127,15 @@ impl BlobProgress {
 
     pub fn done(self, hit: bool) {
         let state = if hit { "already cached" } else { "fetched" };
-        if let Some((bar, _)) = &self.bar {
-            bar.finish_with_message(state);
-        }
-        if self.plain {
-            let seconds = self.started.elapsed().as_secs_f64();
-            eprintln!("blob {} {state} in {seconds:.2} s", self.digest);
+        let seconds = self.started.elapsed().as_secs_f64();
+        let line = format!("blob {} {state} in {seconds:.2} s", self.digest);
+        // A finished blob leaves its bar for a line, so an image of hundreds of layers keeps
+        // the bars on screen to those in flight.
+        if let Some((bar, _, multi)) = &self.bar {
+            bar.finish_and_clear();
+            let _ = multi.println(line);
+        } else {
+            eprintln!("{line}");
         }
     }
 }
@@ -142,7 +143,7 @@ impl BlobProgress {
 impl Drop for BlobProgress {
     /// A blob that failed keeps its bar, marked.
     fn drop(&mut self) {
-        if let Some((bar, _)) = &self.bar {
+        if let Some((bar, _, _)) = &self.bar {
             if !bar.is_finished() {
                 bar.abandon_with_message("failed");
             }
