@@ -31,6 +31,40 @@ pub struct ServerConfig {
     /// Serve HTTPS with this certificate instead of plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    pub limits: Limits,
+}
+
+/// What one client, or all of them together, may hold of the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Client connections open at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Longest a client may take to send a complete request head, counted from when wharf
+    /// starts waiting for it (so also how long an HTTP/1 connection may sit idle between
+    /// requests).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection on which no byte moved either way for this long is closed (gracefully:
+    /// HTTP/2 gets a GOAWAY).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// The largest request head (HTTP/1) or header list (HTTP/2).
+    pub max_header_bytes: Size,
+    /// Requests in flight at once on one HTTP/2 connection.
+    pub max_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            max_header_bytes: Size(64 * 1024),
+            max_streams: 128,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +154,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
             shutdown_grace: Duration::from_secs(30),
             tls: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -294,6 +329,19 @@ impl Config {
             if u.connect_timeout.is_zero() || u.read_timeout.is_zero() {
                 return invalid(format!("upstream[{i}]: timeouts must be greater than zero"));
             }
+        }
+        let limits = &self.server.limits;
+        if limits.max_connections == 0 || limits.max_streams == 0 {
+            return invalid(
+                "server.limits: max_connections and max_streams must be at least 1".into(),
+            );
+        }
+        if limits.header_timeout.is_zero() || limits.idle_timeout.is_zero() {
+            return invalid("server.limits: timeouts must be greater than zero".into());
+        }
+        // hyper's HTTP/1 parser needs room for a request line and a few headers.
+        if limits.max_header_bytes.bytes() < 4096 {
+            return invalid("server.limits.max_header_bytes must be at least 4KiB".into());
         }
         if self.cache.max_size.bytes() == 0 {
             return invalid("cache.max_size must be greater than zero".into());

@@ -91,15 +91,12 @@ async fn run_with(
         upstreams = ?config.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
         "wharf is serving"
     );
-    server::serve(
-        listener,
-        state,
-        shutdown,
-        config.server.shutdown_grace,
+    let listening = server::Listening {
         tls,
-        hangups,
-    )
-    .await;
+        limits: config.server.limits.clone(),
+        grace: config.server.shutdown_grace,
+    };
+    server::serve(listener, state, shutdown, listening, hangups).await;
     sweeper.abort();
     Ok(())
 }

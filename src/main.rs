@@ -198,6 +198,7 @@ fn cache_command(action: CacheAction, dir: &std::path::Path) -> anyhow::Result<(
 }
 
 async fn serve(config: wharf::Config) -> anyhow::Result<()> {
+    raise_open_file_limit(config.server.limits.max_connections);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -213,4 +214,29 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutdown signal received");
+}
+
+/// Lifts the soft limit on open files to the hard one, as the default soft limit (often 1024)
+/// is below what `max_connections` and the cache need; warns if even the hard limit is short.
+fn raise_open_file_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+    let current = getrlimit(Resource::Nofile).current;
+    // Each connection takes a descriptor, and a blob being served or filled one or two more.
+    let wanted = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(256);
+    if current.is_some_and(|n| n < wanted) {
+        tracing::warn!(
+            open_file_limit = current,
+            max_connections,
+            "the open-file limit is low for server.limits.max_connections; accepts may fail"
+        );
+    }
 }

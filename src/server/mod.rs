@@ -1,6 +1,7 @@
 //! HTTP: the accept loop (HTTP/1.1 and h2c on one port, bounded graceful shutdown), routing,
 //! handlers, and the one error → response mapping.
 
+mod connection;
 mod handlers;
 mod range;
 mod response;
@@ -8,24 +9,22 @@ pub mod route;
 mod sendfile;
 mod tls;
 
-use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::signal::unix::Signal;
+use tokio::sync::{watch, Semaphore};
 
+use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
+use connection::Connection;
 pub use response::Body;
 use sendfile::{FileRanges, SendfileSocket};
 pub use tls::Tls;
@@ -83,22 +82,53 @@ async fn serve_request(
 /// silent must not hold a task forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves until `shutdown` resolves, then lets open connections finish for up to `grace`. With
-/// `tls`, every connection is HTTPS (HTTP/1.1 or HTTP/2 by ALPN), and the certificate is
-/// reloaded while serving.
+/// How the server listens: the transport and what clients may hold of it.
+pub struct Listening {
+    pub tls: Option<Tls>,
+    pub limits: Limits,
+    /// After shutdown, how long open connections may finish.
+    pub grace: Duration,
+}
+
+/// The HTTP/1.1 and HTTP/2 settings every connection is served with.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's read buffer holds the request head, so its size bounds the head (8 KiB at least).
+    let max_head = usize::try_from(limits.max_header_bytes.bytes())
+        .unwrap_or(usize::MAX)
+        .max(8192);
+    builder
+        .http1()
+        // Body chunks must reach the socket as they are, never copied into hyper's buffer:
+        // the zero-copy placeholders depend on it.
+        .writev(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(max_head);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes.bytes()).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_streams);
+    builder
+}
+
+/// Serves until `shutdown` resolves, then lets open connections finish for up to the grace
+/// period. With TLS, every connection is HTTPS (HTTP/1.1 or HTTP/2 by ALPN), and the
+/// certificate is reloaded while serving.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    tls: Option<Tls>,
+    listening: Listening,
     hangups: Option<Signal>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Body chunks must reach the socket as they are, never copied into hyper's buffer: the
-    // zero-copy placeholders depend on it.
-    builder.http1().writev(true);
-    let graceful = GracefulShutdown::new();
+    let Listening { tls, limits, grace } = listening;
+    let builder = http_builder(&limits);
+    // Every connection holds a receiver: `true` asks it to close, and the sender learns when
+    // the last one is gone.
+    let (closing, closing_seen) = watch::channel(false);
+    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
     let tls = tls.map(Arc::new);
     // SIGHUP reloads the certificate; without one it is only logged (`systemctl reload` may
     // send it to any wharf).
@@ -108,6 +138,11 @@ pub async fn serve(
     };
     tokio::pin!(shutdown);
     loop {
+        // At the cap, stop accepting: new connections wait in the kernel's queue.
+        let permit = tokio::select! {
+            permit = connection_slots.clone().acquire_owned() => permit.expect("never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -123,9 +158,11 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             builder: builder.clone(),
-            watcher: graceful.watcher(),
+            shutdown: closing_seen.clone(),
             state: state.clone(),
             peer,
+            limits: limits.clone(),
+            permit,
         };
         match &tls {
             None => {
@@ -145,10 +182,12 @@ pub async fn serve(
         }
     }
     drop(listener);
+    drop(closing_seen);
     reloads.abort();
     tracing::info!("shutting down: waiting for open connections");
+    let _ = closing.send(true);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = closing.closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the rest"),
     }
 }
@@ -160,32 +199,5 @@ async fn nothing_to_reload(hangups: Option<Signal>) {
     };
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: nothing to reload (no [server.tls])");
-    }
-}
-
-/// One accepted connection, ready to be served once its transport is ready.
-struct Connection {
-    builder: auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-    state: AppState,
-    peer: SocketAddr,
-}
-
-impl Connection {
-    /// Serves requests until the client or a graceful shutdown closes the connection.
-    /// `file_ranges` is set on plain TCP, where bodies may be sent by `sendfile`.
-    async fn run<I>(self, io: I, file_ranges: Option<FileRanges>)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let state = self.state;
-        let service = service_fn(move |request| {
-            let (state, file_ranges) = (state.clone(), file_ranges.clone());
-            async move { Ok::<_, Infallible>(serve_request(state, request, file_ranges).await) }
-        });
-        let connection = self.builder.serve_connection(TokioIo::new(io), service);
-        if let Err(e) = self.watcher.watch(connection.into_owned()).await {
-            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
-        }
     }
 }

@@ -1,0 +1,166 @@
+//! What clients may hold of the server: slow and silent connections are cut off, the connection
+//! cap holds, oversized heads are refused, idle connections close, and none of it stops wharf
+//! from serving everyone else.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{random_bytes, FakeRegistry, Wharf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the server closes the connection; how long that took, or `None` if it stayed
+/// open past `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut sink = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_clients_are_cut_off_while_everyone_else_is_served() {
+    let upstream = FakeRegistry::start().await;
+    let wharf = Wharf::start(&upstream, "[server.limits]\nheader_timeout = \"1s\"\n").await;
+
+    // 150 clients trickle a request head a byte every 100 ms; 50 more send nothing at all.
+    const TRICKLING: usize = 150;
+    const SILENT: usize = 50;
+    let mut slow = Vec::new();
+    for i in 0..TRICKLING + SILENT {
+        let mut stream = TcpStream::connect(wharf.addr).await.unwrap();
+        let trickle = i < TRICKLING;
+        slow.push(tokio::spawn(async move {
+            if trickle {
+                stream.write_all(b"GET /v2/ HTTP/1.1\r\n").await.unwrap();
+                for _ in 0..60 {
+                    if stream.write_all(b"X").await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            closed_within(&mut stream, Duration::from_secs(8)).await
+        }));
+    }
+
+    // Meanwhile, ordinary requests are answered at once.
+    for _ in 0..20 {
+        let started = Instant::now();
+        let r = wharf.get("/v2/").await;
+        assert_eq!(r.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "a request took {:?} among slow clients",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // And every slow client was cut off about a second after it connected.
+    for (i, client) in slow.into_iter().enumerate() {
+        let closed = client.await.unwrap();
+        assert!(
+            closed.is_some(),
+            "slow client {i} was still connected after 8 s"
+        );
+    }
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_a_new_client_waits_for_a_slot() {
+    let upstream = FakeRegistry::start().await;
+    let wharf = Wharf::start(
+        &upstream,
+        "[server.limits]\nmax_connections = 8\nheader_timeout = \"1s\"\n",
+    )
+    .await;
+    // Let the connection of the start-up check close, so the cap is all the silent ones'.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(TcpStream::connect(wharf.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let r = client.get(wharf.url("/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let waited = started.elapsed();
+    // Served only once the silent connections had used up their header_timeout.
+    assert!(
+        waited >= Duration::from_millis(600),
+        "served after {waited:?}: the cap of 8 connections did not hold"
+    );
+    assert!(waited < Duration::from_secs(4), "served after {waited:?}");
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_is_refused_with_431() {
+    let upstream = FakeRegistry::start().await;
+    let wharf = Wharf::start(&upstream, "[server.limits]\nmax_header_bytes = \"16KiB\"\n").await;
+    let r = wharf
+        .client
+        .get(wharf.url("/v2/"))
+        .header("x-padding", "a".repeat(32 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let r = wharf
+        .client
+        .get(wharf.url("/v2/"))
+        .header("x-padding", "a".repeat(8 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_but_a_slow_download_is_not() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(1024 * 1024, 7);
+    let digest = upstream.add_blob(blob.clone());
+    let wharf = Wharf::start(
+        &upstream,
+        "[server.limits]\nidle_timeout = \"1s\"\nheader_timeout = \"30s\"\n",
+    )
+    .await;
+
+    // One request, then silence: closed about a second later.
+    let mut stream = TcpStream::connect(wharf.addr).await.unwrap();
+    stream
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: wharf\r\n\r\n")
+        .await
+        .unwrap();
+    let closed = closed_within(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("an idle connection stays open");
+    assert!(
+        closed >= Duration::from_millis(900),
+        "closed after {closed:?}"
+    );
+
+    // A download whose bytes keep moving, if slowly, runs well past the idle timeout.
+    upstream.faults().chunk_delay = Some(Duration::from_millis(150));
+    let started = Instant::now();
+    let r = wharf.get(&format!("/v2/library/app/blobs/{digest}")).await;
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.expect("the slow download completes");
+    assert_eq!(body, blob);
+    assert!(started.elapsed() > Duration::from_secs(2));
+}
