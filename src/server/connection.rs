@@ -55,7 +55,8 @@ impl Connection {
             limits,
             permit: _permit,
         } = self;
-        let activity = Activity::new();
+        let began = Instant::now();
+        let activity = Activity::default();
         let first_request = Arc::new(AtomicBool::new(false));
         let service = {
             let first_request = first_request.clone();
@@ -71,7 +72,11 @@ impl Connection {
         };
         let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        let check = tokio::time::sleep(limits.header_timeout.min(limits.idle_timeout));
+        // Checked a few times per idle period, so an idle connection closes between one and
+        // one and a quarter idle periods after its last byte.
+        let every = (limits.idle_timeout / 4).max(Duration::from_millis(10));
+        let mut quiet = Quiet::new(activity);
+        let check = tokio::time::sleep(every.min(limits.header_timeout));
         tokio::pin!(check);
         // When the connection was asked to close for idling.
         let mut closing: Option<Instant> = None;
@@ -92,66 +97,75 @@ impl Connection {
                     }
                 }
                 () = check.as_mut(), if !shutting_down => {
-                    let started = first_request.load(Ordering::Relaxed);
-                    if !started && activity.age() >= limits.header_timeout {
+                    let now = Instant::now();
+                    let header_deadline = (!first_request.load(Ordering::Relaxed))
+                        .then_some(began + limits.header_timeout);
+                    if header_deadline.is_some_and(|deadline| now >= deadline) {
                         tracing::debug!(%peer, "no request within header_timeout; closing");
                         return;
                     }
-                    // Asked to close, it may stay quiet for CLOSE_GRACE only.
-                    let (quiet, limit) = match closing {
-                        None => (activity.quiet(), limits.idle_timeout),
-                        Some(at) => (activity.quiet().min(at.elapsed()), CLOSE_GRACE),
-                    };
-                    if quiet >= limit {
-                        if closing.is_some() {
-                            return;
+                    let quiet = quiet.check(now);
+                    match closing {
+                        // Asked to close, it may stay quiet for CLOSE_GRACE only.
+                        Some(at) if quiet.min(now - at) >= CLOSE_GRACE => return,
+                        Some(_) => {}
+                        None if quiet >= limits.idle_timeout => {
+                            tracing::debug!(%peer, "idle for idle_timeout; closing");
+                            connection.as_mut().graceful_shutdown();
+                            closing = Some(now);
                         }
-                        tracing::debug!(%peer, "idle for idle_timeout; closing");
-                        connection.as_mut().graceful_shutdown();
-                        closing = Some(Instant::now());
-                        check.as_mut().reset(Instant::now() + CLOSE_GRACE);
-                        continue;
+                        None => {}
                     }
-                    let mut next = limit - quiet;
-                    if !started {
-                        next = next.min(limits.header_timeout.saturating_sub(activity.age()));
-                    }
-                    check.as_mut().reset(Instant::now() + next);
+                    let next = [header_deadline, closing.map(|at| at + CLOSE_GRACE)]
+                        .into_iter()
+                        .flatten()
+                        .fold(now + every, Instant::min);
+                    check.as_mut().reset(next);
                 }
             }
         }
     }
 }
 
-/// When bytes last moved on a connection, in milliseconds since it began.
-#[derive(Clone)]
+/// A count of the times bytes moved on a connection. Bumped on every read and write, so it
+/// costs one relaxed store, not a clock read; `Quiet` turns it into time.
+#[derive(Clone, Default)]
 struct Activity {
-    began: Instant,
-    last_ms: Arc<AtomicU64>,
+    moves: Arc<AtomicU64>,
 }
 
 impl Activity {
-    fn new() -> Activity {
-        Activity {
-            began: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
+    fn moved(&self) {
+        // Only the connection's own task writes it.
+        let moves = self.moves.load(Ordering::Relaxed);
+        self.moves.store(moves.wrapping_add(1), Ordering::Relaxed);
+    }
+}
+
+/// How long a connection has been quiet, as seen at each check: the count of moves is compared
+/// with the last check's, so quiet time is measured from the first check that saw no change.
+struct Quiet {
+    activity: Activity,
+    seen: u64,
+    since: Instant,
+}
+
+impl Quiet {
+    fn new(activity: Activity) -> Quiet {
+        Quiet {
+            activity,
+            seen: 0,
+            since: Instant::now(),
         }
     }
 
-    fn moved(&self) {
-        let ms = self.began.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// How long since the connection began.
-    fn age(&self) -> Duration {
-        self.began.elapsed()
-    }
-
-    /// How long since bytes last moved.
-    fn quiet(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.began.elapsed().saturating_sub(last)
+    fn check(&mut self, now: Instant) -> Duration {
+        let moves = self.activity.moves.load(Ordering::Relaxed);
+        if moves != self.seen {
+            self.seen = moves;
+            self.since = now;
+        }
+        now - self.since
     }
 }
 
