@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::oci::RepoPattern;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -120,6 +122,15 @@ pub struct UpstreamConfig {
     /// request to it carries `?ns=<name>`, so it knows which registry is meant.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pass_ns: bool,
+    /// Only repositories matching one of these patterns are served from this upstream; the
+    /// rest are refused without contacting it. Absent: every repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repositories: Option<Vec<RepoPattern>>,
+    /// Hosts besides the upstream's own that may issue its bearer tokens. wharf sends its
+    /// credentials to the realm a `WWW-Authenticate` challenge names, so any other realm is
+    /// refused. Docker Hub's `auth.docker.io` is allowed for `registry-1.docker.io`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_realm_hosts: Vec<String>,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -132,6 +143,8 @@ impl fmt::Debug for UpstreamConfig {
             .field("ca_file", &self.ca_file)
             .field("insecure", &self.insecure)
             .field("pass_ns", &self.pass_ns)
+            .field("repositories", &self.repositories)
+            .field("token_realm_hosts", &self.token_realm_hosts)
             .finish_non_exhaustive()
     }
 }
@@ -194,6 +207,8 @@ impl UpstreamConfig {
             ca_file: None,
             insecure: false,
             pass_ns: false,
+            repositories: None,
+            token_realm_hosts: Vec::new(),
         }
     }
 }
@@ -326,6 +341,12 @@ impl Config {
                     "upstream[{i}]: username and password_file must be set together"
                 ));
             }
+            if u.repositories.as_ref().is_some_and(Vec::is_empty) {
+                return invalid(format!(
+                    "upstream[{i}].repositories is empty, which would refuse everything; \
+                     leave it out to allow every repository"
+                ));
+            }
             if u.connect_timeout.is_zero() || u.read_timeout.is_zero() {
                 return invalid(format!("upstream[{i}]: timeouts must be greater than zero"));
             }
@@ -437,6 +458,25 @@ mod tests {
             Config::parse("[server.tls]\ncert = \"/x\"").is_err(),
             "a key is required"
         );
+    }
+
+    #[test]
+    fn repository_allow_lists() {
+        let c = Config::parse(
+            "[[upstream]]\nname = \"docker.io\"\nurl = \"https://r\"\n\
+             repositories = [\"library/*\", \"myorg/app\"]",
+        )
+        .unwrap();
+        let patterns = c.upstreams[0].repositories.as_ref().unwrap();
+        assert_eq!(patterns.len(), 2);
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+        let bad = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nrepositories = [\"Lib/*\"]";
+        assert!(Config::parse(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("Lib/*"));
+        let empty = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nrepositories = []";
+        assert!(Config::parse(empty).is_err());
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub enum ClientError {
     Reference(#[from] ReferenceError),
     #[error("registry {0:?} is not mirrored here")]
     UnknownRegistry(String),
+    #[error("repository {0} is not mirrored here")]
+    RepositoryNotAllowed(String),
     #[error("{0} is not supported by this pull-through mirror")]
     Unsupported(&'static str),
     #[error("method not allowed")]

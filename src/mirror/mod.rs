@@ -80,16 +80,25 @@ impl Mirror {
         })
     }
 
-    /// The upstream a request addresses: `None` means the default one. An unknown registry is
-    /// refused without contacting anything.
-    pub fn upstream(&self, registry: Option<&str>) -> Result<&Arc<Upstream>, Error> {
-        match registry {
-            None => Ok(self.upstreams.default_upstream()),
+    /// The upstream a request for `repo` addresses: `None` means the default one. An unknown
+    /// registry, or a repository its allow-list leaves out, is refused before the cache or
+    /// the upstream is looked at, so not even cached content is served.
+    pub fn upstream(
+        &self,
+        registry: Option<&str>,
+        repo: &RepoName,
+    ) -> Result<&Arc<Upstream>, Error> {
+        let upstream = match registry {
+            None => self.upstreams.default_upstream(),
             Some(name) => self
                 .upstreams
                 .get(name)
-                .ok_or_else(|| ClientError::UnknownRegistry(name.to_owned()).into()),
+                .ok_or_else(|| ClientError::UnknownRegistry(name.to_owned()))?,
+        };
+        if !upstream.allows(repo) {
+            return Err(ClientError::RepositoryNotAllowed(repo.to_string()).into());
         }
+        Ok(upstream)
     }
 
     /// Whether `name` is a configured upstream (a path prefix, for routing).

@@ -7,10 +7,12 @@ mod image_ref;
 pub mod manifest;
 pub mod media;
 mod name;
+mod pattern;
 mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Verifier};
 pub use error::{ErrorBody, ErrorCode};
 pub use image_ref::{ImageRef, ImageRefError};
 pub use name::{NameError, RepoName};
+pub use pattern::RepoPattern;
 pub use reference::{Reference, ReferenceError, Tag};

@@ -46,7 +46,9 @@ pub async fn handle(
         Route::Health => Ok(Response::new(full("ok\n"))),
         Route::Ready => Ok(ready(state)),
         Route::Manifest { target, reference } => {
-            let upstream = state.mirror.upstream(target.registry.as_deref())?;
+            let upstream = state
+                .mirror
+                .upstream(target.registry.as_deref(), &target.repo)?;
             let accept = Accept::parse(
                 headers
                     .get_all(ACCEPT)
@@ -76,7 +78,9 @@ pub async fn handle(
             Ok(response.body(body).expect("valid headers"))
         }
         Route::Blob { target, digest } => {
-            let upstream = state.mirror.upstream(target.registry.as_deref())?;
+            let upstream = state
+                .mirror
+                .upstream(target.registry.as_deref(), &target.repo)?;
             if head {
                 blob_head(state, upstream, &target.repo, &digest).await
             } else {
@@ -229,7 +233,9 @@ async fn listing(
     path_and_query: &str,
     head: bool,
 ) -> Result<Response<Body>, Error> {
-    let upstream = state.mirror.upstream(target.registry.as_deref())?;
+    let upstream = state
+        .mirror
+        .upstream(target.registry.as_deref(), &target.repo)?;
     let listing = state
         .mirror
         .listing(upstream, &target.repo, path_and_query)

@@ -41,24 +41,32 @@ impl UpstreamError {
 }
 
 pub(super) fn classify(upstream: &Arc<str>, e: &reqwest::Error) -> UpstreamError {
-    // A connect that timed out means the host is unreachable (503); a timeout after that means
-    // it stalled while answering (504).
-    if e.is_timeout() && !e.is_connect() {
-        UpstreamError::Timeout {
-            upstream: upstream.clone(),
-        }
-    } else {
-        // The source chain says what actually happened (refused, reset, DNS); reqwest's own
-        // message alone is only "error sending request".
+    // The source chain says what actually happened (refused, reset, DNS); reqwest's own
+    // message alone is only "error sending request".
+    let reason = || {
         let mut reason = e.to_string();
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
             reason = format!("{reason}: {s}");
             source = s.source();
         }
+        reason
+    };
+    let upstream = upstream.clone();
+    // A connect that timed out means the host is unreachable (503); a timeout after that means
+    // it stalled while answering (504). A redirect refused (a loop, a scheme wharf does not
+    // follow) is the upstream misbehaving (502), not down.
+    if e.is_timeout() && !e.is_connect() {
+        UpstreamError::Timeout { upstream }
+    } else if e.is_redirect() {
+        UpstreamError::Invalid {
+            upstream,
+            reason: reason(),
+        }
+    } else {
         UpstreamError::Unreachable {
-            upstream: upstream.clone(),
-            reason,
+            upstream,
+            reason: reason(),
         }
     }
 }

@@ -23,7 +23,7 @@ pub use error::UpstreamError;
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
-use crate::oci::{Digest, RepoName};
+use crate::oci::{Digest, RepoName, RepoPattern};
 
 /// The spec lets registries refuse manifests over 4 MiB; wharf will not buffer more than that.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -80,6 +80,10 @@ pub struct Upstream {
     challenge: RwLock<Option<Challenge>>,
     /// Set by a 429: until it passes, nothing is sent to this upstream.
     backoff: Backoff,
+    /// `None`: every repository may be pulled.
+    repositories: Option<Vec<RepoPattern>>,
+    /// Hosts that may issue this upstream's tokens (its own host included).
+    token_realm_hosts: Vec<String>,
     metrics: Metrics,
 }
 
@@ -170,9 +174,7 @@ impl Upstream {
             .read_timeout(config.read_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
-            // reqwest drops Authorization (and cookies) when a redirect leaves the host, which is
-            // what a registry's redirect to a CDN or object store needs.
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(redirect_policy())
             .build()
             .map_err(|e| format!("cannot build HTTP client: {e}"))?;
         Ok(Upstream {
@@ -185,12 +187,21 @@ impl Upstream {
             tokens: TokenCache::new(),
             challenge: RwLock::new(None),
             backoff: Backoff::default(),
+            repositories: config.repositories.clone(),
+            token_realm_hosts: realm_hosts(config),
             metrics,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the configured allow-list lets clients pull `repo` from this upstream.
+    pub fn allows(&self, repo: &RepoName) -> bool {
+        self.repositories
+            .as_ref()
+            .map_or(true, |patterns| patterns.iter().any(|p| p.matches(repo)))
     }
 
     fn url(&self, repo: &RepoName, rest: &str) -> Url {
@@ -302,6 +313,17 @@ impl Upstream {
         let mut url = Url::parse(realm).map_err(|e| invalid(format!("token realm: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid(format!("token realm {realm:?} is not http(s)")));
+        }
+        // The credentials go to the realm: only a host the operator trusts may name one.
+        let host = url.host_str().unwrap_or_default();
+        if !self
+            .token_realm_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host))
+        {
+            return Err(invalid(format!(
+                "token realm host {host:?} is not this upstream's; allow it in token_realm_hosts"
+            )));
         }
         {
             let mut query = url.query_pairs_mut();
@@ -505,6 +527,40 @@ impl Upstream {
             body,
         })
     }
+}
+
+/// Redirects sent by an upstream (a registry handing blobs to a CDN or object store) are
+/// followed a few times, to http(s) only and never from https down to http. reqwest drops
+/// `Authorization` when a redirect leaves the host.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    const MAX_REDIRECTS: usize = 5;
+    reqwest::redirect::Policy::custom(|attempt| {
+        let from_https = attempt
+            .previous()
+            .last()
+            .is_some_and(|url| url.scheme() == "https");
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else {
+            match attempt.url().scheme() {
+                "https" => attempt.follow(),
+                "http" if !from_https => attempt.follow(),
+                "http" => attempt.error("redirect from https to http"),
+                _ => attempt.error("redirect to a scheme other than http(s)"),
+            }
+        }
+    })
+}
+
+/// The hosts allowed to issue `config`'s tokens: its own, Docker Hub's token service for
+/// Docker Hub, and those configured.
+fn realm_hosts(config: &UpstreamConfig) -> Vec<String> {
+    let own = config.url.host_str().unwrap_or_default().to_owned();
+    let docker_hub = own.eq_ignore_ascii_case("registry-1.docker.io");
+    std::iter::once(own)
+        .chain(docker_hub.then(|| "auth.docker.io".to_owned()))
+        .chain(config.token_realm_hosts.iter().cloned())
+        .collect()
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {

@@ -66,6 +66,8 @@ pub struct Faults {
     pub basic: Option<String>,
     /// Redirect blob GETs to this base URL.
     pub redirect_blobs_to: Option<String>,
+    /// With `bearer`: name this `host:port` as the token realm instead of the registry itself.
+    pub realm_host: Option<String>,
     /// Manifest requests (GET and HEAD): wait this long before answering.
     pub manifest_delay: Option<Duration>,
     /// Manifest GETs: change the body but keep the digest header.
@@ -252,7 +254,9 @@ async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -
             .and_then(|p| p.rsplitn(3, '/').nth(2))
             .map(|repo| format!(",scope=\"repository:{repo}:pull\""))
             .unwrap_or_default();
-        let challenge = format!("Bearer realm=\"http://{addr}/token\",service=\"fake\"{scope}");
+        let realm_host = faults.realm_host.clone().unwrap_or(addr.to_string());
+        let challenge =
+            format!("Bearer realm=\"http://{realm_host}/token\",service=\"fake\"{scope}");
         return full(401, &[("www-authenticate", challenge)], "");
     }
     if let Some(expected) = &faults.basic {
