@@ -373,6 +373,38 @@ impl Config {
         Ok(())
     }
 
+    /// What is allowed but unwise, for the operator to hear at start-up and from
+    /// `check-config`: secrets in files that other users can read.
+    pub fn warnings(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let secrets = self
+            .upstreams
+            .iter()
+            .filter_map(|u| {
+                u.password_file
+                    .as_deref()
+                    .map(|f| (format!("upstream {:?} password_file", u.name), f))
+            })
+            .chain(
+                self.server
+                    .tls
+                    .iter()
+                    .map(|t| ("server.tls.key".to_owned(), t.key.as_path())),
+            );
+        secrets
+            .filter_map(|(what, path)| {
+                let mode = std::fs::metadata(path).ok()?.permissions().mode();
+                (mode & 0o077 != 0).then(|| {
+                    format!(
+                        "{what} {} can be read by other users (mode {:o}); chmod 600 it",
+                        path.display(),
+                        mode & 0o777
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// The effective configuration as TOML, for `check-config`. Holds no secrets: passwords
     /// live only in their files.
     pub fn to_toml(&self) -> String {

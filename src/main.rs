@@ -92,6 +92,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { config } => {
             let config = wharf::Config::load(Some(&config))?;
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             print!("{}", config.to_toml());
             Ok(())
         }
@@ -147,6 +150,9 @@ fn main() -> anyhow::Result<()> {
                 config.server.listen = listen;
             }
             let _log_flushed_on_exit = wharf::telemetry::init();
+            for warning in config.warnings() {
+                tracing::warn!("{warning}");
+            }
             tokio::runtime::Runtime::new()?.block_on(serve(config))
         }
     }

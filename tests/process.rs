@@ -34,6 +34,11 @@ impl Process {
     /// Starts wharf on a free port with `config` (without a [server] section) and waits until
     /// it serves.
     fn start(dir: &Path, config: &str, grace: &str) -> Process {
+        Self::start_logging(dir, config, grace, "info")
+    }
+
+    /// [`Process::start`] with `RUST_LOG` set to `filter`.
+    fn start_logging(dir: &Path, config: &str, grace: &str, filter: &str) -> Process {
         let config_path = dir.join("mirror.toml");
         let server = format!("[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"{grace}\"\n");
         fs::write(&config_path, server + config).unwrap();
@@ -41,7 +46,7 @@ impl Process {
         let child = Command::new(WHARF)
             .args(["serve", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stderr(fs::File::create(&log).unwrap())
             .stdout(Stdio::null())
             .spawn()
@@ -406,4 +411,76 @@ async fn sighup_does_not_stop_a_plain_http_wharf() {
     assert_eq!(r.status(), 200);
     wharf.sigterm();
     assert!(wharf.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_no_log_metric_or_check_config_output() {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = FakeRegistry::start().await;
+    let digest = upstream.add_blob(random_bytes(64 * 1024, 9));
+    upstream.faults().bearer = true;
+    const PASSWORD: &str = "s3cret-pw-0451";
+    let password_file = dir.path().join("password");
+    fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    fs::set_permissions(&password_file, fs::Permissions::from_mode(0o644)).unwrap();
+    let credentials = format!(
+        "username = \"wharf\"\npassword_file = {:?}",
+        password_file.display().to_string()
+    );
+    let config = config_toml(&upstream, &dir.path().join("cache"), "", &credentials);
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("wharf:{PASSWORD}"));
+    let secrets = [PASSWORD, basic.as_str(), common::TOKEN];
+    let leaks = |what: &str, text: &str| {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{what} holds a secret: {secret}");
+        }
+    };
+
+    // check-config warns of the readable password file, and prints no secret.
+    let config_path = dir.path().join("check.toml");
+    fs::write(&config_path, &config).unwrap();
+    let checked = Command::new(WHARF)
+        .args(["check-config", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(checked.status.success());
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(stderr.contains("can be read by other users"), "{stderr}");
+    leaks("check-config", &String::from_utf8_lossy(&checked.stdout));
+    leaks("check-config", &stderr);
+
+    // A pull through a bearer challenge, answered with the credentials, at the chattiest log
+    // level: the secrets travel upstream but appear nowhere wharf writes.
+    let wharf = Process::start_logging(dir.path(), &config, "5s", "trace");
+    let client = reqwest::Client::new();
+    let r = client
+        .get(wharf.url(&format!("/v2/library/app/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let seen_basic = upstream
+        .seen()
+        .iter()
+        .any(|s| s.authorization.as_deref() == Some(&format!("Basic {basic}")));
+    assert!(seen_basic, "the credentials were not used");
+    for path in ["/metrics", "/readyz"] {
+        let text = client
+            .get(wharf.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        leaks(path, &text);
+    }
+    let log = fs::read_to_string(&wharf.log).unwrap();
+    assert!(log.contains("can be read by other users"));
+    assert!(log.lines().count() > 20, "trace logging was not on");
+    leaks("the log", &log);
 }

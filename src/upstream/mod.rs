@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE,
+};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
@@ -63,6 +65,17 @@ impl Credentials {
             base64::engine::general_purpose::STANDARD.encode(raw)
         )
     }
+}
+
+/// An `Authorization` value, marked sensitive so that no `Debug` output or HTTP/2 header
+/// table ever carries it.
+fn authorization_value(value: &str) -> Result<HeaderValue, UpstreamError> {
+    let mut value = HeaderValue::from_str(value).map_err(|_| UpstreamError::Invalid {
+        upstream: "credentials".into(),
+        reason: "a credential holds characters not allowed in a header".into(),
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// One upstream registry.
@@ -335,7 +348,7 @@ impl Upstream {
         self.check_backoff()?;
         let mut request = self.http.get(url).timeout(self.read_timeout);
         if let Some(c) = &self.credentials {
-            request = request.header(AUTHORIZATION, c.basic_header());
+            request = request.header(AUTHORIZATION, authorization_value(&c.basic_header())?);
         }
         let response = request.send().await.map_err(|e| {
             self.record(Kind::Token, "error");
@@ -378,7 +391,7 @@ impl Upstream {
                 request = request.header(ACCEPT, accept);
             }
             if let Some(a) = &authorization {
-                request = request.header(AUTHORIZATION, a);
+                request = request.header(AUTHORIZATION, authorization_value(a)?);
             }
             if !matches!(kind, Kind::Blob) {
                 // Blobs may take long and are guarded by the read timeout; small answers get a
