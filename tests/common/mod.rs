@@ -72,6 +72,8 @@ pub struct Faults {
     pub manifest_delay: Option<Duration>,
     /// Manifest GETs: change the body but keep the digest header.
     pub tamper_manifests: bool,
+    /// Manifest GETs: send the body in chunks, without declaring its length.
+    pub chunked_manifests: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +209,21 @@ fn full(status: u16, headers: &[(&str, String)], body: impl Into<Bytes>) -> Resp
     .unwrap()
 }
 
+/// A 200 whose body goes out in 64 KiB chunks with no declared length.
+fn chunked(headers: &[(&str, String)], body: Bytes) -> Response<Body> {
+    let frames = (0..body.len()).step_by(64 * 1024).map(move |at| {
+        Ok(Frame::data(
+            body.slice(at..(at + 64 * 1024).min(body.len())),
+        ))
+    });
+    let mut r = Response::builder().status(StatusCode::OK);
+    for (k, v) in headers {
+        r = r.header(*k, v);
+    }
+    r.body(StreamBody::new(futures_util::stream::iter(frames.collect::<Vec<_>>())).boxed_unsync())
+        .unwrap()
+}
+
 type State = (
     Arc<Mutex<Content>>,
     Arc<Mutex<Faults>>,
@@ -309,6 +326,13 @@ async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -
             };
             if faults.tamper_manifests {
                 body = Bytes::from([&body[..], b" "].concat());
+            }
+            if faults.chunked_manifests && !head {
+                let headers = [
+                    ("content-type", media_type),
+                    ("docker-content-digest", digest),
+                ];
+                return chunked(&headers, body);
             }
             let headers = [
                 ("content-type", media_type),
