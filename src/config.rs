@@ -33,6 +33,14 @@ pub struct ServerConfig {
     /// Serve HTTPS with this certificate instead of plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Serve `/metrics` here (plain HTTP, with `/healthz` and `/readyz`) instead of on
+    /// `listen`, so the pull port can be exposed while metrics stay internal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Only clients from these networks may use the pull API and `/metrics` on `listen`
+    /// (health checks answer everyone); absent: every client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_from: Option<Vec<ipnet::IpNet>>,
     pub limits: Limits,
 }
 
@@ -167,6 +175,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
             shutdown_grace: Duration::from_secs(30),
             tls: None,
+            metrics_listen: None,
+            allow_from: None,
             limits: Limits::default(),
         }
     }
@@ -350,6 +360,16 @@ impl Config {
             if u.connect_timeout.is_zero() || u.read_timeout.is_zero() {
                 return invalid(format!("upstream[{i}]: timeouts must be greater than zero"));
             }
+        }
+        if self.server.allow_from.as_ref().is_some_and(Vec::is_empty) {
+            return invalid(
+                "server.allow_from is empty, which would refuse every client; \
+                 leave it out to allow every address"
+                    .into(),
+            );
+        }
+        if self.server.metrics_listen == Some(self.server.listen) {
+            return invalid("server.metrics_listen must differ from server.listen".into());
         }
         let limits = &self.server.limits;
         if limits.max_connections == 0 || limits.max_streams == 0 {

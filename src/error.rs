@@ -33,6 +33,8 @@ pub enum ClientError {
     UnknownRegistry(String),
     #[error("repository {0} is not mirrored here")]
     RepositoryNotAllowed(String),
+    #[error("this mirror does not serve the client's address")]
+    AddressNotAllowed,
     #[error("{0} is not supported by this pull-through mirror")]
     Unsupported(&'static str),
     #[error("method not allowed")]

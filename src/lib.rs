@@ -83,7 +83,25 @@ async fn run_with(
         config.cache.clone(),
         metrics.clone(),
     );
-    let state = server::AppState { mirror, metrics };
+    let state = server::AppState {
+        mirror,
+        metrics,
+        access: Arc::new(server::Access {
+            allow_from: config.server.allow_from.clone(),
+        }),
+    };
+    let operations = match config.server.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                Error::Internal(format!(
+                    "cannot listen on {addr} (server.metrics_listen): {e}"
+                ))
+            })?;
+            tracing::info!(listen = %listener.local_addr()?, "operational endpoints are served apart");
+            Some(listener)
+        }
+    };
     tracing::info!(
         listen = %listener.local_addr()?,
         https = tls.is_some(),
@@ -96,7 +114,7 @@ async fn run_with(
         limits: config.server.limits.clone(),
         grace: config.server.shutdown_grace,
     };
-    server::serve(listener, state, shutdown, listening, hangups).await;
+    server::serve(listener, operations, state, shutdown, listening, hangups).await;
     sweeper.abort();
     Ok(())
 }

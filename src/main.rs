@@ -124,7 +124,7 @@ fn main() -> anyhow::Result<()> {
                 None => {
                     let mut config = wharf::Config::load(config.as_deref())?;
                     config.cache.dir = dir.unwrap_or(config.cache.dir);
-                    wharf::warm::Target::CacheDir(config)
+                    wharf::warm::Target::CacheDir(Box::new(config))
                 }
             };
             let platforms = match (all_platforms, platforms.is_empty()) {

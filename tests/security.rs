@@ -109,3 +109,78 @@ async fn redirect_loops_and_other_schemes_end_in_a_quick_502() {
     assert_eq!(r.status(), 502);
     assert!(!wharf.has_blob(&digest));
 }
+
+#[tokio::test]
+async fn only_allowed_networks_may_pull_while_health_checks_answer_everyone() {
+    let upstream = FakeRegistry::start().await;
+    upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
+    let start = |allow: &'static str| {
+        let upstream = &upstream;
+        async move {
+            let cache = tempfile::tempdir().unwrap();
+            let toml = format!(
+                "[server]\nallow_from = {allow}\n{}",
+                config_toml(upstream, cache.path(), "", "")
+            );
+            Wharf::start_with_config(&toml, cache).await
+        }
+    };
+
+    let elsewhere = start(r#"["10.0.0.0/8", "fd00::/8"]"#).await;
+    for path in ["/v2/", "/v2/library/app/manifests/v1", "/metrics"] {
+        let r = elsewhere.get(path).await;
+        assert_eq!(r.status(), 403, "{path}");
+        assert_eq!(error_code(r).await, "DENIED", "{path}");
+    }
+    assert_eq!(elsewhere.get("/healthz").await.status(), 200);
+    assert_eq!(elsewhere.get("/readyz").await.status(), 200);
+    assert!(upstream.seen().is_empty());
+
+    let here = start(r#"["127.0.0.0/8"]"#).await;
+    assert_eq!(here.get("/v2/library/app/manifests/v1").await.status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_can_live_on_a_listener_of_their_own() {
+    let upstream = FakeRegistry::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cache = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[server]\nmetrics_listen = \"127.0.0.1:{port}\"\n{}",
+        config_toml(&upstream, cache.path(), "", "")
+    );
+    let wharf = Wharf::start_with_config(&toml, cache).await;
+
+    // The pull port: the API and health checks, no metrics.
+    assert_eq!(wharf.get("/v2/").await.status(), 200);
+    assert_eq!(wharf.get("/healthz").await.status(), 200);
+    assert_eq!(wharf.get("/metrics").await.status(), 404);
+
+    // The operational port: metrics and health checks, no API.
+    let operations = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let r = wharf
+        .client
+        .get(operations("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("wharf_http_requests_total"));
+    let r = wharf
+        .client
+        .get(operations("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = wharf.client.get(operations("/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}

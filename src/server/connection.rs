@@ -21,7 +21,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::sendfile::FileRanges;
-use super::{serve_request, AppState};
+use super::{serve_request, AppState, Client, Surface};
 use crate::config::Limits;
 
 /// After an idle connection is asked to close, how long it may take to do so before it is
@@ -35,6 +35,7 @@ pub struct Connection {
     pub shutdown: watch::Receiver<bool>,
     pub state: AppState,
     pub peer: SocketAddr,
+    pub surface: Surface,
     pub limits: Limits,
     /// Its place under `max_connections`, given back when the connection ends.
     pub permit: OwnedSemaphorePermit,
@@ -52,9 +53,11 @@ impl Connection {
             mut shutdown,
             state,
             peer,
+            surface,
             limits,
             permit: _permit,
         } = self;
+        let client = Client { peer, surface };
         let began = Instant::now();
         let activity = Activity::default();
         let first_request = Arc::new(AtomicBool::new(false));
@@ -63,7 +66,9 @@ impl Connection {
             service_fn(move |request| {
                 first_request.store(true, Ordering::Relaxed);
                 let (state, file_ranges) = (state.clone(), file_ranges.clone());
-                async move { Ok::<_, Infallible>(serve_request(state, request, file_ranges).await) }
+                async move {
+                    Ok::<_, Infallible>(serve_request(state, request, client, file_ranges).await)
+                }
             })
         };
         let io = Watched {

@@ -10,6 +10,7 @@ mod sendfile;
 mod tls;
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use tokio::signal::unix::Signal;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Limits;
+use crate::error::ClientError;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use connection::Connection;
@@ -34,6 +36,39 @@ pub use tls::Tls;
 pub struct AppState {
     pub mirror: Arc<Mirror>,
     pub metrics: Metrics,
+    pub access: Arc<Access>,
+}
+
+/// Who may use the pull API, by source address.
+#[derive(Debug, Default)]
+pub struct Access {
+    /// `None`: every address.
+    pub allow_from: Option<Vec<ipnet::IpNet>>,
+}
+
+impl Access {
+    /// Whether `client` may have `route`. Health checks answer everyone, so probes work from
+    /// wherever they come; the operational listener is bound to an internal address by the
+    /// operator and not filtered either.
+    fn allows(&self, client: Client, route: &route::Route) -> bool {
+        if client.surface == Surface::Operations
+            || matches!(route, route::Route::Health | route::Route::Ready)
+        {
+            return true;
+        }
+        // A v4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
+        let ip: IpAddr = client.peer.ip().to_canonical();
+        self.allow_from
+            .as_ref()
+            .map_or(true, |nets| nets.iter().any(|net| net.contains(&ip)))
+    }
+}
+
+/// Who sent a request, and to which listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub peer: SocketAddr,
+    pub surface: Surface,
 }
 
 /// Answers one request: route, handle, map any error, count and log it once. `file_ranges` is
@@ -42,6 +77,7 @@ pub struct AppState {
 async fn serve_request(
     state: AppState,
     request: Request<Incoming>,
+    client: Client,
     file_ranges: Option<FileRanges>,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -49,6 +85,15 @@ async fn serve_request(
     let path = request.uri().path().to_owned();
     let route = route::parse(&method, &path, request.uri().query(), |name| {
         state.mirror.is_registry(name)
+    })
+    .and_then(|route| {
+        if !client.surface.serves(&route) {
+            Err(ClientError::NotFound)
+        } else if !state.access.allows(client, &route) {
+            Err(ClientError::AddressNotAllowed)
+        } else {
+            Ok(route)
+        }
     });
     let label = route.as_ref().map_or("other", route::Route::label);
     let head = method == http::Method::HEAD;
@@ -113,22 +158,67 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The pull API and the operational endpoints.
+    All,
+    /// The pull API and health checks: `/metrics` has a listener of its own.
+    Pull,
+    /// `/metrics`, `/healthz` and `/readyz` only.
+    Operations,
+}
+
+impl Surface {
+    fn serves(self, route: &route::Route) -> bool {
+        use route::Route;
+        match self {
+            Surface::All => true,
+            Surface::Pull => !matches!(route, Route::Metrics),
+            Surface::Operations => matches!(route, Route::Metrics | Route::Health | Route::Ready),
+        }
+    }
+}
+
+/// What every accept loop shares.
+#[derive(Clone)]
+struct Accepting {
+    builder: auto::Builder<TokioExecutor>,
+    state: AppState,
+    limits: Limits,
+    /// Places under `max_connections`, shared by every listener.
+    slots: Arc<Semaphore>,
+    /// Handed to each connection: becomes `true` when the server shuts down.
+    closing: watch::Receiver<bool>,
+    /// Becomes `true` when the listeners should stop accepting.
+    stop: watch::Receiver<bool>,
+}
+
 /// Serves until `shutdown` resolves, then lets open connections finish for up to the grace
-/// period. With TLS, every connection is HTTPS (HTTP/1.1 or HTTP/2 by ALPN), and the
-/// certificate is reloaded while serving.
+/// period. With TLS, every connection to `listener` is HTTPS (HTTP/1.1 or HTTP/2 by ALPN), and
+/// the certificate is reloaded while serving. `operations`, if given, is a plain-HTTP listener
+/// for the operational endpoints, which `listener` then leaves out.
 pub async fn serve(
     listener: TcpListener,
+    operations: Option<TcpListener>,
     state: AppState,
     shutdown: impl Future<Output = ()>,
     listening: Listening,
     hangups: Option<Signal>,
 ) {
     let Listening { tls, limits, grace } = listening;
-    let builder = http_builder(&limits);
     // Every connection holds a receiver: `true` asks it to close, and the sender learns when
     // the last one is gone.
     let (closing, closing_seen) = watch::channel(false);
-    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop, stopped) = watch::channel(false);
+    let accepting = Accepting {
+        builder: http_builder(&limits),
+        state,
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        limits,
+        closing: closing_seen,
+        stop: stopped,
+    };
     let tls = tls.map(Arc::new);
     // SIGHUP reloads the certificate; without one it is only logged (`systemctl reload` may
     // send it to any wharf).
@@ -136,12 +226,53 @@ pub async fn serve(
         Some(tls) => tokio::spawn(tls.watch(hangups)),
         None => tokio::spawn(nothing_to_reload(hangups)),
     };
-    tokio::pin!(shutdown);
+    let pull_surface = match operations {
+        Some(_) => Surface::Pull,
+        None => Surface::All,
+    };
+    let operations = async {
+        if let Some(listener) = operations {
+            accept_loop(listener, Surface::Operations, None, accepting.clone()).await;
+        }
+    };
+    tokio::join!(
+        accept_loop(listener, pull_surface, tls, accepting.clone()),
+        operations,
+        async {
+            shutdown.await;
+            let _ = stop.send(true);
+        },
+    );
+    drop(accepting);
+    reloads.abort();
+    tracing::info!("shutting down: waiting for open connections");
+    let _ = closing.send(true);
+    tokio::select! {
+        () = closing.closed() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the rest"),
+    }
+}
+
+/// Accepts connections on `listener` and serves each in a task of its own, until told to stop.
+async fn accept_loop(
+    listener: TcpListener,
+    surface: Surface,
+    tls: Option<Arc<Tls>>,
+    accepting: Accepting,
+) {
+    let Accepting {
+        builder,
+        state,
+        limits,
+        slots,
+        closing,
+        mut stop,
+    } = accepting;
     loop {
         // At the cap, stop accepting: new connections wait in the kernel's queue.
         let permit = tokio::select! {
-            permit = connection_slots.clone().acquire_owned() => permit.expect("never closed"),
-            () = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+            _ = stop.changed() => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -153,14 +284,15 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             builder: builder.clone(),
-            shutdown: closing_seen.clone(),
+            shutdown: closing.clone(),
             state: state.clone(),
             peer,
+            surface,
             limits: limits.clone(),
             permit,
         };
@@ -180,15 +312,6 @@ pub async fn serve(
                 });
             }
         }
-    }
-    drop(listener);
-    drop(closing_seen);
-    reloads.abort();
-    tracing::info!("shutting down: waiting for open connections");
-    let _ = closing.send(true);
-    tokio::select! {
-        () = closing.closed() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the rest"),
     }
 }
 

@@ -42,7 +42,9 @@ fn classify(error: &Error) -> (StatusCode, ErrorCode) {
                 (S::BAD_REQUEST, ErrorCode::TagInvalid)
             }
             ClientError::UnknownRegistry(_) => (S::NOT_FOUND, ErrorCode::NameUnknown),
-            ClientError::RepositoryNotAllowed(_) => (S::FORBIDDEN, ErrorCode::Denied),
+            ClientError::RepositoryNotAllowed(_) | ClientError::AddressNotAllowed => {
+                (S::FORBIDDEN, ErrorCode::Denied)
+            }
             ClientError::Unsupported(_) | ClientError::MethodNotAllowed => {
                 (S::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
             }

@@ -261,7 +261,7 @@ pub enum Target {
     Server { url: Url, ca_file: Option<PathBuf> },
     /// A cache directory (the config's), through a wharf started here on loopback for the
     /// duration.
-    CacheDir(Config),
+    CacheDir(Box<Config>),
 }
 
 /// Warms `images` into `target`, showing progress on stderr, and ends with a summary line.
@@ -278,7 +278,7 @@ pub async fn run(
             warm(&client, &url, images, platforms, jobs, &progress).await
         }
         Target::CacheDir(config) => {
-            warm_cache_dir(config, images, platforms, jobs, &progress).await?
+            warm_cache_dir(*config, images, platforms, jobs, &progress).await?
         }
     };
     progress.finish(&report);
