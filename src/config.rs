@@ -139,6 +139,10 @@ pub struct UpstreamConfig {
     /// refused. Docker Hub's `auth.docker.io` is allowed for `registry-1.docker.io`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub token_realm_hosts: Vec<String>,
+    /// Requests in flight to this upstream at once (a blob until its body is read); more wait
+    /// for a place. 0: no cap.
+    #[serde(default = "defaults::max_fetches")]
+    pub max_fetches: usize,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -153,6 +157,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("pass_ns", &self.pass_ns)
             .field("repositories", &self.repositories)
             .field("token_realm_hosts", &self.token_realm_hosts)
+            .field("max_fetches", &self.max_fetches)
             .finish_non_exhaustive()
     }
 }
@@ -166,6 +171,10 @@ mod defaults {
 
     pub fn read_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+
+    pub fn max_fetches() -> usize {
+        128
     }
 }
 
@@ -219,6 +228,7 @@ impl UpstreamConfig {
             pass_ns: false,
             repositories: None,
             token_realm_hosts: Vec::new(),
+            max_fetches: defaults::max_fetches(),
         }
     }
 }

@@ -164,3 +164,28 @@ async fn an_idle_connection_is_closed_but_a_slow_download_is_not() {
     assert_eq!(body, blob);
     assert!(started.elapsed() > Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_never_has_more_than_max_fetches_in_flight() {
+    let upstream = FakeRegistry::start().await;
+    let blobs: Vec<_> = (0..6).map(|i| random_bytes(512 * 1024, 100 + i)).collect();
+    let digests: Vec<_> = blobs.iter().map(|b| upstream.add_blob(b.clone())).collect();
+    upstream.faults().chunk_delay = Some(Duration::from_millis(20));
+    let cache = tempfile::tempdir().unwrap();
+    let toml = common::config_toml(&upstream, cache.path(), "", "max_fetches = 2");
+    let wharf = Wharf::start_with_config(&toml, cache).await;
+
+    let pulls = digests.iter().map(|digest| {
+        let url = wharf.url(&format!("/v2/library/app/blobs/{digest}"));
+        let client = wharf.client.clone();
+        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
+    });
+    let bodies = futures_util::future::join_all(pulls).await;
+    assert_eq!(bodies, blobs);
+    let most = upstream
+        .faults()
+        .blob_streams
+        .most
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(most, 2, "blob bodies in flight upstream at once");
+}

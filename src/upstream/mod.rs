@@ -15,6 +15,7 @@ use reqwest::header::{
     HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE,
 };
 use reqwest::{Method, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 pub use auth::Challenge;
@@ -97,6 +98,8 @@ pub struct Upstream {
     repositories: Option<Vec<RepoPattern>>,
     /// Hosts that may issue this upstream's tokens (its own host included).
     token_realm_hosts: Vec<String>,
+    /// Requests in flight to this upstream, blob bodies until read to the end; `None`: no cap.
+    fetch_slots: Option<Arc<Semaphore>>,
     metrics: Metrics,
 }
 
@@ -121,6 +124,8 @@ pub struct ListingResponse {
 /// A blob body being received from the upstream.
 pub struct BlobStream {
     response: reqwest::Response,
+    /// Its place under the upstream's `max_fetches`, held until the body is dropped.
+    _slot: Option<OwnedSemaphorePermit>,
     /// Read when the response arrived: reqwest's own `content_length` is what remains of the
     /// body, which shrinks as it is read.
     declared: Option<u64>,
@@ -202,12 +207,21 @@ impl Upstream {
             backoff: Backoff::default(),
             repositories: config.repositories.clone(),
             token_realm_hosts: realm_hosts(config),
+            fetch_slots: (config.max_fetches > 0)
+                .then(|| Arc::new(Semaphore::new(config.max_fetches))),
             metrics,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A place under `max_fetches`, waited for if they are all taken. Token requests take
+    /// none, so a request holding one can always authenticate.
+    async fn fetch_slot(&self) -> Option<OwnedSemaphorePermit> {
+        let slots = self.fetch_slots.clone()?;
+        Some(slots.acquire_owned().await.expect("never closed"))
     }
 
     /// Whether the configured allow-list lets clients pull `repo` from this upstream.
@@ -444,6 +458,7 @@ impl Upstream {
     ) -> Result<ManifestResponse, UpstreamError> {
         let method = if head { Method::HEAD } else { Method::GET };
         let url = self.url(repo, &format!("manifests/{reference}"));
+        let _slot = self.fetch_slot().await;
         let response = self
             .send(Kind::Manifest, method, url, Some(accept), repo)
             .await?;
@@ -486,11 +501,13 @@ impl Upstream {
         digest: &Digest,
     ) -> Result<BlobStream, UpstreamError> {
         let url = self.url(repo, &format!("blobs/{digest}"));
+        let slot = self.fetch_slot().await;
         let response = self.send(Kind::Blob, Method::GET, url, None, repo).await?;
         if !response.status().is_success() {
             return Err(self.status_error(&response));
         }
         Ok(BlobStream {
+            _slot: slot,
             declared: response.content_length(),
             response,
             upstream: self.name.clone(),
@@ -505,6 +522,7 @@ impl Upstream {
         digest: &Digest,
     ) -> Result<Option<u64>, UpstreamError> {
         let url = self.url(repo, &format!("blobs/{digest}"));
+        let _slot = self.fetch_slot().await;
         let response = self.send(Kind::Blob, Method::HEAD, url, None, repo).await?;
         if !response.status().is_success() {
             return Err(self.status_error(&response));
@@ -519,6 +537,7 @@ impl Upstream {
         path_and_query: &str,
     ) -> Result<ListingResponse, UpstreamError> {
         let url = self.url(repo, path_and_query);
+        let _slot = self.fetch_slot().await;
         let response = self
             .send(
                 Kind::Listing,

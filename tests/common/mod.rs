@@ -74,6 +74,33 @@ pub struct Faults {
     pub tamper_manifests: bool,
     /// Manifest GETs: send the body in chunks, without declaring its length.
     pub chunked_manifests: bool,
+    /// Counts blob bodies being sent (shared by every clone of these faults).
+    pub blob_streams: Arc<Streams>,
+}
+
+/// Blob bodies in flight now, and the most there ever were at once.
+#[derive(Default)]
+pub struct Streams {
+    pub now: std::sync::atomic::AtomicUsize,
+    pub most: std::sync::atomic::AtomicUsize,
+}
+
+/// One blob body in flight, counted until dropped.
+struct Streaming(Arc<Streams>);
+
+impl Streaming {
+    fn new(streams: &Arc<Streams>) -> Streaming {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = streams.now.fetch_add(1, SeqCst) + 1;
+        streams.most.fetch_max(now, SeqCst);
+        Streaming(streams.clone())
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -397,7 +424,9 @@ fn stream_blob(blob: Bytes, faults: &Faults, headers: &[(&str, String)]) -> Resp
     let delay = faults.chunk_delay;
     let stall_at = faults.stall_blob_after;
     const CHUNK: usize = 64 * 1024;
+    let streaming = Streaming::new(&faults.blob_streams);
     let chunks = futures_util::stream::unfold(0usize, move |pos| {
+        let _counted = &streaming;
         let data = data.clone();
         async move {
             if pos >= send_len {
