@@ -42,6 +42,26 @@ pub struct ServerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_from: Option<Vec<ipnet::IpNet>>,
     pub limits: Limits,
+    pub rate_limit: RateLimit,
+}
+
+/// Requests each client address may make to the pull API: a token bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained requests per second per client address; 0: no limit.
+    pub requests_per_second: f64,
+    /// Requests a client may make at once before the rate applies.
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            requests_per_second: 0.0,
+            burst: 100,
+        }
+    }
 }
 
 /// What one client, or all of them together, may hold of the server.
@@ -187,6 +207,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             allow_from: None,
             limits: Limits::default(),
+            rate_limit: RateLimit::default(),
         }
     }
 }
@@ -380,6 +401,10 @@ impl Config {
         }
         if self.server.metrics_listen == Some(self.server.listen) {
             return invalid("server.metrics_listen must differ from server.listen".into());
+        }
+        let rate = &self.server.rate_limit;
+        if !(rate.requests_per_second >= 0.0 && rate.requests_per_second.is_finite()) {
+            return invalid("server.rate_limit.requests_per_second must be 0 or more".into());
         }
         let limits = &self.server.limits;
         if limits.max_connections == 0 || limits.max_streams == 0 {

@@ -86,9 +86,10 @@ async fn run_with(
     let state = server::AppState {
         mirror,
         metrics,
-        access: Arc::new(server::Access {
-            allow_from: config.server.allow_from.clone(),
-        }),
+        access: Arc::new(server::Access::new(
+            config.server.allow_from.clone(),
+            &config.server.rate_limit,
+        )),
     };
     let operations = match config.server.metrics_listen {
         None => None,

@@ -189,3 +189,26 @@ async fn the_upstream_never_has_more_than_max_fetches_in_flight() {
         .load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(most, 2, "blob bodies in flight upstream at once");
 }
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_with_retry_after() {
+    let upstream = FakeRegistry::start().await;
+    let wharf = Wharf::start(
+        &upstream,
+        "[server.rate_limit]\nrequests_per_second = 2\nburst = 5\n",
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(wharf.get("/v2/").await.status(), 200);
+    }
+    let r = wharf.get("/v2/").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(common::error_code(r).await, "TOOMANYREQUESTS");
+    // Health checks are not counted or refused.
+    assert_eq!(wharf.get("/healthz").await.status(), 200);
+    // Half a second buys one more request at 2 per second.
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    assert_eq!(wharf.get("/v2/").await.status(), 200);
+    assert_eq!(wharf.get("/v2/").await.status(), 429);
+}

@@ -4,6 +4,7 @@
 mod connection;
 mod handlers;
 mod range;
+mod rate;
 mod response;
 pub mod route;
 mod sendfile;
@@ -39,28 +40,49 @@ pub struct AppState {
     pub access: Arc<Access>,
 }
 
-/// Who may use the pull API, by source address.
-#[derive(Debug, Default)]
+/// Who may use the pull API, by source address, and how often.
+#[derive(Default)]
 pub struct Access {
     /// `None`: every address.
     pub allow_from: Option<Vec<ipnet::IpNet>>,
+    /// `None`: no limit.
+    rate: Option<rate::RateLimiter>,
 }
 
 impl Access {
+    pub fn new(allow_from: Option<Vec<ipnet::IpNet>>, rate: &crate::config::RateLimit) -> Access {
+        Access {
+            allow_from,
+            rate: rate::RateLimiter::new(rate),
+        }
+    }
+
     /// Whether `client` may have `route`. Health checks answer everyone, so probes work from
     /// wherever they come; the operational listener is bound to an internal address by the
     /// operator and not filtered either.
-    fn allows(&self, client: Client, route: &route::Route) -> bool {
+    fn allows(&self, client: Client, route: &route::Route) -> Result<(), ClientError> {
         if client.surface == Surface::Operations
             || matches!(route, route::Route::Health | route::Route::Ready)
         {
-            return true;
+            return Ok(());
         }
         // A v4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
         let ip: IpAddr = client.peer.ip().to_canonical();
-        self.allow_from
+        let listed = self
+            .allow_from
             .as_ref()
-            .map_or(true, |nets| nets.iter().any(|net| net.contains(&ip)))
+            .map_or(true, |nets| nets.iter().any(|net| net.contains(&ip)));
+        if !listed {
+            return Err(ClientError::AddressNotAllowed);
+        }
+        match &self.rate {
+            Some(limiter) => limiter
+                .take(ip)
+                .map_err(|wait| ClientError::TooManyRequests {
+                    retry_after_secs: wait.as_secs() + 1,
+                }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -88,12 +110,9 @@ async fn serve_request(
     })
     .and_then(|route| {
         if !client.surface.serves(&route) {
-            Err(ClientError::NotFound)
-        } else if !state.access.allows(client, &route) {
-            Err(ClientError::AddressNotAllowed)
-        } else {
-            Ok(route)
+            return Err(ClientError::NotFound);
         }
+        state.access.allows(client, &route).map(|()| route)
     });
     let label = route.as_ref().map_or("other", route::Route::label);
     let head = method == http::Method::HEAD;

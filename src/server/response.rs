@@ -45,6 +45,9 @@ fn classify(error: &Error) -> (StatusCode, ErrorCode) {
             ClientError::RepositoryNotAllowed(_) | ClientError::AddressNotAllowed => {
                 (S::FORBIDDEN, ErrorCode::Denied)
             }
+            ClientError::TooManyRequests { .. } => {
+                (S::TOO_MANY_REQUESTS, ErrorCode::Toomanyrequests)
+            }
             ClientError::Unsupported(_) | ClientError::MethodNotAllowed => {
                 (S::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
             }
@@ -103,6 +106,9 @@ pub fn error_response(error: &Error, head: bool) -> Response<Body> {
             if let Ok(v) = HeaderValue::from_str(after) {
                 response = response.header(RETRY_AFTER, v);
             }
+        }
+        Error::Client(ClientError::TooManyRequests { retry_after_secs }) => {
+            response = response.header(RETRY_AFTER, *retry_after_secs);
         }
         Error::Client(ClientError::RangeNotSatisfiable { size }) => {
             response = response.header(CONTENT_RANGE, format!("bytes */{size}"));
