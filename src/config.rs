@@ -163,6 +163,12 @@ pub struct UpstreamConfig {
     /// for a place. 0: no cap.
     #[serde(default = "defaults::max_fetches")]
     pub max_fetches: usize,
+    /// With credentials: a blob cached through one repository is served through another only
+    /// after the upstream confirms (a `HEAD`, remembered a while) that this one may read it, so
+    /// a digest cannot unlock another repository's private layers. Off for registries whose
+    /// content is all public to every client of this mirror.
+    #[serde(default = "defaults::yes")]
+    pub confirm_access: bool,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -178,6 +184,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("repositories", &self.repositories)
             .field("token_realm_hosts", &self.token_realm_hosts)
             .field("max_fetches", &self.max_fetches)
+            .field("confirm_access", &self.confirm_access)
             .finish_non_exhaustive()
     }
 }
@@ -195,6 +202,10 @@ mod defaults {
 
     pub fn max_fetches() -> usize {
         128
+    }
+
+    pub fn yes() -> bool {
+        true
     }
 }
 
@@ -250,6 +261,7 @@ impl UpstreamConfig {
             repositories: None,
             token_realm_hosts: Vec::new(),
             max_fetches: defaults::max_fetches(),
+            confirm_access: true,
         }
     }
 }

@@ -184,3 +184,89 @@ async fn metrics_can_live_on_a_listener_of_their_own() {
     let r = wharf.client.get(operations("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn a_private_blob_cached_through_one_repository_needs_the_upstreams_word_for_another() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(64 * 1024, 5);
+    let digest = upstream.add_blob(blob.clone());
+    upstream.faults().hidden_repos = vec!["other/app".into()];
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "pw\n").unwrap();
+    let credentials = format!(
+        "username = \"wharf\"\npassword_file = {:?}",
+        secret.path().display().to_string()
+    );
+    let start = |extra: String| {
+        let upstream = &upstream;
+        async move {
+            let cache = tempfile::tempdir().unwrap();
+            let toml = config_toml(upstream, cache.path(), "", &extra);
+            Wharf::start_with_config(&toml, cache).await
+        }
+    };
+    let heads = |repo: &str| {
+        upstream
+            .seen()
+            .iter()
+            .filter(|s| s.method == "HEAD" && s.path.starts_with(&format!("/v2/{repo}/")))
+            .count()
+    };
+    let blob_path = |repo: &str| format!("/v2/{repo}/blobs/{digest}");
+
+    let wharf = start(credentials.clone()).await;
+    assert_eq!(
+        wharf
+            .get(&blob_path("library/app"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        blob
+    );
+    assert!(wharf.settled(&digest).await);
+    // The fetching repository is not asked again.
+    assert_eq!(wharf.get(&blob_path("library/app")).await.status(), 200);
+    assert_eq!(heads("library/app"), 0);
+
+    // A repository the upstream hides gets no byte, by GET or HEAD.
+    let r = wharf.get(&blob_path("other/app")).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
+    let r = wharf
+        .client
+        .head(wharf.url(&blob_path("other/app")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(heads("other/app") >= 2);
+
+    // A repository that may read it is asked once, then remembered.
+    assert_eq!(
+        wharf
+            .get(&blob_path("team/app"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        blob
+    );
+    assert_eq!(wharf.get(&blob_path("team/app")).await.status(), 200);
+    assert_eq!(heads("team/app"), 1);
+    wharf.stop().await;
+
+    // Without credentials (a public upstream), or with the check off, no one is asked.
+    for extra in [
+        String::new(),
+        format!("{credentials}\nconfirm_access = false"),
+    ] {
+        let before = heads("other/app");
+        let wharf = start(extra).await;
+        assert_eq!(wharf.get(&blob_path("library/app")).await.status(), 200);
+        assert!(wharf.settled(&digest).await);
+        assert_eq!(wharf.get(&blob_path("other/app")).await.status(), 200);
+        assert_eq!(heads("other/app"), before);
+        wharf.stop().await;
+    }
+}

@@ -36,6 +36,10 @@ struct HotManifest {
 
 type ManifestKey = (Arc<str>, RepoName, String, String);
 type ListingKey = (Arc<str>, RepoName, String);
+type AccessKey = (Arc<str>, RepoName, Digest);
+
+/// How long an upstream's word that a repository may read a blob is trusted.
+const ACCESS_CONFIRMED_FOR: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 pub struct Mirror {
     upstreams: Upstreams,
@@ -46,6 +50,8 @@ pub struct Mirror {
     manifest_fetches: Flights<ManifestKey, Result<Arc<StoredManifest>, Error>>,
     revalidations: Flights<ManifestKey, Result<Option<Digest>, Error>>,
     listings: AsyncCache<ListingKey, Arc<ListingResponse>>,
+    /// Repositories a private upstream has confirmed may read a blob.
+    confirmed: Cache<AccessKey, ()>,
     config: CacheConfig,
     metrics: Metrics,
 }
@@ -74,6 +80,10 @@ impl Mirror {
             listings: AsyncCache::builder()
                 .max_capacity(10_000)
                 .time_to_live(config.listing_ttl)
+                .build(),
+            confirmed: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ACCESS_CONFIRMED_FOR)
                 .build(),
             config,
             metrics,

@@ -100,6 +100,9 @@ pub struct Upstream {
     token_realm_hosts: Vec<String>,
     /// Requests in flight to this upstream, blob bodies until read to the end; `None`: no cap.
     fetch_slots: Option<Arc<Semaphore>>,
+    /// Content fetched with credentials is served through another repository only once the
+    /// upstream confirms that repository may read it.
+    confirms_access: bool,
     metrics: Metrics,
 }
 
@@ -207,6 +210,7 @@ impl Upstream {
             backoff: Backoff::default(),
             repositories: config.repositories.clone(),
             token_realm_hosts: realm_hosts(config),
+            confirms_access: config.confirm_access && config.username.is_some(),
             fetch_slots: (config.max_fetches > 0)
                 .then(|| Arc::new(Semaphore::new(config.max_fetches))),
             metrics,
@@ -222,6 +226,13 @@ impl Upstream {
     async fn fetch_slot(&self) -> Option<OwnedSemaphorePermit> {
         let slots = self.fetch_slots.clone()?;
         Some(slots.acquire_owned().await.expect("never closed"))
+    }
+
+    /// Whether a blob cached through one repository needs the upstream's word before it is
+    /// served through another: the upstream is private (wharf holds credentials for it) and
+    /// `confirm_access` is on.
+    pub fn confirms_access(&self) -> bool {
+        self.confirms_access
     }
 
     /// Whether the configured allow-list lets clients pull `repo` from this upstream.

@@ -74,6 +74,9 @@ pub struct Faults {
     pub tamper_manifests: bool,
     /// Manifest GETs: send the body in chunks, without declaring its length.
     pub chunked_manifests: bool,
+    /// Repositories whose every request is answered 404, as a registry hides a private
+    /// repository from credentials that may not read it.
+    pub hidden_repos: Vec<String>,
     /// Counts blob bodies being sent (shared by every clone of these faults).
     pub blob_streams: Arc<Streams>,
 }
@@ -323,6 +326,9 @@ async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -
     let [reference, kind, repo] = parts[..] else {
         return full(404, &[], "");
     };
+    if faults.hidden_repos.iter().any(|hidden| hidden == repo) {
+        return full(404, &[], r#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#);
+    }
     if kind == "manifests" {
         if let Some(delay) = faults.manifest_delay {
             tokio::time::sleep(delay).await;
