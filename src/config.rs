@@ -169,6 +169,9 @@ pub struct UpstreamConfig {
     /// content is all public to every client of this mirror.
     #[serde(default = "defaults::yes")]
     pub confirm_access: bool,
+    /// Bytes per second taken from this upstream, all requests together; absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth: Option<Size>,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -185,6 +188,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("token_realm_hosts", &self.token_realm_hosts)
             .field("max_fetches", &self.max_fetches)
             .field("confirm_access", &self.confirm_access)
+            .field("max_bandwidth", &self.max_bandwidth)
             .finish_non_exhaustive()
     }
 }
@@ -262,6 +266,7 @@ impl UpstreamConfig {
             token_realm_hosts: Vec::new(),
             max_fetches: defaults::max_fetches(),
             confirm_access: true,
+            max_bandwidth: None,
         }
     }
 }
@@ -398,6 +403,11 @@ impl Config {
                 return invalid(format!(
                     "upstream[{i}].repositories is empty, which would refuse everything; \
                      leave it out to allow every repository"
+                ));
+            }
+            if u.max_bandwidth.is_some_and(|b| b.bytes() == 0) {
+                return invalid(format!(
+                    "upstream[{i}].max_bandwidth must be more than 0; leave it out for no cap"
                 ));
             }
             if u.connect_timeout.is_zero() || u.read_timeout.is_zero() {

@@ -212,3 +212,28 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
     assert_eq!(wharf.get("/v2/").await.status(), 200);
     assert_eq!(wharf.get("/v2/").await.status(), 429);
 }
+
+#[tokio::test]
+async fn max_bandwidth_holds_an_upstream_to_its_rate() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(3 * 1024 * 1024, 11);
+    let digest = upstream.add_blob(blob.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let toml = common::config_toml(&upstream, cache.path(), "", "max_bandwidth = \"1MiB\"");
+    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let started = Instant::now();
+    let body = wharf
+        .get(&format!("/v2/library/app/blobs/{digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(body, blob);
+    // One second of bytes is free; the other two take two seconds at 1 MiB/s.
+    assert!(
+        took >= Duration::from_millis(1800),
+        "3 MiB at 1 MiB/s took {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}

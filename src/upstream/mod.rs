@@ -3,6 +3,7 @@
 
 mod auth;
 mod backoff;
+mod bandwidth;
 mod error;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use url::Url;
 pub use auth::Challenge;
 use auth::{TokenCache, TokenResponse};
 use backoff::Backoff;
+use bandwidth::Bandwidth;
 use error::classify;
 pub use error::UpstreamError;
 
@@ -103,6 +105,8 @@ pub struct Upstream {
     /// Content fetched with credentials is served through another repository only once the
     /// upstream confirms that repository may read it.
     confirms_access: bool,
+    /// `None`: no cap on the bytes per second taken from this upstream.
+    bandwidth: Option<Arc<Bandwidth>>,
     metrics: Metrics,
 }
 
@@ -129,6 +133,7 @@ pub struct BlobStream {
     response: reqwest::Response,
     /// Its place under the upstream's `max_fetches`, held until the body is dropped.
     _slot: Option<OwnedSemaphorePermit>,
+    bandwidth: Option<Arc<Bandwidth>>,
     /// Read when the response arrived: reqwest's own `content_length` is what remains of the
     /// body, which shrinks as it is read.
     declared: Option<u64>,
@@ -154,6 +159,13 @@ impl BlobStream {
                 .upstream_bytes
                 .with_label_values(&[&self.upstream])
                 .inc_by(c.len() as u64);
+            // Reading no faster than the cap lets TCP slow the upstream down.
+            if let Some(bandwidth) = &self.bandwidth {
+                let wait = bandwidth.take(c.len() as u64);
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
         Ok(chunk)
     }
@@ -211,6 +223,9 @@ impl Upstream {
             repositories: config.repositories.clone(),
             token_realm_hosts: realm_hosts(config),
             confirms_access: config.confirm_access && config.username.is_some(),
+            bandwidth: config
+                .max_bandwidth
+                .map(|rate| Arc::new(Bandwidth::new(rate.bytes()))),
             fetch_slots: (config.max_fetches > 0)
                 .then(|| Arc::new(Semaphore::new(config.max_fetches))),
             metrics,
@@ -519,6 +534,7 @@ impl Upstream {
         }
         Ok(BlobStream {
             _slot: slot,
+            bandwidth: self.bandwidth.clone(),
             declared: response.content_length(),
             response,
             upstream: self.name.clone(),
