@@ -108,4 +108,20 @@ mod tests {
         assert_eq!(r("bytes=-0").resolve(1000), None);
         assert_eq!(r("bytes=0-").resolve(0), None);
     }
+
+    proptest::proptest! {
+        /// Whatever the header and the size, parsing and resolving never panic, and a range
+        /// that resolves lies inside the blob and is not empty.
+        #[test]
+        fn resolved_ranges_lie_inside_the_blob(
+            header in "\\PC{0,40}|bytes=[0-9 ]{0,22}-[0-9 ]{0,22}",
+            size in 0u64..=u64::MAX,
+        ) {
+            if let Some(range) = parse(&header) {
+                if let Some((start, end)) = range.resolve(size) {
+                    proptest::prop_assert!(start < end && end <= size);
+                }
+            }
+        }
+    }
 }
