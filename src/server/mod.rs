@@ -44,7 +44,7 @@ pub struct AppState {
 #[derive(Default)]
 pub struct Access {
     /// `None`: every address.
-    pub allow_from: Option<Vec<ipnet::IpNet>>,
+    allow_from: Option<Vec<ipnet::IpNet>>,
     /// `None`: no limit.
     rate: Option<rate::RateLimiter>,
 }
