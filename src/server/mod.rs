@@ -41,7 +41,6 @@ pub struct AppState {
 }
 
 /// Who may use the pull API, by source address, and how often.
-#[derive(Default)]
 pub struct Access {
     /// `None`: every address.
     allow_from: Option<Vec<ipnet::IpNet>>,

@@ -186,14 +186,7 @@ impl Upstream {
         };
         let mut http = reqwest::Client::builder();
         if let Some(file) = &config.ca_file {
-            let pem = std::fs::read(file)
-                .map_err(|e| format!("cannot read ca_file {}: {e}", file.display()))?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("ca_file {}: {e}", file.display()))?;
-            if certificates.is_empty() {
-                return Err(format!("ca_file {}: no PEM certificate", file.display()));
-            }
-            for certificate in certificates {
+            for certificate in ca_bundle(file).map_err(|e| format!("ca_file {e}"))? {
                 http = http.add_root_certificate(certificate);
             }
         }
@@ -586,6 +579,18 @@ impl Upstream {
             body,
         })
     }
+}
+
+/// The certificates of a PEM bundle of CAs to trust besides the system's; a file that holds
+/// none is an error, not a silent fall-back to the system's roots.
+pub fn ca_bundle(file: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("{}: no PEM certificate", file.display()));
+    }
+    Ok(certificates)
 }
 
 /// Redirects sent by an upstream (a registry handing blobs to a CDN or object store) are

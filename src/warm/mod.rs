@@ -291,14 +291,7 @@ fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(120));
     if let Some(file) = ca_file {
-        let pem =
-            std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("{}: {e}", file.display()))?;
-        if certificates.is_empty() {
-            return Err(format!("{}: no PEM certificate", file.display()));
-        }
-        for certificate in certificates {
+        for certificate in crate::upstream::ca_bundle(file)? {
             builder = builder.add_root_certificate(certificate);
         }
     }
