@@ -179,3 +179,18 @@ render() {
         sed -i -E "s#^([[:space:]]*)\# ca = \"[^\"]*\".*#\1ca = \"$ca\"#" "$dest"
     fi
 }
+
+# registry_config FILE ADDR DIR: writes a CNCF distribution config serving ADDR from DIR.
+registry_config() {
+    cat >"$1" <<EOF
+version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: $3
+http:
+  addr: $2
+EOF
+}

@@ -110,17 +110,7 @@ ACCEPT='application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manif
 # ---- upstream registry -----------------------------------------------------------------------
 
 start_upstream() {
-    cat >"$WORK/registry.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  formatter: text
-storage:
-  filesystem:
-    rootdirectory: $WORK/registry-data
-http:
-  addr: $UP
-EOF
+    registry_config "$WORK/registry.yml" "$UP" "$WORK/registry-data"
     # The access log (one Apache-style line per request, with the user agent) goes to stdout.
     start_bg upstream /usr/bin/docker-registry serve "$WORK/registry.yml"
     UPSTREAM_PID=$STARTED_PID

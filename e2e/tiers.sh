@@ -11,17 +11,7 @@ EDGE2=127.0.0.1:$EDGE2_PORT
 TWO_NAME=registry.two.test
 
 start_second_registry() {
-    cat >"$WORK/registry2.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  formatter: text
-storage:
-  filesystem:
-    rootdirectory: $WORK/registry2-data
-http:
-  addr: $UP2
-EOF
+    registry_config "$WORK/registry2.yml" "$UP2" "$WORK/registry2-data"
     start_bg upstream2 /usr/bin/docker-registry serve "$WORK/registry2.yml"
     wait_until 30 curl -fsS --max-time 2 "http://$UP2/v2/"
 }
