@@ -10,6 +10,7 @@ PACKAGES=(
     runc            # runtime the daemons expect to find, even when only pulling
     podman          # a client under test (registries.conf mirrors)
     umoci           # cross-checks that the images built offline are valid
+    apache2-utils   # htpasswd: the bcrypt credentials file of the authentication checks
     python3         # builds the OCI image layouts (standard library only)
     jq
     curl
@@ -30,7 +31,7 @@ export DEBIAN_FRONTEND=noninteractive
 # Recommends are not needed: nothing here runs a container, the suite only pulls and unpacks.
 "${SUDO[@]}" apt-get install -y --no-install-recommends "${PACKAGES[@]}"
 
-for tool in docker-registry skopeo dockerd docker containerd ctr podman umoci python3 jq curl openssl promtool; do
+for tool in docker-registry skopeo dockerd docker containerd ctr podman umoci python3 jq curl openssl promtool htpasswd; do
     command -v "$tool" >/dev/null || { echo "install.sh: $tool is still missing" >&2; exit 1; }
 done
 echo "e2e dependencies installed"

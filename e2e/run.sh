@@ -16,6 +16,7 @@
 # Must run as root (private dockerd and containerd). Environment:
 #   KEEP_WORKDIR=1   keep the scratch directory (logs, configs, caches) for inspection
 #   DOCKER=...       docker CLI to use (default: docker on PATH)
+#   E2E_PHASES="test_containerd test_auth"   run only these phases, in this order
 set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -89,7 +90,8 @@ trap 'exit 130' INT TERM
 # to a public registry (Docker Hub for dockerd, say) can neither leave the machine nor succeed.
 # Go and curl never proxy loopback addresses, and NO_PROXY says so again.
 read -r UP_PORT WHARF_PORT TTL_PORT DEAD_PORT T1_PORT T2_PORT T3_PORT DISK_PORT CHURN_PORT \
-    TLS_PORT UP2_PORT REGIONAL_PORT EDGE_PORT EDGE2_PORT <<<"$(free_ports 14)"
+    TLS_PORT UP2_PORT REGIONAL_PORT EDGE_PORT EDGE2_PORT AUTH_PORT AUTH_OPS_PORT \
+    <<<"$(free_ports 16)"
 TIMING_PORTS=("$T1_PORT" "$T2_PORT" "$T3_PORT")
 export HTTP_PROXY=http://127.0.0.1:$DEAD_PORT HTTPS_PROXY=http://127.0.0.1:$DEAD_PORT
 export http_proxy=$HTTP_PROXY https_proxy=$HTTPS_PROXY
@@ -265,6 +267,8 @@ source "$HERE/cache.sh"
 source "$HERE/tls.sh"
 # shellcheck source=tiers.sh
 source "$HERE/tiers.sh"
+# shellcheck source=auth.sh
+source "$HERE/auth.sh"
 
 # ---- main ------------------------------------------------------------------------------------
 
@@ -287,11 +291,14 @@ main() {
     SEED_MARK=$(upstream_mark) # from here on, only wharf may talk to the upstream
     start_wharf wharf "$WHARF" "$WORK/cache"
 
-    local phase
-    for phase in test_skopeo test_dockerd test_containerd test_podman test_protocol test_repull \
-        test_single_fetch test_fan_in test_hang_up measure_timings test_tls test_tiers \
-        test_disk_full test_read_only test_churn \
-        test_upstream_outage; do # the outage comes last: it stops the upstream
+    local phase phases=(test_skopeo test_dockerd test_containerd test_podman test_protocol
+        test_repull test_single_fetch test_fan_in test_hang_up measure_timings test_tls test_tiers
+        test_auth test_disk_full test_read_only test_churn
+        test_upstream_outage) # the outage comes last: it stops the upstream
+    if [[ -n ${E2E_PHASES:-} ]]; then
+        read -ra phases <<<"$E2E_PHASES"
+    fi
+    for phase in "${phases[@]}"; do
         if budget_spent; then
             fail "$phase (not run: the suite's time budget of $SUITE_BUDGET s is spent)"
         else

@@ -41,8 +41,26 @@ pub struct ServerConfig {
     /// (health checks answer everyone); absent: every client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_from: Option<Vec<ipnet::IpNet>>,
+    /// Clients must authenticate to use the pull API and `/metrics` on `listen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
     pub limits: Limits,
     pub rate_limit: RateLimit,
+}
+
+/// Who may pull: the files that hold the clients' credentials. Both are read at start-up and
+/// again when they change or on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `user:hash` lines with bcrypt hashes (`htpasswd -B`), for HTTP Basic auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<PathBuf>,
+    /// Bearer tokens, one per line as `sha256:<hex of the token's SHA-256>`, then optionally a
+    /// label for the access log. A token may also be sent as a Basic password, with any user
+    /// name that is not in `htpasswd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<PathBuf>,
 }
 
 /// Requests each client address may make to the pull API: a token bucket.
@@ -221,6 +239,7 @@ impl Default for ServerConfig {
             tls: None,
             metrics_listen: None,
             allow_from: None,
+            auth: None,
             limits: Limits::default(),
             rate_limit: RateLimit::default(),
         }
@@ -421,6 +440,17 @@ impl Config {
                     .into(),
             );
         }
+        if self
+            .server
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.htpasswd.is_none() && a.tokens.is_none())
+        {
+            return invalid(
+                "server.auth needs htpasswd, tokens or both; leave it out to serve every client"
+                    .into(),
+            );
+        }
         if self.server.metrics_listen == Some(self.server.listen) {
             return invalid("server.metrics_listen must differ from server.listen".into());
         }
@@ -467,7 +497,15 @@ impl Config {
                     .tls
                     .iter()
                     .map(|t| ("server.tls.key".to_owned(), t.key.as_path())),
-            );
+            )
+            .chain(self.server.auth.iter().flat_map(|a| {
+                let htpasswd = a.htpasswd.as_deref().map(|f| ("server.auth.htpasswd", f));
+                let tokens = a.tokens.as_deref().map(|f| ("server.auth.tokens", f));
+                htpasswd
+                    .into_iter()
+                    .chain(tokens)
+                    .map(|(what, f)| (what.to_owned(), f))
+            }));
         secrets
             .filter_map(|(what, path)| {
                 let mode = std::fs::metadata(path).ok()?.permissions().mode();

@@ -35,6 +35,8 @@ pub enum ClientError {
     RepositoryNotAllowed(String),
     #[error("this mirror does not serve the client's address")]
     AddressNotAllowed,
+    #[error("authentication required")]
+    Unauthenticated,
     #[error("too many requests from this address; retry in {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
     #[error("{0} is not supported by this pull-through mirror")]

@@ -59,12 +59,20 @@ async fn run_with(
     shutdown: impl Future<Output = ()>,
     hangups: Option<tokio::signal::unix::Signal>,
 ) -> Result<(), Error> {
-    // Before anything else: a bad certificate must stop start-up, not the first handshake.
+    // Before anything else: a bad certificate or credentials file must stop start-up, not the
+    // first request.
     let tls = config
         .server
         .tls
         .as_ref()
         .map(server::Tls::load)
+        .transpose()
+        .map_err(Error::Internal)?;
+    let authenticator = config
+        .server
+        .auth
+        .as_ref()
+        .map(server::auth::Authenticator::load)
         .transpose()
         .map_err(Error::Internal)?;
     let metrics = metrics::Metrics::new();
@@ -89,6 +97,7 @@ async fn run_with(
         access: Arc::new(server::Access::new(
             config.server.allow_from.clone(),
             &config.server.rate_limit,
+            authenticator,
         )),
     };
     let operations = match config.server.metrics_listen {
@@ -106,6 +115,7 @@ async fn run_with(
     tracing::info!(
         listen = %listener.local_addr()?,
         https = tls.is_some(),
+        auth = config.server.auth.is_some(),
         cache = %config.cache.dir.display(),
         upstreams = ?config.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
         "wharf is serving"

@@ -92,6 +92,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { config } => {
             let config = wharf::Config::load(Some(&config))?;
+            // The credential files are part of the configuration: a bad line must show here,
+            // not at the next start.
+            if let Some(auth) = &config.server.auth {
+                wharf::server::auth::Authenticator::load(auth).map_err(anyhow::Error::msg)?;
+            }
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }

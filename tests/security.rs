@@ -270,3 +270,164 @@ async fn a_private_blob_cached_through_one_repository_needs_the_upstreams_word_f
         wharf.stop().await;
     }
 }
+
+/// `[server.auth]` with one htpasswd user ("alice", password "open sesame") and one token
+/// ("tok-123", labelled "ci"), in `dir`.
+fn auth_files(dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let hash = bcrypt::hash("open sesame", 4).unwrap();
+    std::fs::write(dir.join("htpasswd"), format!("alice:{hash}\n")).unwrap();
+    let token = hex::encode(sha2::Sha256::digest("tok-123"));
+    std::fs::write(dir.join("tokens"), format!("sha256:{token} ci\n")).unwrap();
+    format!(
+        "[server.auth]\nhtpasswd = {:?}\ntokens = {:?}\n",
+        dir.join("htpasswd").display().to_string(),
+        dir.join("tokens").display().to_string()
+    )
+}
+
+#[tokio::test]
+async fn with_auth_only_clients_with_credentials_may_pull() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(4096, 9);
+    let digest = upstream.add_blob(blob.clone());
+    upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
+    let secrets = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}",
+        auth_files(secrets.path()),
+        config_toml(&upstream, cache.path(), "", "")
+    );
+    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let blob_path = format!("/v2/library/app/blobs/{digest}");
+    let get = |path: &str, authorization: Option<&str>| {
+        let mut request = wharf.client.get(wharf.url(path));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        request.send()
+    };
+    let basic = |user: &str, password: &str| {
+        use base64::Engine;
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Basic {pair}")
+    };
+
+    // Without valid credentials: 401 with a Basic challenge, and the upstream hears nothing.
+    for authorization in [
+        None,
+        Some(basic("alice", "wrong")),
+        Some(basic("bob", "open sesame")),
+        Some("Bearer tok-124".to_owned()),
+        Some("Basic !!".to_owned()),
+        Some("Digest username=\"alice\"".to_owned()),
+    ] {
+        for path in ["/v2/", "/v2/library/app/manifests/v1", &blob_path, "/metrics"] {
+            let r = get(path, authorization.as_deref()).await.unwrap();
+            assert_eq!(r.status(), 401, "{path} {authorization:?}");
+            assert_eq!(
+                r.headers()["www-authenticate"],
+                "Basic realm=\"wharf\"",
+                "{path}"
+            );
+            assert_eq!(error_code(r).await, "UNAUTHORIZED", "{path}");
+        }
+    }
+    assert!(upstream.seen().is_empty(), "a refused client reached the upstream");
+    assert_eq!(get("/healthz", None).await.unwrap().status(), 200);
+    assert_eq!(get("/readyz", None).await.unwrap().status(), 200);
+
+    // With them: a user by password, a token as bearer or as a Basic password.
+    for authorization in [
+        basic("alice", "open sesame"),
+        "Bearer tok-123".to_owned(),
+        basic("ci", "tok-123"),
+    ] {
+        let r = get("/v2/library/app/manifests/v1", Some(&authorization))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{authorization}");
+        let r = get(&blob_path, Some(&authorization)).await.unwrap();
+        assert_eq!(r.bytes().await.unwrap(), blob);
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_once_the_file_changes() {
+    use sha2::Digest;
+    let upstream = FakeRegistry::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}",
+        auth_files(secrets.path()),
+        config_toml(&upstream, cache.path(), "", "")
+    );
+    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let status = |token: &'static str| {
+        let request = wharf
+            .client
+            .get(wharf.url("/v2/"))
+            .bearer_auth(token)
+            .send();
+        async move { request.await.unwrap().status() }
+    };
+    assert_eq!(status("tok-123").await, 200);
+
+    let new = hex::encode(sha2::Sha256::digest("tok-456"));
+    std::fs::write(secrets.path().join("tokens"), format!("sha256:{new} ci\n")).unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            status("tok-123").await == 401
+        })
+        .await,
+        "the revoked token still works"
+    );
+    assert_eq!(status("tok-456").await, 200);
+}
+
+#[tokio::test]
+async fn an_edge_with_credentials_pulls_through_a_regional_wharf_that_wants_them() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(64 * 1024, 11);
+    let digest = upstream.add_blob(blob.clone());
+    upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
+    let secrets = tempfile::tempdir().unwrap();
+    let regional_cache = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}",
+        auth_files(secrets.path()),
+        config_toml(&upstream, regional_cache.path(), "", "")
+    );
+    let regional = Wharf::start_with_config(&toml, regional_cache).await;
+
+    let edge_with = |password: &'static str| {
+        let regional = regional.url("");
+        let secrets = secrets.path().to_owned();
+        async move {
+            let file = secrets.join(format!("password-{password}"));
+            std::fs::write(&file, format!("{password}\n")).unwrap();
+            let cache = tempfile::tempdir().unwrap();
+            let toml = format!(
+                "[cache]\ndir = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{regional}\"\n\
+                 username = \"alice\"\npassword_file = {:?}\n",
+                cache.path().display().to_string(),
+                file.display().to_string()
+            );
+            Wharf::start_with_config(&toml, cache).await
+        }
+    };
+    let edge = edge_with("open sesame").await;
+    assert_eq!(
+        edge.get("/v2/library/app/manifests/v1").await.status(),
+        200
+    );
+    let r = edge.get(&format!("/v2/library/app/blobs/{digest}")).await;
+    assert_eq!(r.bytes().await.unwrap(), blob);
+
+    let refused = edge_with("guess").await;
+    let r = refused.get("/v2/library/app/manifests/v2").await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(error_code(r).await, "DENIED");
+}

@@ -1,9 +1,10 @@
 //! HTTP: the accept loop (HTTP/1.1 and h2c on one port, bounded graceful shutdown), routing,
 //! handlers, and the one error → response mapping.
 
+pub mod auth;
 mod connection;
 mod handlers;
-mod range;
+pub mod range;
 mod rate;
 mod response;
 pub mod route;
@@ -15,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -40,30 +42,44 @@ pub struct AppState {
     pub access: Arc<Access>,
 }
 
-/// Who may use the pull API, by source address, and how often.
+/// Who may use the pull API: by source address, how often, and by credentials.
 pub struct Access {
     /// `None`: every address.
     allow_from: Option<Vec<ipnet::IpNet>>,
     /// `None`: no limit.
     rate: Option<rate::RateLimiter>,
+    /// `None`: no credentials needed.
+    authenticator: Option<Arc<auth::Authenticator>>,
 }
 
 impl Access {
-    pub fn new(allow_from: Option<Vec<ipnet::IpNet>>, rate: &crate::config::RateLimit) -> Access {
+    pub fn new(
+        allow_from: Option<Vec<ipnet::IpNet>>,
+        rate: &crate::config::RateLimit,
+        authenticator: Option<auth::Authenticator>,
+    ) -> Access {
         Access {
             allow_from,
             rate: rate::RateLimiter::new(rate),
+            authenticator: authenticator.map(Arc::new),
         }
     }
 
-    /// Whether `client` may have `route`. Health checks answer everyone, so probes work from
-    /// wherever they come; the operational listener is bound to an internal address by the
-    /// operator and not filtered either.
-    fn allows(&self, client: Client, route: &route::Route) -> Result<(), ClientError> {
+    /// Whether `client` may have `route`, and as whom (`None` without authentication). Health
+    /// checks answer everyone, so probes work from wherever they come; the operational listener
+    /// is bound to an internal address by the operator and not filtered either. The address
+    /// and the rate are checked before credentials, so that a refused or flooding client costs
+    /// no password hashing.
+    async fn admits(
+        &self,
+        client: Client,
+        route: &route::Route,
+        authorization: Option<&[u8]>,
+    ) -> Result<Option<Arc<str>>, ClientError> {
         if client.surface == Surface::Operations
             || matches!(route, route::Route::Health | route::Route::Ready)
         {
-            return Ok(());
+            return Ok(None);
         }
         // A v4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
         let ip: IpAddr = client.peer.ip().to_canonical();
@@ -74,13 +90,20 @@ impl Access {
         if !listed {
             return Err(ClientError::AddressNotAllowed);
         }
-        match &self.rate {
-            Some(limiter) => limiter
+        if let Some(limiter) = &self.rate {
+            limiter
                 .take(ip)
                 .map_err(|wait| ClientError::TooManyRequests {
                     retry_after_secs: wait.as_secs() + 1,
-                }),
-            None => Ok(()),
+                })?;
+        }
+        match &self.authenticator {
+            Some(authenticator) => authenticator
+                .authenticate(authorization)
+                .await
+                .map(Some)
+                .map_err(|auth::Refused| ClientError::Unauthenticated),
+            None => Ok(None),
         }
     }
 }
@@ -104,15 +127,24 @@ async fn serve_request(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let route = route::parse(&method, &path, request.uri().query(), |name| {
+    let mut user = None;
+    let route = match route::parse(&method, &path, request.uri().query(), |name| {
         state.mirror.is_registry(name)
-    })
-    .and_then(|route| {
-        if !client.surface.serves(&route) {
-            return Err(ClientError::NotFound);
+    }) {
+        Ok(route) if !client.surface.serves(&route) => Err(ClientError::NotFound),
+        Ok(route) => {
+            let authorization = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+            state
+                .access
+                .admits(client, &route, authorization)
+                .await
+                .map(|who| {
+                    user = who;
+                    route
+                })
         }
-        state.access.allows(client, &route).map(|()| route)
-    });
+        Err(e) => Err(e),
+    };
     let label = route.as_ref().map_or("other", route::Route::label);
     let head = method == http::Method::HEAD;
     let zero_copy = file_ranges.filter(|_| request.version() <= http::Version::HTTP_11);
@@ -135,7 +167,7 @@ async fn serve_request(
         .observe(elapsed.as_secs_f64());
     tracing::info!(
         target: "wharf::access",
-        %method, path, status = status.as_u16(), route = label,
+        %method, path, status = status.as_u16(), route = label, user = user.as_deref(),
         us = elapsed.as_micros() as u64,
     );
     response
@@ -238,12 +270,12 @@ pub async fn serve(
         stop: stopped,
     };
     let tls = tls.map(Arc::new);
-    // SIGHUP reloads the certificate; without one it is only logged (`systemctl reload` may
-    // send it to any wharf).
-    let reloads = match tls.clone() {
-        Some(tls) => tokio::spawn(tls.watch(hangups)),
-        None => tokio::spawn(nothing_to_reload(hangups)),
-    };
+    let mut files: Vec<Arc<dyn Reload>> = Vec::new();
+    files.extend(tls.clone().map(|tls| tls as Arc<dyn Reload>));
+    files.extend(
+        (accepting.state.access.authenticator.clone()).map(|auth| auth as Arc<dyn Reload>),
+    );
+    let reloads = tokio::spawn(keep_current(files, hangups));
     let pull_surface = match operations {
         Some(_) => Surface::Pull,
         None => Surface::All,
@@ -333,12 +365,32 @@ async fn accept_loop(
     }
 }
 
-/// Answers SIGHUP when there is no certificate to reload.
-async fn nothing_to_reload(hangups: Option<Signal>) {
-    let Some(mut hangups) = hangups else {
-        return;
-    };
-    while hangups.recv().await.is_some() {
-        tracing::info!("SIGHUP: nothing to reload (no [server.tls])");
+/// What is read from files that may change while wharf serves: the certificate, the clients'
+/// credentials.
+pub trait Reload: Send + Sync {
+    /// Reads the files again if they changed, or regardless if `forced`. Blocking.
+    fn reload(&self, forced: bool);
+}
+
+/// How often reloadable files are looked at (a `stat` each).
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Reloads `files` whenever they change and on SIGHUP; runs until dropped. Without files,
+/// SIGHUP is only logged (`systemctl reload` may send it to any wharf).
+async fn keep_current(files: Vec<Arc<dyn Reload>>, mut hangups: Option<Signal>) {
+    let mut ticks = tokio::time::interval(CHECK_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            _ = ticks.tick() => false,
+            Some(()) = async { hangups.as_mut()?.recv().await } => true,
+        };
+        if forced && files.is_empty() {
+            tracing::info!("SIGHUP: nothing to reload (no [server.tls], no [server.auth])");
+        }
+        for file in &files {
+            let file = file.clone();
+            let _ = tokio::task::spawn_blocking(move || file.reload(forced)).await;
+        }
     }
 }

@@ -4,7 +4,8 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -45,6 +46,7 @@ fn classify(error: &Error) -> (StatusCode, ErrorCode) {
             ClientError::RepositoryNotAllowed(_) | ClientError::AddressNotAllowed => {
                 (S::FORBIDDEN, ErrorCode::Denied)
             }
+            ClientError::Unauthenticated => (S::UNAUTHORIZED, ErrorCode::Unauthorized),
             ClientError::TooManyRequests { .. } => {
                 (S::TOO_MANY_REQUESTS, ErrorCode::Toomanyrequests)
             }
@@ -83,7 +85,7 @@ fn classify(error: &Error) -> (StatusCode, ErrorCode) {
 }
 
 /// The response for an error: its status, an OCI JSON body (none for `HEAD`), and the headers
-/// some errors need (`Retry-After`, `Content-Range`).
+/// some errors need (`Retry-After`, `Content-Range`, `WWW-Authenticate`).
 pub fn error_response(error: &Error, head: bool) -> Response<Body> {
     let (status, code) = classify(error);
     if status.is_server_error() {
@@ -109,6 +111,9 @@ pub fn error_response(error: &Error, head: bool) -> Response<Body> {
         }
         Error::Client(ClientError::TooManyRequests { retry_after_secs }) => {
             response = response.header(RETRY_AFTER, *retry_after_secs);
+        }
+        Error::Client(ClientError::Unauthenticated) => {
+            response = response.header(WWW_AUTHENTICATE, super::auth::CHALLENGE);
         }
         Error::Client(ClientError::RangeNotSatisfiable { size }) => {
             response = response.header(CONTENT_RANGE, format!("bytes */{size}"));

@@ -6,20 +6,15 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::signal::unix::Signal;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
-
-/// How often the certificate and key files are looked at (two `stat`s).
-const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// The TLS side of the listener.
 pub struct Tls {
@@ -55,20 +50,11 @@ impl Tls {
     pub fn acceptor(&self) -> TlsAcceptor {
         self.acceptor.clone()
     }
+}
 
-    /// Reloads the certificate whenever its files change or a hang-up signal arrives; runs
-    /// until dropped.
-    pub async fn watch(self: Arc<Self>, mut hangups: Option<Signal>) {
-        let mut ticks = tokio::time::interval(CHECK_EVERY);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let forced = tokio::select! {
-                _ = ticks.tick() => false,
-                Some(()) = async { hangups.as_mut()?.recv().await } => true,
-            };
-            let certificate = self.certificate.clone();
-            let _ = tokio::task::spawn_blocking(move || certificate.reload(forced)).await;
-        }
+impl super::Reload for Tls {
+    fn reload(&self, forced: bool) {
+        self.certificate.reload(forced);
     }
 }
 

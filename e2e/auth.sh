@@ -1,0 +1,122 @@
+# Client authentication: a wharf with [server.auth] (an htpasswd user and a bearer token) and its
+# metrics on a listener of their own. dockerd (credentials from the CLI's config.json), containerd
+# (a static Authorization header in hosts.toml) and podman (auth.json) each pull through it with
+# credentials, and are refused (401, nothing served) without them. Sourced by run.sh, whose
+# globals (WORK, UP, DIGEST, CLIENTS, ...) it uses.
+
+AUTHED=127.0.0.1:$AUTH_PORT
+AUTHED_OPS=127.0.0.1:$AUTH_OPS_PORT
+AUTH_USER=puller
+AUTH_PASSWORD=e2e-pass-$RANDOM$RANDOM
+AUTH_TOKEN=e2e-token-$RANDOM$RANDOM
+
+start_authed_wharf() {
+    local d=$WORK/auth
+    mkdir -p "$d"
+    htpasswd -nbB "$AUTH_USER" "$AUTH_PASSWORD" >"$d/htpasswd"
+    echo "sha256:$(printf %s "$AUTH_TOKEN" | sha256sum | cut -d' ' -f1) containerd" >"$d/tokens"
+    chmod 600 "$d/htpasswd" "$d/tokens"
+    write_wharf_config "$WORK/authed.toml" "$AUTHED" "$WORK/cache-authed"
+    # [server] is the config's first table: its keys go right after its header.
+    sed -i "/^\[server\]/a metrics_listen = \"$AUTHED_OPS\"" "$WORK/authed.toml"
+    cat >>"$WORK/authed.toml" <<EOF
+
+[server.auth]
+htpasswd = "$d/htpasswd"
+tokens = "$d/tokens"
+EOF
+    launch_wharf authed "$WORK/authed.toml" "http://$AUTHED"
+}
+
+# refused LABEL CMD... — the pull fails, and wharf refused it: more 401s, no manifest served.
+refused() {
+    local label=$1
+    shift
+    local denied manifests
+    denied=$(wmetric wharf_http_requests_total status=401)
+    manifests=$(wmetric wharf_http_requests_total route=manifest status=200)
+    if timeout "$CLIENT_TIMEOUT" "$@" >"$LOGS/refused.out" 2>&1; then
+        fail "$label: the pull is refused" "it succeeded"
+        return 0
+    fi
+    pass "$label: the pull is refused"
+    expect_cmp "$label: wharf answered 401" \
+        "$(($(wmetric wharf_http_requests_total status=401) - denied))" -gt 0
+    expect_eq "$label: wharf served no manifest" \
+        "$manifests" "$(wmetric wharf_http_requests_total route=manifest status=200)"
+}
+
+test_auth() {
+    check "auth: the htpasswd tool is installed" command -v htpasswd || return 0
+    start_authed_wharf
+    METRICS_URL=http://$AUTHED_OPS
+    local basic
+    basic=$(printf %s "$AUTH_USER:$AUTH_PASSWORD" | base64 -w0)
+
+    expect_eq "auth: /v2/ without credentials is 401 with a Basic challenge" \
+        '401 Basic realm="wharf"' \
+        "$(curl -s -o /dev/null -w '%{http_code} %header{www-authenticate}' "http://$AUTHED/v2/")"
+    expect_eq "auth: /v2/ with the token is 200" 200 \
+        "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $AUTH_TOKEN" "http://$AUTHED/v2/")"
+    expect_eq "auth: /metrics answers on its own listener without credentials" 200 \
+        "$(curl -s -o /dev/null -w '%{http_code}' "http://$AUTHED_OPS/metrics")"
+
+    # dockerd sends its mirror the credentials the CLI hands it for Docker Hub.
+    if start_dockerd "http://$AUTHED"; then
+        local config=$WORK/docker-config
+        mkdir -p "$config"
+        echo '{}' >"$config/config.json"
+        "${DOCKER_CLI[@]}" rmi -f "e2e-oci:$TAG" >/dev/null 2>&1 || true
+        refused "auth: dockerd without credentials" \
+            env DOCKER_CONFIG="$config" "${DOCKER_CLI[@]}" pull "e2e-oci:$TAG"
+        jq -n --arg auth "$basic" '{auths: {"https://index.docker.io/v1/": {auth: $auth}}}' \
+            >"$config/config.json"
+        pull_through "auth: dockerd with credentials (config.json)" - \
+            env DOCKER_CONFIG="$config" "${DOCKER_CLI[@]}" pull "e2e-oci:$TAG"
+        expect_has "auth: dockerd: e2e-oci RepoDigest matches upstream" \
+            "e2e-oci@${DIGEST[library/e2e-oci]}" "$(docker_repo_digests "e2e-oci:$TAG" 2>&1)"
+    fi
+
+    # containerd: the shipped hosts.toml, and a static Authorization header for wharf.
+    if ((${#CTR[@]} > 0)); then
+        local hosts=$WORK/containerd/hosts-authed ref=docker.io/library/e2e-oci:$TAG
+        render_hosts "$hosts" "http://$AUTHED"
+        local pull=("${CTR[@]}" images pull --hosts-dir "$hosts" --plain-http --snapshotter native)
+        "${CTR[@]}" images rm "$ref" >/dev/null 2>&1 || true
+        refused "auth: ctr without credentials" "${pull[@]}" "$ref"
+        printf '  [host."http://%s".header]\n    authorization = "Bearer %s"\n' \
+            "$AUTHED" "$AUTH_TOKEN" >>"$hosts/docker.io/hosts.toml"
+        pull_through "auth: ctr with a bearer token (hosts.toml header)" - "${pull[@]}" "$ref"
+        expect_eq "auth: ctr: e2e-oci digest matches upstream" \
+            "${DIGEST[library/e2e-oci]}" "$(ctr_digest "$ref")"
+    fi
+
+    # podman: credentials for the mirror's host in an auth file.
+    local d=$WORK/podman-authed
+    mkdir -p "$d"
+    : >"$d/containers.conf"
+    render "$CLIENTS/podman/registries.conf.d/50-wharf.conf" "$d/50-wharf.conf" "http://$AUTHED"
+    { echo 'unqualified-search-registries = []'; cat "$d/50-wharf.conf"; } >"$d/registries.conf"
+    echo '{}' >"$d/auth.json"
+    local podman=(env CONTAINERS_CONF="$d/containers.conf" CONTAINERS_REGISTRIES_CONF="$d/registries.conf"
+        podman --root "$d/root" --runroot "$d/run" --storage-driver vfs --tmpdir "$d/tmp"
+        --cgroup-manager cgroupfs --events-backend file)
+    local ref=docker.io/library/e2e-multiarch:$TAG
+    refused "auth: podman without credentials" \
+        "${podman[@]}" pull -q --authfile "$d/auth.json" --signature-policy "$WORK/policy.json" "$ref"
+    jq -n --arg auth "$basic" --arg host "$AUTHED" '{auths: {($host): {auth: $auth}}}' >"$d/auth.json"
+    pull_through "auth: podman with credentials (auth.json)" - \
+        "${podman[@]}" pull -q --authfile "$d/auth.json" --signature-policy "$WORK/policy.json" "$ref"
+    expect_eq "auth: podman: e2e-multiarch digest matches upstream" \
+        "${DIGEST[library/e2e-multiarch]}" \
+        "$("${podman[@]}" image inspect --format '{{.Digest}}' "$ref" 2>&1)"
+
+    expect_cmp "auth: the access log names who pulled" \
+        "$(grep -c "user=\"\?$AUTH_USER" "$LOGS/authed.out" "$LOGS/authed.err" | awk -F: '{n += $NF} END {print n + 0}')" -gt 0
+    if grep -qF -e "$AUTH_PASSWORD" -e "$AUTH_TOKEN" -e "$basic" "$LOGS/authed.out" "$LOGS/authed.err"; then
+        fail "auth: no credential appears in wharf's log"
+    else
+        pass "auth: no credential appears in wharf's log"
+    fi
+    METRICS_URL=$WHARF_URL
+}

@@ -1,0 +1,490 @@
+//! Client authentication: who may pull. Credentials live in two files named by `[server.auth]`:
+//! an htpasswd file of bcrypt hashes (HTTP Basic) and a file of SHA-256 hashes of bearer tokens.
+//! Neither file holds a secret in the clear. Both are reloaded when they change or on SIGHUP.
+//!
+//! bcrypt is slow on purpose, and docker, containerd and podman send their credentials with
+//! every request, so a verified `Authorization` value is remembered for a few minutes (by its
+//! SHA-256, never in the clear) and a refused one for a few seconds; bcrypt itself runs on
+//! blocking threads, a few at a time, so a flood of wrong passwords cannot stall the server.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use moka::sync::Cache;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+use crate::config::AuthConfig;
+
+/// How long a verified `Authorization` value is trusted without checking it again. A reload of
+/// the files forgets every verified value at once, so revoking a user does not wait for this.
+const VERIFIED_FOR: Duration = Duration::from_secs(300);
+/// How long a refused value is refused without checking it again.
+const REFUSED_FOR: Duration = Duration::from_secs(5);
+
+/// The challenge in every 401: docker, containerd and podman answer it with their credentials
+/// for this host (a token goes as the password).
+pub const CHALLENGE: &str = "Basic realm=\"wharf\"";
+
+/// Credentials a client presented in its `Authorization` header.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presented {
+    Basic { user: String, password: String },
+    Bearer(String),
+}
+
+impl Presented {
+    /// Parses an `Authorization` value: `Basic <base64 user:password>` or `Bearer <token>`,
+    /// the scheme in any case. `None` for anything else.
+    pub fn parse(value: &[u8]) -> Option<Presented> {
+        let value = std::str::from_utf8(value).ok()?.trim();
+        let (scheme, rest) = value.split_once(' ')?;
+        let rest = rest.trim();
+        if rest.is_empty() {
+            return None;
+        }
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .ok()?;
+            let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+            Some(Presented::Basic {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            })
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            Some(Presented::Bearer(rest.to_owned()))
+        } else {
+            None
+        }
+    }
+}
+
+/// What the two files hold.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    /// User → bcrypt hash.
+    users: HashMap<String, String>,
+    /// SHA-256 of each token, and the name the access log gives its bearer.
+    tokens: Vec<([u8; 32], Arc<str>)>,
+}
+
+impl Credentials {
+    /// Parses an htpasswd file. Only bcrypt is accepted: the other htpasswd hashes (MD5-crypt,
+    /// SHA-1, crypt, plain) are fast enough to brute-force from a leaked file.
+    pub fn parse_htpasswd(&mut self, text: &str) -> Result<(), String> {
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let line_no = n + 1;
+            let Some((user, hash)) = line.split_once(':') else {
+                return Err(format!("line {line_no}: expected user:hash"));
+            };
+            if user.is_empty() {
+                return Err(format!("line {line_no}: empty user name"));
+            }
+            if !is_bcrypt(hash) {
+                return Err(format!(
+                    "line {line_no}: user {user:?} has a hash that is not bcrypt \
+                     (create it with htpasswd -B)"
+                ));
+            }
+            if self.users.insert(user.to_owned(), hash.to_owned()).is_some() {
+                return Err(format!("line {line_no}: user {user:?} is listed twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses a token file: `sha256:<64 hex>` lines, each optionally followed by a label.
+    pub fn parse_tokens(&mut self, text: &str) -> Result<(), String> {
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let line_no = n + 1;
+            let (hash, label) = line
+                .split_once(char::is_whitespace)
+                .map_or((line, ""), |(h, l)| (h, l.trim()));
+            let hash = hash
+                .strip_prefix("sha256:")
+                .and_then(|hex| <[u8; 32]>::try_from(hex::decode(hex).ok()?).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "line {line_no}: expected sha256:<64 hex digits> \
+                         (printf %s \"$token\" | sha256sum), then an optional label"
+                    )
+                })?;
+            if self.tokens.iter().any(|(h, _)| *h == hash) {
+                return Err(format!("line {line_no}: this token is listed twice"));
+            }
+            let label = if label.is_empty() {
+                format!("token:{}", &hex::encode(hash)[..8])
+            } else {
+                label.to_owned()
+            };
+            self.tokens.push((hash, label.into()));
+        }
+        Ok(())
+    }
+
+    /// The label of the token `presented`, compared with every stored hash in constant time.
+    fn token(&self, presented: &str) -> Option<Arc<str>> {
+        let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for (stored, label) in &self.tokens {
+            if bool::from(stored.ct_eq(&hash)) {
+                found = Some(label.clone());
+            }
+        }
+        found
+    }
+}
+
+/// `$2a$`, `$2b$`, `$2x$` or `$2y$`, a two-digit cost, then 53 characters of salt and hash.
+fn is_bcrypt(hash: &str) -> bool {
+    let b = hash.as_bytes();
+    b.len() == 60
+        && b.starts_with(b"$2")
+        && matches!(b[2], b'a' | b'b' | b'x' | b'y')
+        && b[3] == b'$'
+        && b[4..6].iter().all(u8::is_ascii_digit)
+        && b[6] == b'$'
+        && b[7..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'/'))
+}
+
+/// The refusal, for the one error mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused;
+
+/// Checks clients' credentials against the files, and keeps them current.
+pub struct Authenticator {
+    files: AuthConfig,
+    credentials: RwLock<Arc<Credentials>>,
+    stamp: Mutex<Stamp>,
+    /// SHA-256 of an `Authorization` value → whom it was verified as.
+    verified: Cache<[u8; 32], Arc<str>>,
+    /// SHA-256 of `Authorization` values refused a moment ago.
+    refused: Cache<[u8; 32], ()>,
+    /// Places for bcrypt verifications running at once.
+    hashing: Arc<Semaphore>,
+}
+
+impl Authenticator {
+    /// Reads both files, or says precisely why they cannot be used.
+    pub fn load(files: &AuthConfig) -> Result<Authenticator, String> {
+        let stamp = stamp(files);
+        let credentials = read(files)?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Authenticator {
+            files: files.clone(),
+            credentials: RwLock::new(Arc::new(credentials)),
+            stamp: Mutex::new(stamp),
+            verified: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(VERIFIED_FOR)
+                .build(),
+            refused: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(REFUSED_FOR)
+                .build(),
+            hashing: Arc::new(Semaphore::new(cores)),
+        })
+    }
+
+    /// Whom `authorization` (the header's value, if any) shows the client to be.
+    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Arc<str>, Refused> {
+        let presented = authorization.and_then(Presented::parse).ok_or(Refused)?;
+        let key: [u8; 32] = Sha256::digest(authorization.unwrap_or_default()).into();
+        if let Some(who) = self.verified.get(&key) {
+            return Ok(who);
+        }
+        if self.refused.contains_key(&key) {
+            return Err(Refused);
+        }
+        let credentials = self.credentials.read().expect("lock poisoned").clone();
+        let answer = self.check(&credentials, presented).await;
+        // Only if the files were not reloaded meanwhile: a revoked user must not be
+        // remembered as verified under the new ones.
+        if Arc::ptr_eq(
+            &credentials,
+            &self.credentials.read().expect("lock poisoned"),
+        ) {
+            match &answer {
+                Ok(who) => self.verified.insert(key, who.clone()),
+                Err(Refused) => self.refused.insert(key, ()),
+            }
+        }
+        answer
+    }
+
+    async fn check(
+        &self,
+        credentials: &Arc<Credentials>,
+        presented: Presented,
+    ) -> Result<Arc<str>, Refused> {
+        let (user, password) = match presented {
+            Presented::Bearer(token) => return credentials.token(&token).ok_or(Refused),
+            Presented::Basic { user, password } => (user, password),
+        };
+        let hash = match credentials.users.get(&user) {
+            Some(hash) => hash.clone(),
+            None => {
+                if let Some(label) = credentials.token(&password) {
+                    return Ok(label);
+                }
+                // An unknown user costs what a wrong password does, so that timing does not
+                // tell which users exist.
+                match credentials.users.values().next() {
+                    Some(any) => {
+                        let _ = self.bcrypt(password, any.clone()).await;
+                        return Err(Refused);
+                    }
+                    None => return Err(Refused),
+                }
+            }
+        };
+        if self.bcrypt(password, hash).await {
+            Ok(user.into())
+        } else {
+            Err(Refused)
+        }
+    }
+
+    /// Whether `password` matches the bcrypt `hash`, verified on a blocking thread.
+    async fn bcrypt(&self, password: String, hash: String) -> bool {
+        let Ok(_place) = self.hashing.clone().acquire_owned().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+            .await
+            .unwrap_or(false)
+    }
+
+}
+
+impl super::Reload for Authenticator {
+    /// Files that do not parse are logged and the previous credentials kept: a half-written
+    /// file must not lock everyone out, nor let everyone in.
+    fn reload(&self, forced: bool) {
+        let now = stamp(&self.files);
+        {
+            let mut last = self.stamp.lock().expect("lock poisoned");
+            if !forced && *last == now {
+                return;
+            }
+            *last = now;
+        }
+        match read(&self.files) {
+            Ok(credentials) => {
+                let (users, tokens) = (credentials.users.len(), credentials.tokens.len());
+                *self.credentials.write().expect("lock poisoned") = Arc::new(credentials);
+                self.verified.invalidate_all();
+                self.refused.invalidate_all();
+                tracing::info!(users, tokens, "client credentials reloaded");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "client credentials not reloaded; the previous ones stay in use")
+            }
+        }
+    }
+}
+
+fn read(files: &AuthConfig) -> Result<Credentials, String> {
+    let mut credentials = Credentials::default();
+    let text = |path: &Path| {
+        fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    if let Some(path) = &files.htpasswd {
+        credentials
+            .parse_htpasswd(&text(path)?)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &files.tokens {
+        credentials
+            .parse_tokens(&text(path)?)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(credentials)
+}
+
+/// What the files looked like when read: device, inode, change time and length of each.
+type Stamp = Vec<Option<(u64, u64, i64, i64, u64)>>;
+
+fn stamp(files: &AuthConfig) -> Stamp {
+    [&files.htpasswd, &files.tokens]
+        .into_iter()
+        .flatten()
+        .map(|path: &PathBuf| {
+            let m = fs::metadata(path).ok()?;
+            Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec(), m.len()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Reload;
+    use super::*;
+
+    fn basic(user: &str, password: &str) -> Vec<u8> {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Basic {encoded}").into_bytes()
+    }
+
+    fn files(dir: &Path, htpasswd: &str, tokens: &str) -> AuthConfig {
+        fs::write(dir.join("htpasswd"), htpasswd).unwrap();
+        fs::write(dir.join("tokens"), tokens).unwrap();
+        AuthConfig {
+            htpasswd: Some(dir.join("htpasswd")),
+            tokens: Some(dir.join("tokens")),
+        }
+    }
+
+    fn token_line(token: &str, label: &str) -> String {
+        format!("sha256:{} {label}\n", hex::encode(Sha256::digest(token)))
+    }
+
+    #[test]
+    fn authorization_values() {
+        assert_eq!(
+            Presented::parse(&basic("alice", "s3:cret")),
+            Some(Presented::Basic {
+                user: "alice".into(),
+                password: "s3:cret".into()
+            })
+        );
+        assert_eq!(
+            Presented::parse(b"bearer abc.def"),
+            Some(Presented::Bearer("abc.def".into()))
+        );
+        for bad in [
+            &b""[..],
+            b"Basic",
+            b"Basic ",
+            b"Basic !!!",
+            b"Basic YWxpY2U=", // no colon
+            b"Digest abc",
+            b"Bearer",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(Presented::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_bcrypt_hashes_and_well_formed_token_lines() {
+        let mut c = Credentials::default();
+        let good = bcrypt::hash("pw", 4).unwrap();
+        c.parse_htpasswd(&format!("# users\nalice:{good}\n\n")).unwrap();
+        for bad in [
+            "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=",
+            "bob:$apr1$abc$defghijklmnopqrstuvwxy",
+            "bob:plain",
+            "nocolon",
+            &format!(":{good}"),
+            &format!("alice:{good}"), // listed twice
+        ] {
+            let e = c.parse_htpasswd(bad).unwrap_err();
+            assert!(e.starts_with("line 1:"), "{e}");
+            assert!(!e.contains("W6ph5") && !e.contains("plain"), "no hash echoed: {e}");
+        }
+        c.parse_tokens(&token_line("t1", "ci runners")).unwrap();
+        assert_eq!(c.tokens[0].1.as_ref(), "ci runners");
+        c.parse_tokens(&token_line("t2", "")).unwrap();
+        assert!(c.tokens[1].1.starts_with("token:"));
+        for bad in ["t1", "sha256:abcd", "sha512:00", &token_line("t1", "again")] {
+            assert!(c.parse_tokens(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn users_tokens_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash("open sesame", 4).unwrap();
+        let auth = Authenticator::load(&files(
+            dir.path(),
+            &format!("alice:{hash}\n"),
+            &token_line("tok-123", "ci"),
+        ))
+        .unwrap();
+        let ok = |r: Result<Arc<str>, Refused>| r.map(|who| who.to_string());
+        assert_eq!(
+            ok(auth.authenticate(Some(&basic("alice", "open sesame"))).await),
+            Ok("alice".into())
+        );
+        // Remembered: the same value again is not a second bcrypt.
+        assert_eq!(
+            ok(auth.authenticate(Some(&basic("alice", "open sesame"))).await),
+            Ok("alice".into())
+        );
+        assert_eq!(
+            ok(auth.authenticate(Some(b"Bearer tok-123")).await),
+            Ok("ci".into())
+        );
+        // A token as a Basic password, under a name that is not a user.
+        assert_eq!(
+            ok(auth.authenticate(Some(&basic("token", "tok-123"))).await),
+            Ok("ci".into())
+        );
+        for refused in [
+            None,
+            Some(basic("alice", "wrong")),
+            Some(basic("alice", "tok-123")),
+            Some(basic("mallory", "open sesame")),
+            Some(b"Bearer tok-124".to_vec()),
+            Some(b"Bearer open sesame".to_vec()),
+            Some(b"Negotiate abc".to_vec()),
+        ] {
+            assert_eq!(
+                auth.authenticate(refused.as_deref()).await,
+                Err(Refused),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reload_revokes_at_once_and_a_broken_file_keeps_the_old_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let config = files(
+            dir.path(),
+            &format!("alice:{hash}\nbob:{hash}\n"),
+            &token_line("t", "ci"),
+        );
+        let auth = Authenticator::load(&config).unwrap();
+        assert!(auth.authenticate(Some(&basic("bob", "pw"))).await.is_ok());
+        fs::write(dir.path().join("htpasswd"), format!("alice:{hash}\n")).unwrap();
+        auth.reload(true);
+        assert_eq!(auth.authenticate(Some(&basic("bob", "pw"))).await, Err(Refused));
+        assert!(auth.authenticate(Some(&basic("alice", "pw"))).await.is_ok());
+        fs::write(dir.path().join("htpasswd"), "alice:half-writ").unwrap();
+        auth.reload(true);
+        assert!(auth.authenticate(Some(&basic("alice", "pw"))).await.is_ok());
+        assert!(auth.authenticate(Some(b"Bearer t")).await.is_ok());
+    }
+
+    #[test]
+    fn a_missing_or_bad_file_stops_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = AuthConfig {
+            htpasswd: Some(dir.path().join("nope")),
+            tokens: None,
+        };
+        assert!(Authenticator::load(&missing).err().unwrap().contains("nope"));
+        let bad = files(dir.path(), "alice:plain\n", "");
+        assert!(Authenticator::load(&bad).err().unwrap().contains("line 1"));
+    }
+}
