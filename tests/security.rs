@@ -323,7 +323,12 @@ async fn with_auth_only_clients_with_credentials_may_pull() {
         Some("Basic !!".to_owned()),
         Some("Digest username=\"alice\"".to_owned()),
     ] {
-        for path in ["/v2/", "/v2/library/app/manifests/v1", &blob_path, "/metrics"] {
+        for path in [
+            "/v2/",
+            "/v2/library/app/manifests/v1",
+            &blob_path,
+            "/metrics",
+        ] {
             let r = get(path, authorization.as_deref()).await.unwrap();
             assert_eq!(r.status(), 401, "{path} {authorization:?}");
             assert_eq!(
@@ -334,7 +339,10 @@ async fn with_auth_only_clients_with_credentials_may_pull() {
             assert_eq!(error_code(r).await, "UNAUTHORIZED", "{path}");
         }
     }
-    assert!(upstream.seen().is_empty(), "a refused client reached the upstream");
+    assert!(
+        upstream.seen().is_empty(),
+        "a refused client reached the upstream"
+    );
     assert_eq!(get("/healthz", None).await.unwrap().status(), 200);
     assert_eq!(get("/readyz", None).await.unwrap().status(), 200);
 
@@ -419,10 +427,7 @@ async fn an_edge_with_credentials_pulls_through_a_regional_wharf_that_wants_them
         }
     };
     let edge = edge_with("open sesame").await;
-    assert_eq!(
-        edge.get("/v2/library/app/manifests/v1").await.status(),
-        200
-    );
+    assert_eq!(edge.get("/v2/library/app/manifests/v1").await.status(), 200);
     let r = edge.get(&format!("/v2/library/app/blobs/{digest}")).await;
     assert_eq!(r.bytes().await.unwrap(), blob);
 

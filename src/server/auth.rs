@@ -97,7 +97,11 @@ impl Credentials {
                      (create it with htpasswd -B)"
                 ));
             }
-            if self.users.insert(user.to_owned(), hash.to_owned()).is_some() {
+            if self
+                .users
+                .insert(user.to_owned(), hash.to_owned())
+                .is_some()
+            {
                 return Err(format!("line {line_no}: user {user:?} is listed twice"));
             }
         }
@@ -271,7 +275,6 @@ impl Authenticator {
             .await
             .unwrap_or(false)
     }
-
 }
 
 impl super::Reload for Authenticator {
@@ -339,7 +342,8 @@ mod tests {
     use super::*;
 
     fn basic(user: &str, password: &str) -> Vec<u8> {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         format!("Basic {encoded}").into_bytes()
     }
 
@@ -387,7 +391,8 @@ mod tests {
     fn only_bcrypt_hashes_and_well_formed_token_lines() {
         let mut c = Credentials::default();
         let good = bcrypt::hash("pw", 4).unwrap();
-        c.parse_htpasswd(&format!("# users\nalice:{good}\n\n")).unwrap();
+        c.parse_htpasswd(&format!("# users\nalice:{good}\n\n"))
+            .unwrap();
         for bad in [
             "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=",
             "bob:$apr1$abc$defghijklmnopqrstuvwxy",
@@ -398,7 +403,10 @@ mod tests {
         ] {
             let e = c.parse_htpasswd(bad).unwrap_err();
             assert!(e.starts_with("line 1:"), "{e}");
-            assert!(!e.contains("W6ph5") && !e.contains("plain"), "no hash echoed: {e}");
+            assert!(
+                !e.contains("W6ph5") && !e.contains("plain"),
+                "no hash echoed: {e}"
+            );
         }
         c.parse_tokens(&token_line("t1", "ci runners")).unwrap();
         assert_eq!(c.tokens[0].1.as_ref(), "ci runners");
@@ -421,12 +429,16 @@ mod tests {
         .unwrap();
         let ok = |r: Result<Arc<str>, Refused>| r.map(|who| who.to_string());
         assert_eq!(
-            ok(auth.authenticate(Some(&basic("alice", "open sesame"))).await),
+            ok(auth
+                .authenticate(Some(&basic("alice", "open sesame")))
+                .await),
             Ok("alice".into())
         );
         // Remembered: the same value again is not a second bcrypt.
         assert_eq!(
-            ok(auth.authenticate(Some(&basic("alice", "open sesame"))).await),
+            ok(auth
+                .authenticate(Some(&basic("alice", "open sesame")))
+                .await),
             Ok("alice".into())
         );
         assert_eq!(
@@ -468,7 +480,10 @@ mod tests {
         assert!(auth.authenticate(Some(&basic("bob", "pw"))).await.is_ok());
         fs::write(dir.path().join("htpasswd"), format!("alice:{hash}\n")).unwrap();
         auth.reload(true);
-        assert_eq!(auth.authenticate(Some(&basic("bob", "pw"))).await, Err(Refused));
+        assert_eq!(
+            auth.authenticate(Some(&basic("bob", "pw"))).await,
+            Err(Refused)
+        );
         assert!(auth.authenticate(Some(&basic("alice", "pw"))).await.is_ok());
         fs::write(dir.path().join("htpasswd"), "alice:half-writ").unwrap();
         auth.reload(true);
@@ -483,7 +498,10 @@ mod tests {
             htpasswd: Some(dir.path().join("nope")),
             tokens: None,
         };
-        assert!(Authenticator::load(&missing).err().unwrap().contains("nope"));
+        assert!(Authenticator::load(&missing)
+            .err()
+            .unwrap()
+            .contains("nope"));
         let bad = files(dir.path(), "alice:plain\n", "");
         assert!(Authenticator::load(&bad).err().unwrap().contains("line 1"));
     }

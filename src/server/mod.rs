@@ -272,9 +272,8 @@ pub async fn serve(
     let tls = tls.map(Arc::new);
     let mut files: Vec<Arc<dyn Reload>> = Vec::new();
     files.extend(tls.clone().map(|tls| tls as Arc<dyn Reload>));
-    files.extend(
-        (accepting.state.access.authenticator.clone()).map(|auth| auth as Arc<dyn Reload>),
-    );
+    files
+        .extend((accepting.state.access.authenticator.clone()).map(|auth| auth as Arc<dyn Reload>));
     let reloads = tokio::spawn(keep_current(files, hangups));
     let pull_surface = match operations {
         Some(_) => Surface::Pull,
