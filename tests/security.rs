@@ -436,3 +436,51 @@ async fn an_edge_with_credentials_pulls_through_a_regional_wharf_that_wants_them
     assert_eq!(r.status(), 403);
     assert_eq!(error_code(r).await, "DENIED");
 }
+
+#[tokio::test]
+async fn a_private_manifest_cached_through_one_repository_needs_the_upstreams_word_for_another() {
+    let upstream = FakeRegistry::start().await;
+    let digest = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{\"private\":1}");
+    upstream.faults().hidden_repos = vec!["other/app".into()];
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "pw\n").unwrap();
+    let credentials = format!(
+        "username = \"wharf\"\npassword_file = {:?}",
+        secret.path().display().to_string()
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let toml = config_toml(&upstream, cache.path(), "", &credentials);
+    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let heads = |repo: &str| {
+        upstream
+            .seen()
+            .iter()
+            .filter(|s| s.method == "HEAD" && s.path.starts_with(&format!("/v2/{repo}/")))
+            .count()
+    };
+    let by_digest = |repo: &str| format!("/v2/{repo}/manifests/{digest}");
+
+    // Fetched by tag: the same repository may then have it by digest without asking.
+    assert_eq!(
+        wharf.get("/v2/library/app/manifests/v1").await.status(),
+        200
+    );
+    assert_eq!(wharf.get(&by_digest("library/app")).await.status(), 200);
+    assert_eq!(heads("library/app"), 0);
+
+    // A repository the upstream hides gets nothing, though the manifest is cached.
+    for _ in 0..2 {
+        let r = wharf.get(&by_digest("other/app")).await;
+        assert_eq!(r.status(), 404);
+        assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    }
+    assert_eq!(heads("other/app"), 2, "a refusal is not remembered");
+
+    // One that may read it is asked once, then remembered.
+    for _ in 0..2 {
+        let r = wharf.get(&by_digest("team/app")).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-wharf-cache"], "hit");
+    }
+    assert_eq!(heads("team/app"), 1);
+}

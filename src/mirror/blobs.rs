@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::passthrough::Passthrough;
-use super::Mirror;
+use super::{Content, Mirror};
 use crate::cache::{BlobFile, Chunk, CommitError, Fill, FillReader, FillWriter, Joined, ReadError};
 use crate::error::{ClientError, Error};
 use crate::metrics::{BypassReason, CacheResult, ContentKind};
@@ -101,7 +101,8 @@ impl Mirror {
         // Content already here came through some repository; a private upstream must confirm
         // that this one may read it too. A fill started here asks the upstream itself.
         if matches!(joined, Joined::Cached(_) | Joined::Coalesced(_)) {
-            self.confirm_access(upstream, repo, digest).await?;
+            self.confirm_access(upstream, repo, digest, Content::Blob)
+                .await?;
         }
         let (fill, result) = match joined {
             Joined::Cached(blob) => {
@@ -152,40 +153,6 @@ impl Mirror {
         }
     }
 
-    /// Succeeds when `repo` may read `digest`: always for upstreams that do not confirm access,
-    /// otherwise when the upstream said so (a `HEAD` through `repo`) in the last few minutes.
-    /// Anything else is refused as unknown (the blob's existence elsewhere is not revealed),
-    /// and an upstream that cannot be asked means a refusal too.
-    async fn confirm_access(
-        &self,
-        upstream: &Upstream,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<(), Error> {
-        if !upstream.confirms_access() {
-            return Ok(());
-        }
-        let key = (Arc::from(upstream.name()), repo.clone(), digest.clone());
-        if self.confirmed.contains_key(&key) {
-            return Ok(());
-        }
-        match upstream.blob_length(repo, digest).await {
-            Ok(_) => {
-                self.confirmed.insert(key, ());
-                Ok(())
-            }
-            Err(
-                e @ (UpstreamError::NotFound
-                | UpstreamError::Unauthorized { .. }
-                | UpstreamError::Denied { .. }),
-            ) => {
-                tracing::info!(upstream = upstream.name(), %repo, %digest, error = %e, "cached blob refused: the upstream does not confirm this repository may read it");
-                Err(ClientError::BlobUnknown.into())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Streams a blob from the upstream to one client without caching it.
     async fn passthrough(
         &self,
@@ -225,10 +192,7 @@ impl Mirror {
                 return;
             }
         };
-        if upstream.confirms_access() {
-            let key = (Arc::from(upstream.name()), repo.clone(), digest.clone());
-            self.confirmed.insert(key, ());
-        }
+        self.record_access(upstream, repo, digest);
         writer.start(stream.length()).await;
         let outcome = loop {
             match stream.next_chunk().await {
@@ -271,12 +235,14 @@ impl Mirror {
         digest: &Digest,
     ) -> Result<(Option<u64>, CacheResult), Error> {
         if let Some(blob) = self.store.open_blob(digest) {
-            self.confirm_access(upstream, repo, digest).await?;
+            self.confirm_access(upstream, repo, digest, Content::Blob)
+                .await?;
             return Ok((Some(blob.size), CacheResult::Hit));
         }
         if let Some(fill) = self.fills.running(digest) {
             if let Ok(size) = fill.started().await {
-                self.confirm_access(upstream, repo, digest).await?;
+                self.confirm_access(upstream, repo, digest, Content::Blob)
+                    .await?;
                 return Ok((size, CacheResult::Coalesced));
             }
         }

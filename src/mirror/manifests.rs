@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::flights::Joined;
-use super::{HotManifest, Mirror};
+use super::{Content, HotManifest, Mirror};
 use crate::cache::{Area, CommitError, StoredManifest, TagKey, Variant};
 use crate::error::{ClientError, Error};
 use crate::metrics::{CacheResult, ContentKind};
@@ -72,6 +72,10 @@ impl Mirror {
         digest: &Digest,
     ) -> Result<ManifestAnswer, Error> {
         if let Some(manifest) = self.cached_manifest(digest)? {
+            // Cached through some repository: a private upstream must confirm this one may
+            // read it, as for blobs.
+            self.confirm_access(upstream, repo, digest, Content::Manifest)
+                .await?;
             return Ok(ManifestAnswer {
                 manifest,
                 result: CacheResult::Hit,
@@ -296,6 +300,7 @@ impl Mirror {
                 .into());
             }
         }
+        self.record_access(upstream, repo, &actual);
         let manifest = Arc::new(StoredManifest {
             digest: actual,
             media_type: response.media_type,

@@ -18,8 +18,9 @@ use crate::cache::{Fills, Store, StoredManifest, TagTable, Usage};
 use crate::config::CacheConfig;
 use crate::error::{ClientError, Error};
 use crate::metrics::Metrics;
+use crate::oci::media::ALL_MANIFEST_TYPES;
 use crate::oci::{Digest, RepoName};
-use crate::upstream::{ListingResponse, Upstream, Upstreams};
+use crate::upstream::{ListingResponse, Upstream, UpstreamError, Upstreams};
 pub use blobs::{BlobAnswer, BlobReader};
 use flights::Flights;
 pub use manifests::ManifestAnswer;
@@ -38,7 +39,14 @@ type ManifestKey = (Arc<str>, RepoName, String, String);
 type ListingKey = (Arc<str>, RepoName, String);
 type AccessKey = (Arc<str>, RepoName, Digest);
 
-/// How long an upstream's word that a repository may read a blob is trusted.
+/// What a confirmation of access asks the upstream about.
+#[derive(Debug, Clone, Copy)]
+enum Content {
+    Blob,
+    Manifest,
+}
+
+/// How long an upstream's word that a repository may read content is trusted.
 const ACCESS_CONFIRMED_FOR: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 pub struct Mirror {
@@ -50,7 +58,7 @@ pub struct Mirror {
     manifest_fetches: Flights<ManifestKey, Result<Arc<StoredManifest>, Error>>,
     revalidations: Flights<ManifestKey, Result<Option<Digest>, Error>>,
     listings: AsyncCache<ListingKey, Arc<ListingResponse>>,
-    /// Repositories a private upstream has confirmed may read a blob.
+    /// Repositories a private upstream has confirmed may read a blob or manifest.
     confirmed: Cache<AccessKey, ()>,
     config: CacheConfig,
     metrics: Metrics,
@@ -109,6 +117,60 @@ impl Mirror {
             return Err(ClientError::RepositoryNotAllowed(repo.to_string()).into());
         }
         Ok(upstream)
+    }
+
+    /// Succeeds when `repo` may read `digest`: always for upstreams that do not confirm access,
+    /// otherwise when the upstream said so (a `HEAD` through `repo`) in the last few minutes.
+    /// Anything else is refused as unknown (the content's existence elsewhere is not revealed),
+    /// and an upstream that cannot be asked means a refusal too.
+    async fn confirm_access(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: &Digest,
+        content: Content,
+    ) -> Result<(), Error> {
+        if !upstream.confirms_access() {
+            return Ok(());
+        }
+        let key = (Arc::from(upstream.name()), repo.clone(), digest.clone());
+        if self.confirmed.contains_key(&key) {
+            return Ok(());
+        }
+        let asked = match content {
+            Content::Blob => upstream.blob_length(repo, digest).await.map(drop),
+            Content::Manifest => upstream
+                .manifest(repo, &digest.to_string(), ALL_MANIFEST_TYPES, true)
+                .await
+                .map(drop),
+        };
+        match asked {
+            Ok(()) => {
+                self.confirmed.insert(key, ());
+                Ok(())
+            }
+            Err(
+                e @ (UpstreamError::NotFound
+                | UpstreamError::Unauthorized { .. }
+                | UpstreamError::Denied { .. }),
+            ) => {
+                tracing::info!(upstream = upstream.name(), %repo, %digest, error = %e, "cached content refused: the upstream does not confirm this repository may read it");
+                Err(match content {
+                    Content::Blob => ClientError::BlobUnknown,
+                    Content::Manifest => ClientError::ManifestUnknown,
+                }
+                .into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Remembers that the upstream just served `digest` through `repo`.
+    fn record_access(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest) {
+        if upstream.confirms_access() {
+            let key = (Arc::from(upstream.name()), repo.clone(), digest.clone());
+            self.confirmed.insert(key, ());
+        }
     }
 
     /// Whether `name` is a configured upstream (a path prefix, for routing).
