@@ -627,6 +627,16 @@ mod tests {
     }
 
     #[test]
+    fn client_authentication_files() {
+        let c = Config::parse("[server.auth]\ntokens = \"/etc/wharf/tokens\"").unwrap();
+        let auth = c.server.auth.as_ref().unwrap();
+        assert_eq!(auth.tokens.as_deref(), Some(Path::new("/etc/wharf/tokens")));
+        assert!(auth.htpasswd.is_none());
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+        assert!(Config::parse("[server.auth]\npasswords = \"/x\"").is_err());
+    }
+
+    #[test]
     fn effective_config_round_trips() {
         let c = Config::default();
         assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);

@@ -55,6 +55,48 @@ fn check_config_names_a_bad_key_and_its_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/mirror.toml"));
 }
 
+#[test]
+fn check_config_reads_the_credential_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    // An MD5-crypt hash, as `htpasswd` writes without -B: refused, with its line, not echoed.
+    std::fs::write(
+        &htpasswd,
+        "# users\nalice:$apr1$Qx3s9sQ2$0123456789abcdefghijkl\n",
+    )
+    .unwrap();
+    let file = dir.path().join("mirror.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server.auth]\nhtpasswd = {:?}\n",
+            htpasswd.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(WHARF)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("htpasswd -B"),
+        "{err}"
+    );
+    assert!(!err.contains("Qx3s9sQ2"), "{err}");
+
+    std::fs::write(&file, "[server.auth]\n").unwrap();
+    let out = Command::new(WHARF)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("htpasswd, tokens or both"));
+}
+
 /// Stops the child by PID whatever happens in the test.
 struct Running(Child);
 

@@ -413,6 +413,51 @@ async fn sighup_does_not_stop_a_plain_http_wharf() {
     assert!(wharf.wait_exit(Duration::from_secs(10)).success());
 }
 
+#[tokio::test]
+async fn sighup_rereads_the_client_credentials() {
+    let upstream = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let hash = |token: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token));
+    fs::write(&tokens, format!("sha256:{} old\n", hash("old-token"))).unwrap();
+    let config = format!(
+        "[server.auth]\ntokens = {:?}\n{}",
+        tokens.display().to_string(),
+        config_toml(&upstream, &dir.path().join("cache"), "", "")
+    );
+    let mut wharf = Process::start(dir.path(), &config, "1s");
+    let status = |token: &'static str| {
+        let url = wharf.url("/v2/");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status("old-token").await, 200);
+    fs::write(&tokens, format!("sha256:{} new\n", hash("new-token"))).unwrap();
+    wharf.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !fs::read_to_string(&wharf.log)
+        .unwrap()
+        .contains("client credentials reloaded")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the credentials"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status("old-token").await, 401);
+    assert_eq!(status("new-token").await, 200);
+    wharf.sigterm();
+    assert!(wharf.wait_exit(Duration::from_secs(10)).success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_reach_no_log_metric_or_check_config_output() {
     use base64::Engine as _;
@@ -429,16 +474,42 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
         "username = \"wharf\"\npassword_file = {:?}",
         password_file.display().to_string()
     );
-    let config = config_toml(&upstream, &dir.path().join("cache"), "", &credentials);
+    // And the clients' credentials: a user and a token of wharf's own.
+    const CLIENT_PASSWORD: &str = "client-pw-7781";
+    const CLIENT_TOKEN: &str = "client-token-9902";
+    let htpasswd = dir.path().join("htpasswd");
+    let hash = bcrypt::hash(CLIENT_PASSWORD, 4).unwrap();
+    fs::write(&htpasswd, format!("puller:{hash}\n")).unwrap();
+    fs::set_permissions(&htpasswd, fs::Permissions::from_mode(0o600)).unwrap();
+    let tokens = dir.path().join("tokens");
+    let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(CLIENT_TOKEN));
+    fs::write(&tokens, format!("sha256:{token_hash} ci\n")).unwrap();
+    fs::set_permissions(&tokens, fs::Permissions::from_mode(0o644)).unwrap();
+    let config = format!(
+        "[server.auth]\nhtpasswd = {:?}\ntokens = {:?}\n{}",
+        htpasswd.display().to_string(),
+        tokens.display().to_string(),
+        config_toml(&upstream, &dir.path().join("cache"), "", &credentials)
+    );
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("wharf:{PASSWORD}"));
-    let secrets = [PASSWORD, basic.as_str(), common::TOKEN];
+    let client_basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("puller:{CLIENT_PASSWORD}"));
+    let secrets = [
+        PASSWORD,
+        basic.as_str(),
+        common::TOKEN,
+        CLIENT_PASSWORD,
+        client_basic.as_str(),
+        CLIENT_TOKEN,
+        hash.as_str(),
+    ];
     let leaks = |what: &str, text: &str| {
         for secret in secrets {
             assert!(!text.contains(secret), "{what} holds a secret: {secret}");
         }
     };
 
-    // check-config warns of the readable password file, and prints no secret.
+    // check-config warns of the readable password and token files, and prints no secret.
     let config_path = dir.path().join("check.toml");
     fs::write(&config_path, &config).unwrap();
     let checked = Command::new(WHARF)
@@ -448,7 +519,9 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
         .unwrap();
     assert!(checked.status.success());
     let stderr = String::from_utf8_lossy(&checked.stderr);
-    assert!(stderr.contains("can be read by other users"), "{stderr}");
+    assert!(stderr.contains("password_file"), "{stderr}");
+    assert!(stderr.contains("server.auth.tokens"), "{stderr}");
+    assert!(!stderr.contains("server.auth.htpasswd"), "{stderr}");
     leaks("check-config", &String::from_utf8_lossy(&checked.stdout));
     leaks("check-config", &stderr);
 
@@ -458,11 +531,24 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
     let client = reqwest::Client::new();
     let r = client
         .get(wharf.url(&format!("/v2/library/app/blobs/{digest}")))
+        .basic_auth("puller", Some(CLIENT_PASSWORD))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap();
+    for wrong in [
+        "Bearer client-token-9903",
+        "Basic cHVsbGVyOmNsaWVudC1wdy03NzgyCg==",
+    ] {
+        let r = client
+            .get(wharf.url("/v2/"))
+            .header("authorization", wrong)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
     let seen_basic = upstream
         .seen()
         .iter()
@@ -471,6 +557,7 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
     for path in ["/metrics", "/readyz"] {
         let text = client
             .get(wharf.url(path))
+            .bearer_auth(CLIENT_TOKEN)
             .send()
             .await
             .unwrap()
