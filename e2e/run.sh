@@ -28,7 +28,7 @@ WHARF_SRC=$1
 DOCKER=${DOCKER:-docker}
 TAG=v1
 CLIENT_TIMEOUT=60 # seconds any single pull may take (a healthy one takes a few)
-SUITE_BUDGET=480  # seconds; after this, remaining checks fail at once instead of waiting
+SUITE_BUDGET=600  # seconds; after this, remaining checks fail at once instead of waiting
 
 WORK=$(mktemp -d)
 LOGS=$WORK/logs
@@ -299,7 +299,9 @@ main() {
         read -ra phases <<<"$E2E_PHASES"
     fi
     for phase in "${phases[@]}"; do
-        if budget_spent; then
+        if ! declare -F "$phase" >/dev/null; then
+            fail "$phase (no such phase)"
+        elif budget_spent; then
             fail "$phase (not run: the suite's time budget of $SUITE_BUDGET s is spent)"
         else
             "$phase"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for a bounded time, each from its seed inputs (fuzz/seeds/<target>) in
-# a scratch corpus, so the repository is never written to. A crash stops the run, names the
-# target and keeps the input that caused it (printed path).
+# a scratch corpus, so the seeds stay as committed. A crash stops the run, names the target and
+# keeps the input that caused it in fuzz/artifacts/.
 #
 #     bash fuzz/run.sh [SECONDS_PER_TARGET]    # default 20
 #

@@ -57,8 +57,8 @@ pub struct AuthConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub htpasswd: Option<PathBuf>,
     /// Bearer tokens, one per line as `sha256:<hex of the token's SHA-256>`, then optionally a
-    /// label for the access log. A token may also be sent as a Basic password, with any user
-    /// name that is not in `htpasswd`.
+    /// label for the access log. A token may also be sent as a Basic password, with a user
+    /// name that is not in `htpasswd`. Unsalted: tokens must be long and random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<PathBuf>,
 }
@@ -181,9 +181,9 @@ pub struct UpstreamConfig {
     /// for a place. 0: no cap.
     #[serde(default = "defaults::max_fetches")]
     pub max_fetches: usize,
-    /// With credentials: a blob cached through one repository is served through another only
-    /// after the upstream confirms (a `HEAD`, remembered a while) that this one may read it, so
-    /// a digest cannot unlock another repository's private layers. Off for registries whose
+    /// With credentials: a blob or manifest cached through one repository is served through
+    /// another only after the upstream confirms (a `HEAD`, remembered a while) that this one
+    /// may read it, so a digest cannot unlock another repository's private content. Off for registries whose
     /// content is all public to every client of this mirror.
     #[serde(default = "defaults::yes")]
     pub confirm_access: bool,

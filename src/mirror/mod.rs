@@ -9,6 +9,7 @@ mod passthrough;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use moka::future::Cache as AsyncCache;
 use moka::sync::Cache;
@@ -47,7 +48,10 @@ enum Content {
 }
 
 /// How long an upstream's word that a repository may read content is trusted.
-const ACCESS_CONFIRMED_FOR: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+const ACCESS_CONFIRMED_FOR: Duration = Duration::from_secs(10 * 60);
+/// How long it is remembered at all: while the upstream is down and cannot be asked again, an
+/// older word is better than refusing content the repository was known to read.
+const ACCESS_REMEMBERED_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 
 pub struct Mirror {
     upstreams: Upstreams,
@@ -58,8 +62,8 @@ pub struct Mirror {
     manifest_fetches: Flights<ManifestKey, Result<Arc<StoredManifest>, Error>>,
     revalidations: Flights<ManifestKey, Result<Option<Digest>, Error>>,
     listings: AsyncCache<ListingKey, Arc<ListingResponse>>,
-    /// Repositories a private upstream has confirmed may read a blob or manifest.
-    confirmed: Cache<AccessKey, ()>,
+    /// Repositories a private upstream has confirmed may read a blob or manifest, and when.
+    confirmed: Cache<AccessKey, Instant>,
     config: CacheConfig,
     metrics: Metrics,
 }
@@ -91,7 +95,7 @@ impl Mirror {
                 .build(),
             confirmed: Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(ACCESS_CONFIRMED_FOR)
+                .time_to_live(ACCESS_REMEMBERED_FOR)
                 .build(),
             config,
             metrics,
@@ -120,9 +124,10 @@ impl Mirror {
     }
 
     /// Succeeds when `repo` may read `digest`: always for upstreams that do not confirm access,
-    /// otherwise when the upstream said so (a `HEAD` through `repo`) in the last few minutes.
-    /// Anything else is refused as unknown (the content's existence elsewhere is not revealed),
-    /// and an upstream that cannot be asked means a refusal too.
+    /// otherwise when the upstream said so (a `HEAD` through `repo`) in the last few minutes,
+    /// or, while it is down, in the last day. Anything else is refused as unknown (the
+    /// content's existence elsewhere is not revealed), and an upstream that cannot be asked
+    /// about a repository it never confirmed means a refusal too.
     async fn confirm_access(
         &self,
         upstream: &Upstream,
@@ -134,7 +139,8 @@ impl Mirror {
             return Ok(());
         }
         let key = (Arc::from(upstream.name()), repo.clone(), digest.clone());
-        if self.confirmed.contains_key(&key) {
+        let confirmed_at = self.confirmed.get(&key);
+        if confirmed_at.is_some_and(|at| at.elapsed() < ACCESS_CONFIRMED_FOR) {
             return Ok(());
         }
         let asked = match content {
@@ -146,7 +152,11 @@ impl Mirror {
         };
         match asked {
             Ok(()) => {
-                self.confirmed.insert(key, ());
+                self.confirmed.insert(key, Instant::now());
+                Ok(())
+            }
+            Err(e) if e.is_outage() && confirmed_at.is_some() => {
+                tracing::debug!(upstream = upstream.name(), %repo, %digest, error = %e, "upstream down: access confirmed earlier stands");
                 Ok(())
             }
             Err(
@@ -169,7 +179,7 @@ impl Mirror {
     fn record_access(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest) {
         if upstream.confirms_access() {
             let key = (Arc::from(upstream.name()), repo.clone(), digest.clone());
-            self.confirmed.insert(key, ());
+            self.confirmed.insert(key, Instant::now());
         }
     }
 

@@ -4,13 +4,15 @@
 //!
 //! bcrypt is slow on purpose, and docker, containerd and podman send their credentials with
 //! every request, so a verified `Authorization` value is remembered for a few minutes (by its
-//! SHA-256, never in the clear) and a refused one for a few seconds; bcrypt itself runs on
-//! blocking threads, a few at a time, so a flood of wrong passwords cannot stall the server.
+//! SHA-256, never in the clear) and a refused one for a few seconds. bcrypt itself runs on
+//! blocking threads, on at most half the cores, with a bounded queue: a flood of wrong
+//! passwords slows logins down, but cannot take the cores that serve pulls.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
+use super::{file_stamp, FileStamp};
 use crate::config::AuthConfig;
 
 /// How long a verified `Authorization` value is trusted without checking it again. A reload of
@@ -33,7 +36,7 @@ const REFUSED_FOR: Duration = Duration::from_secs(5);
 pub const CHALLENGE: &str = "Basic realm=\"wharf\"";
 
 /// Credentials a client presented in its `Authorization` header.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub enum Presented {
     Basic { user: String, password: String },
     Bearer(String),
@@ -66,8 +69,18 @@ impl Presented {
     }
 }
 
+/// Shows who, never the secret.
+impl fmt::Debug for Presented {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Presented::Basic { user, .. } => write!(f, "Basic({user:?}, <password>)"),
+            Presented::Bearer(_) => f.write_str("Bearer(<token>)"),
+        }
+    }
+}
+
 /// What the two files hold.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Credentials {
     /// User → bcrypt hash.
     users: HashMap<String, String>,
@@ -154,35 +167,99 @@ impl Credentials {
     }
 }
 
-/// `$2a$`, `$2b$`, `$2x$` or `$2y$`, a two-digit cost, then 53 characters of salt and hash.
+/// Counts, never hashes.
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("users", &self.users.len())
+            .field("tokens", &self.tokens.len())
+            .finish()
+    }
+}
+
+/// `$2a$`, `$2b$` or `$2y$`, a cost from 4 to 31, then 53 characters of salt and hash.
+/// (`$2x$`, from a buggy old implementation, would not verify as its author expects.)
 fn is_bcrypt(hash: &str) -> bool {
     let b = hash.as_bytes();
     b.len() == 60
         && b.starts_with(b"$2")
-        && matches!(b[2], b'a' | b'b' | b'x' | b'y')
+        && matches!(b[2], b'a' | b'b' | b'y')
         && b[3] == b'$'
-        && b[4..6].iter().all(u8::is_ascii_digit)
+        && bcrypt_cost(hash).is_some_and(|cost| (4..=31).contains(&cost))
         && b[6] == b'$'
         && b[7..]
             .iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'/'))
 }
 
-/// The refusal, for the one error mapping.
+/// The cost of a bcrypt hash: the two digits after `$2?$`.
+fn bcrypt_cost(hash: &str) -> Option<u32> {
+    hash.get(4..6)?
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| hash[4..6].parse().ok())
+        .flatten()
+}
+
+/// Why a client is not let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused;
+pub enum AuthError {
+    /// No credentials, or wrong ones.
+    Refused,
+    /// Too many password checks are waiting already: try again in a moment.
+    Busy,
+}
+
+/// Password checks that may wait for a place, per place: beyond them a client is told to come
+/// back later rather than queue without end behind a flood of guesses.
+const WAITING_PER_PLACE: usize = 32;
+
+/// One reading of the files, with what was verified against it. A reload swaps the whole
+/// snapshot, so a check that straddles a reload lands in caches no one reads any more.
+struct Snapshot {
+    credentials: Credentials,
+    /// The hash an unknown user's password is checked against: the costliest in the file.
+    decoy: Option<String>,
+    /// SHA-256 of an `Authorization` value → whom it was verified as. Concurrent requests
+    /// with the same value share one check.
+    verified: moka::future::Cache<[u8; 32], Arc<str>>,
+    /// SHA-256 of `Authorization` values refused a moment ago.
+    refused: Cache<[u8; 32], ()>,
+}
+
+impl Snapshot {
+    fn new(credentials: Credentials) -> Snapshot {
+        let decoy = credentials
+            .users
+            .values()
+            .max_by_key(|hash| bcrypt_cost(hash))
+            .cloned();
+        Snapshot {
+            credentials,
+            decoy,
+            verified: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(VERIFIED_FOR)
+                .build(),
+            refused: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(REFUSED_FOR)
+                .build(),
+        }
+    }
+}
 
 /// Checks clients' credentials against the files, and keeps them current.
 pub struct Authenticator {
     files: AuthConfig,
-    credentials: RwLock<Arc<Credentials>>,
+    current: RwLock<Arc<Snapshot>>,
     stamp: Mutex<Stamp>,
-    /// SHA-256 of an `Authorization` value → whom it was verified as.
-    verified: Cache<[u8; 32], Arc<str>>,
-    /// SHA-256 of `Authorization` values refused a moment ago.
-    refused: Cache<[u8; 32], ()>,
-    /// Places for bcrypt verifications running at once.
+    /// Places for bcrypt checks running at once: half the cores, so that a flood of guesses
+    /// leaves the other half serving.
     hashing: Arc<Semaphore>,
+    /// Checks waiting for a place now, and the most that may.
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
 }
 
 impl Authenticator {
@@ -191,95 +268,110 @@ impl Authenticator {
         let stamp = stamp(files);
         let credentials = read(files)?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let places = (cores / 2).max(1);
         Ok(Authenticator {
             files: files.clone(),
-            credentials: RwLock::new(Arc::new(credentials)),
+            current: RwLock::new(Arc::new(Snapshot::new(credentials))),
             stamp: Mutex::new(stamp),
-            verified: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(VERIFIED_FOR)
-                .build(),
-            refused: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(REFUSED_FOR)
-                .build(),
-            hashing: Arc::new(Semaphore::new(cores)),
+            hashing: Arc::new(Semaphore::new(places)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_waiting: places * WAITING_PER_PLACE,
         })
     }
 
     /// Whom `authorization` (the header's value, if any) shows the client to be.
-    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Arc<str>, Refused> {
-        let presented = authorization.and_then(Presented::parse).ok_or(Refused)?;
-        let key: [u8; 32] = Sha256::digest(authorization.unwrap_or_default()).into();
-        if let Some(who) = self.verified.get(&key) {
-            return Ok(who);
+    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Arc<str>, AuthError> {
+        let value = authorization.ok_or(AuthError::Refused)?;
+        let presented = Presented::parse(value).ok_or(AuthError::Refused)?;
+        let key: [u8; 32] = Sha256::digest(value).into();
+        let snapshot = self.current.read().expect("lock poisoned").clone();
+        if snapshot.refused.contains_key(&key) {
+            return Err(AuthError::Refused);
         }
-        if self.refused.contains_key(&key) {
-            return Err(Refused);
-        }
-        let credentials = self.credentials.read().expect("lock poisoned").clone();
-        let answer = self.check(&credentials, presented).await;
-        // Only if the files were not reloaded meanwhile: a revoked user must not be
-        // remembered as verified under the new ones.
-        if Arc::ptr_eq(
-            &credentials,
-            &self.credentials.read().expect("lock poisoned"),
-        ) {
-            match &answer {
-                Ok(who) => self.verified.insert(key, who.clone()),
-                Err(Refused) => self.refused.insert(key, ()),
-            }
+        let answer = snapshot
+            .verified
+            .try_get_with(key, self.check(&snapshot, presented))
+            .await
+            .map_err(|e| *e);
+        if answer == Err(AuthError::Refused) {
+            snapshot.refused.insert(key, ());
         }
         answer
     }
 
     async fn check(
         &self,
-        credentials: &Arc<Credentials>,
+        snapshot: &Snapshot,
         presented: Presented,
-    ) -> Result<Arc<str>, Refused> {
+    ) -> Result<Arc<str>, AuthError> {
+        let credentials = &snapshot.credentials;
         let (user, password) = match presented {
-            Presented::Bearer(token) => return credentials.token(&token).ok_or(Refused),
+            Presented::Bearer(token) => return credentials.token(&token).ok_or(AuthError::Refused),
             Presented::Basic { user, password } => (user, password),
         };
-        let hash = match credentials.users.get(&user) {
-            Some(hash) => hash.clone(),
-            None => {
-                if let Some(label) = credentials.token(&password) {
-                    return Ok(label);
-                }
-                // An unknown user costs what a wrong password does, so that timing does not
-                // tell which users exist.
-                match credentials.users.values().next() {
-                    Some(any) => {
-                        let _ = self.bcrypt(password, any.clone()).await;
-                        return Err(Refused);
-                    }
-                    None => return Err(Refused),
-                }
+        let Some(hash) = credentials.users.get(&user) else {
+            if let Some(label) = credentials.token(&password) {
+                return Ok(label);
             }
+            // An unknown user costs what a wrong password does, so that timing does not tell
+            // which users exist.
+            if let Some(decoy) = &snapshot.decoy {
+                self.bcrypt(password, decoy.clone()).await?;
+            }
+            return Err(AuthError::Refused);
         };
-        if self.bcrypt(password, hash).await {
+        if self.bcrypt(password, hash.clone()).await? {
             Ok(user.into())
         } else {
-            Err(Refused)
+            Err(AuthError::Refused)
         }
     }
 
-    /// Whether `password` matches the bcrypt `hash`, verified on a blocking thread.
-    async fn bcrypt(&self, password: String, hash: String) -> bool {
-        let Ok(_place) = self.hashing.clone().acquire_owned().await else {
-            return false;
+    /// Whether `password` matches the bcrypt `hash`, checked on a blocking thread once a place
+    /// is free; `Busy` if too many checks wait already.
+    async fn bcrypt(&self, password: String, hash: String) -> Result<bool, AuthError> {
+        let place = match self.hashing.clone().try_acquire_owned() {
+            Ok(place) => place,
+            Err(_) => {
+                let waiting = Waiting::enter(&self.waiting, self.max_waiting)?;
+                let place = self.hashing.clone().acquire_owned().await;
+                drop(waiting);
+                place.map_err(|_| AuthError::Busy)?
+            }
         };
-        tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-            .await
-            .unwrap_or(false)
+        let matched = tokio::task::spawn_blocking(move || {
+            let _place = place;
+            bcrypt::verify(password, &hash).unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        Ok(matched)
+    }
+}
+
+/// A place in the queue for bcrypt, given up when dropped (a client may go away while it
+/// waits).
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn enter(count: &Arc<AtomicUsize>, max: usize) -> Result<Waiting, AuthError> {
+        if count.fetch_add(1, Ordering::AcqRel) >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return Err(AuthError::Busy);
+        }
+        Ok(Waiting(count.clone()))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl super::Reload for Authenticator {
-    /// Files that do not parse are logged and the previous credentials kept: a half-written
-    /// file must not lock everyone out, nor let everyone in.
+    /// Files that do not parse (or cannot be read, or are gone) are logged and the previous
+    /// credentials kept: a broken file must not lock everyone out, nor let everyone in.
     fn reload(&self, forced: bool) {
         let now = stamp(&self.files);
         {
@@ -292,9 +384,8 @@ impl super::Reload for Authenticator {
         match read(&self.files) {
             Ok(credentials) => {
                 let (users, tokens) = (credentials.users.len(), credentials.tokens.len());
-                *self.credentials.write().expect("lock poisoned") = Arc::new(credentials);
-                self.verified.invalidate_all();
-                self.refused.invalidate_all();
+                *self.current.write().expect("lock poisoned") =
+                    Arc::new(Snapshot::new(credentials));
                 tracing::info!(users, tokens, "client credentials reloaded");
             }
             Err(e) => {
@@ -322,17 +413,14 @@ fn read(files: &AuthConfig) -> Result<Credentials, String> {
     Ok(credentials)
 }
 
-/// What the files looked like when read: device, inode, change time and length of each.
-type Stamp = Vec<Option<(u64, u64, i64, i64, u64)>>;
+/// What the files looked like when read.
+type Stamp = Vec<FileStamp>;
 
 fn stamp(files: &AuthConfig) -> Stamp {
     [&files.htpasswd, &files.tokens]
         .into_iter()
         .flatten()
-        .map(|path: &PathBuf| {
-            let m = fs::metadata(path).ok()?;
-            Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec(), m.len()))
-        })
+        .map(|path| file_stamp(path))
         .collect()
 }
 
@@ -397,6 +485,8 @@ mod tests {
             "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=",
             "bob:$apr1$abc$defghijklmnopqrstuvwxy",
             "bob:plain",
+            "bob:$2b$03$abcdefghijklmnopqrstuuabcdefghijklmnopqrstuvwxyzABCDE",
+            "bob:$2x$10$abcdefghijklmnopqrstuuabcdefghijklmnopqrstuvwxyzABCDE",
             "nocolon",
             &format!(":{good}"),
             &format!("alice:{good}"), // listed twice
@@ -427,7 +517,7 @@ mod tests {
             &token_line("tok-123", "ci"),
         ))
         .unwrap();
-        let ok = |r: Result<Arc<str>, Refused>| r.map(|who| who.to_string());
+        let ok = |r: Result<Arc<str>, AuthError>| r.map(|who| who.to_string());
         assert_eq!(
             ok(auth
                 .authenticate(Some(&basic("alice", "open sesame")))
@@ -461,7 +551,7 @@ mod tests {
         ] {
             assert_eq!(
                 auth.authenticate(refused.as_deref()).await,
-                Err(Refused),
+                Err(AuthError::Refused),
                 "{refused:?}"
             );
         }
@@ -482,13 +572,61 @@ mod tests {
         auth.reload(true);
         assert_eq!(
             auth.authenticate(Some(&basic("bob", "pw"))).await,
-            Err(Refused)
+            Err(AuthError::Refused)
         );
         assert!(auth.authenticate(Some(&basic("alice", "pw"))).await.is_ok());
         fs::write(dir.path().join("htpasswd"), "alice:half-writ").unwrap();
         auth.reload(true);
         assert!(auth.authenticate(Some(&basic("alice", "pw"))).await.is_ok());
         assert!(auth.authenticate(Some(b"Bearer t")).await.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_guesses_is_turned_away_and_known_clients_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash("right", 8).unwrap();
+        let auth = Arc::new(
+            Authenticator::load(&files(dir.path(), &format!("alice:{hash}\n"), "")).unwrap(),
+        );
+        assert!(auth
+            .authenticate(Some(&basic("alice", "right")))
+            .await
+            .is_ok());
+        let guesses: Vec<_> = (0..200)
+            .map(|n| {
+                let auth = auth.clone();
+                tokio::spawn(async move {
+                    auth.authenticate(Some(&basic("alice", &format!("guess-{n}"))))
+                        .await
+                })
+            })
+            .collect();
+        // Meanwhile a client already verified is let in at once, without a bcrypt.
+        let started = std::time::Instant::now();
+        assert!(auth
+            .authenticate(Some(&basic("alice", "right")))
+            .await
+            .is_ok());
+        assert!(started.elapsed() < Duration::from_millis(50));
+        let mut busy = 0;
+        for guess in guesses {
+            match guess.await.unwrap() {
+                Err(AuthError::Busy) => busy += 1,
+                Err(AuthError::Refused) => {}
+                Ok(who) => panic!("a guess got in as {who}"),
+            }
+        }
+        assert!(busy > 100, "only {busy} of 200 guesses were turned away");
+        assert_eq!(auth.waiting.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let presented = Presented::parse(&basic("alice", "s3cret")).unwrap();
+        assert_eq!(format!("{presented:?}"), "Basic(\"alice\", <password>)");
+        let mut c = Credentials::default();
+        c.parse_tokens(&token_line("tok", "ci")).unwrap();
+        assert!(!format!("{c:?}").contains(&hex::encode(Sha256::digest("tok"))));
     }
 
     #[test]

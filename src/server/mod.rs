@@ -102,7 +102,12 @@ impl Access {
                 .authenticate(authorization)
                 .await
                 .map(Some)
-                .map_err(|auth::Refused| ClientError::Unauthenticated),
+                .map_err(|e| match e {
+                    auth::AuthError::Refused => ClientError::Unauthenticated,
+                    auth::AuthError::Busy => ClientError::TooManyRequests {
+                        retry_after_secs: 1,
+                    },
+                }),
             None => Ok(None),
         }
     }
@@ -373,6 +378,18 @@ pub trait Reload: Send + Sync {
 
 /// How often reloadable files are looked at (a `stat` each).
 const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// What a file looked like when it was read: a changed stamp means new content (a rewrite, or
+/// a symlink swapped to a new file, as Kubernetes updates secrets). The change time, which no
+/// program can set, catches copies that keep the old modification time (`cp -p`, `rsync -t`).
+/// `None`: the file could not be looked at.
+type FileStamp = Option<(u64, u64, i64, i64, u64)>;
+
+fn file_stamp(path: &std::path::Path) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec(), m.len()))
+}
 
 /// Reloads `files` whenever they change and on SIGHUP; runs until dropped. Without files,
 /// SIGHUP is only logged (`systemctl reload` may send it to any wharf).

@@ -2,8 +2,6 @@
 //! reloaded when their files change or on SIGHUP. A reload only changes what new handshakes
 //! present: open connections keep going. Knows files and rustls, not requests.
 
-use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -14,6 +12,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
+use super::{file_stamp, FileStamp};
 use crate::config::TlsConfig;
 
 /// The TLS side of the listener.
@@ -58,17 +57,11 @@ impl super::Reload for Tls {
     }
 }
 
-/// What a file looked like when it was loaded: a changed stamp means new content (a rewrite, or
-/// a symlink swapped to a new file, as Kubernetes updates secrets). The change time, which no
-/// program can set, catches copies that keep the old modification time (`cp -p`, `rsync -t`).
-type Stamp = Option<[(u64, u64, i64, i64, u64); 2]>;
+/// What the certificate and key files looked like when loaded.
+type Stamp = [FileStamp; 2];
 
 fn stamp(cert: &Path, key: &Path) -> Stamp {
-    let one = |path: &Path| {
-        let m = fs::metadata(path).ok()?;
-        Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec(), m.len()))
-    };
-    Some([one(cert)?, one(key)?])
+    [file_stamp(cert), file_stamp(key)]
 }
 
 #[derive(Debug)]
