@@ -29,6 +29,15 @@ fn check_config_prints_the_effective_configuration() {
     }
 }
 
+/// Runs `wharf check-config --config FILE`.
+fn check_config(file: &std::path::Path) -> std::process::Output {
+    Command::new(WHARF)
+        .args(["check-config", "--config"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_config_names_a_bad_key_and_its_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -38,11 +47,7 @@ fn check_config_names_a_bad_key_and_its_line() {
         "[server]\nlisten = \"0.0.0.0:5000\"\n\n[cache]\nmax_sise = \"1GiB\"\n",
     )
     .unwrap();
-    let out = Command::new(WHARF)
-        .args(["check-config", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check_config(&file);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_sise") && err.contains("line 5"), "{err}");
@@ -74,11 +79,7 @@ fn check_config_reads_the_credential_files() {
         ),
     )
     .unwrap();
-    let out = Command::new(WHARF)
-        .args(["check-config", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check_config(&file);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -88,11 +89,7 @@ fn check_config_reads_the_credential_files() {
     assert!(!err.contains("Qx3s9sQ2"), "{err}");
 
     std::fs::write(&file, "[server.auth]\n").unwrap();
-    let out = Command::new(WHARF)
-        .args(["check-config", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check_config(&file);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("htpasswd, tokens or both"));
 }

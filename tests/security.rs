@@ -62,12 +62,7 @@ async fn a_token_realm_on_another_host_is_not_sent_the_credentials() {
         faults.bearer = true;
         faults.realm_host = Some(format!("localhost:{}", elsewhere.addr.port()));
     }
-    let secret = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(secret.path(), "s3cret\n").unwrap();
-    let credentials = format!(
-        "username = \"wharf\"\npassword_file = {:?}",
-        secret.path().display().to_string()
-    );
+    let (_secret, credentials) = upstream_credentials("s3cret");
 
     let cache = tempfile::tempdir().unwrap();
     let toml = config_toml(&upstream, cache.path(), "", &credentials);
@@ -191,12 +186,7 @@ async fn a_private_blob_cached_through_one_repository_needs_the_upstreams_word_f
     let blob = random_bytes(64 * 1024, 5);
     let digest = upstream.add_blob(blob.clone());
     upstream.faults().hidden_repos = vec!["other/app".into()];
-    let secret = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(secret.path(), "pw\n").unwrap();
-    let credentials = format!(
-        "username = \"wharf\"\npassword_file = {:?}",
-        secret.path().display().to_string()
-    );
+    let (_secret, credentials) = upstream_credentials("pw");
     let start = |extra: String| {
         let upstream = &upstream;
         async move {
@@ -205,13 +195,7 @@ async fn a_private_blob_cached_through_one_repository_needs_the_upstreams_word_f
             Wharf::start_with_config(&toml, cache).await
         }
     };
-    let heads = |repo: &str| {
-        upstream
-            .seen()
-            .iter()
-            .filter(|s| s.method == "HEAD" && s.path.starts_with(&format!("/v2/{repo}/")))
-            .count()
-    };
+    let heads = |repo: &str| heads_through(&upstream, repo);
     let blob_path = |repo: &str| format!("/v2/{repo}/blobs/{digest}");
 
     let wharf = start(credentials.clone()).await;
@@ -271,6 +255,38 @@ async fn a_private_blob_cached_through_one_repository_needs_the_upstreams_word_f
     }
 }
 
+/// The `HEAD` requests the upstream has had for `repo`.
+fn heads_through(upstream: &FakeRegistry, repo: &str) -> usize {
+    let prefix = format!("/v2/{repo}/");
+    upstream
+        .seen()
+        .iter()
+        .filter(|s| s.method == "HEAD" && s.path.starts_with(&prefix))
+        .count()
+}
+
+/// `username` and a `password_file` for an upstream, and the file (deleted when dropped).
+fn upstream_credentials(password: &str) -> (tempfile::NamedTempFile, String) {
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), format!("{password}\n")).unwrap();
+    let credentials = format!(
+        "username = \"wharf\"\npassword_file = {:?}",
+        secret.path().display().to_string()
+    );
+    (secret, credentials)
+}
+
+/// A wharf in front of `upstream` that wants the credentials of [`auth_files`], kept in `dir`.
+async fn start_with_auth(upstream: &FakeRegistry, dir: &std::path::Path) -> Wharf {
+    let cache = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}",
+        auth_files(dir),
+        config_toml(upstream, cache.path(), "", "")
+    );
+    Wharf::start_with_config(&toml, cache).await
+}
+
 /// `[server.auth]` with one htpasswd user ("alice", password "open sesame") and one token
 /// ("tok-123", labelled "ci"), in `dir`.
 fn auth_files(dir: &std::path::Path) -> String {
@@ -293,13 +309,7 @@ async fn with_auth_only_clients_with_credentials_may_pull() {
     let digest = upstream.add_blob(blob.clone());
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
     let secrets = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "{}{}",
-        auth_files(secrets.path()),
-        config_toml(&upstream, cache.path(), "", "")
-    );
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let wharf = start_with_auth(&upstream, secrets.path()).await;
     let blob_path = format!("/v2/library/app/blobs/{digest}");
     let get = |path: &str, authorization: Option<&str>| {
         let mut request = wharf.client.get(wharf.url(path));
@@ -366,13 +376,7 @@ async fn a_revoked_token_is_refused_once_the_file_changes() {
     use sha2::Digest;
     let upstream = FakeRegistry::start().await;
     let secrets = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "{}{}",
-        auth_files(secrets.path()),
-        config_toml(&upstream, cache.path(), "", "")
-    );
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let wharf = start_with_auth(&upstream, secrets.path()).await;
     let status = |token: &'static str| {
         let request = wharf
             .client
@@ -402,13 +406,7 @@ async fn an_edge_with_credentials_pulls_through_a_regional_wharf_that_wants_them
     let digest = upstream.add_blob(blob.clone());
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
     let secrets = tempfile::tempdir().unwrap();
-    let regional_cache = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "{}{}",
-        auth_files(secrets.path()),
-        config_toml(&upstream, regional_cache.path(), "", "")
-    );
-    let regional = Wharf::start_with_config(&toml, regional_cache).await;
+    let regional = start_with_auth(&upstream, secrets.path()).await;
 
     let edge_with = |password: &'static str| {
         let regional = regional.url("");
@@ -442,22 +440,11 @@ async fn a_private_manifest_cached_through_one_repository_needs_the_upstreams_wo
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{\"private\":1}");
     upstream.faults().hidden_repos = vec!["other/app".into()];
-    let secret = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(secret.path(), "pw\n").unwrap();
-    let credentials = format!(
-        "username = \"wharf\"\npassword_file = {:?}",
-        secret.path().display().to_string()
-    );
+    let (_secret, credentials) = upstream_credentials("pw");
     let cache = tempfile::tempdir().unwrap();
     let toml = config_toml(&upstream, cache.path(), "", &credentials);
     let wharf = Wharf::start_with_config(&toml, cache).await;
-    let heads = |repo: &str| {
-        upstream
-            .seen()
-            .iter()
-            .filter(|s| s.method == "HEAD" && s.path.starts_with(&format!("/v2/{repo}/")))
-            .count()
-    };
+    let heads = |repo: &str| heads_through(&upstream, repo);
     let by_digest = |repo: &str| format!("/v2/{repo}/manifests/{digest}");
 
     // Fetched by tag: the same repository may then have it by digest without asking.
