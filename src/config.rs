@@ -183,8 +183,8 @@ pub struct UpstreamConfig {
     pub max_fetches: usize,
     /// With credentials: a blob or manifest cached through one repository is served through
     /// another only after the upstream confirms (a `HEAD`, remembered a while) that this one
-    /// may read it, so a digest cannot unlock another repository's private content. Off for registries whose
-    /// content is all public to every client of this mirror.
+    /// may read it, so a digest cannot unlock another repository's private content. Off for
+    /// registries whose content is all public to every client of this mirror.
     #[serde(default = "defaults::yes")]
     pub confirm_access: bool,
     /// Bytes per second taken from this upstream, all requests together; absent: no cap.

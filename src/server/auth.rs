@@ -194,11 +194,11 @@ fn is_bcrypt(hash: &str) -> bool {
 
 /// The cost of a bcrypt hash: the two digits after `$2?$`.
 fn bcrypt_cost(hash: &str) -> Option<u32> {
-    hash.get(4..6)?
-        .bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| hash[4..6].parse().ok())
-        .flatten()
+    let digits = hash.get(4..6)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Why a client is not let in.

@@ -275,11 +275,11 @@ pub async fn serve(
         stop: stopped,
     };
     let tls = tls.map(Arc::new);
-    let mut files: Vec<Arc<dyn Reload>> = Vec::new();
-    files.extend(tls.clone().map(|tls| tls as Arc<dyn Reload>));
-    files
-        .extend((accepting.state.access.authenticator.clone()).map(|auth| auth as Arc<dyn Reload>));
-    let reloads = tokio::spawn(keep_current(files, hangups));
+    let mut reloadable: Vec<Arc<dyn Reload>> = Vec::new();
+    reloadable.extend(tls.clone().map(|tls| tls as Arc<dyn Reload>));
+    let authenticator = accepting.state.access.authenticator.clone();
+    reloadable.extend(authenticator.map(|auth| auth as Arc<dyn Reload>));
+    let reloads = tokio::spawn(keep_current(reloadable, hangups));
     let pull_surface = match operations {
         Some(_) => Surface::Pull,
         None => Surface::All,
@@ -391,9 +391,9 @@ fn file_stamp(path: &std::path::Path) -> FileStamp {
     Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec(), m.len()))
 }
 
-/// Reloads `files` whenever they change and on SIGHUP; runs until dropped. Without files,
-/// SIGHUP is only logged (`systemctl reload` may send it to any wharf).
-async fn keep_current(files: Vec<Arc<dyn Reload>>, mut hangups: Option<Signal>) {
+/// Reloads `reloadable` whenever its files change and on SIGHUP; runs until dropped. With
+/// nothing to reload, SIGHUP is only logged (`systemctl reload` may send it to any wharf).
+async fn keep_current(reloadable: Vec<Arc<dyn Reload>>, mut hangups: Option<Signal>) {
     let mut ticks = tokio::time::interval(CHECK_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -401,12 +401,12 @@ async fn keep_current(files: Vec<Arc<dyn Reload>>, mut hangups: Option<Signal>) 
             _ = ticks.tick() => false,
             Some(()) = async { hangups.as_mut()?.recv().await } => true,
         };
-        if forced && files.is_empty() {
+        if forced && reloadable.is_empty() {
             tracing::info!("SIGHUP: nothing to reload (no [server.tls], no [server.auth])");
         }
-        for file in &files {
-            let file = file.clone();
-            let _ = tokio::task::spawn_blocking(move || file.reload(forced)).await;
+        for one in &reloadable {
+            let one = one.clone();
+            let _ = tokio::task::spawn_blocking(move || one.reload(forced)).await;
         }
     }
 }
