@@ -13,7 +13,7 @@ use std::fmt;
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::Engine;
@@ -22,7 +22,7 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
-use super::{file_stamp, FileStamp};
+use super::reload::{Reload, WatchedFiles};
 use crate::config::AuthConfig;
 
 /// How long a verified `Authorization` value is trusted without checking it again. A reload of
@@ -92,12 +92,7 @@ impl Credentials {
     /// Parses an htpasswd file. Only bcrypt is accepted: the other htpasswd hashes (MD5-crypt,
     /// SHA-1, crypt, plain) are fast enough to brute-force from a leaked file.
     pub fn parse_htpasswd(&mut self, text: &str) -> Result<(), String> {
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let line_no = n + 1;
+        for (line_no, line) in entries(text) {
             let Some((user, hash)) = line.split_once(':') else {
                 return Err(format!("line {line_no}: expected user:hash"));
             };
@@ -123,12 +118,7 @@ impl Credentials {
 
     /// Parses a token file: `sha256:<64 hex>` lines, each optionally followed by a label.
     pub fn parse_tokens(&mut self, text: &str) -> Result<(), String> {
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let line_no = n + 1;
+        for (line_no, line) in entries(text) {
             let (hash, label) = line
                 .split_once(char::is_whitespace)
                 .map_or((line, ""), |(h, l)| (h, l.trim()));
@@ -165,6 +155,15 @@ impl Credentials {
         }
         found
     }
+}
+
+/// The lines of a credentials file that say something, trimmed, with their line numbers:
+/// blank lines and `#` comments are skipped.
+fn entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(n, line)| (n + 1, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
 }
 
 /// Counts, never hashes.
@@ -253,7 +252,7 @@ impl Snapshot {
 pub struct Authenticator {
     files: AuthConfig,
     current: RwLock<Arc<Snapshot>>,
-    stamp: Mutex<Stamp>,
+    watched: WatchedFiles,
     /// Places for bcrypt checks running at once: half the cores, so that a flood of guesses
     /// leaves the other half serving.
     hashing: Arc<Semaphore>,
@@ -265,14 +264,20 @@ pub struct Authenticator {
 impl Authenticator {
     /// Reads both files, or says precisely why they cannot be used.
     pub fn load(files: &AuthConfig) -> Result<Authenticator, String> {
-        let stamp = stamp(files);
+        let watched = WatchedFiles::new(
+            [&files.htpasswd, &files.tokens]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+        );
         let credentials = read(files)?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let places = (cores / 2).max(1);
         Ok(Authenticator {
             files: files.clone(),
             current: RwLock::new(Arc::new(Snapshot::new(credentials))),
-            stamp: Mutex::new(stamp),
+            watched,
             hashing: Arc::new(Semaphore::new(places)),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: places * WAITING_PER_PLACE,
@@ -369,17 +374,12 @@ impl Drop for Waiting {
     }
 }
 
-impl super::Reload for Authenticator {
+impl Reload for Authenticator {
     /// Files that do not parse (or cannot be read, or are gone) are logged and the previous
     /// credentials kept: a broken file must not lock everyone out, nor let everyone in.
     fn reload(&self, forced: bool) {
-        let now = stamp(&self.files);
-        {
-            let mut last = self.stamp.lock().expect("lock poisoned");
-            if !forced && *last == now {
-                return;
-            }
-            *last = now;
+        if !self.watched.changed(forced) {
+            return;
         }
         match read(&self.files) {
             Ok(credentials) => {
@@ -413,20 +413,8 @@ fn read(files: &AuthConfig) -> Result<Credentials, String> {
     Ok(credentials)
 }
 
-/// What the files looked like when read.
-type Stamp = Vec<FileStamp>;
-
-fn stamp(files: &AuthConfig) -> Stamp {
-    [&files.htpasswd, &files.tokens]
-        .into_iter()
-        .flatten()
-        .map(|path| file_stamp(path))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::Reload;
     use super::*;
 
     fn basic(user: &str, password: &str) -> Vec<u8> {

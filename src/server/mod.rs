@@ -6,6 +6,7 @@ mod connection;
 mod handlers;
 pub mod range;
 mod rate;
+mod reload;
 mod response;
 pub mod route;
 mod sendfile;
@@ -30,6 +31,7 @@ use crate::error::ClientError;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use connection::Connection;
+use reload::{keep_current, Reload};
 pub use response::Body;
 use sendfile::{FileRanges, SendfileSocket};
 pub use tls::Tls;
@@ -365,48 +367,6 @@ async fn accept_loop(
                     }
                 });
             }
-        }
-    }
-}
-
-/// What is read from files that may change while wharf serves: the certificate, the clients'
-/// credentials.
-pub trait Reload: Send + Sync {
-    /// Reads the files again if they changed, or regardless if `forced`. Blocking.
-    fn reload(&self, forced: bool);
-}
-
-/// How often reloadable files are looked at (a `stat` each).
-const CHECK_EVERY: Duration = Duration::from_secs(2);
-
-/// What a file looked like when it was read: a changed stamp means new content (a rewrite, or
-/// a symlink swapped to a new file, as Kubernetes updates secrets). The change time, which no
-/// program can set, catches copies that keep the old modification time (`cp -p`, `rsync -t`).
-/// `None`: the file could not be looked at.
-type FileStamp = Option<(u64, u64, i64, i64, u64)>;
-
-fn file_stamp(path: &std::path::Path) -> FileStamp {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec(), m.len()))
-}
-
-/// Reloads `reloadable` whenever its files change and on SIGHUP; runs until dropped. With
-/// nothing to reload, SIGHUP is only logged (`systemctl reload` may send it to any wharf).
-async fn keep_current(reloadable: Vec<Arc<dyn Reload>>, mut hangups: Option<Signal>) {
-    let mut ticks = tokio::time::interval(CHECK_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let forced = tokio::select! {
-            _ = ticks.tick() => false,
-            Some(()) = async { hangups.as_mut()?.recv().await } => true,
-        };
-        if forced && reloadable.is_empty() {
-            tracing::info!("SIGHUP: nothing to reload (no [server.tls], no [server.auth])");
-        }
-        for one in &reloadable {
-            let one = one.clone();
-            let _ = tokio::task::spawn_blocking(move || one.reload(forced)).await;
         }
     }
 }

@@ -3,7 +3,7 @@
 //! present: open connections keep going. Knows files and rustls, not requests.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -12,7 +12,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
-use super::{file_stamp, FileStamp};
+use super::reload::{Reload, WatchedFiles};
 use crate::config::TlsConfig;
 
 /// The TLS side of the listener.
@@ -25,13 +25,12 @@ impl Tls {
     /// Loads the certificate chain and key, or says precisely why they cannot serve.
     pub fn load(config: &TlsConfig) -> Result<Tls, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        // Stamped before loading: a change in between is then seen by the first check.
-        let stamp = stamp(&config.cert, &config.key);
+        let watched = WatchedFiles::new(vec![config.cert.clone(), config.key.clone()]);
         let certificate = Arc::new(ReloadingCertificate {
             cert: config.cert.clone(),
             key: config.key.clone(),
             current: RwLock::new(Arc::new(load_pair(&config.cert, &config.key, &provider)?)),
-            stamp: Mutex::new(stamp),
+            watched,
             provider: provider.clone(),
         });
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
@@ -51,17 +50,10 @@ impl Tls {
     }
 }
 
-impl super::Reload for Tls {
+impl Reload for Tls {
     fn reload(&self, forced: bool) {
         self.certificate.reload(forced);
     }
-}
-
-/// What the certificate and key files looked like when loaded.
-type Stamp = [FileStamp; 2];
-
-fn stamp(cert: &Path, key: &Path) -> Stamp {
-    [file_stamp(cert), file_stamp(key)]
 }
 
 #[derive(Debug)]
@@ -69,7 +61,7 @@ struct ReloadingCertificate {
     cert: PathBuf,
     key: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
-    stamp: Mutex<Stamp>,
+    watched: WatchedFiles,
     provider: Arc<CryptoProvider>,
 }
 
@@ -77,13 +69,8 @@ impl ReloadingCertificate {
     /// Loads the files again if they changed (or if `forced`). A pair that does not load is
     /// logged and the previous one kept: a half-written file must not take HTTPS down.
     fn reload(&self, forced: bool) {
-        let now = stamp(&self.cert, &self.key);
-        {
-            let mut last = self.stamp.lock().expect("lock poisoned");
-            if !forced && *last == now {
-                return;
-            }
-            *last = now;
+        if !self.watched.changed(forced) {
+            return;
         }
         match load_pair(&self.cert, &self.key, &self.provider) {
             Ok(pair) => {
