@@ -98,14 +98,10 @@ test_auth() {
 
     # podman: credentials for the mirror's host in an auth file.
     local d=$WORK/podman-authed
-    mkdir -p "$d"
-    : >"$d/containers.conf"
-    render "$CLIENTS/podman/registries.conf.d/50-wharf.conf" "$d/50-wharf.conf" "http://$AUTHED"
-    { echo 'unqualified-search-registries = []'; cat "$d/50-wharf.conf"; } >"$d/registries.conf"
+    podman_in "$d" "$d/registries.conf"
+    render_registries_conf "$d/registries.conf" "http://$AUTHED"
     echo '{}' >"$d/auth.json"
-    local podman=(env CONTAINERS_CONF="$d/containers.conf" CONTAINERS_REGISTRIES_CONF="$d/registries.conf"
-        podman --root "$d/root" --runroot "$d/run" --storage-driver vfs --tmpdir "$d/tmp"
-        --cgroup-manager cgroupfs --events-backend file)
+    local podman=("${PODMAN[@]}")
     local ref=docker.io/library/e2e-multiarch:$TAG
     refused "auth: podman without credentials" \
         "${podman[@]}" pull -q --authfile "$d/auth.json" --signature-policy "$WORK/policy.json" "$ref"

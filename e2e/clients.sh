@@ -38,15 +38,20 @@ pull_through() {
 
 # ---- skopeo ----------------------------------------------------------------------------------
 
-write_registries_conf() {
-    # The shipped drop-in (deploy/clients/podman): docker.io in the bare-host shape (requests
-    # arrive as /v2/<repo>/... at wharf's default upstream) and ghcr.io in the path-prefix shape
-    # (/v2/ghcr.io/<repo>/...).
-    render "$CLIENTS/podman/registries.conf.d/50-wharf.conf" "$WORK/50-wharf.conf" "$WHARF_URL"
+# render_registries_conf DEST URL — a registries.conf holding only the shipped drop-in
+# (deploy/clients/podman) pointed at the wharf at URL: docker.io in the bare-host shape
+# (requests arrive as /v2/<repo>/... at wharf's default upstream) and ghcr.io in the
+# path-prefix shape (/v2/ghcr.io/<repo>/...).
+render_registries_conf() {
+    render "$CLIENTS/podman/registries.conf.d/50-wharf.conf" "$1.drop-in" "$2"
     {
         echo 'unqualified-search-registries = []'
-        cat "$WORK/50-wharf.conf"
-    } >"$WORK/registries.conf"
+        cat "$1.drop-in"
+    } >"$1"
+}
+
+write_registries_conf() {
+    render_registries_conf "$WORK/registries.conf" "$WHARF_URL"
     echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"$WORK/policy.json"
     # Client command lines are arrays, not functions, so that `timeout` can run them.
     # skopeo takes registries.conf from its flag (CONTAINERS_REGISTRIES_CONF is not read by all
@@ -216,14 +221,21 @@ test_containerd() {
 
 # ---- podman ----------------------------------------------------------------------------------
 
-test_podman() {
-    local d=$WORK/podman
+# podman_in DIR REGISTRIES_CONF — sets PODMAN to a rootful podman with private storage under
+# DIR that reads REGISTRIES_CONF (from the environment) and no host settings.
+podman_in() {
+    local d=$1
     mkdir -p "$d"
-    : >"$d/containers.conf" # no host settings leak in
-    # Rootful, private storage; podman reads the same registries.conf as skopeo, from the env.
-    local podman=(env CONTAINERS_CONF="$d/containers.conf" CONTAINERS_REGISTRIES_CONF="$WORK/registries.conf"
+    : >"$d/containers.conf"
+    PODMAN=(env CONTAINERS_CONF="$d/containers.conf" CONTAINERS_REGISTRIES_CONF="$2"
         podman --root "$d/root" --runroot "$d/run" --storage-driver vfs --tmpdir "$d/tmp"
         --cgroup-manager cgroupfs --events-backend file)
+}
+
+test_podman() {
+    # The same registries.conf as skopeo.
+    podman_in "$WORK/podman" "$WORK/registries.conf"
+    local podman=("${PODMAN[@]}")
     local ref=docker.io/library/e2e-multi:$TAG
     pull_through "podman pull $ref (bare-host mirror)" - \
         "${podman[@]}" pull -q --signature-policy "$WORK/policy.json" "$ref"
