@@ -3,12 +3,13 @@
 //!
 //!     cargo bench --bench hot_paths
 
-use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use futures_util::FutureExt;
 use http::Method;
-use wharf::cache::{Area, Store, TagKey, TagTable, Variant};
+use wharf::cache::{BlobLookup, Cache, TagKey, Variant};
+use wharf::config::CacheConfig;
 use wharf::metrics::Metrics;
 use wharf::oci::media::{Accept, OCI_INDEX};
 use wharf::oci::{Algorithm, Digest, Verifier};
@@ -78,7 +79,15 @@ fn accept(c: &mut Criterion) {
 }
 
 fn cache_hits(c: &mut Criterion) {
-    let tags = TagTable::in_memory();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = CacheConfig {
+        dir: dir.path().to_owned(),
+        ..CacheConfig::default()
+    };
+    let cache = runtime
+        .block_on(Cache::open(&config, &Metrics::new()))
+        .unwrap();
     let key = TagKey {
         upstream: "docker.io".into(),
         repo: "library/alpine".parse().unwrap(),
@@ -91,24 +100,31 @@ fn cache_hits(c: &mut Criterion) {
         fetched_at: SystemTime::now(),
         revalidate_after: None,
     };
-    tags.record(key.clone(), variant, None);
+    cache.record_tag(key.clone(), variant, None);
     c.bench_function("tag hit (parse Accept, choose a variant)", |b| {
         b.iter(|| {
             let accept = Accept::parse([DOCKER_ACCEPT]);
-            let v = tags.choose(&key, &accept).unwrap();
+            let v = cache.tag(&key, &accept).unwrap();
             v.is_fresh(SystemTime::now(), Duration::from_secs(300))
         })
     });
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 1 << 30, Metrics::new()).unwrap();
-    let bytes = vec![7u8; 1 << 20];
+    // A blob committed the way every blob is: through a fill.
+    let bytes = bytes::Bytes::from(vec![7u8; 1 << 20]);
     let digest = Digest::sha256_of(&bytes);
-    let (temp, mut file) = store.temp_file().unwrap();
-    file.write_all(&bytes).unwrap();
-    store.commit(&temp, &file, Area::Blobs, &digest).unwrap();
+    runtime.block_on(async {
+        let BlobLookup::Started(_, writer) = cache.blob(&digest).await else {
+            panic!("a new cache holds nothing")
+        };
+        writer.start(Some(bytes.len() as u64)).await;
+        writer.write(bytes.clone()).await.unwrap();
+        writer.finish().await.unwrap();
+    });
     c.bench_function("blob hit (index, open, size check)", |b| {
-        b.iter(|| store.open_blob(&digest).unwrap().size)
+        b.iter(|| match cache.blob(&digest).now_or_never() {
+            Some(BlobLookup::Cached(blob)) => blob.size(),
+            _ => panic!("committed"),
+        })
     });
 }
 

@@ -4,7 +4,7 @@
 //!     cargo bench --bench startup [-- ENTRIES]
 //!
 //! Writes ENTRIES (default 100,000) blob files into a temporary cache directory, then opens it
-//! five times and reports the median and best time, and the heap bytes the opened store keeps
+//! five times and reports the median and best time, and the heap bytes the opened cache keeps
 //! per entry (counted by a wrapping allocator, so freed scan buffers do not count). When run as
 //! root it also drops the kernel's caches before one more open, for a cold-disk number.
 
@@ -14,7 +14,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use wharf::cache::Store;
+use wharf::cache::Cache;
+use wharf::config::{CacheConfig, Size};
 use wharf::metrics::Metrics;
 use wharf::oci::Digest;
 
@@ -32,10 +33,17 @@ fn populate(root: &Path, entries: usize) {
     }
 }
 
-fn open(root: &Path) -> (Store, Duration) {
+fn open(runtime: &tokio::runtime::Runtime, root: &Path) -> (Cache, Duration) {
+    let config = CacheConfig {
+        dir: root.to_owned(),
+        max_size: Size(u64::MAX),
+        ..CacheConfig::default()
+    };
     let started = Instant::now();
-    let store = Store::open(root, u64::MAX, Metrics::new()).unwrap();
-    (store, started.elapsed())
+    let cache = runtime
+        .block_on(Cache::open(&config, &Metrics::new()))
+        .unwrap();
+    (cache, started.elapsed())
 }
 
 fn drop_kernel_caches() -> bool {
@@ -48,6 +56,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(100_000);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     populate(dir.path(), entries);
@@ -57,16 +66,16 @@ fn main() {
     let mut bytes_per_entry = 0.0;
     for _ in 0..5 {
         let region = Region::new(GLOBAL);
-        let (store, elapsed) = open(dir.path());
+        let (cache, elapsed) = open(&runtime, dir.path());
         let stats = region.change();
         let live = stats.bytes_allocated as f64 - stats.bytes_deallocated as f64;
-        assert_eq!(store.usage().entries, entries as u64);
+        assert_eq!(cache.health().entries, entries as u64);
         bytes_per_entry = live / entries as f64;
         times.push(elapsed);
-        drop(store);
+        drop(cache);
     }
     times.sort();
-    let cold = drop_kernel_caches().then(|| open(dir.path()).1);
+    let cold = drop_kernel_caches().then(|| open(&runtime, dir.path()).1);
 
     println!("start-up with {entries} cached entries (index rebuilt from file metadata):");
     println!(

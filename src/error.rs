@@ -1,7 +1,9 @@
-//! The crate error: which side failed (the client, the upstream, or wharf itself). Carries no
-//! HTTP types; `server::response` is the one place that turns it into a status and a body.
+//! The crate error of a request: which side failed (the client, the upstream, the cache, or
+//! wharf itself), lifting each layer's own error as it is. Carries no HTTP types: [`Failure`]
+//! says what a response must tell, and `server::response` is the one place that turns it into
+//! a status and a body.
 
-use crate::cache::CommitError;
+use crate::cache;
 use crate::oci::{DigestError, NameError, ReferenceError};
 use crate::upstream::UpstreamError;
 
@@ -13,12 +15,75 @@ pub enum Error {
     /// The upstream registry failed or refused.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    /// Fetched bytes failed verification or could not be stored.
+    /// Fetched bytes failed verification, or the disk could not take or give them.
     #[error(transparent)]
-    Fill(#[from] CommitError),
-    /// wharf failed (disk, a bug); the client did nothing wrong.
-    #[error("internal error: {0}")]
-    Internal(String),
+    Cache(cache::Error),
+    /// A task of wharf's own panicked (a bug); the client did nothing wrong.
+    #[error("internal error: the {0} panicked")]
+    Panicked(&'static str),
+}
+
+impl From<cache::Error> for Error {
+    /// A fill fed from the upstream carries the upstream's own error to every reader: it is
+    /// lifted back to what it was, so a coalesced client gets the answer the first one got.
+    fn from(e: cache::Error) -> Self {
+        if let cache::Error::Source(failure) = &e {
+            if let Some(upstream) = failure.downcast_ref::<UpstreamError>() {
+                return Error::Upstream(upstream.clone());
+            }
+        }
+        Error::Cache(e)
+    }
+}
+
+/// What the response to a failed request must say, as the layer that failed decided it.
+#[derive(Debug, Clone, Copy)]
+pub enum Failure<'a> {
+    /// The client's mistake, or a refusal of it.
+    Client(&'a ClientError),
+    /// The upstream does not have it.
+    UpstreamNotFound,
+    /// The upstream refused wharf's credentials or denied access.
+    UpstreamDenied,
+    /// The upstream is rate limiting; pass its wait on.
+    UpstreamRateLimited { retry_after: Option<&'a str> },
+    /// The upstream cannot be reached.
+    UpstreamUnreachable,
+    /// The upstream stalled while answering.
+    UpstreamTimedOut,
+    /// The upstream answered with an error, or sent what failed verification.
+    BadGateway,
+    /// wharf itself failed.
+    Internal,
+}
+
+impl Error {
+    pub fn failure(&self) -> Failure<'_> {
+        match self {
+            Error::Client(e) => Failure::Client(e),
+            Error::Upstream(e) => match e {
+                UpstreamError::NotFound => Failure::UpstreamNotFound,
+                UpstreamError::Unauthorized { .. } | UpstreamError::Denied { .. } => {
+                    Failure::UpstreamDenied
+                }
+                UpstreamError::TooManyRequests { retry_after, .. } => {
+                    Failure::UpstreamRateLimited {
+                        retry_after: retry_after.as_deref(),
+                    }
+                }
+                UpstreamError::Unreachable { .. } => Failure::UpstreamUnreachable,
+                UpstreamError::Timeout { .. } => Failure::UpstreamTimedOut,
+                UpstreamError::Status { .. } | UpstreamError::Invalid { .. } => Failure::BadGateway,
+            },
+            Error::Cache(e) if e.is_verification_failure() => Failure::BadGateway,
+            Error::Cache(_) | Error::Panicked(_) => Failure::Internal,
+        }
+    }
+
+    /// Whether the upstream refused or failed (logged as a warning, not as wharf's error).
+    pub fn is_upstream(&self) -> bool {
+        matches!(self, Error::Upstream(_))
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,12 +116,6 @@ pub enum ClientError {
     ManifestUnknown,
     #[error("blob unknown")]
     BlobUnknown,
-}
-
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Error::Internal(e.to_string())
-    }
 }
 
 impl From<NameError> for Error {

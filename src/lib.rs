@@ -1,13 +1,33 @@
 //! wharf: a pull-through caching mirror for container registries.
 //!
-//! Dependencies point one way: `server → mirror → {cache, upstream} → oci`.
-//! - [`server`]: HTTP accept loop, pure routing, handlers, the one error → response mapping.
+//! Dependencies point one way: `server → mirror → {cache, upstream} → oci`, with `body`,
+//! `config`, `metrics` and `error` as leaves (`.ci/layers.py` checks it).
+//! - [`server`]: the accept loops, pure routing, handlers, the one error → response mapping.
 //! - [`mirror`]: the pull-through use case; the only module that uses both cache and upstream.
-//! - [`cache`]: blobs and manifests on disk by digest, single-flight fills, the tag table.
-//! - [`upstream`]: the registry client (auth, tokens, timeouts).
+//! - [`cache`]: blobs and manifests on disk by digest, single-flight fills, the tag table,
+//!   behind one front door, [`cache::Cache`].
+//! - [`upstream`]: the registry client (auth, tokens, timeouts, limits).
 //! - [`oci`]: the spec's vocabulary, pure values.
+//! - [`body`]: a piece of a blob response (bytes, or a range of a cached file).
 //! - [`config`], [`metrics`], [`telemetry`], [`error`]: leaves used by the above.
 //! - [`warm`]: `wharf warm`, a client of the pull API that fills a cache ahead of need.
+//!
+//! A blob GET, from accept to bytes on the socket:
+//! 1. [`server::serve`] accepts; a plain-HTTP socket is wrapped so that it can `sendfile`.
+//! 2. The request is routed ([`server::route::parse`], a pure function), its client admitted
+//!    (address, rate, credentials), and handed to the blob handler.
+//! 3. The handler asks [`mirror::Mirror::blob`] by registry, repository and digest.
+//! 4. The mirror picks the upstream and asks [`cache::Cache::blob`]: committed on disk, a fill
+//!    already running to join, or a new fill that the mirror feeds from
+//!    [`upstream::Upstream::blob`]. The fill's writer thread hashes what it writes and commits
+//!    the blob only once its digest and length match.
+//! 5. Each client reads through its own [`cache::BlobReader`] at its own pace: the committed
+//!    file, or the fill's temp file up to what is written (its newest bytes from memory).
+//! 6. The reader yields [`body::Chunk`]s; a cached range the page cache holds goes to the
+//!    socket by `sendfile(2)` without passing through wharf's memory.
+//! 7. A failure anywhere is a typed error of its layer, lifted into [`Error`] and turned into a
+//!    status and an OCI error body in one place; a body cut mid-way cuts the connection.
+pub mod body;
 pub mod cache;
 pub mod config;
 pub mod error;
@@ -21,12 +41,34 @@ pub mod warm;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 pub use config::Config;
 pub use error::Error;
+
+/// Why wharf could not start serving: a bad certificate, credentials file, cache directory or
+/// upstream, or an address it cannot listen on.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] server::TlsError),
+    #[error(transparent)]
+    Auth(#[from] server::auth::LoadError),
+    #[error(transparent)]
+    Cache(#[from] cache::Error),
+    #[error(transparent)]
+    Upstream(#[from] upstream::SetupError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the address a listener is bound to: {0}")]
+    Address(#[source] std::io::Error),
+}
 
 /// Runs wharf on `listener` until `shutdown` resolves. SIGHUP reloads the TLS certificate (and
 /// is otherwise logged): its handler is installed first, so a reload sent while a large cache is
@@ -35,7 +77,7 @@ pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+) -> Result<(), StartError> {
     use tokio::signal::unix::{signal, SignalKind};
     let hangups = signal(SignalKind::hangup())
         .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler"))
@@ -49,7 +91,7 @@ pub async fn run_embedded(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+) -> Result<(), StartError> {
     run_with(listener, config, shutdown, None).await
 }
 
@@ -58,7 +100,7 @@ async fn run_with(
     config: Config,
     shutdown: impl Future<Output = ()>,
     hangups: Option<tokio::signal::unix::Signal>,
-) -> Result<(), Error> {
+) -> Result<(), StartError> {
     // Before anything else: a bad certificate or credentials file must stop start-up, not the
     // first request.
     let tls = config
@@ -66,31 +108,18 @@ async fn run_with(
         .tls
         .as_ref()
         .map(server::Tls::load)
-        .transpose()
-        .map_err(Error::Internal)?;
+        .transpose()?;
     let authenticator = config
         .server
         .auth
         .as_ref()
         .map(server::auth::Authenticator::load)
-        .transpose()
-        .map_err(Error::Internal)?;
+        .transpose()?;
     let metrics = metrics::Metrics::new();
-    let (store, tags) = open_cache(&config.cache, &metrics).await?;
-    let upstreams =
-        upstream::Upstreams::new(&config.upstreams, &metrics).map_err(Error::Internal)?;
-    let sweeper = tokio::spawn(sweep_idle(
-        store.clone(),
-        tags.clone(),
-        config.cache.max_idle,
-    ));
-    let mirror = mirror::Mirror::new(
-        upstreams,
-        store,
-        tags,
-        config.cache.clone(),
-        metrics.clone(),
-    );
+    let cache = Arc::new(cache::Cache::open(&config.cache, &metrics).await?);
+    let upstreams = upstream::Upstreams::new(&config.upstreams, &metrics)?;
+    let sweeper = tokio::spawn(cache.clone().sweep_idle(config.cache.max_idle));
+    let mirror = mirror::Mirror::new(upstreams, cache, config.cache.clone(), metrics.clone());
     let state = server::AppState {
         mirror,
         metrics,
@@ -103,17 +132,21 @@ async fn run_with(
     let operations = match config.server.metrics_listen {
         None => None,
         Some(addr) => {
-            let listener = TcpListener::bind(addr).await.map_err(|e| {
-                Error::Internal(format!(
-                    "cannot listen on {addr} (server.metrics_listen): {e}"
-                ))
-            })?;
-            tracing::info!(listen = %listener.local_addr()?, "operational endpoints are served apart");
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr,
+                    what: "server.metrics_listen",
+                    source,
+                })?;
+            let bound = listener.local_addr().map_err(StartError::Address)?;
+            tracing::info!(listen = %bound, "operational endpoints are served apart");
             Some(listener)
         }
     };
+    let bound = listener.local_addr().map_err(StartError::Address)?;
     tracing::info!(
-        listen = %listener.local_addr()?,
+        listen = %bound,
         https = tls.is_some(),
         auth = config.server.auth.is_some(),
         cache = %config.cache.dir.display(),
@@ -128,51 +161,4 @@ async fn run_with(
     server::serve(listener, operations, state, shutdown, listening, hangups).await;
     sweeper.abort();
     Ok(())
-}
-
-/// Opens the cache directory: the index is rebuilt from file metadata (a blocking walk).
-async fn open_cache(
-    config: &config::CacheConfig,
-    metrics: &metrics::Metrics,
-) -> Result<(Arc<cache::Store>, Arc<cache::TagTable>), Error> {
-    let (dir, max_size, metrics) = (config.dir.clone(), config.max_size.bytes(), metrics.clone());
-    let started = std::time::Instant::now();
-    let opened = tokio::task::spawn_blocking(move || {
-        let store = cache::Store::open(&dir, max_size, metrics)?;
-        let tags = cache::TagTable::open(&dir)?;
-        Ok::<_, std::io::Error>((store, tags))
-    })
-    .await
-    .map_err(|e| Error::Internal(e.to_string()))?
-    .map_err(|e| {
-        Error::Internal(format!(
-            "cannot open cache directory {}: {e}",
-            config.dir.display()
-        ))
-    })?;
-    let usage = opened.0.usage();
-    tracing::info!(
-        entries = usage.entries,
-        bytes = usage.bytes,
-        elapsed = ?started.elapsed(),
-        "cache index rebuilt"
-    );
-    Ok((Arc::new(opened.0), Arc::new(opened.1)))
-}
-
-/// Evicts entries unused for `max_idle`, checking a few times per `max_idle` (and at least every
-/// ten minutes) so nothing outlives it by much.
-async fn sweep_idle(store: Arc<cache::Store>, tags: Arc<cache::TagTable>, max_idle: Duration) {
-    let every = (max_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(600));
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let (store, tags) = (store.clone(), tags.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            store.evict_idle(max_idle);
-            tags.remove_idle(max_idle);
-        })
-        .await;
-    }
 }

@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
             // The credential files are part of the configuration: a bad line must show here,
             // not at the next start.
             if let Some(auth) = &config.server.auth {
-                wharf::server::auth::Authenticator::load(auth).map_err(anyhow::Error::msg)?;
+                wharf::server::auth::Authenticator::load(auth)?;
             }
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
@@ -125,11 +125,11 @@ fn main() -> anyhow::Result<()> {
         } => {
             let images = image_list(images, from_file.as_deref())?;
             let target = match server {
-                Some(url) => wharf::warm::Target::Server { url, ca_file },
+                Some(url) => wharf::warm::Destination::Server { url, ca_file },
                 None => {
                     let mut config = wharf::Config::load(config.as_deref())?;
                     config.cache.dir = dir.unwrap_or(config.cache.dir);
-                    wharf::warm::Target::CacheDir(Box::new(config))
+                    wharf::warm::Destination::CacheDir(Box::new(config))
                 }
             };
             let platforms = match (all_platforms, platforms.is_empty()) {
@@ -138,8 +138,7 @@ fn main() -> anyhow::Result<()> {
                 (false, false) => wharf::warm::Platforms::These(platforms),
             };
             let report = tokio::runtime::Runtime::new()?
-                .block_on(wharf::warm::run(target, &images, &platforms, jobs))
-                .map_err(anyhow::Error::msg)?;
+                .block_on(wharf::warm::run(target, &images, &platforms, jobs))?;
             if !report.failures.is_empty() {
                 eprintln!("failed:");
                 for failure in &report.failures {

@@ -30,8 +30,7 @@ fuzz_target!(|input: &[u8]| {
     match route {
         Route::Manifest { target, .. }
         | Route::Blob { target, .. }
-        | Route::Tags { target, .. }
-        | Route::Referrers { target, .. } => {
+        | Route::Listing { target, .. } => {
             let name = target.repo.to_string();
             assert!(name.len() <= 255, "{name}");
             assert_eq!(name.parse::<wharf::oci::RepoName>().unwrap(), target.repo);

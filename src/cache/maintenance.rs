@@ -9,9 +9,9 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::blobs::{entry_path, Area};
-use super::manifests::parse_manifest_file;
-use super::scan::{scan, Scanned};
+use super::store::manifest_file;
+use super::store::scan::{scan, Scanned};
+use super::store::{entry_path, EntryKind};
 use crate::oci::Verifier;
 
 /// Entries and bytes of one area.
@@ -48,9 +48,9 @@ pub fn stats(root: &Path) -> io::Result<Stats> {
         foreign: scan.foreign.len(),
     };
     for e in &scan.entries {
-        match e.area {
-            Area::Blobs => stats.blobs.add(e.size),
-            Area::Manifests => stats.manifests.add(e.size),
+        match e.key.kind {
+            EntryKind::Blob => stats.blobs.add(e.size),
+            EntryKind::Manifest => stats.manifests.add(e.size),
         }
     }
     Ok(stats)
@@ -68,7 +68,7 @@ pub struct Verified {
 pub fn verify(root: &Path) -> io::Result<Verified> {
     let mut report = Verified::default();
     for entry in scan(root)?.entries {
-        let path = entry_path(root, entry.area, &entry.digest);
+        let path = entry_path(root, entry.key.kind, &entry.key.digest);
         let problem = match check(&path, &entry) {
             Ok(problem) => problem,
             // Evicted or pruned since the scan: nothing left to check.
@@ -90,16 +90,16 @@ pub fn verify(root: &Path) -> io::Result<Verified> {
 
 /// Why an entry's bytes are wrong, if they are.
 fn check(path: &Path, entry: &Scanned) -> io::Result<Option<String>> {
-    match entry.area {
-        Area::Manifests => {
+    match entry.key.kind {
+        EntryKind::Manifest => {
             let raw = fs::read(path)?;
-            Ok(parse_manifest_file(&raw, &entry.digest)
+            Ok(manifest_file::decode(&raw, &entry.key.digest)
                 .is_none()
                 .then(|| "manifest bytes do not match the digest".to_owned()))
         }
-        Area::Blobs => {
+        EntryKind::Blob => {
             let mut file = File::open(path)?;
-            let mut verifier = Verifier::new(entry.digest.algorithm());
+            let mut verifier = Verifier::new(entry.key.digest.algorithm());
             let mut buf = vec![0u8; 1024 * 1024];
             loop {
                 match file.read(&mut buf)? {
@@ -108,7 +108,7 @@ fn check(path: &Path, entry: &Scanned) -> io::Result<Option<String>> {
                 }
             }
             let actual = verifier.finish();
-            Ok((actual != entry.digest).then(|| format!("bytes hash to {actual}")))
+            Ok((actual != entry.key.digest).then(|| format!("bytes hash to {actual}")))
         }
     }
 }
@@ -131,7 +131,7 @@ pub fn prune(root: &Path, max_size: u64) -> io::Result<Pruned> {
             report.kept.add(entry.size);
             continue;
         }
-        match fs::remove_file(entry_path(root, entry.area, &entry.digest)) {
+        match fs::remove_file(entry_path(root, entry.key.kind, &entry.key.digest)) {
             Ok(()) => report.removed.add(entry.size),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -228,9 +228,9 @@ mod tests {
     use crate::oci::Digest;
     use std::time::Duration;
 
-    fn put(root: &Path, area: Area, bytes: &[u8], used_secs: u64) -> PathBuf {
+    fn put(root: &Path, kind: EntryKind, bytes: &[u8], used_secs: u64) -> PathBuf {
         let digest = Digest::sha256_of(bytes);
-        let path = entry_path(root, area, &digest);
+        let path = entry_path(root, kind, &digest);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, bytes).unwrap();
         File::open(&path)
@@ -243,11 +243,11 @@ mod tests {
     #[test]
     fn stats_count_both_areas() {
         let dir = tempfile::tempdir().unwrap();
-        put(dir.path(), Area::Blobs, b"one", 100);
-        put(dir.path(), Area::Blobs, b"three", 300);
+        put(dir.path(), EntryKind::Blob, b"one", 100);
+        put(dir.path(), EntryKind::Blob, b"three", 300);
         let body = b"{}";
         let digest = Digest::sha256_of(body);
-        let path = entry_path(dir.path(), Area::Manifests, &digest);
+        let path = entry_path(dir.path(), EntryKind::Manifest, &digest);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, b"application/json\n{}").unwrap();
         let stats = stats(dir.path()).unwrap();
@@ -271,8 +271,8 @@ mod tests {
     #[test]
     fn verify_removes_what_does_not_hash_to_its_name() {
         let dir = tempfile::tempdir().unwrap();
-        let good = put(dir.path(), Area::Blobs, b"good", 1);
-        let bad = put(dir.path(), Area::Blobs, b"rotten", 1);
+        let good = put(dir.path(), EntryKind::Blob, b"good", 1);
+        let bad = put(dir.path(), EntryKind::Blob, b"rotten", 1);
         fs::write(&bad, b"rotteN").unwrap();
         let report = verify(dir.path()).unwrap();
         assert_eq!(report.checked.entries, 2);
@@ -284,9 +284,9 @@ mod tests {
     #[test]
     fn prune_removes_least_recently_used_first() {
         let dir = tempfile::tempdir().unwrap();
-        let old = put(dir.path(), Area::Blobs, &[1; 10], 100);
-        let newer = put(dir.path(), Area::Blobs, &[2; 10], 200);
-        let newest = put(dir.path(), Area::Blobs, &[3; 10], 300);
+        let old = put(dir.path(), EntryKind::Blob, &[1; 10], 100);
+        let newer = put(dir.path(), EntryKind::Blob, &[2; 10], 200);
+        let newest = put(dir.path(), EntryKind::Blob, &[3; 10], 300);
         let report = prune(dir.path(), 20).unwrap();
         assert_eq!(
             report.removed,

@@ -1,25 +1,241 @@
-//! The local cache: blobs and manifests stored by digest, the LRU index that bounds them, shared
-//! in-flight fills, the tag → digest table, and the disk's health. Knows nothing of HTTP or of
-//! the upstream client: a fill is fed bytes by its caller, and a failure is whatever value the
-//! caller hands it.
+//! The cache, behind one front door: [`Cache`]. Blobs and manifests stored by digest on the
+//! local disk, the LRU index that bounds them, shared in-flight fills, manifests held in
+//! memory, the tag → digest table, and the disk's health. Knows nothing of HTTP or of the
+//! upstream client: a fill is fed bytes by its caller, and a failure of that caller's source
+//! comes back to it as it was given ([`SourceFailure`]).
+//!
+//! Inside, dependencies point one way: `Cache` → `fill` (writers and readers) → `store` (the
+//! directory: layout, commit, index, eviction, scan, disk) and `tags`; `memory` and `error`
+//! are leaves.
 
-mod blobs;
-mod buffers;
-mod disk;
+mod error;
 mod fill;
-mod health;
-mod index;
 pub mod maintenance;
-mod manifests;
-mod reader;
-mod recent;
-mod scan;
-mod tag_files;
+mod memory;
+mod store;
 mod tags;
 
-pub use blobs::{Area, BlobFile, Committed, Store, Usage};
-pub use fill::{CommitError, Fill, FillWriter, Fills, Joined};
-pub use health::Condition;
-pub use manifests::StoredManifest;
-pub use reader::{Chunk, FillReader, ReadError};
-pub use tags::{TagKey, TagTable, Variant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::CacheConfig;
+use crate::metrics::Metrics;
+use crate::oci::media::Accept;
+use crate::oci::{Digest, RawManifest};
+pub use error::{Error, SourceFailure};
+pub use fill::{BlobReader, CachedBlob, Fill, FillWriter};
+use fill::{FillJoin, Fills};
+use memory::HotManifests;
+pub use store::Condition;
+use store::{EntryKey, Store};
+use tags::TagTable;
+pub use tags::{TagKey, Variant};
+
+/// The cache's one front door.
+///
+/// A lookup falls through the tiers from the fastest down, and the answer says where the
+/// caller stands:
+///
+/// 1. memory (manifests only), then the local disk: a hit is served at once;
+/// 2. a fill of the same digest already running: the caller joins it and reads as it grows;
+/// 3. otherwise the caller gets a new fill to feed from its source (the upstream; in a cluster
+///    the digest's owner). A shared tier below the local disk (an object store several nodes
+///    share) slots in here, inside [`Cache::blob`]: on a local miss the cache looks there first
+///    and feeds the fill itself, answering [`BlobLookup::Coalesced`], so the caller only feeds
+///    what no tier holds. Neither the mirror nor the server changes for it.
+///
+/// Whoever brings bytes in does not vouch for them: every fill is hashed as it is written and
+/// committed only once its digest and length match (the fill's writer thread does that), and
+/// a manifest is stored only once the caller has checked its digest. What a tier below hands
+/// up is checked the same way before it is committed here, and what this cache commits is
+/// what it may hand to a tier below.
+pub struct Cache {
+    store: Arc<Store>,
+    fills: Fills,
+    memory: HotManifests,
+    tags: TagTable,
+}
+
+/// What a request for a blob found.
+pub enum BlobLookup {
+    /// Committed on the local disk.
+    Cached(CachedBlob),
+    /// Being filled already: read it as it arrives.
+    Coalesced(Arc<Fill>),
+    /// Nowhere: this caller started the fill and must feed it.
+    Started(Arc<Fill>, FillWriter),
+    /// Nowhere, and the cache takes no writes now (disk full, read-only): the caller serves
+    /// the bytes without caching them.
+    NoWrites,
+}
+
+/// What the cache holds of a blob, found without starting a fill.
+pub enum BlobHeld {
+    Cached(CachedBlob),
+    Filling(Arc<Fill>),
+}
+
+/// Whether the cache takes writes, and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Why caching is suspended, and for how long it has been, if it is.
+    pub unwritable: Option<(Condition, Duration)>,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub entries: u64,
+    /// Oldest and newest last use, in seconds since the Unix epoch.
+    pub use_span: Option<(u32, u32)>,
+    pub fills_in_flight: usize,
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache directory: takes its lock, removes temp files a
+    /// previous run left behind, and rebuilds the index from file metadata (a blocking walk,
+    /// run off the async workers).
+    pub async fn open(config: &CacheConfig, metrics: &Metrics) -> Result<Cache, Error> {
+        let (dir, max_size, metrics) =
+            (config.dir.clone(), config.max_size.bytes(), metrics.clone());
+        let started = Instant::now();
+        let open_error = |dir: &std::path::Path, e| Error::Open {
+            dir: dir.to_owned(),
+            source: Arc::new(e),
+        };
+        let opened = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&dir, max_size, metrics).map_err(|e| open_error(&dir, e))?;
+            let tags = TagTable::open(&dir).map_err(|e| open_error(&dir, e))?;
+            Ok::<_, Error>((store, tags))
+        })
+        .await
+        .map_err(|e| open_error(&config.dir, std::io::Error::other(e)))??;
+        let (store, tags) = opened;
+        let store = Arc::new(store);
+        let cache = Cache {
+            fills: Fills::new(store.clone()),
+            store,
+            memory: HotManifests::default(),
+            tags,
+        };
+        let usage = cache.store.usage();
+        tracing::info!(
+            entries = usage.entries,
+            bytes = usage.bytes,
+            elapsed = ?started.elapsed(),
+            "cache index rebuilt"
+        );
+        Ok(cache)
+    }
+
+    /// The blob if it is cached, else the fill of it to join or to start.
+    pub async fn blob(&self, digest: &Digest) -> BlobLookup {
+        match self.fills.join(digest) {
+            FillJoin::Cached(blob) => BlobLookup::Cached(blob),
+            FillJoin::Coalesced(fill) => BlobLookup::Coalesced(fill),
+            FillJoin::Started(fill, writer) => BlobLookup::Started(fill, writer),
+            FillJoin::NoWrites => BlobLookup::NoWrites,
+        }
+    }
+
+    /// What the cache holds of a blob, without starting a fill (for `HEAD`).
+    pub async fn blob_held(&self, digest: &Digest) -> Option<BlobHeld> {
+        if let Some(blob) = self.fills.cached(digest) {
+            return Some(BlobHeld::Cached(blob));
+        }
+        self.fills.running(digest).map(BlobHeld::Filling)
+    }
+
+    /// A cached manifest, from memory or from disk (re-checked against its digest there).
+    pub async fn manifest(&self, digest: &Digest) -> Result<Option<Arc<RawManifest>>, Error> {
+        if let Some(found) = self.memory.get(digest) {
+            // A use of the disk entry too, for eviction (the memory copy outlives an eviction).
+            if found.record_use {
+                self.store.touch(&EntryKey::manifest(digest));
+            }
+            return Ok(Some(found.manifest));
+        }
+        let Some(manifest) = self.store.read_manifest(digest).map_err(Error::read)? else {
+            return Ok(None);
+        };
+        let manifest = Arc::new(manifest);
+        self.memory.insert(manifest.clone());
+        Ok(Some(manifest))
+    }
+
+    /// Keeps a manifest whose digest the caller has verified, in memory and on disk. A disk
+    /// that cannot take it costs only the disk copy (the store logs the disk's condition).
+    pub async fn store_manifest(&self, manifest: Arc<RawManifest>) {
+        // Off the async workers: the commit fsyncs.
+        let (store, to_write) = (self.store.clone(), manifest.clone());
+        match tokio::task::spawn_blocking(move || store.write_manifest(&to_write)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(digest = %manifest.digest, error = %e, "manifest not cached")
+            }
+            Err(e) => tracing::error!(error = %e, "manifest write task failed"),
+        }
+        self.memory.insert(manifest);
+    }
+
+    /// The variant of a tag to answer `accept` with, if one is known (fresh or not).
+    pub fn tag(&self, key: &TagKey, accept: &Accept) -> Option<Variant> {
+        self.tags.choose(key, accept)
+    }
+
+    /// Records what the upstream answered for a tag; `replaces` is the variant it supersedes.
+    pub fn record_tag(&self, key: TagKey, variant: Variant, replaces: Option<&Digest>) {
+        self.tags.record(key, variant, replaces);
+    }
+
+    /// The upstream confirmed that the tag still points to `digest`, at `now`.
+    pub fn confirm_tag(&self, key: &TagKey, digest: &Digest, now: SystemTime) {
+        self.tags.touch(key, digest, now);
+    }
+
+    /// Puts off revalidating a tag until `until`; whether this started the deferral.
+    pub fn defer_tag(
+        &self,
+        key: &TagKey,
+        digest: &Digest,
+        now: SystemTime,
+        until: SystemTime,
+    ) -> bool {
+        self.tags.defer(key, digest, now, until)
+    }
+
+    /// Forgets a tag the upstream no longer has.
+    pub fn forget_tag(&self, key: &TagKey) {
+        self.tags.forget(key);
+    }
+
+    /// Whether the cache takes writes, its size, and its fills in flight. Probes an unwritable
+    /// directory (at most every few seconds), so the answer is current even when no request
+    /// has needed the cache lately.
+    pub fn health(&self) -> Health {
+        self.store.caching_allowed();
+        let usage = self.store.usage();
+        Health {
+            unwritable: self.store.unwritable(),
+            bytes: usage.bytes,
+            max_bytes: usage.max_bytes,
+            entries: usage.entries,
+            use_span: usage.use_span,
+            fills_in_flight: self.fills.in_flight(),
+        }
+    }
+
+    /// Evicts entries unused for `max_idle`, checking a few times per `max_idle` (and at least
+    /// every ten minutes) so nothing outlives it by much. Runs until dropped.
+    pub async fn sweep_idle(self: Arc<Self>, max_idle: Duration) {
+        let every = (max_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(600));
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let cache = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                cache.store.evict_idle(max_idle);
+                cache.tags.remove_idle(max_idle);
+            })
+            .await;
+        }
+    }
+}

@@ -1,13 +1,15 @@
-//! Blobs: from the cache, from a fill already running, from a new fill, or (when the cache takes
-//! no writes) straight from the upstream.
+//! Blobs: from the cache, from a fill already running, from a new fill fed from the upstream,
+//! or (when the cache takes no writes) straight from the upstream.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::access::Content;
 use super::passthrough::Passthrough;
-use super::{Content, Mirror};
-use crate::cache::{BlobFile, Chunk, CommitError, Fill, FillReader, FillWriter, Joined, ReadError};
+use super::state::Mirror;
+use crate::body::Chunk;
+use crate::cache::{BlobHeld, BlobLookup, BlobReader, CachedBlob, Fill, FillWriter, SourceFailure};
 use crate::error::{ClientError, Error};
 use crate::metrics::{BypassReason, CacheResult, ContentKind};
 use crate::oci::{Digest, RepoName};
@@ -23,8 +25,8 @@ pub struct BlobAnswer {
 }
 
 enum BlobSource {
-    Cached(BlobFile),
-    Filling(Arc<Fill<Error>>),
+    Cached(CachedBlob),
+    Filling(Arc<Fill>),
     /// Boxed: the rare case, and much larger than the others.
     Upstream(Box<Passthrough>),
 }
@@ -36,30 +38,29 @@ impl BlobAnswer {
         !matches!(self.source, BlobSource::Upstream(_))
     }
 
-    /// A reader of `start..end` (`end` exclusive; `None` = to the end).
-    pub fn into_reader(self, start: u64, end: Option<u64>) -> BlobReader {
+    /// The body of `start..end` (`end` exclusive; `None` = to the end).
+    pub fn into_body(self, start: u64, end: Option<u64>) -> BlobBody {
         match self.source {
-            BlobSource::Cached(blob) => {
-                BlobReader::Cache(blob.reader(start, end.unwrap_or(blob.size)))
-            }
-            BlobSource::Filling(fill) => BlobReader::Cache(fill.reader(start, end)),
-            BlobSource::Upstream(passthrough) => BlobReader::Upstream(passthrough),
+            BlobSource::Cached(blob) => BlobBody::Cache(blob.reader(start, end)),
+            BlobSource::Filling(fill) => BlobBody::Cache(fill.reader(start, end)),
+            BlobSource::Upstream(passthrough) => BlobBody::Upstream(passthrough),
         }
     }
 }
 
-/// The bytes of a blob answer, a chunk at a time.
-pub enum BlobReader {
-    Cache(FillReader<Error>),
+/// The bytes of a blob answer, a piece at a time.
+pub enum BlobBody {
+    Cache(BlobReader),
     Upstream(Box<Passthrough>),
 }
 
-impl BlobReader {
-    /// The next chunk; `Ok(None)` at the end. An error means the response must be cut short.
-    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
+impl BlobBody {
+    /// The next chunk of bytes; `Ok(None)` at the end. An error means the response must be
+    /// cut short.
+    pub async fn next_bytes(&mut self) -> Result<Option<Bytes>, Error> {
         match self {
-            BlobReader::Cache(reader) => reader.next_chunk().await.map_err(read_error),
-            BlobReader::Upstream(passthrough) => passthrough.next_chunk().await,
+            BlobBody::Cache(reader) => Ok(reader.next_chunk().await?),
+            BlobBody::Upstream(passthrough) => passthrough.next_chunk().await,
         }
     }
 
@@ -67,18 +68,11 @@ impl BlobReader {
     /// from the file itself; `Ok(None)` at the end.
     pub async fn next_piece(&mut self, max: usize) -> Result<Option<Chunk>, Error> {
         match self {
-            BlobReader::Cache(reader) => reader.next_piece(max).await.map_err(read_error),
-            BlobReader::Upstream(passthrough) => {
+            BlobBody::Cache(reader) => Ok(reader.next_piece(max).await?),
+            BlobBody::Upstream(passthrough) => {
                 Ok(passthrough.next_chunk().await?.map(Chunk::Bytes))
             }
         }
-    }
-}
-
-fn read_error(e: ReadError<Error>) -> Error {
-    match e {
-        ReadError::Failed(e) => e,
-        ReadError::Io(e) => Error::Internal(format!("reading the cache: {e}")),
     }
 }
 
@@ -93,34 +87,36 @@ impl Mirror {
     /// A blob to stream.
     pub async fn blob(
         self: &Arc<Self>,
-        upstream: &Arc<Upstream>,
+        registry: Option<&str>,
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobAnswer, Error> {
-        let joined = self.fills.join(digest, Error::Fill);
+        let upstream = self.upstream(registry, repo)?;
+        let lookup = self.cache.blob(digest).await;
         // Content already here came through some repository; a private upstream must confirm
         // that this one may read it too. A fill started here asks the upstream itself.
-        if matches!(joined, Joined::Cached(_) | Joined::Coalesced(_)) {
-            self.confirm_access(upstream, repo, digest, Content::Blob)
+        if matches!(lookup, BlobLookup::Cached(_) | BlobLookup::Coalesced(_)) {
+            self.access
+                .confirm(upstream, repo, digest, Content::Blob)
                 .await?;
         }
-        let (fill, result) = match joined {
-            Joined::Cached(blob) => {
+        let (fill, result) = match lookup {
+            BlobLookup::Cached(blob) => {
                 self.metrics
                     .cache_result(ContentKind::Blob, CacheResult::Hit);
                 return Ok(BlobAnswer {
-                    size: Some(blob.size),
+                    size: Some(blob.size()),
                     result: CacheResult::Hit,
                     source: BlobSource::Cached(blob),
                 });
             }
-            Joined::Unwritable => {
+            BlobLookup::NoWrites => {
                 self.metrics
                     .cache_result(ContentKind::Blob, CacheResult::Miss);
                 return self.passthrough(upstream, repo, digest).await;
             }
-            Joined::Coalesced(fill) => (fill, CacheResult::Coalesced),
-            Joined::Started(fill, writer) => {
+            BlobLookup::Coalesced(fill) => (fill, CacheResult::Coalesced),
+            BlobLookup::Started(fill, writer) => {
                 let this = self.clone();
                 let (upstream, repo, digest) = (upstream.clone(), repo.clone(), digest.clone());
                 tokio::spawn(async move { this.run_fill(&upstream, &repo, &digest, writer).await });
@@ -128,25 +124,24 @@ impl Mirror {
             }
         };
         self.metrics.cache_result(ContentKind::Blob, result);
-        match fill.started().await {
+        match fill.started().await.map_err(Error::from) {
             // An empty body has no last byte to hold back, and HTTP completes an empty response
             // without reading it: answer only once the fill is verified.
-            Ok(Some(0)) => match fill.verdict().await {
-                Ok(true) => Ok(BlobAnswer {
+            Ok(Some(0)) => {
+                fill.verdict().await?;
+                Ok(BlobAnswer {
                     size: Some(0),
                     result,
                     source: BlobSource::Filling(fill),
-                }),
-                Ok(false) => Err(Error::Internal("the fill stopped without a verdict".into())),
-                Err(e) => Err(e),
-            },
+                })
+            }
             Ok(size) => Ok(BlobAnswer {
                 size,
                 result,
                 source: BlobSource::Filling(fill),
             }),
             // The disk could not take it before any byte was sent: serve it anyway.
-            Err(Error::Fill(e)) if e.is_unwritable() => {
+            Err(Error::Cache(e)) if e.is_unwritable() => {
                 self.passthrough(upstream, repo, digest).await
             }
             Err(e) => Err(not_found_is_blob_unknown(e)),
@@ -180,44 +175,18 @@ impl Mirror {
         upstream: &Upstream,
         repo: &RepoName,
         digest: &Digest,
-        writer: FillWriter<Error>,
+        writer: FillWriter,
     ) {
         self.metrics.fills_in_flight.inc();
-        let mut stream = match upstream.blob(repo, digest).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::info!(upstream = upstream.name(), %repo, %digest, error = %e, "blob fetch failed");
-                writer.fail(e.into()).await;
-                self.metrics.fills_in_flight.dec();
-                return;
-            }
-        };
-        self.record_access(upstream, repo, digest);
-        writer.start(stream.length()).await;
-        let outcome = loop {
-            match stream.next_chunk().await {
-                Ok(Some(chunk)) => {
-                    if let Err(e) = writer.write(chunk).await {
-                        break Err(Error::from(e));
-                    }
-                }
-                Ok(None) => break writer.finish().await.map_err(Error::from),
-                Err(e) => {
-                    writer.fail(e.clone().into()).await;
-                    break Err(e.into());
-                }
-            }
-        };
+        let outcome = self.feed_fill(upstream, repo, digest, writer).await;
         match outcome {
             Ok(()) => tracing::debug!(%digest, "blob cached"),
-            Err(Error::Fill(
-                e @ (CommitError::DigestMismatch { .. } | CommitError::LengthMismatch { .. }),
-            )) => {
+            Err(Error::Cache(e)) if e.is_verification_failure() => {
                 self.metrics.digest_mismatches.inc();
                 tracing::warn!(upstream = upstream.name(), %repo, %digest, error = %e, "upstream blob failed verification; not cached");
             }
             // The store logged the disk's condition once; a line per fill would be noise.
-            Err(Error::Fill(e)) if e.is_unwritable() => {
+            Err(Error::Cache(e)) if e.is_unwritable() => {
                 tracing::debug!(%digest, error = %e, "blob fill stopped: the cache takes no writes");
             }
             Err(e) => {
@@ -227,24 +196,61 @@ impl Mirror {
         self.metrics.fills_in_flight.dec();
     }
 
-    /// A blob's size for `HEAD`, without starting a fill on a miss.
-    pub async fn blob_size(
+    /// Feeds the fill from the upstream's body until the end, or the first failure (which the
+    /// fill's readers see too).
+    async fn feed_fill(
         &self,
         upstream: &Upstream,
         repo: &RepoName,
         digest: &Digest,
-    ) -> Result<(Option<u64>, CacheResult), Error> {
-        if let Some(blob) = self.store.open_blob(digest) {
-            self.confirm_access(upstream, repo, digest, Content::Blob)
-                .await?;
-            return Ok((Some(blob.size), CacheResult::Hit));
-        }
-        if let Some(fill) = self.fills.running(digest) {
-            if let Ok(size) = fill.started().await {
-                self.confirm_access(upstream, repo, digest, Content::Blob)
-                    .await?;
-                return Ok((size, CacheResult::Coalesced));
+        writer: FillWriter,
+    ) -> Result<(), Error> {
+        let mut stream = match upstream.blob(repo, digest).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::info!(upstream = upstream.name(), %repo, %digest, error = %e, "blob fetch failed");
+                writer.fail(SourceFailure::new(e.clone())).await;
+                return Err(e.into());
             }
+        };
+        self.access.record(upstream, repo, digest);
+        writer.start(stream.length()).await;
+        loop {
+            match stream.next_chunk().await {
+                Ok(Some(chunk)) => writer.write(chunk).await?,
+                Ok(None) => return Ok(writer.finish().await?),
+                Err(e) => {
+                    writer.fail(SourceFailure::new(e.clone())).await;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// A blob's size for `HEAD`, without starting a fill on a miss.
+    pub async fn blob_size(
+        &self,
+        registry: Option<&str>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(Option<u64>, CacheResult), Error> {
+        let upstream = self.upstream(registry, repo)?;
+        match self.cache.blob_held(digest).await {
+            Some(BlobHeld::Cached(blob)) => {
+                self.access
+                    .confirm(upstream, repo, digest, Content::Blob)
+                    .await?;
+                return Ok((Some(blob.size()), CacheResult::Hit));
+            }
+            Some(BlobHeld::Filling(fill)) => {
+                if let Ok(size) = fill.started().await {
+                    self.access
+                        .confirm(upstream, repo, digest, Content::Blob)
+                        .await?;
+                    return Ok((size, CacheResult::Coalesced));
+                }
+            }
+            None => {}
         }
         match upstream.blob_length(repo, digest).await {
             Ok(size) => Ok((size, CacheResult::Miss)),

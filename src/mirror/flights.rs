@@ -20,9 +20,9 @@ impl<K, V> Default for Flights<K, V> {
     }
 }
 
-/// Whether a caller started the work or joined work already under way.
+/// Whether a caller led the work or followed work already under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Joined {
+pub enum Role {
     Led,
     Followed,
 }
@@ -33,15 +33,15 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// Runs `work` unless the same key is already running; `None` if the work panicked.
-    pub async fn run<F, Fut>(&self, key: K, work: F) -> (Option<V>, Joined)
+    pub async fn run<F, Fut>(&self, key: K, work: F) -> (Option<V>, Role)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V> + Send + 'static,
     {
-        let (mut rx, joined) = {
+        let (mut rx, role) = {
             let mut running = self.running.lock().expect("lock poisoned");
             if let Some(rx) = running.get(&key) {
-                (rx.clone(), Joined::Followed)
+                (rx.clone(), Role::Followed)
             } else {
                 let (tx, rx) = watch::channel(None);
                 running.insert(key.clone(), rx.clone());
@@ -56,7 +56,7 @@ where
                     let value = fut.await;
                     let _ = tx.send(Some(value));
                 });
-                (rx, Joined::Led)
+                (rx, Role::Led)
             }
         };
         let value = rx
@@ -64,7 +64,7 @@ where
             .await
             .ok()
             .and_then(|v| v.clone());
-        (value, joined)
+        (value, role)
     }
 }
 
@@ -106,15 +106,15 @@ mod tests {
         }
         let mut led = 0;
         for h in handles {
-            let (value, joined) = h.await.unwrap();
+            let (value, role) = h.await.unwrap();
             assert_eq!(value, Some(42));
-            led += usize::from(joined == Joined::Led);
+            led += usize::from(role == Role::Led);
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(led, 1);
         // Finished flights are forgotten: the next call runs again.
-        let (value, joined) = flights.run("k", || async { 7 }).await;
-        assert_eq!((value, joined), (Some(7), Joined::Led));
+        let (value, role) = flights.run("k", || async { 7 }).await;
+        assert_eq!((value, role), (Some(7), Role::Led));
     }
 
     #[tokio::test]
@@ -124,7 +124,7 @@ mod tests {
             .run("k", || async { panic!("the work failed") })
             .await;
         assert_eq!(value, None);
-        let (value, joined) = flights.run("k", || async { 1 }).await;
-        assert_eq!((value, joined), (Some(1), Joined::Led));
+        let (value, role) = flights.run("k", || async { 1 }).await;
+        assert_eq!((value, role), (Some(1), Role::Led));
     }
 }

@@ -2,33 +2,43 @@
 //! one coalesced `HEAD` when not, fetched with one coalesced `GET` when missing or moved, and
 //! served stale when the upstream is down.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use super::flights::Joined;
-use super::{Content, HotManifest, Mirror};
-use crate::cache::{Area, CommitError, StoredManifest, TagKey, Variant};
+use super::access::Content;
+use super::flights::Role;
+use super::state::Mirror;
+use crate::cache::{self, TagKey, Variant};
 use crate::error::{ClientError, Error};
 use crate::metrics::{CacheResult, ContentKind};
-use crate::oci::media::{Accept, ALL_MANIFEST_TYPES};
-use crate::oci::{Algorithm, Digest, Reference, RepoName, Tag, Verifier};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::oci::media::Accept;
+use crate::oci::{Algorithm, Digest, RawManifest, Reference, RepoName, Tag, Verifier};
+use crate::upstream::{Upstream, UpstreamError, Verb};
 
 /// A manifest answer and how it was found.
 pub struct ManifestAnswer {
-    pub manifest: Arc<StoredManifest>,
+    pub manifest: Arc<RawManifest>,
     pub result: CacheResult,
+}
+
+/// What the tag table knew of a tag that could not be answered from it alone.
+enum Cached {
+    /// Nothing usable: ask the upstream.
+    Nothing,
+    /// The upstream says the tag moved (or did not say where): fetch it, and fall back to this
+    /// stale answer if that fails.
+    Moved(Variant, Arc<RawManifest>),
 }
 
 impl Mirror {
     pub async fn manifest(
         self: &Arc<Self>,
-        upstream: &Arc<Upstream>,
+        registry: Option<&str>,
         repo: &RepoName,
         reference: &Reference,
         accept: &Accept,
     ) -> Result<ManifestAnswer, Error> {
+        let upstream = self.upstream(registry, repo)?;
         let answer = match reference {
             Reference::Digest(digest) => self.manifest_by_digest(upstream, repo, digest).await,
             Reference::Tag(tag) => self.manifest_by_tag(upstream, repo, tag, accept).await,
@@ -38,55 +48,30 @@ impl Mirror {
         Ok(answer)
     }
 
-    fn cached_manifest(&self, digest: &Digest) -> Result<Option<Arc<StoredManifest>>, Error> {
-        if let Some(hot) = self.manifests.get(digest) {
-            // A use of the disk entry too, for eviction (the memory copy outlives an eviction).
-            let now = unix_secs();
-            if hot.recorded_use.swap(now, Ordering::Relaxed) != now {
-                self.store.touch(Area::Manifests, digest);
-            }
-            return Ok(Some(hot.manifest.clone()));
-        }
-        let Some(m) = self.store.read_manifest(digest)? else {
-            return Ok(None);
-        };
-        let m = Arc::new(m);
-        self.remember(m.clone());
-        Ok(Some(m))
-    }
-
-    /// Keeps a manifest in memory for the hot path.
-    fn remember(&self, manifest: Arc<StoredManifest>) {
-        let hot = HotManifest {
-            manifest,
-            recorded_use: AtomicU64::new(unix_secs()),
-        };
-        self.manifests
-            .insert(hot.manifest.digest.clone(), Arc::new(hot));
-    }
-
     async fn manifest_by_digest(
         self: &Arc<Self>,
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<ManifestAnswer, Error> {
-        if let Some(manifest) = self.cached_manifest(digest)? {
+        if let Some(manifest) = self.cache.manifest(digest).await? {
             // Cached through some repository: a private upstream must confirm this one may
             // read it, as for blobs.
-            self.confirm_access(upstream, repo, digest, Content::Manifest)
+            self.access
+                .confirm(upstream, repo, digest, Content::Manifest)
                 .await?;
             return Ok(ManifestAnswer {
                 manifest,
                 result: CacheResult::Hit,
             });
         }
-        let (manifest, joined) = self
-            .fetch_manifest(upstream, repo, &digest.to_string(), ALL_MANIFEST_TYPES)
+        let reference = Reference::Digest(digest.clone());
+        let (manifest, role) = self
+            .fetch_manifest(upstream, repo, &reference, &Accept::all_manifests())
             .await;
         Ok(ManifestAnswer {
             manifest: manifest?,
-            result: miss_or_coalesced(joined),
+            result: miss_or_coalesced(role),
         })
     }
 
@@ -102,50 +87,16 @@ impl Mirror {
             repo: repo.clone(),
             tag: tag.clone(),
         };
-        let mut stale = None;
-        if let Some(variant) = self.tags.choose(&key, accept) {
-            if let Some(manifest) = self.cached_manifest(&variant.digest)? {
-                let now = SystemTime::now();
-                if variant.is_fresh(now, self.config.tag_ttl) {
-                    return Ok(ManifestAnswer {
-                        manifest,
-                        result: CacheResult::Hit,
-                    });
-                }
-                if self.config.serve_stale && variant.revalidation_deferred(now) {
-                    // The upstream failed to answer for this tag less than a tag_ttl ago: do
-                    // not make every pull wait for it again.
-                    tracing::debug!(%repo, %tag, "serving a stale tag until its next revalidation");
-                    return Ok(ManifestAnswer {
-                        manifest,
-                        result: CacheResult::Stale,
-                    });
-                }
-                match self
-                    .revalidate(upstream, &key, &accept.header_value())
-                    .await
-                {
-                    Ok(Some(current)) if current == variant.digest => {
-                        self.tags.touch(&key, &current, SystemTime::now());
-                        return Ok(ManifestAnswer {
-                            manifest,
-                            result: CacheResult::Hit,
-                        });
-                    }
-                    Ok(_) => {}
-                    Err(Error::Upstream(UpstreamError::NotFound)) => {
-                        self.tags.forget(&key);
-                        return Err(ClientError::ManifestUnknown.into());
-                    }
-                    Err(e) => return self.stale_or(&key, manifest, e, Defer::Yes),
-                }
-                stale = Some((variant, manifest));
-            }
-        }
+        let stale = match self.cached_tag(upstream, &key, accept).await? {
+            Ok(answer) => return Ok(answer),
+            Err(Cached::Nothing) => None,
+            Err(Cached::Moved(variant, manifest)) => Some((variant, manifest)),
+        };
         // Stamped when asked, so an answer that arrives late cannot pass for a newer one.
         let asked_at = SystemTime::now();
-        let (fetched, joined) = self
-            .fetch_manifest(upstream, repo, tag.as_str(), &accept.header_value())
+        let reference = Reference::Tag(tag.clone());
+        let (fetched, role) = self
+            .fetch_manifest(upstream, repo, &reference, accept)
             .await;
         let manifest = match (fetched, stale) {
             (Ok(m), stale) => {
@@ -157,7 +108,7 @@ impl Mirror {
                     revalidate_after: None,
                 };
                 let replaces = stale.as_ref().map(|(v, _)| &v.digest);
-                self.tags.record(key, variant, replaces);
+                self.cache.record_tag(key, variant, replaces);
                 m
             }
             // The upstream said the tag moved but the new manifest did not come (a 429 on the
@@ -171,8 +122,55 @@ impl Mirror {
         };
         Ok(ManifestAnswer {
             manifest,
-            result: miss_or_coalesced(joined),
+            result: miss_or_coalesced(role),
         })
+    }
+
+    /// Answers a tag from the tag table when it can: fresh, deferred after a failed
+    /// revalidation, or confirmed by a revalidation now. Otherwise says what it knew.
+    async fn cached_tag(
+        &self,
+        upstream: &Arc<Upstream>,
+        key: &TagKey,
+        accept: &Accept,
+    ) -> Result<Result<ManifestAnswer, Cached>, Error> {
+        let Some(variant) = self.cache.tag(key, accept) else {
+            return Ok(Err(Cached::Nothing));
+        };
+        let Some(manifest) = self.cache.manifest(&variant.digest).await? else {
+            return Ok(Err(Cached::Nothing));
+        };
+        let now = SystemTime::now();
+        if variant.is_fresh(now, self.config.tag_ttl) {
+            return Ok(Ok(ManifestAnswer {
+                manifest,
+                result: CacheResult::Hit,
+            }));
+        }
+        if self.config.serve_stale && variant.revalidation_deferred(now) {
+            // The upstream failed to answer for this tag less than a tag_ttl ago: do not make
+            // every pull wait for it again.
+            tracing::debug!(repo = %key.repo, tag = %key.tag, "serving a stale tag until its next revalidation");
+            return Ok(Ok(ManifestAnswer {
+                manifest,
+                result: CacheResult::Stale,
+            }));
+        }
+        match self.revalidate(upstream, key, accept).await {
+            Ok(Some(current)) if current == variant.digest => {
+                self.cache.confirm_tag(key, &current, SystemTime::now());
+                Ok(Ok(ManifestAnswer {
+                    manifest,
+                    result: CacheResult::Hit,
+                }))
+            }
+            Ok(_) => Ok(Err(Cached::Moved(variant, manifest))),
+            Err(Error::Upstream(UpstreamError::NotFound)) => {
+                self.cache.forget_tag(key);
+                Err(ClientError::ManifestUnknown.into())
+            }
+            Err(e) => self.stale_or(key, manifest, e, Defer::Yes).map(Ok),
+        }
     }
 
     /// Serves a cached tag when the upstream is down or limiting (if allowed), else the error.
@@ -180,7 +178,7 @@ impl Mirror {
     fn stale_or(
         &self,
         key: &TagKey,
-        manifest: Arc<StoredManifest>,
+        manifest: Arc<RawManifest>,
         error: Error,
         defer: Defer,
     ) -> Result<ManifestAnswer, Error> {
@@ -190,8 +188,8 @@ impl Mirror {
             // Requests that waited on one revalidation all land here: log it once.
             let first = match defer {
                 Defer::Yes => {
-                    self.tags
-                        .defer(key, &manifest.digest, now, now + self.config.tag_ttl)
+                    self.cache
+                        .defer_tag(key, &manifest.digest, now, now + self.config.tag_ttl)
                 }
                 Defer::No => true,
             };
@@ -214,31 +212,27 @@ impl Mirror {
         &self,
         upstream: &Arc<Upstream>,
         key: &TagKey,
-        accept_header: &str,
+        accept: &Accept,
     ) -> Result<Option<Digest>, Error> {
+        let reference = Reference::Tag(key.tag.clone());
         let flight_key = (
             key.upstream.clone(),
             key.repo.clone(),
-            key.tag.to_string(),
-            accept_header.to_owned(),
+            reference.clone(),
+            accept.clone(),
         );
-        let (upstream, repo, tag, accept) = (
-            upstream.clone(),
-            key.repo.clone(),
-            key.tag.clone(),
-            accept_header.to_owned(),
-        );
+        let (upstream, repo, accept) = (upstream.clone(), key.repo.clone(), accept.clone());
         let (result, _) = self
             .revalidations
             .run(flight_key, move || async move {
                 upstream
-                    .manifest(&repo, tag.as_str(), &accept, true)
+                    .manifest(&repo, &reference, &accept, Verb::Head)
                     .await
                     .map(|head| head.digest)
                     .map_err(Error::from)
             })
             .await;
-        result.unwrap_or_else(|| Err(Error::Internal("tag revalidation panicked".into())))
+        result.unwrap_or(Err(Error::Panicked("tag revalidation")))
     }
 
     /// One coalesced `GET` of a manifest by tag or digest, verified and stored.
@@ -246,77 +240,70 @@ impl Mirror {
         self: &Arc<Self>,
         upstream: &Arc<Upstream>,
         repo: &RepoName,
-        reference: &str,
-        accept_header: &str,
-    ) -> (Result<Arc<StoredManifest>, Error>, Joined) {
+        reference: &Reference,
+        accept: &Accept,
+    ) -> (Result<Arc<RawManifest>, Error>, Role) {
         let key = (
             Arc::from(upstream.name()),
             repo.clone(),
-            reference.to_owned(),
-            accept_header.to_owned(),
+            reference.clone(),
+            accept.clone(),
         );
         let this = self.clone();
         let (upstream, repo, reference, accept) = (
             upstream.clone(),
             repo.clone(),
-            reference.to_owned(),
-            accept_header.to_owned(),
+            reference.clone(),
+            accept.clone(),
         );
-        let (result, joined) = self
+        let (result, role) = self
             .manifest_fetches
             .run(key, move || async move {
                 this.fetch_and_store_manifest(&upstream, &repo, &reference, &accept)
                     .await
             })
             .await;
-        let result =
-            result.unwrap_or_else(|| Err(Error::Internal("manifest fetch panicked".into())));
-        (result, joined)
+        let result = result.unwrap_or(Err(Error::Panicked("manifest fetch")));
+        (result, role)
     }
 
     async fn fetch_and_store_manifest(
         &self,
         upstream: &Upstream,
         repo: &RepoName,
-        reference: &str,
-        accept: &str,
-    ) -> Result<Arc<StoredManifest>, Error> {
-        let response = upstream.manifest(repo, reference, accept, false).await?;
-        let requested: Option<Digest> = reference.parse().ok();
+        reference: &Reference,
+        accept: &Accept,
+    ) -> Result<Arc<RawManifest>, Error> {
+        let response = upstream
+            .manifest(repo, reference, accept, Verb::Get)
+            .await?;
+        let requested = match reference {
+            Reference::Digest(digest) => Some(digest),
+            Reference::Tag(_) => None,
+        };
         let algorithm = requested
-            .as_ref()
             .or(response.digest.as_ref())
             .map_or(Algorithm::Sha256, Digest::algorithm);
         let mut verifier = Verifier::new(algorithm);
         verifier.update(&response.body);
         let actual = verifier.finish();
-        for expected in requested.iter().chain(response.digest.iter()) {
+        for expected in requested.into_iter().chain(response.digest.iter()) {
             if *expected != actual {
                 self.metrics.digest_mismatches.inc();
-                return Err(CommitError::DigestMismatch {
+                return Err(cache::Error::DigestMismatch {
                     expected: expected.clone(),
                     actual,
                 }
                 .into());
             }
         }
-        self.record_access(upstream, repo, &actual);
-        let manifest = Arc::new(StoredManifest {
+        self.access.record(upstream, repo, &actual);
+        let manifest = Arc::new(RawManifest {
             digest: actual,
             media_type: response.media_type,
             body: response.body,
         });
-        // Off the async workers: the commit fsyncs.
-        let (store, to_write) = (self.store.clone(), manifest.clone());
-        match tokio::task::spawn_blocking(move || store.write_manifest(&to_write)).await {
-            Ok(Ok(())) => {}
-            // Served all the same; the store logs the disk's condition once.
-            Ok(Err(e)) => {
-                tracing::debug!(digest = %manifest.digest, error = %e, "manifest not cached")
-            }
-            Err(e) => tracing::error!(error = %e, "manifest write task failed"),
-        }
-        self.remember(manifest.clone());
+        self.cache.store_manifest(manifest.clone()).await;
         Ok(manifest)
     }
 }
@@ -328,15 +315,9 @@ enum Defer {
     No,
 }
 
-fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn miss_or_coalesced(joined: Joined) -> CacheResult {
-    match joined {
-        Joined::Led => CacheResult::Miss,
-        Joined::Followed => CacheResult::Coalesced,
+fn miss_or_coalesced(role: Role) -> CacheResult {
+    match role {
+        Role::Led => CacheResult::Miss,
+        Role::Followed => CacheResult::Coalesced,
     }
 }

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::cache::CommitError;
+use crate::cache;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Verifier};
@@ -61,13 +61,13 @@ impl Passthrough {
 
     fn verify(&self, verifier: Verifier) -> Result<(), Error> {
         let failure = match self.length() {
-            Some(declared) if declared != self.received => Some(CommitError::LengthMismatch {
+            Some(declared) if declared != self.received => Some(cache::Error::LengthMismatch {
                 declared,
                 received: self.received,
             }),
             _ => {
                 let actual = verifier.finish();
-                (actual != self.digest).then(|| CommitError::DigestMismatch {
+                (actual != self.digest).then(|| cache::Error::DigestMismatch {
                     expected: self.digest.clone(),
                     actual,
                 })

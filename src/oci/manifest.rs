@@ -9,6 +9,23 @@ use serde::Deserialize;
 use super::digest::Digest;
 use super::media;
 
+/// A manifest exactly as the upstream served it: its digest is of these bytes, so they are
+/// stored and served as they are, never re-serialised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawManifest {
+    pub digest: Digest,
+    /// `Content-Type` exactly as the upstream sent it.
+    pub media_type: String,
+    pub body: bytes::Bytes,
+}
+
+impl RawManifest {
+    /// The media type without parameters, for `Accept` matching.
+    pub fn media_type_essence(&self) -> &str {
+        self.media_type.split(';').next().unwrap_or("").trim()
+    }
+}
+
 /// A reference to content by digest, with its size.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -131,10 +148,19 @@ struct Raw {
     layers: Option<Vec<Descriptor>>,
 }
 
+/// Why a manifest document could not be walked.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("a {media_type} document with neither manifests nor a config")]
+    Empty { media_type: String },
+}
+
 impl ManifestDoc {
     /// Parses a manifest served with `media_type`; the body decides when the type is vague.
-    pub fn parse(media_type: &str, body: &[u8]) -> Result<ManifestDoc, String> {
-        let raw: Raw = serde_json::from_slice(body).map_err(|e| format!("manifest: {e}"))?;
+    pub fn parse(media_type: &str, body: &[u8]) -> Result<ManifestDoc, ManifestError> {
+        let raw: Raw = serde_json::from_slice(body)?;
         match (raw.manifests, raw.config) {
             (Some(manifests), _) if media::is_index(media_type) || raw.layers.is_none() => {
                 Ok(ManifestDoc::Index(manifests))
@@ -143,9 +169,9 @@ impl ManifestDoc {
                 config,
                 layers: raw.layers.unwrap_or_default(),
             }),
-            _ => Err(format!(
-                "a {media_type} document with neither manifests nor a config"
-            )),
+            _ => Err(ManifestError::Empty {
+                media_type: media_type.to_owned(),
+            }),
         }
     }
 }

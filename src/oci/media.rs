@@ -45,6 +45,15 @@ pub struct Accept {
 }
 
 impl Accept {
+    /// Every manifest type a current client can use (what [`ALL_MANIFEST_TYPES`] names).
+    pub fn all_manifests() -> Accept {
+        Accept {
+            known: (1 << KNOWN.len()) - 1,
+            others: Vec::new(),
+            any: false,
+        }
+    }
+
     /// Parses every `Accept` header value (each may hold a comma-separated list with
     /// parameters). No header at all, or `*/*`, means anything is acceptable.
     pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>) -> Accept {
@@ -129,6 +138,12 @@ impl Accept {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn all_manifests_is_what_wharf_asks_for_by_digest() {
+        assert_eq!(Accept::all_manifests().header_value(), ALL_MANIFEST_TYPES);
+        assert_eq!(Accept::all_manifests(), Accept::parse([ALL_MANIFEST_TYPES]));
+    }
+
     use super::*;
 
     #[test]

@@ -4,6 +4,7 @@
 mod digest;
 mod error;
 mod image_ref;
+mod listing;
 pub mod manifest;
 pub mod media;
 mod name;
@@ -13,6 +14,8 @@ mod reference;
 pub use digest::{Algorithm, Digest, DigestError, Verifier};
 pub use error::{ErrorBody, ErrorCode};
 pub use image_ref::{ImageRef, ImageRefError};
+pub use listing::{Listing, ListingPage};
+pub use manifest::{ManifestError, RawManifest};
 pub use name::{NameError, RepoName};
 pub use pattern::RepoPattern;
 pub use reference::{Reference, ReferenceError, Tag};

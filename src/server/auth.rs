@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -79,6 +79,45 @@ impl fmt::Debug for Presented {
     }
 }
 
+/// Why a line of a credentials file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("line {0}: expected user:hash")]
+    NotUserAndHash(usize),
+    #[error("line {0}: empty user name")]
+    EmptyUser(usize),
+    #[error(
+        "line {line}: user {user:?} has a hash that is not bcrypt (create it with htpasswd -B)"
+    )]
+    NotBcrypt { line: usize, user: String },
+    #[error("line {line}: user {user:?} is listed twice")]
+    UserTwice { line: usize, user: String },
+    #[error(
+        "line {0}: expected sha256:<64 hex digits> (printf %s \"$token\" | sha256sum), then an \
+         optional label"
+    )]
+    NotTokenHash(usize),
+    #[error("line {0}: this token is listed twice")]
+    TokenTwice(usize),
+}
+
+/// Why the credentials files cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {}: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", file.display())]
+    Line {
+        file: PathBuf,
+        #[source]
+        source: LineError,
+    },
+}
+
 /// What the two files hold.
 #[derive(Default)]
 pub struct Credentials {
@@ -91,33 +130,36 @@ pub struct Credentials {
 impl Credentials {
     /// Parses an htpasswd file. Only bcrypt is accepted: the other htpasswd hashes (MD5-crypt,
     /// SHA-1, crypt, plain) are fast enough to brute-force from a leaked file.
-    pub fn parse_htpasswd(&mut self, text: &str) -> Result<(), String> {
+    pub fn parse_htpasswd(&mut self, text: &str) -> Result<(), LineError> {
         for (line_no, line) in entries(text) {
             let Some((user, hash)) = line.split_once(':') else {
-                return Err(format!("line {line_no}: expected user:hash"));
+                return Err(LineError::NotUserAndHash(line_no));
             };
             if user.is_empty() {
-                return Err(format!("line {line_no}: empty user name"));
+                return Err(LineError::EmptyUser(line_no));
             }
             if !is_bcrypt(hash) {
-                return Err(format!(
-                    "line {line_no}: user {user:?} has a hash that is not bcrypt \
-                     (create it with htpasswd -B)"
-                ));
+                return Err(LineError::NotBcrypt {
+                    line: line_no,
+                    user: user.to_owned(),
+                });
             }
             if self
                 .users
                 .insert(user.to_owned(), hash.to_owned())
                 .is_some()
             {
-                return Err(format!("line {line_no}: user {user:?} is listed twice"));
+                return Err(LineError::UserTwice {
+                    line: line_no,
+                    user: user.to_owned(),
+                });
             }
         }
         Ok(())
     }
 
     /// Parses a token file: `sha256:<64 hex>` lines, each optionally followed by a label.
-    pub fn parse_tokens(&mut self, text: &str) -> Result<(), String> {
+    pub fn parse_tokens(&mut self, text: &str) -> Result<(), LineError> {
         for (line_no, line) in entries(text) {
             let (hash, label) = line
                 .split_once(char::is_whitespace)
@@ -125,14 +167,9 @@ impl Credentials {
             let hash = hash
                 .strip_prefix("sha256:")
                 .and_then(|hex| <[u8; 32]>::try_from(hex::decode(hex).ok()?).ok())
-                .ok_or_else(|| {
-                    format!(
-                        "line {line_no}: expected sha256:<64 hex digits> \
-                         (printf %s \"$token\" | sha256sum), then an optional label"
-                    )
-                })?;
+                .ok_or(LineError::NotTokenHash(line_no))?;
             if self.tokens.iter().any(|(h, _)| *h == hash) {
-                return Err(format!("line {line_no}: this token is listed twice"));
+                return Err(LineError::TokenTwice(line_no));
             }
             let label = if label.is_empty() {
                 format!("token:{}", &hex::encode(hash)[..8])
@@ -263,7 +300,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Reads both files, or says precisely why they cannot be used.
-    pub fn load(files: &AuthConfig) -> Result<Authenticator, String> {
+    pub fn load(files: &AuthConfig) -> Result<Authenticator, LoadError> {
         let watched = WatchedFiles::new(
             [&files.htpasswd, &files.tokens]
                 .into_iter()
@@ -395,20 +432,29 @@ impl Reload for Authenticator {
     }
 }
 
-fn read(files: &AuthConfig) -> Result<Credentials, String> {
+fn read(files: &AuthConfig) -> Result<Credentials, LoadError> {
     let mut credentials = Credentials::default();
     let text = |path: &Path| {
-        fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        fs::read_to_string(path).map_err(|source| LoadError::Read {
+            file: path.to_owned(),
+            source,
+        })
     };
+    fn in_file(path: &Path) -> impl FnOnce(LineError) -> LoadError + '_ {
+        move |source| LoadError::Line {
+            file: path.to_owned(),
+            source,
+        }
+    }
     if let Some(path) = &files.htpasswd {
         credentials
             .parse_htpasswd(&text(path)?)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(in_file(path))?;
     }
     if let Some(path) = &files.tokens {
         credentials
             .parse_tokens(&text(path)?)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(in_file(path))?;
     }
     Ok(credentials)
 }
@@ -479,7 +525,7 @@ mod tests {
             &format!(":{good}"),
             &format!("alice:{good}"), // listed twice
         ] {
-            let e = c.parse_htpasswd(bad).unwrap_err();
+            let e = c.parse_htpasswd(bad).unwrap_err().to_string();
             assert!(e.starts_with("line 1:"), "{e}");
             assert!(
                 !e.contains("W6ph5") && !e.contains("plain"),
@@ -627,8 +673,13 @@ mod tests {
         assert!(Authenticator::load(&missing)
             .err()
             .unwrap()
+            .to_string()
             .contains("nope"));
         let bad = files(dir.path(), "alice:plain\n", "");
-        assert!(Authenticator::load(&bad).err().unwrap().contains("line 1"));
+        assert!(Authenticator::load(&bad)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("line 1"));
     }
 }

@@ -20,8 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
+use super::request::serve_request;
 use super::sendfile::FileRanges;
-use super::{serve_request, AppState, Client, Surface};
+use super::state::{AppState, Client, Surface};
 use crate::config::Limits;
 
 /// After an idle connection is asked to close, how long it may take to do so before it is

@@ -1,7 +1,5 @@
 //! Request handlers: turn a [`Route`] into a call on the mirror and its answer into a response.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use futures_util::stream;
 use http::header::{
@@ -11,16 +9,17 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 
+use super::range;
 use super::response::{empty, full, Body, BodyError};
 use super::route::{Route, Target};
 use super::sendfile::{FileRanges, MAX_RANGE};
-use super::{range, AppState};
+use super::state::AppState;
+use crate::body::Chunk;
 use crate::error::{ClientError, Error};
 use crate::metrics::{CacheResult, Source};
-use crate::mirror::{BlobAnswer, BlobReader, Chunk};
+use crate::mirror::{BlobAnswer, BlobBody};
 use crate::oci::media::Accept;
-use crate::oci::{Digest, RepoName};
-use crate::upstream::Upstream;
+use crate::oci::{Digest, Listing, Reference};
 
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
 const CONTENT_DIGEST: &str = "docker-content-digest";
@@ -46,76 +45,54 @@ pub async fn handle(
         Route::Health => Ok(Response::new(full("ok\n"))),
         Route::Ready => Ok(ready(state)),
         Route::Manifest { target, reference } => {
-            let upstream = state
-                .mirror
-                .upstream(target.registry.as_deref(), &target.repo)?;
-            let accept = Accept::parse(
-                headers
-                    .get_all(ACCEPT)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok()),
-            );
-            let answer = state
-                .mirror
-                .manifest(upstream, &target.repo, &reference, &accept)
-                .await?;
-            let m = answer.manifest;
-            let mut response = Response::builder()
-                .header(CONTENT_TYPE, &m.media_type)
-                .header(CONTENT_LENGTH, m.body.len())
-                .header(CONTENT_DIGEST, m.digest.to_string())
-                .header(ETAG, format!("\"{}\"", m.digest))
-                .header(API_VERSION.0, API_VERSION.1);
-            if let Ok(v) = HeaderValue::from_str(answer.result.as_str()) {
-                response = response.header("x-wharf-cache", v);
-            }
-            if !head {
-                state
-                    .metrics
-                    .served(source_of(answer.result), m.body.len() as u64);
-            }
-            let body = if head { empty() } else { full(m.body.clone()) };
-            Ok(response.body(body).expect("valid headers"))
+            manifest(state, headers, &target, &reference, head).await
         }
+        Route::Blob { target, digest } if head => blob_head(state, &target, &digest).await,
         Route::Blob { target, digest } => {
-            let upstream = state
-                .mirror
-                .upstream(target.registry.as_deref(), &target.repo)?;
-            if head {
-                blob_head(state, upstream, &target.repo, &digest).await
-            } else {
-                let range = headers
-                    .get(RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(range::parse);
-                blob_get(state, upstream, &target, &digest, range, zero_copy).await
-            }
+            let range = headers
+                .get(RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(range::parse);
+            blob_get(state, &target, &digest, range, zero_copy).await
         }
-        Route::Tags { target, query } => {
-            listing(state, &target, &with_query("tags/list", &query), head).await
-        }
-        Route::Referrers {
-            target,
-            digest,
-            query,
-        } => {
-            listing(
-                state,
-                &target,
-                &with_query(&format!("referrers/{digest}"), &query),
-                head,
-            )
-            .await
-        }
+        Route::Listing { target, listing } => listing_page(state, &target, &listing, head).await,
     }
 }
 
-fn with_query(path: &str, query: &str) -> String {
-    if query.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{query}")
+async fn manifest(
+    state: &AppState,
+    headers: &HeaderMap,
+    target: &Target,
+    reference: &Reference,
+    head: bool,
+) -> Result<Response<Body>, Error> {
+    let accept = Accept::parse(
+        headers
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let answer = state
+        .mirror
+        .manifest(target.registry.as_deref(), &target.repo, reference, &accept)
+        .await?;
+    let m = answer.manifest;
+    let mut response = Response::builder()
+        .header(CONTENT_TYPE, &m.media_type)
+        .header(CONTENT_LENGTH, m.body.len())
+        .header(CONTENT_DIGEST, m.digest.to_string())
+        .header(ETAG, format!("\"{}\"", m.digest))
+        .header(API_VERSION.0, API_VERSION.1);
+    if let Ok(v) = HeaderValue::from_str(answer.result.as_str()) {
+        response = response.header("x-wharf-cache", v);
     }
+    if !head {
+        state
+            .metrics
+            .served(source_of(answer.result), m.body.len() as u64);
+    }
+    let body = if head { empty() } else { full(m.body.clone()) };
+    Ok(response.body(body).expect("valid headers"))
 }
 
 fn source_of(result: CacheResult) -> Source {
@@ -136,11 +113,13 @@ fn blob_headers(digest: &Digest) -> http::response::Builder {
 
 async fn blob_head(
     state: &AppState,
-    upstream: &Upstream,
-    repo: &RepoName,
+    target: &Target,
     digest: &Digest,
 ) -> Result<Response<Body>, Error> {
-    let (size, _) = state.mirror.blob_size(upstream, repo, digest).await?;
+    let (size, _) = state
+        .mirror
+        .blob_size(target.registry.as_deref(), &target.repo, digest)
+        .await?;
     let mut response = blob_headers(digest);
     if let Some(size) = size {
         response = response.header(CONTENT_LENGTH, size);
@@ -150,13 +129,15 @@ async fn blob_head(
 
 async fn blob_get(
     state: &AppState,
-    upstream: &Arc<Upstream>,
     target: &Target,
     digest: &Digest,
     range: Option<range::ByteRange>,
     zero_copy: Option<FileRanges>,
 ) -> Result<Response<Body>, Error> {
-    let answer: BlobAnswer = state.mirror.blob(upstream, &target.repo, digest).await?;
+    let answer: BlobAnswer = state
+        .mirror
+        .blob(target.registry.as_deref(), &target.repo, digest)
+        .await?;
     let source = source_of(answer.result);
     let response = blob_headers(digest).header("x-wharf-cache", answer.result.as_str());
     // A range needs the size; without one (no upstream length), or when the bytes come
@@ -177,7 +158,7 @@ async fn blob_get(
         (_, None) => (response, 0, None),
     };
     let body = stream_body(
-        answer.into_reader(start, end),
+        answer.into_body(start, end),
         state.metrics.clone(),
         source,
         zero_copy,
@@ -189,7 +170,7 @@ async fn blob_get(
 /// the connection: the client sees a short body, never a complete-looking wrong one. With
 /// `zero_copy`, cached ranges the page cache holds are sent by the socket from the file.
 fn stream_body(
-    reader: BlobReader,
+    reader: BlobBody,
     metrics: crate::metrics::Metrics,
     source: Source,
     zero_copy: Option<FileRanges>,
@@ -204,12 +185,10 @@ fn stream_body(
                 Some(ranges) => reader.next_piece(MAX_RANGE).await.map(|piece| {
                     piece.map(|piece| match piece {
                         Chunk::Bytes(bytes) => bytes,
-                        Chunk::InFile { file, offset, len } => {
-                            ranges.placeholder(file, offset, len)
-                        }
+                        Chunk::File(range) => ranges.placeholder(range),
                     })
                 }),
-                None => reader.next_chunk().await,
+                None => reader.next_bytes().await,
             };
             match next {
                 Ok(Some(chunk)) => {
@@ -227,36 +206,30 @@ fn stream_body(
     StreamBody::new(chunks).boxed_unsync()
 }
 
-async fn listing(
+async fn listing_page(
     state: &AppState,
     target: &Target,
-    path_and_query: &str,
+    listing: &Listing,
     head: bool,
 ) -> Result<Response<Body>, Error> {
-    let upstream = state
+    let page = state
         .mirror
-        .upstream(target.registry.as_deref(), &target.repo)?;
-    let listing = state
-        .mirror
-        .listing(upstream, &target.repo, path_and_query)
+        .listing(target.registry.as_deref(), &target.repo, listing)
         .await?;
     let mut response = Response::builder()
         .header(
             CONTENT_TYPE,
-            listing
-                .content_type
-                .as_deref()
-                .unwrap_or("application/json"),
+            page.content_type.as_deref().unwrap_or("application/json"),
         )
-        .header(CONTENT_LENGTH, listing.body.len())
+        .header(CONTENT_LENGTH, page.body.len())
         .header(API_VERSION.0, API_VERSION.1);
-    if let Some(link) = &listing.link {
+    if let Some(link) = &page.link {
         response = response.header("link", link);
     }
     let body = if head {
         empty()
     } else {
-        full(listing.body.clone())
+        full(page.body.clone())
     };
     Ok(response.body(body).expect("valid headers"))
 }
@@ -264,23 +237,18 @@ async fn listing(
 /// Ready while the process serves; the detail tells an operator whether the cache takes writes
 /// (wharf keeps serving from the upstream when it does not).
 fn ready(state: &AppState) -> Response<Body> {
-    let usage = state.mirror.cache_usage();
-    let store = state.mirror.store();
-    // Probes an unwritable directory (at most every few seconds), so the answer is current even
-    // when no request has needed the cache lately.
-    store.caching_allowed();
-    let unwritable = store.unwritable();
+    let ready = state.mirror.readiness();
     let detail = serde_json::json!({
         "status": "ready",
         "cache": {
-            "writable": unwritable.is_none(),
-            "condition": unwritable.map(|(c, _)| c.as_str()),
-            "condition_seconds": unwritable.map(|(_, since)| since.as_secs()),
-            "bytes": usage.bytes,
-            "max_bytes": usage.max_bytes,
-            "entries": usage.entries,
+            "writable": ready.unwritable.is_none(),
+            "condition": ready.unwritable.map(|(condition, _)| condition),
+            "condition_seconds": ready.unwritable.map(|(_, secs)| secs),
+            "bytes": ready.bytes,
+            "max_bytes": ready.max_bytes,
+            "entries": ready.entries,
         },
-        "fills_in_flight": state.mirror.fills_in_flight(),
+        "fills_in_flight": ready.fills_in_flight,
     });
     Response::builder()
         .header(CONTENT_TYPE, "application/json")

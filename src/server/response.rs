@@ -11,10 +11,8 @@ use http::{Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
-use crate::cache::CommitError;
-use crate::error::{ClientError, Error};
+use crate::error::{ClientError, Error, Failure};
 use crate::oci::{ErrorBody, ErrorCode, ReferenceError};
-use crate::upstream::UpstreamError;
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BodyError>;
@@ -31,11 +29,11 @@ pub fn empty() -> Body {
         .boxed_unsync()
 }
 
-/// Status, OCI code and extra headers for an error.
+/// Status and OCI code for an error.
 fn classify(error: &Error) -> (StatusCode, ErrorCode) {
     use StatusCode as S;
-    match error {
-        Error::Client(e) => match e {
+    match error.failure() {
+        Failure::Client(e) => match e {
             ClientError::Name(_) => (S::BAD_REQUEST, ErrorCode::NameInvalid),
             ClientError::Digest(_) | ClientError::Reference(ReferenceError::BadDigest(_)) => {
                 (S::BAD_REQUEST, ErrorCode::DigestInvalid)
@@ -61,27 +59,13 @@ fn classify(error: &Error) -> (StatusCode, ErrorCode) {
             ClientError::ManifestUnknown => (S::NOT_FOUND, ErrorCode::ManifestUnknown),
             ClientError::BlobUnknown => (S::NOT_FOUND, ErrorCode::BlobUnknown),
         },
-        Error::Upstream(e) => match e {
-            UpstreamError::NotFound => (S::NOT_FOUND, ErrorCode::NameUnknown),
-            UpstreamError::Unauthorized { .. } | UpstreamError::Denied { .. } => {
-                (S::FORBIDDEN, ErrorCode::Denied)
-            }
-            UpstreamError::TooManyRequests { .. } => {
-                (S::TOO_MANY_REQUESTS, ErrorCode::Toomanyrequests)
-            }
-            UpstreamError::Unreachable { .. } => {
-                (S::SERVICE_UNAVAILABLE, ErrorCode::UpstreamUnavailable)
-            }
-            UpstreamError::Timeout { .. } => (S::GATEWAY_TIMEOUT, ErrorCode::UpstreamUnavailable),
-            UpstreamError::Status { .. } | UpstreamError::Invalid { .. } => {
-                (S::BAD_GATEWAY, ErrorCode::UpstreamUnavailable)
-            }
-        },
-        Error::Fill(CommitError::DigestMismatch { .. } | CommitError::LengthMismatch { .. }) => {
-            (S::BAD_GATEWAY, ErrorCode::UpstreamUnavailable)
-        }
-        Error::Fill(CommitError::Io(_) | CommitError::NoSpace(_) | CommitError::Abandoned)
-        | Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, ErrorCode::InternalError),
+        Failure::UpstreamNotFound => (S::NOT_FOUND, ErrorCode::NameUnknown),
+        Failure::UpstreamDenied => (S::FORBIDDEN, ErrorCode::Denied),
+        Failure::UpstreamRateLimited { .. } => (S::TOO_MANY_REQUESTS, ErrorCode::Toomanyrequests),
+        Failure::UpstreamUnreachable => (S::SERVICE_UNAVAILABLE, ErrorCode::UpstreamUnavailable),
+        Failure::UpstreamTimedOut => (S::GATEWAY_TIMEOUT, ErrorCode::UpstreamUnavailable),
+        Failure::BadGateway => (S::BAD_GATEWAY, ErrorCode::UpstreamUnavailable),
+        Failure::Internal => (S::INTERNAL_SERVER_ERROR, ErrorCode::InternalError),
     }
 }
 
@@ -91,7 +75,7 @@ pub fn error_response(error: &Error, head: bool) -> Response<Body> {
     let (status, code) = classify(error);
     if status.is_server_error() {
         tracing::error!(%status, %error, "request failed");
-    } else if matches!(error, Error::Upstream(_)) {
+    } else if error.is_upstream() {
         tracing::warn!(%status, %error, "upstream refused");
     } else {
         tracing::debug!(%status, %error, "request refused");
@@ -101,22 +85,21 @@ pub fn error_response(error: &Error, head: bool) -> Response<Body> {
         .status(status)
         .header(CONTENT_TYPE, "application/json")
         .header(CONTENT_LENGTH, json.len());
-    match error {
-        Error::Upstream(UpstreamError::TooManyRequests {
+    match error.failure() {
+        Failure::UpstreamRateLimited {
             retry_after: Some(after),
-            ..
-        }) => {
+        } => {
             if let Ok(v) = HeaderValue::from_str(after) {
                 response = response.header(RETRY_AFTER, v);
             }
         }
-        Error::Client(ClientError::TooManyRequests { retry_after_secs }) => {
+        Failure::Client(ClientError::TooManyRequests { retry_after_secs }) => {
             response = response.header(RETRY_AFTER, *retry_after_secs);
         }
-        Error::Client(ClientError::Unauthenticated) => {
+        Failure::Client(ClientError::Unauthenticated) => {
             response = response.header(WWW_AUTHENTICATE, super::auth::CHALLENGE);
         }
-        Error::Client(ClientError::RangeNotSatisfiable { size }) => {
+        Failure::Client(ClientError::RangeNotSatisfiable { size }) => {
             response = response.header(CONTENT_RANGE, format!("bytes */{size}"));
         }
         _ => {}
@@ -129,6 +112,7 @@ pub fn error_response(error: &Error, head: bool) -> Response<Body> {
 mod tests {
     use super::*;
     use crate::oci::{DigestError, NameError};
+    use crate::upstream::UpstreamError;
 
     fn status(e: impl Into<Error>) -> u16 {
         classify(&e.into()).0.as_u16()

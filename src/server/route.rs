@@ -9,7 +9,7 @@ use http::Method;
 use url::form_urlencoded;
 
 use crate::error::ClientError;
-use crate::oci::{Digest, Reference, RepoName};
+use crate::oci::{Digest, Listing, Reference, RepoName};
 
 /// Which repository on which registry a request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,16 +31,10 @@ pub enum Route {
         target: Target,
         digest: Digest,
     },
-    /// `tags/list`, with only the spec's `n` and `last` parameters passed on.
-    Tags {
+    /// `tags/list` or `referrers/<digest>`, with only the spec's parameters kept.
+    Listing {
         target: Target,
-        query: String,
-    },
-    /// `referrers/<digest>`, with only `artifactType` passed on.
-    Referrers {
-        target: Target,
-        digest: Digest,
-        query: String,
+        listing: Listing,
     },
     Metrics,
     Health,
@@ -54,8 +48,14 @@ impl Route {
             Route::Base => "base",
             Route::Manifest { .. } => "manifest",
             Route::Blob { .. } => "blob",
-            Route::Tags { .. } => "tags",
-            Route::Referrers { .. } => "referrers",
+            Route::Listing {
+                listing: Listing::Tags { .. },
+                ..
+            } => "tags",
+            Route::Listing {
+                listing: Listing::Referrers { .. },
+                ..
+            } => "referrers",
             Route::Metrics => "metrics",
             Route::Health | Route::Ready => "health",
         }
@@ -108,9 +108,12 @@ pub fn parse(
     let (name_segments, kind, last) = (&segments[..n - 2], segments[n - 2], segments[n - 1]);
     let build_target = || target(name_segments, query, &is_registry);
     let route = match (kind, last) {
-        ("tags", "list") => Route::Tags {
+        ("tags", "list") => Route::Listing {
             target: build_target()?,
-            query: pass_on(query, &["n", "last"]),
+            listing: Listing::Tags {
+                n: parameter(query, "n"),
+                last: parameter(query, "last"),
+            },
         },
         ("manifests", reference) => Route::Manifest {
             target: build_target()?,
@@ -120,10 +123,12 @@ pub fn parse(
             target: build_target()?,
             digest: digest.parse()?,
         },
-        ("referrers", digest) => Route::Referrers {
+        ("referrers", digest) => Route::Listing {
             target: build_target()?,
-            digest: digest.parse()?,
-            query: pass_on(query, &["artifactType"]),
+            listing: Listing::Referrers {
+                digest: digest.parse()?,
+                artifact_type: parameter(query, "artifactType"),
+            },
         },
         _ => return Err(ClientError::NotFound),
     };
@@ -141,11 +146,7 @@ fn target(
     query: Option<&str>,
     is_registry: &impl Fn(&str) -> bool,
 ) -> Result<Target, ClientError> {
-    let ns = query.and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "ns")
-            .map(|(_, v)| v.into_owned())
-    });
+    let ns = parameter(query, "ns");
     let (registry, name_segments) = match (ns, name_segments) {
         (Some(ns), segments) => (Some(ns), segments),
         (None, [first, rest @ ..]) if !rest.is_empty() && is_registry(first) => {
@@ -162,16 +163,11 @@ fn target(
     })
 }
 
-/// Re-encodes only the named query parameters, so nothing else a client sends reaches the
-/// upstream.
-fn pass_on(query: Option<&str>, keep: &[&str]) -> String {
-    let mut out = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if keep.contains(&k.as_ref()) {
-            out.append_pair(&k, &v);
-        }
-    }
-    out.finish()
+/// The first value of one query parameter, decoded.
+fn parameter(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 #[cfg(test)]
@@ -289,12 +285,15 @@ mod tests {
                 Some("n=10&last=3.1&ns=docker.io&x=1")
             )
             .unwrap(),
-            Route::Tags {
+            Route::Listing {
                 target: Target {
                     registry: Some("docker.io".into()),
                     repo: "library/alpine".parse().unwrap()
                 },
-                query: "n=10&last=3.1".into()
+                listing: Listing::Tags {
+                    n: Some("10".into()),
+                    last: Some("3.1".into())
+                }
             }
         );
         let r = get(
@@ -302,9 +301,13 @@ mod tests {
             Some("artifactType=application%2Fvnd.example"),
         )
         .unwrap();
-        assert!(
-            matches!(r, Route::Referrers { query, .. } if query == "artifactType=application%2Fvnd.example")
-        );
+        assert!(matches!(
+            r,
+            Route::Listing {
+                listing: Listing::Referrers { artifact_type: Some(t), .. },
+                ..
+            } if t == "application/vnd.example"
+        ));
     }
 
     #[test]

@@ -22,6 +22,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::body::FileRange;
+
 /// The largest file range one placeholder stands for.
 pub const MAX_RANGE: usize = 2 * 1024 * 1024;
 /// Where consecutive placeholders start, apart: two in a row never look alike, so one that
@@ -60,8 +62,10 @@ pub struct FileRanges {
 }
 
 impl FileRanges {
-    /// A body chunk that stands for `len` bytes of `file` at `offset` (`len` ≤ [`MAX_RANGE`]).
-    pub fn placeholder(&self, file: Arc<File>, offset: u64, len: usize) -> Bytes {
+    /// A body chunk that stands for a file range (of at most [`MAX_RANGE`] bytes). The one
+    /// place a [`FileRange`] is opened up.
+    pub fn placeholder(&self, range: FileRange) -> Bytes {
+        let (file, offset, len) = range.into_parts();
         assert!(
             len <= MAX_RANGE,
             "a placeholder stands for at most MAX_RANGE bytes"
@@ -274,8 +278,8 @@ mod tests {
         let (mut socket, ranges, mut client) = pair().await;
         let content: Vec<u8> = (0..3 * MAX_RANGE as u32).map(|i| (i % 251) as u8).collect();
         let file = file_of(&content);
-        let a = ranges.placeholder(file.clone(), 10, MAX_RANGE);
-        let b = ranges.placeholder(file.clone(), 2 * MAX_RANGE as u64, 1000);
+        let a = ranges.placeholder(FileRange::new(file.clone(), 10, MAX_RANGE));
+        let b = ranges.placeholder(FileRange::new(file.clone(), 2 * MAX_RANGE as u64, 1000));
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             client.read_to_end(&mut got).await.unwrap();
@@ -320,7 +324,7 @@ mod tests {
     async fn a_placeholder_out_of_step_cuts_the_connection() {
         let (mut socket, ranges, _client) = pair().await;
         let file = file_of(b"0123456789");
-        let placeholder = ranges.placeholder(file.clone(), 0, 10);
+        let placeholder = ranges.placeholder(FileRange::new(file.clone(), 0, 10));
         // Half of it, as if hyper had skipped bytes: refused.
         let r = socket.write(&placeholder[5..]).await;
         assert!(r.is_err());
@@ -333,8 +337,8 @@ mod tests {
     async fn a_skipped_placeholder_cannot_pass_for_the_next_one() {
         let (mut socket, ranges, _client) = pair().await;
         let file = file_of(&[7u8; 100]);
-        let first = ranges.placeholder(file.clone(), 0, 100);
-        let second = ranges.placeholder(file, 0, 100);
+        let first = ranges.placeholder(FileRange::new(file.clone(), 0, 100));
+        let second = ranges.placeholder(FileRange::new(file, 0, 100));
         assert_ne!(first.as_ptr(), second.as_ptr());
         // As if hyper had dropped the first without writing it.
         assert!(socket.write(&second).await.is_err());
@@ -347,7 +351,8 @@ mod tests {
         let content = std::fs::read(path).unwrap();
         let len = content.len().min(4096);
         let (mut socket, ranges, mut client) = pair().await;
-        let placeholder = ranges.placeholder(Arc::new(File::open(path).unwrap()), 0, len);
+        let placeholder =
+            ranges.placeholder(FileRange::new(Arc::new(File::open(path).unwrap()), 0, len));
         let mut sent = 0;
         while sent < len {
             sent += socket.write(&placeholder[sent..]).await.unwrap();
@@ -363,7 +368,7 @@ mod tests {
     #[tokio::test]
     async fn a_file_shorter_than_its_range_cuts_the_connection() {
         let (mut socket, ranges, _client) = pair().await;
-        let placeholder = ranges.placeholder(file_of(b"short"), 0, 100);
+        let placeholder = ranges.placeholder(FileRange::new(file_of(b"short"), 0, 100));
         let mut sent = 0;
         let err = loop {
             match socket.write(&placeholder[sent..]).await {

@@ -15,6 +15,40 @@ use tokio_rustls::TlsAcceptor;
 use super::reload::{Reload, WatchedFiles};
 use crate::config::TlsConfig;
 
+/// Why the certificate and key cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS certificate {}: {source}", file.display())]
+    Certificate {
+        file: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("TLS certificate {}: no PEM certificate in the file", file.display())]
+    NoCertificate { file: PathBuf },
+    #[error("TLS key {}: {source}", file.display())]
+    KeyFile {
+        file: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("TLS key {}: {source}", file.display())]
+    Key {
+        file: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("TLS key {} does not belong to certificate {}: {source}", key.display(), cert.display())]
+    Mismatch {
+        key: PathBuf,
+        cert: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("TLS: {0}")]
+    Protocol(#[source] rustls::Error),
+}
+
 /// The TLS side of the listener.
 pub struct Tls {
     acceptor: TlsAcceptor,
@@ -23,7 +57,7 @@ pub struct Tls {
 
 impl Tls {
     /// Loads the certificate chain and key, or says precisely why they cannot serve.
-    pub fn load(config: &TlsConfig) -> Result<Tls, String> {
+    pub fn load(config: &TlsConfig) -> Result<Tls, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let watched = WatchedFiles::new(vec![config.cert.clone(), config.key.clone()]);
         let certificate = Arc::new(ReloadingCertificate {
@@ -35,7 +69,7 @@ impl Tls {
         });
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
+            .map_err(TlsError::Protocol)?
             .with_no_client_auth()
             .with_cert_resolver(certificate.clone());
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -90,29 +124,34 @@ impl ResolvesServerCert for ReloadingCertificate {
     }
 }
 
-fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("TLS certificate {}: {e}", cert.display()))?;
+        .map_err(|source| TlsError::Certificate {
+            file: cert.to_owned(),
+            source,
+        })?;
     if chain.is_empty() {
-        return Err(format!(
-            "TLS certificate {}: no PEM certificate in the file",
-            cert.display()
-        ));
+        return Err(TlsError::NoCertificate {
+            file: cert.to_owned(),
+        });
     }
-    let private =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("TLS key {}: {e}", key.display()))?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::KeyFile {
+        file: key.to_owned(),
+        source,
+    })?;
     let signer = provider
         .key_provider
         .load_private_key(private)
-        .map_err(|e| format!("TLS key {}: {e}", key.display()))?;
+        .map_err(|source| TlsError::Key {
+            file: key.to_owned(),
+            source,
+        })?;
     let pair = CertifiedKey::new(chain, signer);
-    pair.keys_match().map_err(|e| {
-        format!(
-            "TLS key {} does not belong to certificate {}: {e}",
-            key.display(),
-            cert.display()
-        )
+    pair.keys_match().map_err(|source| TlsError::Mismatch {
+        key: key.to_owned(),
+        cert: cert.to_owned(),
+        source,
     })?;
     Ok(pair)
 }

@@ -1,7 +1,53 @@
 //! What can go wrong upstream, in terms the rest of wharf can act on (serve stale, pass a 429
 //! on, answer 502/503/504).
 
+use std::path::PathBuf;
 use std::sync::Arc;
+
+/// Why an upstream could not be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("upstream {upstream}: cannot read {}: {source}", file.display())]
+    PasswordFile {
+        upstream: String,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("upstream {upstream}: ca_file {source}")]
+    CaFile {
+        upstream: String,
+        #[source]
+        source: CaBundleError,
+    },
+    #[error("upstream {upstream}: cannot build HTTP client: {source}")]
+    HttpClient {
+        upstream: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("no upstream configured")]
+    NoUpstream,
+}
+
+/// Why a bundle of CA certificates could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CaBundleError {
+    #[error("{}: cannot read: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", file.display())]
+    Parse {
+        file: PathBuf,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{}: no PEM certificate", file.display())]
+    Empty { file: PathBuf },
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {

@@ -24,11 +24,12 @@ use auth::{TokenCache, TokenResponse};
 use backoff::Backoff;
 use bandwidth::Bandwidth;
 use error::classify;
-pub use error::UpstreamError;
+pub use error::{CaBundleError, SetupError, UpstreamError};
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
-use crate::oci::{Digest, RepoName, RepoPattern};
+use crate::oci::media::Accept;
+use crate::oci::{Digest, Listing, ListingPage, Reference, RepoName, RepoPattern};
 
 /// The spec lets registries refuse manifests over 4 MiB; wharf will not buffer more than that.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -55,12 +56,20 @@ impl Kind {
     }
 }
 
-struct Credentials {
+/// What a manifest request asks for: the whole manifest, or only its headers (digest, type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Head,
+}
+
+/// The user name and password wharf presents to a private upstream.
+struct UpstreamCredentials {
     username: String,
     password: String,
 }
 
-impl Credentials {
+impl UpstreamCredentials {
     fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
         format!(
@@ -89,7 +98,7 @@ pub struct Upstream {
     pass_ns: bool,
     http: reqwest::Client,
     read_timeout: Duration,
-    credentials: Option<Credentials>,
+    credentials: Option<UpstreamCredentials>,
     tokens: TokenCache,
     /// The last challenge seen, so later requests authenticate up front instead of paying a
     /// 401 round trip each.
@@ -117,14 +126,6 @@ pub struct ManifestResponse {
     pub digest: Option<Digest>,
     pub media_type: String,
     /// Empty for `HEAD`.
-    pub body: Bytes,
-}
-
-/// A listing (`tags/list`, `referrers`) as the upstream served it.
-#[derive(Debug, Clone)]
-pub struct ListingResponse {
-    pub content_type: Option<String>,
-    pub link: Option<String>,
     pub body: Bytes,
 }
 
@@ -172,12 +173,17 @@ impl BlobStream {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, metrics: Metrics) -> Result<Upstream, String> {
+    pub fn new(config: &UpstreamConfig, metrics: Metrics) -> Result<Upstream, SetupError> {
+        let upstream = || config.name.clone();
         let credentials = match (&config.username, &config.password_file) {
             (Some(username), Some(file)) => {
-                let password = std::fs::read_to_string(file)
-                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-                Some(Credentials {
+                let password =
+                    std::fs::read_to_string(file).map_err(|source| SetupError::PasswordFile {
+                        upstream: upstream(),
+                        file: file.clone(),
+                        source,
+                    })?;
+                Some(UpstreamCredentials {
                     username: username.clone(),
                     password: password.trim_end_matches(['\r', '\n']).to_owned(),
                 })
@@ -186,7 +192,11 @@ impl Upstream {
         };
         let mut http = reqwest::Client::builder();
         if let Some(file) = &config.ca_file {
-            for certificate in ca_bundle(file).map_err(|e| format!("ca_file {e}"))? {
+            let certificates = ca_bundle(file).map_err(|source| SetupError::CaFile {
+                upstream: upstream(),
+                source,
+            })?;
+            for certificate in certificates {
                 http = http.add_root_certificate(certificate);
             }
         }
@@ -202,7 +212,10 @@ impl Upstream {
             .tcp_nodelay(true)
             .redirect(redirect_policy())
             .build()
-            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+            .map_err(|source| SetupError::HttpClient {
+                upstream: upstream(),
+                source,
+            })?;
         Ok(Upstream {
             name: config.name.as_str().into(),
             base: config.url.clone(),
@@ -250,15 +263,17 @@ impl Upstream {
             .map_or(true, |patterns| patterns.iter().any(|p| p.matches(repo)))
     }
 
-    fn url(&self, repo: &RepoName, rest: &str) -> Url {
+    /// `<base>/v2/<repo>/<path>?<query>`, plus `ns=` for an upstream that mirrors several
+    /// registries.
+    fn url(&self, repo: &RepoName, path: &str, query: &[(&str, &str)]) -> Url {
         let mut url = self.base.clone();
         let prefix = url.path().trim_end_matches('/').to_owned();
-        // `rest` may carry a query string, which `set_path` would escape.
-        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         url.set_path(&format!("{prefix}/v2/{repo}/{path}"));
-        url.set_query((!query.is_empty()).then_some(query));
-        if self.pass_ns {
-            url.query_pairs_mut().append_pair("ns", &self.name);
+        url.set_query(None);
+        let ns = self.pass_ns.then_some(("ns", &*self.name));
+        if !query.is_empty() || ns.is_some() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().copied().chain(ns));
         }
         url
     }
@@ -332,7 +347,10 @@ impl Upstream {
             },
         };
         match challenge {
-            Challenge::Basic => Ok(self.credentials.as_ref().map(Credentials::basic_header)),
+            Challenge::Basic => Ok(self
+                .credentials
+                .as_ref()
+                .map(UpstreamCredentials::basic_header)),
             Challenge::Bearer { realm, service, .. } => {
                 let scope = format!("repository:{repo}:pull");
                 let key = format!("{realm}\n{}\n{scope}", service.as_deref().unwrap_or(""));
@@ -467,19 +485,23 @@ impl Upstream {
         }
     }
 
-    /// `GET` (or `HEAD`) a manifest by tag or digest string.
+    /// `GET` (or `HEAD`) a manifest by tag or digest, asking for the types `accept` names.
     pub async fn manifest(
         &self,
         repo: &RepoName,
-        reference: &str,
-        accept: &str,
-        head: bool,
+        reference: &Reference,
+        accept: &Accept,
+        verb: Verb,
     ) -> Result<ManifestResponse, UpstreamError> {
-        let method = if head { Method::HEAD } else { Method::GET };
-        let url = self.url(repo, &format!("manifests/{reference}"));
+        let method = match verb {
+            Verb::Get => Method::GET,
+            Verb::Head => Method::HEAD,
+        };
+        let url = self.url(repo, &format!("manifests/{reference}"), &[]);
         let _slot = self.fetch_slot().await;
+        let accept = accept.header_value();
         let response = self
-            .send(Kind::Manifest, method, url, Some(accept), repo)
+            .send(Kind::Manifest, method, url, Some(&accept), repo)
             .await?;
         if !response.status().is_success() {
             return Err(self.status_error(&response));
@@ -501,10 +523,9 @@ impl Upstream {
                 });
             }
         }
-        let body = if head {
-            Bytes::new()
-        } else {
-            read_capped(&self.name, response, MAX_MANIFEST_BYTES).await?
+        let body = match verb {
+            Verb::Head => Bytes::new(),
+            Verb::Get => read_capped(&self.name, response, MAX_MANIFEST_BYTES).await?,
         };
         Ok(ManifestResponse {
             digest,
@@ -519,7 +540,7 @@ impl Upstream {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobStream, UpstreamError> {
-        let url = self.url(repo, &format!("blobs/{digest}"));
+        let url = self.url(repo, &format!("blobs/{digest}"), &[]);
         let slot = self.fetch_slot().await;
         let response = self.send(Kind::Blob, Method::GET, url, None, repo).await?;
         if !response.status().is_success() {
@@ -541,7 +562,7 @@ impl Upstream {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<u64>, UpstreamError> {
-        let url = self.url(repo, &format!("blobs/{digest}"));
+        let url = self.url(repo, &format!("blobs/{digest}"), &[]);
         let _slot = self.fetch_slot().await;
         let response = self.send(Kind::Blob, Method::HEAD, url, None, repo).await?;
         if !response.status().is_success() {
@@ -550,13 +571,13 @@ impl Upstream {
         Ok(header(response.headers(), CONTENT_LENGTH.as_str()).and_then(|l| l.parse().ok()))
     }
 
-    /// `GET /v2/<repo>/<path_and_query>` for listings such as `tags/list?n=10`.
+    /// `GET` a listing (`tags/list`, `referrers/<digest>`).
     pub async fn listing(
         &self,
         repo: &RepoName,
-        path_and_query: &str,
-    ) -> Result<ListingResponse, UpstreamError> {
-        let url = self.url(repo, path_and_query);
+        listing: &Listing,
+    ) -> Result<ListingPage, UpstreamError> {
+        let url = self.url(repo, &listing.path(), &listing.query());
         let _slot = self.fetch_slot().await;
         let response = self
             .send(
@@ -573,7 +594,7 @@ impl Upstream {
         let content_type = header(response.headers(), CONTENT_TYPE.as_str());
         let link = header(response.headers(), "link");
         let body = read_capped(&self.name, response, MAX_LISTING_BYTES).await?;
-        Ok(ListingResponse {
+        Ok(ListingPage {
             content_type,
             link,
             body,
@@ -583,12 +604,19 @@ impl Upstream {
 
 /// The certificates of a PEM bundle of CAs to trust besides the system's; a file that holds
 /// none is an error, not a silent fall-back to the system's roots.
-pub fn ca_bundle(file: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
-    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+pub fn ca_bundle(file: &std::path::Path) -> Result<Vec<reqwest::Certificate>, CaBundleError> {
+    let file_name = || file.to_owned();
+    let pem = std::fs::read(file).map_err(|source| CaBundleError::Read {
+        file: file_name(),
+        source,
+    })?;
+    let certificates =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| CaBundleError::Parse {
+            file: file_name(),
+            source,
+        })?;
     if certificates.is_empty() {
-        return Err(format!("{}: no PEM certificate", file.display()));
+        return Err(CaBundleError::Empty { file: file_name() });
     }
     Ok(certificates)
 }
@@ -659,7 +687,7 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(configs: &[UpstreamConfig], metrics: &Metrics) -> Result<Upstreams, String> {
+    pub fn new(configs: &[UpstreamConfig], metrics: &Metrics) -> Result<Upstreams, SetupError> {
         let mut by_name = HashMap::new();
         let mut default = None;
         for config in configs {
@@ -667,7 +695,7 @@ impl Upstreams {
             default.get_or_insert_with(|| upstream.clone());
             by_name.insert(config.name.clone(), upstream);
         }
-        let default = default.ok_or("no upstream configured")?;
+        let default = default.ok_or(SetupError::NoUpstream)?;
         Ok(Upstreams { by_name, default })
     }
 
@@ -695,18 +723,26 @@ mod tests {
         let repo: RepoName = "library/alpine".parse().unwrap();
         let plain = Upstream::new(&config, Metrics::new()).unwrap();
         assert_eq!(
-            plain.url(&repo, "tags/list?n=5").as_str(),
+            plain.url(&repo, "tags/list", &[("n", "5")]).as_str(),
             "http://regional:5000/v2/library/alpine/tags/list?n=5"
         );
         config.pass_ns = true;
         let tiered = Upstream::new(&config, Metrics::new()).unwrap();
         assert_eq!(
-            tiered.url(&repo, "manifests/3.20").as_str(),
+            tiered.url(&repo, "manifests/3.20", &[]).as_str(),
             "http://regional:5000/v2/library/alpine/manifests/3.20?ns=docker.io"
         );
         assert_eq!(
-            tiered.url(&repo, "tags/list?n=5").as_str(),
+            tiered.url(&repo, "tags/list", &[("n", "5")]).as_str(),
             "http://regional:5000/v2/library/alpine/tags/list?n=5&ns=docker.io"
         );
+        let referrers = Listing::Referrers {
+            digest: Digest::sha256_of(b"x"),
+            artifact_type: Some("application/vnd.example+json".into()),
+        };
+        assert!(plain
+            .url(&repo, &referrers.path(), &referrers.query())
+            .as_str()
+            .ends_with("?artifactType=application%2Fvnd.example%2Bjson"));
     }
 }

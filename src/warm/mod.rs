@@ -12,9 +12,63 @@ use futures_util::{stream, StreamExt};
 use url::Url;
 
 use crate::config::Config;
-use crate::oci::manifest::{Descriptor, ManifestDoc, Platform};
+use crate::oci::manifest::{Descriptor, ManifestDoc, ManifestError, Platform};
 use crate::oci::{media, Digest, ImageRef};
+use crate::upstream::CaBundleError;
 pub use progress::Progress;
+
+/// Why an image, or the whole run, could not be warmed.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    #[error("{what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{what}: {status}{detail}")]
+    Refused {
+        what: String,
+        status: reqwest::StatusCode,
+        /// The registry's first error code and message, with a leading space, if it sent one.
+        detail: String,
+    },
+    #[error("{what}: cut after {received} bytes: {source}")]
+    Cut {
+        what: String,
+        received: u64,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{what}: {received} bytes, but the manifest says {declared}")]
+    Length {
+        what: String,
+        received: u64,
+        declared: u64,
+    },
+    #[error("manifest {reference}: {source}")]
+    Manifest {
+        reference: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("the index lists no manifest")]
+    EmptyIndex,
+    #[error("no manifest for {wanted} in the index")]
+    NoPlatform { wanted: String },
+    #[error("{0}: an index inside an index")]
+    NestedIndex(Digest),
+    #[error(transparent)]
+    CaBundle(#[from] CaBundleError),
+    #[error("cannot build HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("cannot listen on loopback: {0}")]
+    Listen(#[source] std::io::Error),
+    #[error("cannot warm {}: {why} (if a wharf is serving it, warm that one with --server)", dir.display())]
+    CacheDir { dir: PathBuf, why: String },
+    #[error("the local wharf did not answer: {0}")]
+    NoAnswer(#[source] reqwest::Error),
+}
 
 /// Which manifests of a multi-platform image to warm.
 #[derive(Debug, Clone)]
@@ -102,6 +156,7 @@ pub async fn warm(
                 report.bytes += bytes;
             }
             Err(failure) => {
+                let failure = failure.to_string();
                 progress.failed(&failure);
                 report.failures.push(failure);
             }
@@ -130,7 +185,7 @@ async fn walk(
     base: &Url,
     image: &ImageRef,
     platforms: &Platforms,
-) -> Result<Vec<Descriptor>, String> {
+) -> Result<Vec<Descriptor>, WarmError> {
     let top = get_manifest(client, base, image, &image.reference.to_string()).await?;
     let manifests = match top {
         ManifestDoc::Image { config, layers } => return Ok(image_blobs(config, layers)),
@@ -142,21 +197,18 @@ async fn walk(
         .collect();
     if chosen.is_empty() {
         let Platforms::These(wanted) = platforms else {
-            return Err("the index lists no manifest".into());
+            return Err(WarmError::EmptyIndex);
         };
         let wanted: Vec<_> = wanted.iter().map(Platform::to_string).collect();
-        return Err(format!(
-            "no manifest for {} in the index",
-            wanted.join(", ")
-        ));
+        return Err(WarmError::NoPlatform {
+            wanted: wanted.join(", "),
+        });
     }
     let mut blobs = Vec::new();
     for manifest in chosen {
         match get_manifest(client, base, image, &manifest.digest.to_string()).await? {
             ManifestDoc::Image { config, layers } => blobs.extend(image_blobs(config, layers)),
-            ManifestDoc::Index(_) => {
-                return Err(format!("{}: an index inside an index", manifest.digest))
-            }
+            ManifestDoc::Index(_) => return Err(WarmError::NestedIndex(manifest.digest)),
         }
     }
     Ok(blobs)
@@ -173,14 +225,18 @@ async fn get_manifest(
     base: &Url,
     image: &ImageRef,
     reference: &str,
-) -> Result<ManifestDoc, String> {
+) -> Result<ManifestDoc, WarmError> {
+    let what = || format!("manifest {reference}");
     let response = client
         .get(manifest_url(base, image, reference))
         .header(reqwest::header::ACCEPT, media::ALL_MANIFEST_TYPES)
         .send()
         .await
-        .map_err(|e| format!("manifest {reference}: {e}"))?;
-    let response = success(response, &format!("manifest {reference}")).await?;
+        .map_err(|source| WarmError::Request {
+            what: what(),
+            source,
+        })?;
+    let response = success(response, &what()).await?;
     let media_type = response
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
@@ -190,12 +246,18 @@ async fn get_manifest(
     let body = response
         .bytes()
         .await
-        .map_err(|e| format!("manifest {reference}: {e}"))?;
-    ManifestDoc::parse(&media_type, &body).map_err(|e| format!("manifest {reference}: {e}"))
+        .map_err(|source| WarmError::Request {
+            what: what(),
+            source,
+        })?;
+    ManifestDoc::parse(&media_type, &body).map_err(|source| WarmError::Manifest {
+        reference: reference.to_owned(),
+        source,
+    })
 }
 
 /// The response if it is a 2xx; otherwise its status and OCI error message.
-async fn success(response: reqwest::Response, what: &str) -> Result<reqwest::Response, String> {
+async fn success(response: reqwest::Response, what: &str) -> Result<reqwest::Response, WarmError> {
     if response.status().is_success() {
         return Ok(response);
     }
@@ -206,14 +268,19 @@ async fn success(response: reqwest::Response, what: &str) -> Result<reqwest::Res
         .ok()
         .and_then(|v| {
             let first = &v["errors"][0];
-            Some(format!(
-                "{} {}",
+            let detail = format!(
+                " {} {}",
                 first["code"].as_str()?,
                 first["message"].as_str().unwrap_or_default()
-            ))
+            );
+            Some(detail.trim_end().to_owned())
         })
         .unwrap_or_default();
-    Err(format!("{what}: {status} {detail}").trim_end().to_owned())
+    Err(WarmError::Refused {
+        what: what.to_owned(),
+        status,
+        detail,
+    })
 }
 
 /// Reads a blob to its end; its size and whether wharf already had it.
@@ -222,7 +289,7 @@ async fn fetch_blob(
     base: &Url,
     job: &BlobJob,
     progress: &Progress,
-) -> Result<(u64, bool), String> {
+) -> Result<(u64, bool), WarmError> {
     let digest: &Digest = &job.descriptor.digest;
     let what = format!("blob {digest} of {}", job.image);
     let bar = progress.blob(digest, job.descriptor.size);
@@ -230,33 +297,37 @@ async fn fetch_blob(
         .get(api_url(base, &job.image, &format!("blobs/{digest}")))
         .send()
         .await
-        .map_err(|e| format!("{what}: {e}"))?;
+        .map_err(|source| WarmError::Request {
+            what: what.clone(),
+            source,
+        })?;
     let mut response = success(response, &what).await?;
     let hit = response
         .headers()
         .get("x-wharf-cache")
         .is_some_and(|v| v == "hit");
     let mut received = 0u64;
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("{what}: cut after {received} bytes: {e}"))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|source| WarmError::Cut {
+        what: what.clone(),
+        received,
+        source,
+    })? {
         received += chunk.len() as u64;
         bar.advance(chunk.len() as u64);
     }
     if received != job.descriptor.size {
-        return Err(format!(
-            "{what}: {received} bytes, but the manifest says {}",
-            job.descriptor.size
-        ));
+        return Err(WarmError::Length {
+            what,
+            received,
+            declared: job.descriptor.size,
+        });
     }
     bar.done(hit);
     Ok((received, hit))
 }
 
 /// Where to warm.
-pub enum Target {
+pub enum Destination {
     /// A running wharf, by its URL; `ca_file` to trust an HTTPS one with a private CA.
     Server { url: Url, ca_file: Option<PathBuf> },
     /// A cache directory (the config's), through a wharf started here on loopback for the
@@ -266,18 +337,18 @@ pub enum Target {
 
 /// Warms `images` into `target`, showing progress on stderr, and ends with a summary line.
 pub async fn run(
-    target: Target,
+    destination: Destination,
     images: &[ImageRef],
     platforms: &Platforms,
     jobs: usize,
-) -> Result<Report, String> {
+) -> Result<Report, WarmError> {
     let progress = Progress::default();
-    let report = match target {
-        Target::Server { url, ca_file } => {
+    let report = match destination {
+        Destination::Server { url, ca_file } => {
             let client = http_client(ca_file.as_deref())?;
             warm(&client, &url, images, platforms, jobs, &progress).await
         }
-        Target::CacheDir(config) => {
+        Destination::CacheDir(config) => {
             warm_cache_dir(*config, images, platforms, jobs, &progress).await?
         }
     };
@@ -285,7 +356,7 @@ pub async fn run(
     Ok(report)
 }
 
-fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, WarmError> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("wharf-warm/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
@@ -295,9 +366,7 @@ fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
             builder = builder.add_root_certificate(certificate);
         }
     }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build HTTP client: {e}"))
+    builder.build().map_err(WarmError::HttpClient)
 }
 
 async fn warm_cache_dir(
@@ -306,17 +375,14 @@ async fn warm_cache_dir(
     platforms: &Platforms,
     jobs: usize,
     progress: &Progress,
-) -> Result<Report, String> {
+) -> Result<Report, WarmError> {
     config.server.tls = None;
     let dir = config.cache.dir.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| format!("cannot listen on loopback: {e}"))?;
-    let url = Url::parse(&format!(
-        "http://{}/",
-        listener.local_addr().map_err(|e| e.to_string())?
-    ))
-    .expect("a loopback URL");
+        .map_err(WarmError::Listen)?;
+    let address = listener.local_addr().map_err(WarmError::Listen)?;
+    let url = Url::parse(&format!("http://{address}/")).expect("a loopback URL");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(crate::run_embedded(listener, config, async {
         let _ = stopped.await;
@@ -324,15 +390,15 @@ async fn warm_cache_dir(
     let client = http_client(None)?;
     // Connections wait in the listener's queue until the cache is open; a cache that cannot
     // be opened (locked by a running wharf, say) ends the server instead.
-    let stopped = |ended: Result<Result<(), crate::Error>, _>| {
+    let stopped = |ended: Result<Result<(), crate::StartError>, _>| {
         let why = match ended {
             Ok(Err(e)) => e.to_string(),
             _ => "it stopped".into(),
         };
-        format!(
-            "cannot warm {}: {why} (if a wharf is serving it, warm that one with --server)",
-            dir.display()
-        )
+        WarmError::CacheDir {
+            dir: dir.clone(),
+            why,
+        }
     };
     let health = client.get(url.join("healthz").expect("static path")).send();
     let answered = tokio::select! {
@@ -344,7 +410,7 @@ async fn warm_cache_dir(
         if let Ok(ended) = tokio::time::timeout(Duration::from_secs(1), &mut server).await {
             return Err(stopped(ended));
         }
-        return Err(format!("the local wharf did not answer: {e}"));
+        return Err(WarmError::NoAnswer(e));
     }
     let report = warm(&client, &url, images, platforms, jobs, progress).await;
     // A response ends when its bytes are verified; the commit into the cache follows.

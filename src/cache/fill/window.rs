@@ -12,7 +12,7 @@ use bytes::Bytes;
 const KEEP: u64 = 4 * 1024 * 1024;
 
 #[derive(Default)]
-pub struct Recent {
+pub struct NewestBytes {
     window: Mutex<Window>,
 }
 
@@ -23,7 +23,7 @@ struct Window {
     bytes: u64,
 }
 
-impl Recent {
+impl NewestBytes {
     /// Adds the chunk written at `offset`, forgetting the oldest beyond the window.
     pub fn push(&self, offset: u64, chunk: Bytes) {
         if chunk.is_empty() {
@@ -61,7 +61,7 @@ mod tests {
 
     #[test]
     fn serves_slices_of_what_it_holds() {
-        let recent = Recent::default();
+        let recent = NewestBytes::default();
         recent.push(0, Bytes::from_static(b"hello "));
         recent.push(6, Bytes::from_static(b"world"));
         assert_eq!(recent.get(0, 11).unwrap(), "hello ");
@@ -72,7 +72,7 @@ mod tests {
 
     #[test]
     fn forgets_the_oldest_beyond_the_window() {
-        let recent = Recent::default();
+        let recent = NewestBytes::default();
         let chunk = Bytes::from(vec![0u8; 1024 * 1024]);
         for n in 0..6u64 {
             recent.push(n << 20, chunk.clone());

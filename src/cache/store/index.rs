@@ -6,18 +6,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
 
-use super::blobs::Area;
-use crate::oci::Digest;
+use super::layout::EntryKey;
 
 /// How stale the recency written to disk (a file's mtime) may get. Rewriting it on every hit
 /// would cost a syscall per request; once a second per entry keeps restarts accurate enough.
 const PERSIST_EVERY_SECS: u32 = 1;
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EntryKey {
-    pub area: Area,
-    pub digest: Digest,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -28,7 +21,6 @@ pub struct Entry {
     persisted: u32,
 }
 
-/// What a use of an entry found.
 /// The answer to a request for room.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reservation {
@@ -40,6 +32,7 @@ pub enum Reservation {
     Wait,
 }
 
+/// What a use of an entry found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Use {
     pub size: u64,
@@ -217,12 +210,10 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::Digest;
 
     fn key(n: u8) -> EntryKey {
-        EntryKey {
-            area: Area::Blobs,
-            digest: Digest::sha256_of(&[n]),
-        }
+        EntryKey::blob(&Digest::sha256_of(&[n]))
     }
 
     fn at(secs: u64) -> SystemTime {

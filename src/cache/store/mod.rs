@@ -4,70 +4,53 @@
 //! bytes never pass it. A file's mtime is its last use, so recency survives restarts and crashes
 //! and the index is rebuilt from metadata alone.
 
+mod disk;
+mod health;
+mod index;
+mod layout;
+pub mod manifest_file;
+pub mod scan;
+#[cfg(test)]
+mod tests;
+
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use super::buffers::BufferPool;
-use super::disk::{self, Promises, RoomClaim};
-use super::health::{Condition, Health};
-use super::index::{Entry, EntryKey, Index, Reservation};
-use super::reader::FillReader;
-use super::scan;
 use crate::metrics::{BypassReason, EvictionReason, Metrics};
-use crate::oci::Digest;
+use crate::oci::{Digest, RawManifest};
+pub use disk::RoomClaim;
+use disk::RoomPromises;
+pub use health::Condition;
+use health::Health;
+use index::{Entry, Index, Reservation};
+use layout::Layout;
+pub use layout::{entry_path, EntryKey, EntryKind};
 
 /// Free space a probe wants to see before caching resumes after the disk was full.
 const PROBE_MIN_FREE: u64 = 1024 * 1024;
 
 /// The cache directory.
 pub struct Store {
-    root: PathBuf,
+    layout: Layout,
     max_size: u64,
-    next_temp: AtomicU64,
     index: Mutex<Index>,
     /// Signalled when a reservation ends, for commits waiting for room.
     reservation_ended: Condvar,
-    promises: Promises,
+    promises: RoomPromises,
     health: Health,
     metrics: Metrics,
-    buffers: BufferPool,
     /// Held for the store's lifetime: one wharf per directory.
     _lock: File,
 }
 
-/// An open committed blob. The file stays readable to its holder even if it is evicted.
+/// An open committed file. It stays readable to its holder even if it is evicted.
 #[derive(Clone)]
-pub struct BlobFile {
-    file: Arc<File>,
+pub struct CommittedFile {
+    pub file: Arc<File>,
     pub size: u64,
-    buffers: BufferPool,
-}
-
-impl BlobFile {
-    /// A reader of bytes `start..end`.
-    pub fn reader<E: Clone>(&self, start: u64, end: u64) -> FillReader<E> {
-        let end = Some(end.min(self.size));
-        FillReader::new(self.file.clone(), self.buffers.clone(), None, start, end)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Area {
-    Blobs,
-    Manifests,
-}
-
-impl Area {
-    pub(super) fn dir(self) -> &'static str {
-        match self {
-            Area::Blobs => "blobs",
-            Area::Manifests => "manifests",
-        }
-    }
 }
 
 /// What a commit came to.
@@ -93,14 +76,9 @@ impl Store {
     /// previous run left behind, rebuilds the index from file metadata, and evicts down to
     /// `max_size` if the directory holds more (the bound may have been lowered).
     pub fn open(root: &Path, max_size: u64, metrics: Metrics) -> io::Result<Store> {
-        for dir in ["blobs", "manifests", "tmp"] {
-            fs::create_dir_all(root.join(dir))?;
-        }
+        let layout = Layout::create(root)?;
         let lock = disk::lock(root)?;
-        for entry in fs::read_dir(root.join("tmp"))? {
-            // A leftover is an interrupted fill or write: never committed, safe to drop.
-            let _ = fs::remove_file(entry?.path());
-        }
+        layout.clear_temp()?;
         let scan = scan::scan(root)?;
         for path in &scan.foreign {
             tracing::warn!(path = %path.display(), "ignoring a file in the cache that is not named like a digest");
@@ -109,23 +87,17 @@ impl Store {
         entries.sort_unstable_by_key(|e| e.used);
         let mut index = Index::new();
         for e in entries {
-            let key = EntryKey {
-                area: e.area,
-                digest: e.digest,
-            };
-            index.insert(key, e.size, e.used);
+            index.insert(e.key, e.size, e.used);
         }
         metrics.cache_max_size_bytes.set(gauge_value(max_size));
         let store = Store {
-            root: root.to_owned(),
+            layout,
             max_size,
-            next_temp: AtomicU64::new(0),
             index: Mutex::new(index),
             reservation_ended: Condvar::new(),
-            promises: Promises::default(),
+            promises: RoomPromises::default(),
             health: Health::new(metrics.clone()),
             metrics,
-            buffers: BufferPool::default(),
             _lock: lock,
         };
         let victims = store.lock_index().shrink_to(max_size);
@@ -140,8 +112,8 @@ impl Store {
         self.index.lock().expect("lock poisoned")
     }
 
-    pub(super) fn buffers(&self) -> &BufferPool {
-        &self.buffers
+    pub fn root(&self) -> &Path {
+        self.layout.root()
     }
 
     pub fn usage(&self) -> Usage {
@@ -161,41 +133,22 @@ impl Store {
         self.metrics.cache_entries.set(gauge_value(entries));
     }
 
-    /// `<root>/<area>/<algorithm>/<first two hex>/<hex>`. Digests only ever hold lowercase hex,
-    /// so this path cannot leave the cache directory.
-    pub fn path(&self, area: Area, digest: &Digest) -> PathBuf {
-        entry_path(&self.root, area, digest)
+    pub fn path(&self, key: &EntryKey) -> PathBuf {
+        self.layout.path(key)
     }
 
     /// Creates a new, empty temp file for a fill or a manifest.
     pub fn temp_file(&self) -> io::Result<(PathBuf, File)> {
-        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .root
-            .join("tmp")
-            .join(format!("{}-{n}", std::process::id()));
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .inspect_err(|e| {
-                self.health.failed(e);
-            })?;
-        Ok((path, file))
+        self.layout.temp_file().inspect_err(|e| {
+            self.health.failed(e);
+        })
     }
 
     /// Makes a verified temp file visible under its digest: fsync the data, make room, rename,
     /// fsync the directory so the rename itself survives a crash. The temp file is gone
     /// afterwards whatever the outcome. Blocks while other commits hold the room it needs.
-    pub fn commit(
-        &self,
-        temp: &Path,
-        file: &File,
-        area: Area,
-        digest: &Digest,
-    ) -> io::Result<Committed> {
-        let committed = self.commit_inner(temp, file, area, digest);
+    pub fn commit(&self, temp: &Path, file: &File, key: &EntryKey) -> io::Result<Committed> {
+        let committed = self.commit_inner(temp, file, key);
         if committed.as_ref().map_or(true, |c| *c != Committed::Stored) {
             let _ = fs::remove_file(temp);
         }
@@ -205,13 +158,7 @@ impl Store {
         committed
     }
 
-    fn commit_inner(
-        &self,
-        temp: &Path,
-        file: &File,
-        area: Area,
-        digest: &Digest,
-    ) -> io::Result<Committed> {
+    fn commit_inner(&self, temp: &Path, file: &File, key: &EntryKey) -> io::Result<Committed> {
         file.sync_all()?;
         let size = file.metadata()?.len();
         let victims = {
@@ -221,7 +168,7 @@ impl Store {
                     Reservation::Granted(victims) => break victims,
                     Reservation::TooLarge => {
                         self.metrics.bypassed(BypassReason::Oversize);
-                        tracing::debug!(%digest, size, "not caching an entry larger than the whole cache");
+                        tracing::debug!(digest = %key.digest, size, "not caching an entry larger than the whole cache");
                         return Ok(Committed::TooLarge);
                     }
                     Reservation::Wait => {
@@ -236,16 +183,12 @@ impl Store {
             self.end_reservation(size, None);
             return Err(e);
         }
-        let target = self.path(area, digest);
+        let target = self.path(key);
         let parent = target.parent().expect("digest paths have a parent");
         let renamed = fs::create_dir_all(parent).and_then(|()| fs::rename(temp, &target));
-        let key = EntryKey {
-            area,
-            digest: digest.clone(),
-        };
         // Once renamed, the file is in the cache and must be counted, even if the directory's
         // fsync then fails (a crash could still undo the rename, which only loses the entry).
-        self.end_reservation(size, renamed.is_ok().then_some(key));
+        self.end_reservation(size, renamed.is_ok().then(|| key.clone()));
         renamed?;
         File::open(parent)?.sync_all()?;
         Ok(Committed::Stored)
@@ -267,15 +210,12 @@ impl Store {
     /// Opens a committed blob and counts the use. A file that is missing, unreadable, or whose
     /// size does not match the index (changed outside wharf) is dropped, never served: the
     /// request becomes a miss.
-    pub fn open_blob(&self, digest: &Digest) -> Option<BlobFile> {
-        let key = EntryKey {
-            area: Area::Blobs,
-            digest: digest.clone(),
-        };
+    pub fn open_blob(&self, digest: &Digest) -> Option<CommittedFile> {
+        let key = EntryKey::blob(digest);
         let now = SystemTime::now();
         let used = self.lock_index().touch(&key, now)?;
-        let opened = File::open(self.path(Area::Blobs, digest))
-            .and_then(|file| Ok((file.metadata()?.len(), file)));
+        let opened =
+            File::open(self.path(&key)).and_then(|file| Ok((file.metadata()?.len(), file)));
         let (size, file) = match opened {
             Ok(opened) => opened,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -295,45 +235,80 @@ impl Store {
             // Best effort: a file owned by someone else keeps its old recency.
             let _ = file.set_modified(now);
         }
-        Some(BlobFile {
+        Some(CommittedFile {
             file: Arc::new(file),
             size,
-            buffers: self.buffers.clone(),
         })
     }
 
     /// Counts a use of an entry served without opening its file (a manifest held in memory).
     /// Returns whether the entry is still cached.
-    pub fn touch(&self, area: Area, digest: &Digest) -> bool {
-        let key = EntryKey {
-            area,
-            digest: digest.clone(),
-        };
+    pub fn touch(&self, key: &EntryKey) -> bool {
         let now = SystemTime::now();
-        let Some(used) = self.lock_index().touch(&key, now) else {
+        let Some(used) = self.lock_index().touch(key, now) else {
             return false;
         };
         if used.persist {
-            let _ = File::open(self.path(area, digest)).and_then(|f| f.set_modified(now));
+            let _ = File::open(self.path(key)).and_then(|f| f.set_modified(now));
         }
         true
     }
 
-    pub fn contains(&self, area: Area, digest: &Digest) -> bool {
-        let key = EntryKey {
-            area,
-            digest: digest.clone(),
+    pub fn contains(&self, key: &EntryKey) -> bool {
+        self.lock_index().contains(key)
+    }
+
+    /// Reads a cached manifest and counts the use, re-checking its digest: a damaged file is
+    /// removed, not served.
+    pub fn read_manifest(&self, digest: &Digest) -> io::Result<Option<RawManifest>> {
+        let key = EntryKey::manifest(digest);
+        if !self.touch(&key) {
+            return Ok(None);
+        }
+        let raw = match fs::read(self.path(&key)) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.drop_invalid(&key, "its file is gone");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         };
-        self.lock_index().contains(&key)
+        let manifest = manifest_file::decode(&raw, digest);
+        if manifest.is_none() {
+            self.drop_invalid(&key, "its bytes do not match its digest");
+        }
+        Ok(manifest)
+    }
+
+    /// Stores a manifest whose digest the caller has verified, unless it is already cached or
+    /// caching is suspended.
+    pub fn write_manifest(&self, manifest: &RawManifest) -> io::Result<()> {
+        let Some(contents) = manifest_file::encode(manifest) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "media type holds a newline",
+            ));
+        };
+        let key = EntryKey::manifest(&manifest.digest);
+        if self.contains(&key) || !self.caching_allowed() {
+            return Ok(());
+        }
+        let (temp, mut file) = self.temp_file()?;
+        if let Err(e) = file.write_all(&contents) {
+            self.write_failed(&e);
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        self.commit(&temp, &file, &key).map(drop)
     }
 
     /// Removes an entry whose file is missing or damaged, from the index and from disk.
-    pub(super) fn drop_invalid(&self, key: &EntryKey, why: &str) {
+    fn drop_invalid(&self, key: &EntryKey, why: &str) {
         let Some(entry) = self.lock_index().remove(key) else {
             return;
         };
         tracing::warn!(digest = %key.digest, why, "dropping a cache entry");
-        let _ = fs::remove_file(self.path(key.area, &key.digest));
+        let _ = fs::remove_file(self.path(key));
         self.metrics.evicted(EvictionReason::Invalid, entry.size);
         self.publish_usage();
     }
@@ -357,7 +332,7 @@ impl Store {
     fn unlink(&self, victims: Vec<(EntryKey, Entry)>, reason: EvictionReason) -> io::Result<()> {
         let mut result = Ok(());
         for (key, entry) in victims {
-            match fs::remove_file(self.path(key.area, &key.digest)) {
+            match fs::remove_file(self.path(&key)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     tracing::warn!(digest = %key.digest, error = %e, "cannot remove an evicted entry");
                     self.lock_index().restore(key, entry);
@@ -382,7 +357,7 @@ impl Store {
     /// free.
     pub fn claim_room(&self, bytes: u64) -> Option<RoomClaim> {
         loop {
-            let Some((free, total)) = disk::space(&self.root) else {
+            let Some((free, total)) = disk::space(self.root()) else {
                 return Some(self.promises.claim(bytes));
             };
             let available = free.saturating_sub(self.promises.total());
@@ -427,7 +402,7 @@ impl Store {
 
     fn probe(&self, needed: u64) -> io::Result<()> {
         let wanted = needed.max(PROBE_MIN_FREE) + self.promises.total();
-        if disk::space(&self.root).is_some_and(|(free, _)| free < wanted) {
+        if disk::space(self.root()).is_some_and(|(free, _)| free < wanted) {
             return Err(disk::no_space());
         }
         let (path, file) = self.temp_file()?;
@@ -437,182 +412,6 @@ impl Store {
     }
 }
 
-pub(super) fn entry_path(root: &Path, area: Area, digest: &Digest) -> PathBuf {
-    let hex = digest.hex();
-    root.join(area.dir())
-        .join(digest.algorithm().as_str())
-        .join(&hex[..2])
-        .join(hex)
-}
-
 fn gauge_value(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn store(dir: &Path, max_size: u64) -> Store {
-        Store::open(dir, max_size, Metrics::new()).unwrap()
-    }
-
-    /// Sets an entry's recorded last use, as an earlier run would have left it.
-    fn set_used(store: &Store, digest: &Digest, used: SystemTime) {
-        let file = File::open(store.path(Area::Blobs, digest)).unwrap();
-        file.set_modified(used).unwrap();
-    }
-
-    fn put(store: &Store, bytes: &[u8]) -> Digest {
-        let digest = Digest::sha256_of(bytes);
-        let (temp, mut file) = store.temp_file().unwrap();
-        file.write_all(bytes).unwrap();
-        assert_eq!(
-            store.commit(&temp, &file, Area::Blobs, &digest).unwrap(),
-            Committed::Stored
-        );
-        assert!(!temp.exists());
-        digest
-    }
-
-    #[test]
-    fn commit_moves_into_place_and_reopen_totals_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), 1000);
-        let digest = put(&s, b"hello");
-        assert_eq!(s.open_blob(&digest).unwrap().size, 5);
-        assert_eq!((s.usage().bytes, s.usage().entries), (5, 1));
-
-        let (leftover, _) = s.temp_file().unwrap();
-        drop(s);
-        let s = store(dir.path(), 1000);
-        assert!(!leftover.exists(), "temp files are removed at start-up");
-        assert_eq!((s.usage().bytes, s.usage().entries), (5, 1));
-    }
-
-    #[test]
-    fn committed_bytes_stay_under_max_size_least_recently_used_going_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), 30);
-        let a = put(&s, &[b'a'; 10]);
-        let b = put(&s, &[b'b'; 10]);
-        let c = put(&s, &[b'c'; 10]);
-        assert!(s.open_blob(&a).is_some(), "a hit is a use");
-        let d = put(&s, &[b'd'; 10]);
-        assert!(s.open_blob(&b).is_none(), "b was least recently used");
-        assert!(!s.path(Area::Blobs, &b).exists());
-        for kept in [&a, &c, &d] {
-            assert!(s.open_blob(kept).is_some());
-        }
-        assert_eq!(s.usage().bytes, 30);
-    }
-
-    #[test]
-    fn an_entry_larger_than_the_cache_is_not_stored_and_evicts_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), 30);
-        let a = put(&s, &[b'a'; 20]);
-        let big = [b'x'; 31];
-        let (temp, mut file) = s.temp_file().unwrap();
-        file.write_all(&big).unwrap();
-        let digest = Digest::sha256_of(&big);
-        assert_eq!(
-            s.commit(&temp, &file, Area::Blobs, &digest).unwrap(),
-            Committed::TooLarge
-        );
-        assert!(!temp.exists());
-        assert!(s.open_blob(&a).is_some());
-        assert!(s.open_blob(&digest).is_none());
-    }
-
-    #[test]
-    fn an_evicted_blob_stays_readable_to_its_reader() {
-        use std::os::unix::fs::FileExt;
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), 10);
-        let a = put(&s, &[b'a'; 10]);
-        let open = s.open_blob(&a).unwrap();
-        put(&s, &[b'b'; 10]);
-        assert!(!s.path(Area::Blobs, &a).exists(), "evicted");
-        let mut buf = [0u8; 10];
-        open.file.read_exact_at(&mut buf, 0).unwrap();
-        assert_eq!(buf, [b'a'; 10], "still readable through the open file");
-    }
-
-    #[test]
-    fn a_file_changed_outside_wharf_is_never_served() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), 1000);
-        let a = put(&s, b"original");
-        fs::write(s.path(Area::Blobs, &a), b"truncated").unwrap();
-        assert!(s.open_blob(&a).is_none());
-        assert!(!s.path(Area::Blobs, &a).exists());
-        let b = put(&s, b"removed");
-        fs::remove_file(s.path(Area::Blobs, &b)).unwrap();
-        assert!(s.open_blob(&b).is_none());
-        assert_eq!(s.usage().entries, 0);
-    }
-
-    #[test]
-    fn recency_survives_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), 30);
-        let a = put(&s, &[b'a'; 10]);
-        let b = put(&s, &[b'b'; 10]);
-        let c = put(&s, &[b'c'; 10]);
-        // Ages written as a restart would find them: a was used last.
-        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
-        for (digest, used) in [(&a, 300), (&b, 100), (&c, 200)] {
-            set_used(&s, digest, at(used));
-        }
-        drop(s);
-        let s = store(dir.path(), 30);
-        put(&s, &[b'd'; 10]);
-        assert!(s.open_blob(&b).is_none(), "b was least recently used");
-        assert!(s.open_blob(&a).is_some());
-        assert!(s.open_blob(&c).is_some());
-    }
-
-    #[test]
-    fn a_hit_is_written_to_disk_as_the_files_mtime() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), 30);
-        let a = put(&s, b"a");
-        let path = s.path(Area::Blobs, &a);
-        set_used(&s, &a, SystemTime::UNIX_EPOCH);
-        drop(s);
-        let s = store(dir.path(), 30);
-        s.open_blob(&a).unwrap();
-        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
-        assert!(mtime > SystemTime::now() - Duration::from_secs(60));
-    }
-
-    #[test]
-    fn a_lower_max_size_is_enforced_at_start_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), 100);
-        for n in 0..5u8 {
-            put(&s, &[n; 10]);
-        }
-        drop(s);
-        let s = store(dir.path(), 25);
-        assert_eq!(s.usage().bytes, 20);
-        assert_eq!(scan::scan(dir.path()).unwrap().entries.len(), 2);
-    }
-
-    #[test]
-    fn idle_entries_are_evicted() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), 100);
-        let old = put(&s, b"old");
-        let path = s.path(Area::Blobs, &old);
-        set_used(&s, &old, SystemTime::now() - Duration::from_secs(3600));
-        drop(s);
-        let s = store(dir.path(), 100);
-        let new = put(&s, b"new");
-        s.evict_idle(Duration::from_secs(60));
-        assert!(!path.exists());
-        assert!(s.open_blob(&new).is_some());
-    }
 }

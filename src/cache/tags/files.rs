@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::tags::{TagKey, Variant};
+use super::variant::{TagKey, Variant};
 use crate::oci::media::Accept;
 use crate::oci::Digest;
 

@@ -7,14 +7,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::blobs::Area;
+use super::layout::{EntryKey, EntryKind};
 use crate::oci::Digest;
 
 /// One committed file.
 #[derive(Debug, Clone)]
 pub struct Scanned {
-    pub area: Area,
-    pub digest: Digest,
+    pub key: EntryKey,
     pub size: u64,
     /// The last use wharf recorded (the file's mtime).
     pub used: SystemTime,
@@ -29,13 +28,12 @@ pub struct Scan {
     pub foreign: Vec<PathBuf>,
 }
 
-/// Lists `<root>/<area>/<algorithm>/<first two hex>/<hex>` for both areas. A missing area is
-/// empty, not an error.
+/// Lists `<root>/<kind>/<algorithm>/<first two hex>/<hex>` for both kinds. A missing kind's
+/// directory is empty, not an error.
 pub fn scan(root: &Path) -> io::Result<Scan> {
     let mut scan = Scan::default();
-    for area in [Area::Blobs, Area::Manifests] {
-        let area_dir = root.join(area.dir());
-        for algorithm in read_dir_or_empty(&area_dir)? {
+    for kind in EntryKind::ALL {
+        for algorithm in read_dir_or_empty(&root.join(kind.dir()))? {
             let algorithm = algorithm?;
             let algorithm_name = algorithm.file_name().to_string_lossy().into_owned();
             if !algorithm.file_type()?.is_dir() {
@@ -62,8 +60,7 @@ pub fn scan(root: &Path) -> io::Result<Scan> {
                     match digest {
                         Ok(digest) if metadata.is_file() && name.starts_with(&prefix) => {
                             scan.entries.push(Scanned {
-                                area,
-                                digest,
+                                key: EntryKey { kind, digest },
                                 size: metadata.len(),
                                 used: metadata.modified()?,
                             })
@@ -107,7 +104,7 @@ mod tests {
 
         let scan = scan(dir.path()).unwrap();
         assert_eq!(scan.entries.len(), 1);
-        assert_eq!(scan.entries[0].digest, digest);
+        assert_eq!(scan.entries[0].key.digest, digest);
         assert_eq!(scan.entries[0].size, 1);
         assert_eq!(scan.foreign.len(), 2, "{:?}", scan.foreign);
     }

@@ -29,9 +29,9 @@ pub fn no_space() -> io::Error {
 /// Bytes promised to fills in flight, which have not written them yet: concurrent fills must not
 /// each count the same free space as theirs.
 #[derive(Default, Clone)]
-pub struct Promises(Arc<AtomicU64>);
+pub struct RoomPromises(Arc<AtomicU64>);
 
-impl Promises {
+impl RoomPromises {
     pub fn total(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -47,7 +47,7 @@ impl Promises {
 
 /// Room on the filesystem held for one fill until it is dropped (the fill committed or failed).
 pub struct RoomClaim {
-    promises: Promises,
+    promises: RoomPromises,
     bytes: u64,
 }
 
@@ -90,7 +90,7 @@ mod tests {
 
     #[test]
     fn claims_add_up_and_give_back_when_dropped() {
-        let promises = Promises::default();
+        let promises = RoomPromises::default();
         let a = promises.claim(10);
         let b = promises.claim(5);
         assert_eq!(promises.total(), 15);

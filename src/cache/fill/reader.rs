@@ -14,39 +14,24 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::buffers::{BufferPool, CHUNK};
-use super::fill::{FillState, Progress};
-use super::recent::Recent;
+use super::progress::{FillState, Progress};
+use super::window::NewestBytes;
+use crate::body::{Chunk, FileRange};
+use crate::cache::error::Error;
 
-/// Why a reader stopped early.
-#[derive(Debug)]
-pub enum ReadError<E> {
-    Io(io::Error),
-    Failed(E),
-}
-
-pub struct FillReader<E> {
+/// A reader of a committed blob or of a fill in progress.
+pub struct BlobReader {
     file: Arc<File>,
     buffers: BufferPool,
     /// `None` for a committed blob.
-    progress: Option<watch::Receiver<Progress<E>>>,
+    progress: Option<watch::Receiver<Progress>>,
     /// The fill's newest bytes, in memory.
-    recent: Option<Arc<Recent>>,
+    recent: Option<Arc<NewestBytes>>,
     /// Where the next read starts.
     pos: u64,
     end: Option<u64>,
     /// Read ahead after a chunk had to come from the disk.
     ahead: Option<Read>,
-}
-
-/// A piece of a response: bytes in memory, or a range of a committed blob's file that the page
-/// cache holds, for the caller to send straight from the file.
-pub enum Chunk {
-    Bytes(Bytes),
-    InFile {
-        file: Arc<File>,
-        offset: u64,
-        len: usize,
-    },
 }
 
 /// What the reader can do next.
@@ -64,22 +49,35 @@ enum Read {
     FromDisk(JoinHandle<io::Result<Bytes>>),
 }
 
-impl<E: Clone> FillReader<E> {
-    /// A reader of bytes `start..end` (`end` = `None`: to the end), following a fill's progress
-    /// and newest bytes if the blob is still being filled.
-    pub(super) fn new(
+impl BlobReader {
+    /// A reader of bytes `start..end` of a committed blob.
+    pub(super) fn committed(file: Arc<File>, buffers: BufferPool, start: u64, end: u64) -> Self {
+        BlobReader {
+            file,
+            buffers,
+            progress: None,
+            recent: None,
+            pos: start,
+            end: Some(end),
+            ahead: None,
+        }
+    }
+
+    /// A reader of bytes `start..end` (`end` = `None`: to the end) of a blob being filled,
+    /// following the fill's progress and newest bytes.
+    pub(super) fn following(
         file: Arc<File>,
         buffers: BufferPool,
-        following: Option<(watch::Receiver<Progress<E>>, Arc<Recent>)>,
+        progress: watch::Receiver<Progress>,
+        recent: Arc<NewestBytes>,
         start: u64,
         end: Option<u64>,
     ) -> Self {
-        let (progress, recent) = following.unzip();
-        FillReader {
+        BlobReader {
             file,
             buffers,
-            progress,
-            recent,
+            progress: Some(progress),
+            recent: Some(recent),
             pos: start,
             end,
             ahead: None,
@@ -89,14 +87,14 @@ impl<E: Clone> FillReader<E> {
     /// How far bytes may be read now, and whether that is final: no more will come (a committed
     /// blob, or a verified fill). Both come from one look at the fill's progress, so a verdict
     /// that lands in between can never end a response before its last bytes.
-    fn readable_to(&mut self) -> Result<(u64, bool), ReadError<E>> {
+    fn readable_to(&mut self) -> Result<(u64, bool), Error> {
         let Some(rx) = &mut self.progress else {
             return Ok((self.end.unwrap_or(self.pos), true));
         };
         let p = rx.borrow_and_update();
         let end = self.end.or(p.total);
         Ok(match (&p.state, end) {
-            (FillState::Failed(e), _) => return Err(ReadError::Failed(e.clone())),
+            (FillState::Failed(e), _) => return Err(e.clone()),
             (FillState::Verified, end) => (end.unwrap_or(p.written).min(p.written), true),
             // A response that ends with the blob's last byte holds that byte back until the
             // digest is known to match, so a bad fill can still cut it short. A range that ends
@@ -108,7 +106,7 @@ impl<E: Clone> FillReader<E> {
     }
 
     /// Starts reading the next chunk, if any bytes are readable now.
-    fn start_read(&mut self) -> Result<Next, ReadError<E>> {
+    fn start_read(&mut self) -> Result<Next, Error> {
         let (to, last) = self.readable_to()?;
         if self.pos >= to {
             return Ok(if last { Next::Done } else { Next::Wait });
@@ -141,7 +139,7 @@ impl<E: Clone> FillReader<E> {
     }
 
     /// The next chunk; `Ok(None)` once the range was sent and the blob verified.
-    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ReadError<E>> {
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
         loop {
             let read = match self.ahead.take() {
                 Some(read) => read,
@@ -159,8 +157,8 @@ impl<E: Clone> FillReader<E> {
                 Read::FromDisk(handle) => {
                     let chunk = handle
                         .await
-                        .map_err(|e| ReadError::Io(io::Error::other(e)))?
-                        .map_err(ReadError::Io)?;
+                        .map_err(|e| Error::read(io::Error::other(e)))?
+                        .map_err(Error::read)?;
                     // The disk is slow to reach: have the next chunk on its way while this one
                     // is sent. A failure shows on the next call; this chunk was readable.
                     if let Ok(Next::Read(next)) = self.start_read() {
@@ -176,7 +174,7 @@ impl<E: Clone> FillReader<E> {
     /// are taken from there; others that the page cache holds (of a committed blob, or written
     /// by a fill that has moved on) are pointed at, not read, saving the copy out of the page
     /// cache; anything else comes as [`Self::next_chunk`] gives it, waiting for a fill if need be.
-    pub async fn next_piece(&mut self, max: usize) -> Result<Option<Chunk>, ReadError<E>> {
+    pub async fn next_piece(&mut self, max: usize) -> Result<Option<Chunk>, Error> {
         if self.ahead.is_none() {
             let (to, _) = self.readable_to()?;
             if self.pos < to {
@@ -190,11 +188,11 @@ impl<E: Clone> FillReader<E> {
                 if in_page_cache(&self.file, self.pos, len) {
                     let offset = self.pos;
                     self.pos += len as u64;
-                    return Ok(Some(Chunk::InFile {
-                        file: self.file.clone(),
+                    return Ok(Some(Chunk::File(FileRange::new(
+                        self.file.clone(),
                         offset,
                         len,
-                    }));
+                    ))));
                 }
             }
         }
@@ -203,7 +201,7 @@ impl<E: Clone> FillReader<E> {
 
     /// Waits until the fill publishes anything new. What it published is looked at by the next
     /// `readable_to`, never here.
-    async fn progress_changed(&mut self) -> Result<(), ReadError<E>> {
+    async fn progress_changed(&mut self) -> Result<(), Error> {
         let rx = self
             .progress
             .as_mut()
@@ -215,9 +213,7 @@ impl<E: Clone> FillReader<E> {
         // verdict means it stopped without one.
         match &rx.borrow().state {
             FillState::Failed(_) | FillState::Verified => Ok(()),
-            _ => Err(ReadError::Io(io::Error::other(
-                "the fill stopped without a verdict",
-            ))),
+            _ => Err(Error::NoVerdict),
         }
     }
 }

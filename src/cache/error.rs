@@ -1,0 +1,115 @@
+//! What can go wrong in the cache: bytes that fail verification, a disk that cannot take or give
+//! them, a fill that ended without a verdict, and a failure of whatever fed a fill, carried as
+//! it was given. Clone, because one fill's failure reaches every reader of it.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::oci::Digest;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("length mismatch: upstream declared {declared} bytes, sent {received}")]
+    LengthMismatch { declared: u64, received: u64 },
+    #[error("cache write failed: {0}")]
+    Write(#[source] Arc<io::Error>),
+    #[error("reading the cache: {0}")]
+    Read(#[source] Arc<io::Error>),
+    #[error("not enough free disk space to cache {0} bytes")]
+    NoSpace(u64),
+    #[error("the fill was abandoned before it finished")]
+    Abandoned,
+    #[error("the fill stopped without a verdict")]
+    NoVerdict,
+    /// Whatever fed the fill (the upstream, a peer) failed; its error, as the feeder gave it.
+    #[error(transparent)]
+    Source(SourceFailure),
+    #[error("cannot open cache directory {}: {source}", dir.display())]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+}
+
+impl Error {
+    pub(crate) fn write(e: io::Error) -> Error {
+        Error::Write(Arc::new(e))
+    }
+
+    pub(crate) fn read(e: io::Error) -> Error {
+        Error::Read(Arc::new(e))
+    }
+
+    /// The cache could not take the bytes (as opposed to the bytes being wrong): the blob can
+    /// still be streamed to clients without caching it.
+    pub fn is_unwritable(&self) -> bool {
+        matches!(self, Error::Write(_) | Error::NoSpace(_))
+    }
+
+    /// The bytes the source sent were not the blob asked for.
+    pub fn is_verification_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::DigestMismatch { .. } | Error::LengthMismatch { .. }
+        )
+    }
+}
+
+/// A feeder's error, type-erased so the cache need not know the feeder. The feeder gets its
+/// own error back with [`SourceFailure::downcast_ref`].
+#[derive(Debug, Clone)]
+pub struct SourceFailure(Arc<dyn std::error::Error + Send + Sync>);
+
+impl SourceFailure {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> SourceFailure {
+        SourceFailure(Arc::new(error))
+    }
+
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+impl std::fmt::Display for SourceFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SourceFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+    #[error("the feeder's own error")]
+    struct Feeder;
+
+    #[test]
+    fn a_feeders_error_comes_back_as_it_was_given() {
+        let e = Error::Source(SourceFailure::new(Feeder));
+        assert_eq!(e.to_string(), "the feeder's own error");
+        let Error::Source(failure) = &e else {
+            unreachable!()
+        };
+        assert_eq!(failure.downcast_ref::<Feeder>(), Some(&Feeder));
+        assert!(failure.downcast_ref::<io::Error>().is_none());
+    }
+
+    #[test]
+    fn io_errors_keep_their_source() {
+        let e = Error::write(io::Error::other("disk on fire"));
+        let source = std::error::Error::source(&e).unwrap();
+        assert_eq!(source.to_string(), "disk on fire");
+        assert!(e.is_unwritable());
+    }
+}

@@ -1,0 +1,240 @@
+//! Single-flight fills, teed through disk.
+//!
+//! The first request for a missing blob starts one fill: its caller feeds the source's bytes to
+//! a [`FillWriter`], whose writer thread appends them to a temp file, hashes them, and publishes
+//! progress on a `watch` channel. Every request for that digest, the first included, is a
+//! [`BlobReader`] that reads the temp file up to the published length at its own pace, so one
+//! slow client never holds back the fill or the others, and the fill finishes (and is cached)
+//! even when every client has gone. The last byte of a response is released only once the
+//! whole blob has been verified, so a failed fill can still abort every response in flight.
+
+mod buffers;
+mod progress;
+mod reader;
+mod window;
+mod writer;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::error::Error;
+use super::store::{CommittedFile, Store};
+use crate::oci::Digest;
+use buffers::BufferPool;
+use progress::{FillState, Progress};
+pub use reader::BlobReader;
+use window::NewestBytes;
+pub use writer::FillWriter;
+use writer::{Leave, WriteJob};
+
+/// One blob being filled, as its readers see it.
+pub struct Fill {
+    file: Arc<File>,
+    buffers: BufferPool,
+    newest: Arc<NewestBytes>,
+    progress: watch::Receiver<Progress>,
+}
+
+impl Fill {
+    /// Waits until the source answered: the declared length (if any), or the failure.
+    pub async fn started(&self) -> Result<Option<u64>, Error> {
+        let mut rx = self.progress.clone();
+        loop {
+            {
+                let p = rx.borrow_and_update();
+                match &p.state {
+                    FillState::Connecting => {}
+                    FillState::Failed(e) => return Err(e.clone()),
+                    _ => return Ok(p.total),
+                }
+            }
+            if rx.changed().await.is_err() {
+                // The writer is gone without a verdict; its state is final.
+                let p = rx.borrow();
+                return match &p.state {
+                    FillState::Failed(e) => Err(e.clone()),
+                    FillState::Connecting => Ok(None),
+                    _ => Ok(p.total),
+                };
+            }
+        }
+    }
+
+    /// Waits for the fill's verdict: verified, failed, or stopped without one.
+    pub async fn verdict(&self) -> Result<(), Error> {
+        let mut rx = self.progress.clone();
+        loop {
+            match &rx.borrow_and_update().state {
+                FillState::Verified => return Ok(()),
+                FillState::Failed(e) => return Err(e.clone()),
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return match &rx.borrow().state {
+                    FillState::Verified => Ok(()),
+                    FillState::Failed(e) => Err(e.clone()),
+                    _ => Err(Error::NoVerdict),
+                };
+            }
+        }
+    }
+
+    /// A reader of bytes `start..end` (`end` = `None`: to the end of the blob).
+    pub fn reader(&self, start: u64, end: Option<u64>) -> BlobReader {
+        BlobReader::following(
+            self.file.clone(),
+            self.buffers.clone(),
+            self.progress.clone(),
+            self.newest.clone(),
+            start,
+            end,
+        )
+    }
+}
+
+/// A committed blob, open: readable to its holder even if it is evicted meanwhile.
+#[derive(Clone)]
+pub struct CachedBlob {
+    committed: CommittedFile,
+    buffers: BufferPool,
+}
+
+impl CachedBlob {
+    pub fn size(&self) -> u64 {
+        self.committed.size
+    }
+
+    /// A reader of bytes `start..end` (`end` = `None`: to the end of the blob).
+    pub fn reader(&self, start: u64, end: Option<u64>) -> BlobReader {
+        let end = end.map_or(self.committed.size, |end| end.min(self.committed.size));
+        BlobReader::committed(
+            self.committed.file.clone(),
+            self.buffers.clone(),
+            start,
+            end,
+        )
+    }
+}
+
+/// What a request for a blob found.
+pub enum FillJoin {
+    /// Already committed.
+    Cached(CachedBlob),
+    /// Not cached, and the cache directory takes no writes now (disk full, read-only).
+    NoWrites,
+    /// A fill of this digest was already running.
+    Coalesced(Arc<Fill>),
+    /// This request started the fill and must feed the writer.
+    Started(Arc<Fill>, FillWriter),
+}
+
+type Table = Arc<Mutex<HashMap<Digest, Arc<Fill>>>>;
+
+/// The fills in flight, by digest.
+pub struct Fills {
+    store: Arc<Store>,
+    buffers: BufferPool,
+    in_flight: Table,
+}
+
+impl Fills {
+    pub fn new(store: Arc<Store>) -> Fills {
+        Fills {
+            store,
+            buffers: BufferPool::default(),
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// The committed blob, opened (and its use counted), if there is one.
+    pub fn cached(&self, digest: &Digest) -> Option<CachedBlob> {
+        self.store.open_blob(digest).map(|committed| CachedBlob {
+            committed,
+            buffers: self.buffers.clone(),
+        })
+    }
+
+    /// The fill of `digest` in progress, if any.
+    pub fn running(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.in_flight
+            .lock()
+            .expect("lock poisoned")
+            .get(digest)
+            .cloned()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.lock().expect("lock poisoned").len()
+    }
+
+    /// The committed blob, the running fill, or a new fill for `digest`.
+    pub fn join(&self, digest: &Digest) -> FillJoin {
+        // Hits take no lock.
+        if let Some(blob) = self.cached(digest) {
+            return FillJoin::Cached(blob);
+        }
+        if let Some(fill) = self.running(digest) {
+            return FillJoin::Coalesced(fill);
+        }
+        // May probe the disk: outside the lock, so a slow disk holds up no other request.
+        let writable = self.store.caching_allowed();
+        let mut in_flight = self.in_flight.lock().expect("lock poisoned");
+        if let Some(fill) = in_flight.get(digest) {
+            return FillJoin::Coalesced(fill.clone());
+        }
+        // A fill removes itself only after its rename, under this lock: look again so a fill
+        // that finished since the first look is not repeated.
+        if let Some(blob) = self.cached(digest) {
+            return FillJoin::Cached(blob);
+        }
+        if !writable {
+            return FillJoin::NoWrites;
+        }
+        let Ok((temp_path, file)) = self.store.temp_file() else {
+            // The store has recorded why (logged once per condition).
+            return FillJoin::NoWrites;
+        };
+        let file = Arc::new(file);
+        let (progress_tx, progress_rx) = watch::channel(Progress::connecting());
+        let newest = Arc::new(NewestBytes::default());
+        let fill = Arc::new(Fill {
+            file: file.clone(),
+            buffers: self.buffers.clone(),
+            newest: newest.clone(),
+            progress: progress_rx,
+        });
+        in_flight.insert(digest.clone(), fill.clone());
+        drop(in_flight);
+
+        let leave = leave_table(self.in_flight.clone(), digest.clone(), fill.clone());
+        let job = WriteJob::new(
+            self.store.clone(),
+            digest.clone(),
+            temp_path,
+            file,
+            progress_tx,
+            newest,
+            leave,
+        );
+        let writer = job.spawn();
+        FillJoin::Started(fill, writer)
+    }
+}
+
+/// Takes `fill` out of the table (if it is still the one there: a later fill of the same
+/// digest may have taken its place).
+fn leave_table(table: Table, digest: Digest, fill: Arc<Fill>) -> Leave {
+    Leave::new(move || {
+        if let Ok(mut in_flight) = table.lock() {
+            if in_flight
+                .get(&digest)
+                .is_some_and(|f| Arc::ptr_eq(f, &fill))
+            {
+                in_flight.remove(&digest);
+            }
+        }
+    })
+}

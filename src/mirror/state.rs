@@ -1,0 +1,127 @@
+//! The mirror's shared state, the upstream a request addresses, and the answers that need no
+//! fetch of their own (readiness, listings).
+
+use std::sync::Arc;
+
+use moka::future::Cache as ListingCache;
+
+use super::access::ConfirmedAccess;
+use super::flights::Flights;
+use crate::cache::{Cache, Condition};
+use crate::config::CacheConfig;
+use crate::error::{ClientError, Error};
+use crate::metrics::Metrics;
+use crate::oci::media::Accept;
+use crate::oci::{Digest, Listing, ListingPage, RawManifest, Reference, RepoName};
+use crate::upstream::{Upstream, Upstreams};
+
+type ManifestKey = (Arc<str>, RepoName, Reference, Accept);
+type ListingKey = (Arc<str>, RepoName, Listing);
+
+/// The pull-through mirror: what every request shares. Its use cases live beside it, in
+/// `blobs` and `manifests`.
+pub struct Mirror {
+    upstreams: Upstreams,
+    pub(super) cache: Arc<Cache>,
+    pub(super) manifest_fetches: Flights<ManifestKey, Result<Arc<RawManifest>, Error>>,
+    pub(super) revalidations: Flights<ManifestKey, Result<Option<Digest>, Error>>,
+    listings: ListingCache<ListingKey, Arc<ListingPage>>,
+    pub(super) access: ConfirmedAccess,
+    pub(super) config: CacheConfig,
+    pub(super) metrics: Metrics,
+}
+
+/// Whether the cache takes writes and how full it is, for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    /// Why caching is suspended (a bounded label), and for how many seconds, if it is.
+    pub unwritable: Option<(&'static str, u64)>,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub entries: u64,
+    pub fills_in_flight: usize,
+}
+
+impl Mirror {
+    pub fn new(
+        upstreams: Upstreams,
+        cache: Arc<Cache>,
+        config: CacheConfig,
+        metrics: Metrics,
+    ) -> Arc<Mirror> {
+        Arc::new(Mirror {
+            upstreams,
+            cache,
+            manifest_fetches: Flights::default(),
+            revalidations: Flights::default(),
+            listings: ListingCache::builder()
+                .max_capacity(10_000)
+                .time_to_live(config.listing_ttl)
+                .build(),
+            access: ConfirmedAccess::default(),
+            config,
+            metrics,
+        })
+    }
+
+    /// The upstream a request for `repo` addresses: `None` means the default one. An unknown
+    /// registry, or a repository its allow-list leaves out, is refused before the cache or
+    /// the upstream is looked at, so not even cached content is served.
+    pub(super) fn upstream(
+        &self,
+        registry: Option<&str>,
+        repo: &RepoName,
+    ) -> Result<&Arc<Upstream>, Error> {
+        let upstream = match registry {
+            None => self.upstreams.default_upstream(),
+            Some(name) => self
+                .upstreams
+                .get(name)
+                .ok_or_else(|| ClientError::UnknownRegistry(name.to_owned()))?,
+        };
+        if !upstream.allows(repo) {
+            return Err(ClientError::RepositoryNotAllowed(repo.to_string()).into());
+        }
+        Ok(upstream)
+    }
+
+    /// Whether `name` is a configured upstream (a path prefix, for routing).
+    pub fn is_registry(&self, name: &str) -> bool {
+        self.upstreams.contains(name)
+    }
+
+    /// Whether the cache takes writes, and its size, for `/readyz`.
+    pub fn readiness(&self) -> Readiness {
+        let health = self.cache.health();
+        Readiness {
+            unwritable: health
+                .unwritable
+                .map(|(condition, since): (Condition, _)| (condition.as_str(), since.as_secs())),
+            bytes: health.bytes,
+            max_bytes: health.max_bytes,
+            entries: health.entries,
+            fills_in_flight: health.fills_in_flight,
+        }
+    }
+
+    /// `tags/list` or `referrers/<digest>`, reused for `listing_ttl`.
+    pub async fn listing(
+        &self,
+        registry: Option<&str>,
+        repo: &RepoName,
+        listing: &Listing,
+    ) -> Result<Arc<ListingPage>, Error> {
+        let upstream = self.upstream(registry, repo)?;
+        let key = (Arc::from(upstream.name()), repo.clone(), listing.clone());
+        self.listings
+            .try_get_with(key, async {
+                upstream
+                    .listing(repo, listing)
+                    .await
+                    .map(Arc::new)
+                    .map_err(Error::from)
+            })
+            .await
+            .map_err(|e| (*e).clone())
+    }
+}

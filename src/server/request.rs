@@ -1,0 +1,71 @@
+//! One request, start to end: route, admit, handle, map any error, count and log it once.
+
+use std::time::Instant;
+
+use http::header::AUTHORIZATION;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use super::response::{self, Body};
+use super::sendfile::FileRanges;
+use super::state::{AppState, Client};
+use super::{handlers, route};
+use crate::error::ClientError;
+
+/// Answers one request: route, handle, map any error, count and log it once. `file_ranges` is
+/// the connection's zero-copy queue, if it has one; only HTTP/1 bodies may use it (HTTP/2 frames
+/// its data).
+pub(super) async fn serve_request(
+    state: AppState,
+    request: Request<Incoming>,
+    client: Client,
+    file_ranges: Option<FileRanges>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut user = None;
+    let route = match route::parse(&method, &path, request.uri().query(), |name| {
+        state.mirror.is_registry(name)
+    }) {
+        Ok(route) if !client.surface.serves(&route) => Err(ClientError::NotFound),
+        Ok(route) => {
+            let authorization = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+            state
+                .access
+                .admits(client, &route, authorization)
+                .await
+                .map(|who| {
+                    user = who;
+                    route
+                })
+        }
+        Err(e) => Err(e),
+    };
+    let label = route.as_ref().map_or("other", route::Route::label);
+    let head = method == http::Method::HEAD;
+    let zero_copy = file_ranges.filter(|_| request.version() <= http::Version::HTTP_11);
+    let response = match route {
+        Ok(route) => handlers::handle(&state, &method, request.headers(), route, zero_copy).await,
+        Err(e) => Err(e.into()),
+    }
+    .unwrap_or_else(|e| response::error_response(&e, head));
+    let status = response.status();
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[label, status.as_str()])
+        .inc();
+    state
+        .metrics
+        .http_request_duration
+        .with_label_values(&[label])
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "wharf::access",
+        %method, path, status = status.as_u16(), route = label, user = user.as_deref(),
+        us = elapsed.as_micros() as u64,
+    );
+    response
+}

@@ -1,0 +1,117 @@
+//! What every request shares: the mirror, the metrics, and who may use the pull API.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use super::{auth, rate, route};
+use crate::error::ClientError;
+use crate::metrics::Metrics;
+use crate::mirror::Mirror;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub mirror: Arc<Mirror>,
+    pub metrics: Metrics,
+    pub access: Arc<Access>,
+}
+
+/// Who may use the pull API: by source address, how often, and by credentials.
+pub struct Access {
+    /// `None`: every address.
+    allow_from: Option<Vec<ipnet::IpNet>>,
+    /// `None`: no limit.
+    rate: Option<rate::RateLimiter>,
+    /// `None`: no credentials needed.
+    pub(super) authenticator: Option<Arc<auth::Authenticator>>,
+}
+
+impl Access {
+    pub fn new(
+        allow_from: Option<Vec<ipnet::IpNet>>,
+        rate: &crate::config::RateLimit,
+        authenticator: Option<auth::Authenticator>,
+    ) -> Access {
+        Access {
+            allow_from,
+            rate: rate::RateLimiter::new(rate),
+            authenticator: authenticator.map(Arc::new),
+        }
+    }
+
+    /// Whether `client` may have `route`, and as whom (`None` without authentication). Health
+    /// checks answer everyone, so probes work from wherever they come; the operational listener
+    /// is bound to an internal address by the operator and not filtered either. The address
+    /// and the rate are checked before credentials, so that a refused or flooding client costs
+    /// no password hashing.
+    pub(super) async fn admits(
+        &self,
+        client: Client,
+        route: &route::Route,
+        authorization: Option<&[u8]>,
+    ) -> Result<Option<Arc<str>>, ClientError> {
+        if client.surface == Surface::Operations
+            || matches!(route, route::Route::Health | route::Route::Ready)
+        {
+            return Ok(None);
+        }
+        // A v4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
+        let ip: IpAddr = client.peer.ip().to_canonical();
+        let listed = self
+            .allow_from
+            .as_ref()
+            .map_or(true, |nets| nets.iter().any(|net| net.contains(&ip)));
+        if !listed {
+            return Err(ClientError::AddressNotAllowed);
+        }
+        if let Some(limiter) = &self.rate {
+            limiter
+                .take(ip)
+                .map_err(|wait| ClientError::TooManyRequests {
+                    retry_after_secs: wait.as_secs() + 1,
+                })?;
+        }
+        match &self.authenticator {
+            Some(authenticator) => authenticator
+                .authenticate(authorization)
+                .await
+                .map(Some)
+                .map_err(|e| match e {
+                    auth::AuthError::Refused => ClientError::Unauthenticated,
+                    auth::AuthError::Busy => ClientError::TooManyRequests {
+                        retry_after_secs: 1,
+                    },
+                }),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Who sent a request, and to which listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub peer: SocketAddr,
+    pub surface: Surface,
+}
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The pull API and the operational endpoints.
+    All,
+    /// The pull API and health checks: `/metrics` has a listener of its own.
+    Pull,
+    /// `/metrics`, `/healthz` and `/readyz` only.
+    Operations,
+}
+
+impl Surface {
+    pub(super) fn serves(self, route: &route::Route) -> bool {
+        use route::Route;
+        match self {
+            Surface::All => true,
+            Surface::Pull => !matches!(route, Route::Metrics),
+            Surface::Operations => matches!(route, Route::Metrics | Route::Health | Route::Ready),
+        }
+    }
+}
