@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The cache on a real filesystem of fixed size (a tmpfs): a full disk, a read-only mount, and
 # churn far beyond max_size measured with statvfs, which sees temp files and committed files
 # in one atomic number. Sourced by run.sh, whose globals (WORK, LOGS, DIGEST, ...) it uses.
@@ -112,7 +113,7 @@ test_read_only() {
 # time, while a sampler reads the filesystem's usage every few milliseconds.
 test_churn() {
     local dir=$WORK/churn-cache url=http://127.0.0.1:$CHURN_PORT name=wharf-churn
-    local out=$WORK/churn-out max_size=$((24 * 1024 * 1024)) clients=8 largest baseline
+    local out=$WORK/churn-out max_size=$((24 * 1024 * 1024)) clients=8 largest
     if ! mount_tmpfs "$dir" 256m; then
         fail "churn: mount a 256 MiB tmpfs"
         return 0

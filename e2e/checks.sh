@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # wharf's behaviour beyond "the pull worked": the protocol request by request, warm pulls, one
 # upstream fetch per blob, hang-ups, timings and an upstream outage. Sourced by run.sh, whose
 # globals (WORK, UP, WHARF, DIGEST, ...) it uses.
@@ -156,6 +157,13 @@ test_fan_in() {
         "hit +$(($(wmetric wharf_cache_results_total kind=blob result=hit) - hit0))"
 }
 
+# upstream_sent_whole MARK DIGEST SIZE — whether, after MARK, the upstream logged a blob GET of
+# DIGEST answered 200 with all SIZE bytes. (Not a pipe: under pipefail, grep -q leaving early
+# could fail it through the writer's SIGPIPE.)
+upstream_sent_whole() {
+    grep -qE "\"GET /v2/[^ ]+/blobs/$2[ ?][^\"]*\" 200 $3 " < <(upstream_since "$1")
+}
+
 # A client that hangs up does not cancel the fill: the upstream sends the whole blob once, and the
 # next client is served without a second upstream fetch.
 test_hang_up() {
@@ -167,14 +175,13 @@ test_hang_up() {
     curl -s --limit-rate 1M --max-time 0.3 -o /dev/null "$WHARF_URL/v2/library/e2e-fanin/blobs/$blob" || true
     # Say whether the hang-up came before wharf had read the whole blob from the upstream (the
     # upstream logs a request once it has sent everything); a fast wharf may be done by then.
-    if upstream_since "$mark" | grep -q "$blob"; then
+    if grep -q "$blob" < <(upstream_since "$mark"); then
         info "hang-up: wharf had already read the whole blob from the upstream when the client hung up"
     else
         info "hang-up: the client hung up before wharf had read the whole blob from the upstream"
     fi
     # The upstream logs a request when it has finished answering it, with the bytes it sent.
-    if wait_until 30 bash -c 'tail -n +"$(($1 + 1))" "$2" | grep -qE "\"GET /v2/[^ ]+/blobs/$3[ ?][^\"]*\" 200 $4 "' \
-        _ "$mark" "$UPSTREAM_ACCESS_LOG" "$blob" "$size"; then
+    if wait_until 30 upstream_sent_whole "$mark" "$blob" "$size"; then
         pass "hang-up: the fill went on and read the whole blob from the upstream"
     else
         fail "hang-up: the fill went on and read the whole blob from the upstream" \

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Pulls through wharf with real clients: skopeo, dockerd, containerd (ctr) and podman, in the URL
 # shape each one uses. Sourced by run.sh, whose globals (WORK, UP, WHARF, DIGEST, ...) it uses.
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers for run.sh: check bookkeeping, background processes, bounded waits, metrics.
 # Sourced, not executed. Expects WORK (a scratch dir) and LOGS (a dir under it) to be set.
 
@@ -49,8 +50,9 @@ expect_eq() {
 }
 
 # expect_cmp NAME A OP B — integer comparison, e.g. expect_cmp "x" "$n" -gt 0
+# (`test` rather than `[ ]`: with the operator in a variable, shellcheck cannot parse `[ ]`.)
 expect_cmp() {
-    if [[ "$2" =~ ^-?[0-9]+$ && "$4" =~ ^-?[0-9]+$ ]] && [ "$2" "$3" "$4" ]; then
+    if [[ "$2" =~ ^-?[0-9]+$ && "$4" =~ ^-?[0-9]+$ ]] && test "$2" "$3" "$4"; then
         pass "$1"
     else
         fail "$1" "value: $2 (wanted $3 $4)"
@@ -92,17 +94,17 @@ wait_pid() {
 
 # stop_pid PID — SIGTERM, wait up to 20 s, then SIGKILL; the same for its descendants.
 stop_pid() {
-    local pid=$1 kids i
+    local pid=$1 kids=() i
     [[ -z ${REAPED[$pid]:-} ]] || return 0
     REAPED[$pid]=1
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
-    kids=$(descendants "$pid")
+    mapfile -t kids < <(descendants "$pid")
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.2
     done
-    kill -KILL "$pid" $kids 2>/dev/null || true
+    kill -KILL "$pid" "${kids[@]}" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
 

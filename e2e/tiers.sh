@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Tiers: an edge wharf whose upstream is a regional wharf (pass_ns), which mirrors two
 # registries: the suite's upstream as docker.io, and a second CNCF distribution as
 # registry.two.test. dockerd and containerd pull through the edge; each blob must be fetched
@@ -71,7 +72,7 @@ test_tiers() {
     local mark1 mark2
     mark1=$(upstream_mark)
     mark2=$(wc -l <"$two_log")
-    METRICS_URL=http://$EDGE
+    read_metrics_of "http://$EDGE"
 
     # dockerd (Docker Hub names, no ns) through the edge.
     if start_dockerd "http://$EDGE"; then
@@ -117,5 +118,5 @@ test_tiers() {
     expect_eq "tiers: across both edges, each blob left its registry exactly once" \
         "$multi_blobs 1 $two_blobs 1" \
         "$(blob_fetches "$UPSTREAM_ACCESS_LOG" "$mark1") $(blob_fetches "$two_log" "$mark2")"
-    METRICS_URL=$WHARF_URL
+    read_metrics_of "$WHARF_URL"
 }
