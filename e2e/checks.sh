@@ -71,7 +71,16 @@ test_protocol() {
         grep -q "^$series{" <<<"$page" || missing_series+=("$series")
     done
     expect_eq "/metrics exposes the documented series" "" "${missing_series[*]}"
-    check "/metrics passes promtool check metrics" bash -c "curl -fsS --max-time 5 '$WHARF_URL/metrics' | promtool check metrics"
+    check "/metrics passes promtool check metrics" promtool_lint "$WHARF_URL"
+}
+
+# promtool_lint URL — URL/metrics answers a non-empty page and promtool finds nothing in it.
+# Not a pipe: promtool passes an empty input, so a failed curl must fail on its own.
+promtool_lint() {
+    local page
+    page=$(curl -fsS --max-time 5 "$1/metrics") || return 1
+    [[ -n $page ]] || { echo "$1/metrics answered an empty page"; return 1; }
+    promtool check metrics <<<"$page"
 }
 
 # ---- warm pulls cost the upstream nothing ----------------------------------------------------
@@ -236,6 +245,23 @@ measure_timings() {
     done
     printf '....  %7s %8s %12s %12s %20s\n' median "$(median "${direct[@]}")" "$(median "${cold[@]}")" \
         "$(median "${warm[@]}")" "$(median "${rss[@]}")"
+    # The numbers are not asserted, but every timed pull must have worked: a failed one would
+    # otherwise be only a word in the table. (timed_copy runs in $(...), so it cannot count.)
+    local i pulls=() pull missed=()
+    for ((i = 0; i < 3; i++)); do
+        pulls+=("round $((i + 1)) direct: ${direct[i]}" "round $((i + 1)) wharf-cold: ${cold[i]}"
+            "round $((i + 1)) wharf-warm: ${warm[i]}")
+    done
+    for pull in "${pulls[@]}"; do
+        [[ ${pull##*: } =~ ^[0-9]+$ ]] || missed+=("$pull")
+    done
+    if ((${#missed[@]} == 0)); then
+        pass "timings: all 9 timed pulls succeeded"
+    else
+        local log_tail
+        mapfile -t log_tail < <(tail -n 10 "$LOGS/timings.log" 2>/dev/null)
+        fail "timings: all 9 timed pulls succeeded" "${missed[@]}" "${log_tail[@]}"
+    fi
 }
 
 # ---- the upstream goes away ------------------------------------------------------------------
