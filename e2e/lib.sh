@@ -116,12 +116,13 @@ stop_all() {
     PIDS=()
 }
 
-# wait_until SECONDS CMD... — poll CMD every 0.25 s until it succeeds or time runs out.
+# wait_until SECONDS CMD... — poll CMD every 0.25 s until it succeeds: at most SECONDS * 4 polls,
+# and none begun after SECONDS have passed (+1: $SECONDS counts whole seconds).
 wait_until() {
-    local seconds=$1
+    local seconds=$1 i
     shift
-    local deadline=$((SECONDS + seconds))
-    while ((SECONDS < deadline)); do
+    local deadline=$((SECONDS + seconds + 1))
+    for ((i = 0; i < seconds * 4 && SECONDS < deadline; i++)); do
         if "$@" >/dev/null 2>&1; then return 0; fi
         sleep 0.25
     done
