@@ -129,6 +129,23 @@ wait_until() {
     "$@" >/dev/null 2>&1
 }
 
+# The user agent of log_barrier's requests, which no check counts as a client's.
+BARRIER_AGENT=e2e-log-barrier
+
+# log_barrier NAME LOG URL — return once every request that the registry at URL answered before
+# the call is in its access log LOG. The registry writes a request's line as its handler returns,
+# which can be a moment after the client had the last byte; so send a request of our own and
+# wait for its line, which comes after theirs. A FAIL (NAME: ...) if it does not come in 10 s.
+log_barrier() {
+    local name=$1 log=$2 url=$3 id=e2e-barrier-$RANDOM$RANDOM
+    if curl -fsS --max-time 5 -o /dev/null -A "$BARRIER_AGENT" "$url/v2/?$id" &&
+        wait_until 10 grep -qF "$id" "$log"; then
+        return 0
+    fi
+    fail "$name: the access log of $url shows a request sent to it (within 10 s)"
+    return 1
+}
+
 # free_ports N — N distinct unused loopback TCP ports (all held open at once while choosing).
 free_ports() {
     python3 - "$1" <<'EOF'

@@ -136,11 +136,16 @@ upstream_blob_gets_since() {
     upstream_since "$1" | grep -cE '"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]{64}[^ ]* HTTP' || true
 }
 
-# User agents of requests after MARK that did not come from wharf, i.e. a client that went
-# around the mirror.
-bypassers_since() {
-    upstream_since "$1" | awk -F'"' '$(NF-1) !~ /^wharf/ {print $(NF-1)}' | sort | uniq -c
+# bypassers LOG MARK — user agents (with counts) of the requests in the access log LOG after
+# line MARK that came neither from wharf nor from log_barrier: a client that went around the
+# mirror.
+bypassers() {
+    tail -n +"$(($2 + 1))" "$1" |
+        awk -F'"' -v barrier="$BARRIER_AGENT" '$(NF-1) !~ /^wharf/ && $(NF-1) != barrier {print $(NF-1)}' |
+        sort | uniq -c
 }
+
+bypassers_since() { bypassers "$UPSTREAM_ACCESS_LOG" "$1"; }
 
 # ---- images ----------------------------------------------------------------------------------
 
