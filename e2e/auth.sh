@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Client authentication: a wharf with [server.auth] (an htpasswd user and a bearer token) and its
 # metrics on a listener of their own. dockerd (credentials from the CLI's config.json), containerd
 # (a static Authorization header in hosts.toml) and podman (auth.json) each pull through it with
@@ -52,7 +53,7 @@ test_auth() {
         return 0
     fi
     start_authed_wharf
-    METRICS_URL=http://$AUTHED_OPS
+    read_metrics_of "http://$AUTHED_OPS"
     local basic
     basic=$(printf %s "$AUTH_USER:$AUTH_PASSWORD" | base64 -w0)
 
@@ -119,7 +120,7 @@ test_auth() {
     else
         pass "auth: no credential appears in wharf's log"
     fi
-    METRICS_URL=$WHARF_URL
+    read_metrics_of "$WHARF_URL"
     stop_pid "${WHARF_PIDS[authed]}"
     unset 'WHARF_PIDS[authed]'
 }

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The cache on a real filesystem of fixed size (a tmpfs): a full disk, a read-only mount, and
 # churn far beyond max_size measured with statvfs, which sees temp files and committed files
 # in one atomic number. Sourced by run.sh, whose globals (WORK, LOGS, DIGEST, ...) it uses.
@@ -8,6 +9,10 @@ mount_tmpfs() {
 }
 
 readyz_field() { curl -fsS --max-time 5 "$1/readyz" | jq -r "$2"; }
+
+# cache_writable URL — whether the wharf at URL says, on /readyz, that it can cache again. For
+# wait_until: wharf probes its directory every 2 s, so a condition's end shows within seconds.
+cache_writable() { [[ $(readyz_field "$1" .cache.writable) == true ]]; }
 
 # committed_file DIR DIGEST — the path of a committed blob, if it exists.
 committed_file() { find "$1/blobs" -type f -name "${2#sha256:}" 2>/dev/null; }
@@ -66,7 +71,7 @@ test_disk_full() {
 
     # Space returns.
     rm -f "$DISK_DIR/filler"
-    sleep 2.5 # wharf probes the directory every 2 s
+    wait_until 10 cache_writable "$DISK_URL" || true
     expect_eq "space back: /readyz says writable" true "$(readyz_field "$DISK_URL" .cache.writable)"
     expect_eq "space back: the layer is served" "200 $first" "$(http_get "$blobs/$first")"
     if wait_until 5 is_committed "$DISK_DIR" "$first"; then
@@ -96,7 +101,8 @@ test_read_only() {
     expect_eq "read-only: /readyz names the condition" "false read_only" \
         "$(readyz_field "$DISK_URL" '"\(.cache.writable) \(.cache.condition)"')"
     check "read-only: remount the cache directory read-write" mount -o remount,rw "$DISK_DIR"
-    sleep 2.5
+    wait_until 10 cache_writable "$DISK_URL" || true
+    expect_eq "read-write again: /readyz says writable" true "$(readyz_field "$DISK_URL" .cache.writable)"
     expect_eq "read-write again: a layer is served" "200 $third" "$(http_get "$blobs/$third")"
     if wait_until 5 is_committed "$DISK_DIR" "$third"; then
         pass "read-write again: caching resumed"
@@ -112,7 +118,7 @@ test_read_only() {
 # time, while a sampler reads the filesystem's usage every few milliseconds.
 test_churn() {
     local dir=$WORK/churn-cache url=http://127.0.0.1:$CHURN_PORT name=wharf-churn
-    local out=$WORK/churn-out max_size=$((24 * 1024 * 1024)) clients=8 largest baseline
+    local out=$WORK/churn-out max_size=$((24 * 1024 * 1024)) clients=8 largest
     if ! mount_tmpfs "$dir" 256m; then
         fail "churn: mount a 256 MiB tmpfs"
         return 0

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # wharf's behaviour beyond "the pull worked": the protocol request by request, warm pulls, one
 # upstream fetch per blob, hang-ups, timings and an upstream outage. Sourced by run.sh, whose
 # globals (WORK, UP, WHARF, DIGEST, ...) it uses.
@@ -70,7 +71,16 @@ test_protocol() {
         grep -q "^$series{" <<<"$page" || missing_series+=("$series")
     done
     expect_eq "/metrics exposes the documented series" "" "${missing_series[*]}"
-    check "/metrics passes promtool check metrics" bash -c "curl -fsS --max-time 5 '$WHARF_URL/metrics' | promtool check metrics"
+    check "/metrics passes promtool check metrics" promtool_lint "$WHARF_URL"
+}
+
+# promtool_lint URL — URL/metrics answers a non-empty page and promtool finds nothing in it.
+# Not a pipe: promtool passes an empty input, so a failed curl must fail on its own.
+promtool_lint() {
+    local page
+    page=$(curl -fsS --max-time 5 "$1/metrics") || return 1
+    [[ -n $page ]] || { echo "$1/metrics answered an empty page"; return 1; }
+    promtool check metrics <<<"$page"
 }
 
 # ---- warm pulls cost the upstream nothing ----------------------------------------------------
@@ -156,6 +166,13 @@ test_fan_in() {
         "hit +$(($(wmetric wharf_cache_results_total kind=blob result=hit) - hit0))"
 }
 
+# upstream_sent_whole MARK DIGEST SIZE — whether, after MARK, the upstream logged a blob GET of
+# DIGEST answered 200 with all SIZE bytes. (Not a pipe: under pipefail, grep -q leaving early
+# could fail it through the writer's SIGPIPE.)
+upstream_sent_whole() {
+    grep -qE "\"GET /v2/[^ ]+/blobs/$2[ ?][^\"]*\" 200 $3 " < <(upstream_since "$1")
+}
+
 # A client that hangs up does not cancel the fill: the upstream sends the whole blob once, and the
 # next client is served without a second upstream fetch.
 test_hang_up() {
@@ -167,14 +184,13 @@ test_hang_up() {
     curl -s --limit-rate 1M --max-time 0.3 -o /dev/null "$WHARF_URL/v2/library/e2e-fanin/blobs/$blob" || true
     # Say whether the hang-up came before wharf had read the whole blob from the upstream (the
     # upstream logs a request once it has sent everything); a fast wharf may be done by then.
-    if upstream_since "$mark" | grep -q "$blob"; then
+    if grep -q "$blob" < <(upstream_since "$mark"); then
         info "hang-up: wharf had already read the whole blob from the upstream when the client hung up"
     else
         info "hang-up: the client hung up before wharf had read the whole blob from the upstream"
     fi
     # The upstream logs a request when it has finished answering it, with the bytes it sent.
-    if wait_until 30 bash -c 'tail -n +"$(($1 + 1))" "$2" | grep -qE "\"GET /v2/[^ ]+/blobs/$3[ ?][^\"]*\" 200 $4 "' \
-        _ "$mark" "$UPSTREAM_ACCESS_LOG" "$blob" "$size"; then
+    if wait_until 30 upstream_sent_whole "$mark" "$blob" "$size"; then
         pass "hang-up: the fill went on and read the whole blob from the upstream"
     else
         fail "hang-up: the fill went on and read the whole blob from the upstream" \
@@ -229,6 +245,23 @@ measure_timings() {
     done
     printf '....  %7s %8s %12s %12s %20s\n' median "$(median "${direct[@]}")" "$(median "${cold[@]}")" \
         "$(median "${warm[@]}")" "$(median "${rss[@]}")"
+    # The numbers are not asserted, but every timed pull must have worked: a failed one would
+    # otherwise be only a word in the table. (timed_copy runs in $(...), so it cannot count.)
+    local i pulls=() pull missed=()
+    for ((i = 0; i < 3; i++)); do
+        pulls+=("round $((i + 1)) direct: ${direct[i]}" "round $((i + 1)) wharf-cold: ${cold[i]}"
+            "round $((i + 1)) wharf-warm: ${warm[i]}")
+    done
+    for pull in "${pulls[@]}"; do
+        [[ ${pull##*: } =~ ^[0-9]+$ ]] || missed+=("$pull")
+    done
+    if ((${#missed[@]} == 0)); then
+        pass "timings: all 9 timed pulls succeeded"
+    else
+        local log_tail
+        mapfile -t log_tail < <(tail -n 10 "$LOGS/timings.log" 2>/dev/null)
+        fail "timings: all 9 timed pulls succeeded" "${missed[@]}" "${log_tail[@]}"
+    fi
 }
 
 # ---- the upstream goes away ------------------------------------------------------------------

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Pulls through wharf with real clients: skopeo, dockerd, containerd (ctr) and podman, in the URL
 # shape each one uses. Sourced by run.sh, whose globals (WORK, UP, WHARF, DIGEST, ...) it uses.
 
@@ -18,7 +19,7 @@ pull_through() {
     mark=$(upstream_mark)
 
     check "$label: pull succeeds" timeout "$CLIENT_TIMEOUT" "$@"
-    sleep 0.2 # the upstream logs a request just after answering it
+    log_barrier "$label" "$UPSTREAM_ACCESS_LOG" "http://$UP" || true
 
     expect_cmp "$label: wharf answered its manifest requests (200)" \
         "$(($(wmetric wharf_http_requests_total route=manifest status=200) - manifests_before))" -gt 0

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers for run.sh: check bookkeeping, background processes, bounded waits, metrics.
 # Sourced, not executed. Expects WORK (a scratch dir) and LOGS (a dir under it) to be set.
 
@@ -49,8 +50,9 @@ expect_eq() {
 }
 
 # expect_cmp NAME A OP B — integer comparison, e.g. expect_cmp "x" "$n" -gt 0
+# (`test` rather than `[ ]`: with the operator in a variable, shellcheck cannot parse `[ ]`.)
 expect_cmp() {
-    if [[ "$2" =~ ^-?[0-9]+$ && "$4" =~ ^-?[0-9]+$ ]] && [ "$2" "$3" "$4" ]; then
+    if [[ "$2" =~ ^-?[0-9]+$ && "$4" =~ ^-?[0-9]+$ ]] && test "$2" "$3" "$4"; then
         pass "$1"
     else
         fail "$1" "value: $2 (wanted $3 $4)"
@@ -92,17 +94,17 @@ wait_pid() {
 
 # stop_pid PID — SIGTERM, wait up to 20 s, then SIGKILL; the same for its descendants.
 stop_pid() {
-    local pid=$1 kids i
+    local pid=$1 kids=() i
     [[ -z ${REAPED[$pid]:-} ]] || return 0
     REAPED[$pid]=1
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
-    kids=$(descendants "$pid")
+    mapfile -t kids < <(descendants "$pid")
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.2
     done
-    kill -KILL "$pid" $kids 2>/dev/null || true
+    kill -KILL "$pid" "${kids[@]}" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
 
@@ -114,16 +116,34 @@ stop_all() {
     PIDS=()
 }
 
-# wait_until SECONDS CMD... — poll CMD every 0.25 s until it succeeds or time runs out.
+# wait_until SECONDS CMD... — poll CMD every 0.25 s until it succeeds: at most SECONDS * 4 polls,
+# and none begun after SECONDS have passed (+1: $SECONDS counts whole seconds).
 wait_until() {
-    local seconds=$1
+    local seconds=$1 i
     shift
-    local deadline=$((SECONDS + seconds))
-    while ((SECONDS < deadline)); do
+    local deadline=$((SECONDS + seconds + 1))
+    for ((i = 0; i < seconds * 4 && SECONDS < deadline; i++)); do
         if "$@" >/dev/null 2>&1; then return 0; fi
         sleep 0.25
     done
     "$@" >/dev/null 2>&1
+}
+
+# The user agent of log_barrier's requests, which no check counts as a client's.
+BARRIER_AGENT=e2e-log-barrier
+
+# log_barrier NAME LOG URL — return once every request that the registry at URL answered before
+# the call is in its access log LOG. The registry writes a request's line as its handler returns,
+# which can be a moment after the client had the last byte; so send a request of our own and
+# wait for its line, which comes after theirs. A FAIL (NAME: ...) if it does not come in 10 s.
+log_barrier() {
+    local name=$1 log=$2 url=$3 id=e2e-barrier-$RANDOM$RANDOM
+    if curl -fsS --max-time 5 -o /dev/null -A "$BARRIER_AGENT" "$url/v2/?$id" &&
+        wait_until 10 grep -qF "$id" "$log"; then
+        return 0
+    fi
+    fail "$name: the access log of $url shows a request sent to it (within 10 s)"
+    return 1
 }
 
 # free_ports N — N distinct unused loopback TCP ports (all held open at once while choosing).

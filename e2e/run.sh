@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR # (the sourced files sit beside this one)
 # End-to-end test of wharf with real registry clients, entirely on 127.0.0.1.
 #
 #   bash e2e/run.sh path/to/wharf
@@ -65,9 +66,9 @@ finish() {
     declare -F tls_cleanup >/dev/null && tls_cleanup
     # A daemon killed hard can leave mounts behind; rm -rf must never descend through one.
     local mnt
-    for mnt in $(awk -v w="$WORK" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r); do
+    while read -r mnt; do
         umount -l "$mnt" 2>/dev/null
-    done
+    done < <(awk -v w="$WORK" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r)
     if [[ ${KEEP_WORKDIR:-0} == 1 ]]; then
         echo "scratch directory kept: $WORK"
     else
@@ -135,11 +136,16 @@ upstream_blob_gets_since() {
     upstream_since "$1" | grep -cE '"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]{64}[^ ]* HTTP' || true
 }
 
-# User agents of requests after MARK that did not come from wharf, i.e. a client that went
-# around the mirror.
-bypassers_since() {
-    upstream_since "$1" | awk -F'"' '$(NF-1) !~ /^wharf/ {print $(NF-1)}' | sort | uniq -c
+# bypassers LOG MARK — user agents (with counts) of the requests in the access log LOG after
+# line MARK that came neither from wharf nor from log_barrier: a client that went around the
+# mirror.
+bypassers() {
+    tail -n +"$(($2 + 1))" "$1" |
+        awk -F'"' -v barrier="$BARRIER_AGENT" '$(NF-1) !~ /^wharf/ && $(NF-1) != barrier {print $(NF-1)}' |
+        sort | uniq -c
 }
+
+bypassers_since() { bypassers "$UPSTREAM_ACCESS_LOG" "$1"; }
 
 # ---- images ----------------------------------------------------------------------------------
 
@@ -255,6 +261,8 @@ start_wharf() {
 
 # The wharf whose metrics the pull checks read (the main one unless a phase points elsewhere).
 METRICS_URL=$WHARF_URL
+# read_metrics_of URL — point wmetric (and so pull_through) at the wharf at URL.
+read_metrics_of() { METRICS_URL=$1; }
 wmetric() { metric "$METRICS_URL" "$@" || { echo "wharf's /metrics did not answer" >&2; return 1; }; }
 
 # shellcheck source=clients.sh

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # wharf over HTTPS: a private CA made here, dockerd trusting it through
 # /etc/docker/certs.d/<host:port>/ca.crt, containerd through `ca` in the shipped hosts.toml.
 # Sourced by run.sh, whose globals (WORK, UP, DIGEST, CLIENTS, ...) it uses.
@@ -40,7 +41,7 @@ EOF
     protocols+=" $(curl -sS --max-time 5 --http1.1 -o /dev/null -w '%{http_version}' "$TLS_URL/v2/" || true)"
     expect_eq "TLS: /v2/ over HTTP/2 (ALPN) and HTTP/1.1" "2 1.1" "$protocols"
 
-    METRICS_URL=$TLS_URL
+    read_metrics_of "$TLS_URL"
     # dockerd: the shipped daemon.json with an https:// mirror, the CA where dockerd looks.
     mkdir -p "$DOCKER_CERTS_DIR"
     cp "$pki/ca.crt" "$DOCKER_CERTS_DIR/ca.crt"
@@ -59,6 +60,6 @@ EOF
         expect_eq "TLS: ctr: e2e-multi digest matches upstream" \
             "${DIGEST[library/e2e-multi]}" "$(ctr_digest "$ref")"
     fi
-    METRICS_URL=$WHARF_URL
+    read_metrics_of "$WHARF_URL"
     tls_cleanup
 }
