@@ -78,14 +78,9 @@ impl Connection {
         };
         let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        // Checked a few times per idle period, so an idle connection closes between one and
-        // one and a quarter idle periods after its last byte.
-        let every = (limits.idle_timeout / 4).max(Duration::from_millis(10));
-        let mut quiet = Quiet::new(activity);
-        let check = tokio::time::sleep(every.min(limits.header_timeout));
+        let mut watchdog = Watchdog::new(&limits, began, first_request, activity);
+        let check = tokio::time::sleep_until(watchdog.first_check());
         tokio::pin!(check);
-        // When the connection was asked to close for idling.
-        let mut closing: Option<Instant> = None;
         // Once the server shuts down, its grace period bounds every connection instead.
         let mut shutting_down = false;
         loop {
@@ -98,43 +93,114 @@ impl Connection {
                 }
                 _ = shutdown.changed(), if !shutting_down => {
                     shutting_down = true;
-                    if closing.is_none() {
+                    if !watchdog.closing() {
                         connection.as_mut().graceful_shutdown();
                     }
                 }
                 () = check.as_mut(), if !shutting_down => {
-                    let now = Instant::now();
-                    let header_deadline = (!first_request.load(Ordering::Relaxed))
-                        .then_some(began + limits.header_timeout);
-                    if header_deadline.is_some_and(|deadline| now >= deadline) {
-                        tracing::debug!(%peer, "no request within header_timeout; closing");
-                        return;
-                    }
-                    let quiet = quiet.check(now);
-                    match closing {
-                        // Asked to close, it may stay quiet for CLOSE_GRACE only.
-                        Some(at) if quiet.min(now - at) >= CLOSE_GRACE => return,
-                        Some(_) => {}
-                        None if quiet >= limits.idle_timeout => {
+                    match watchdog.check(Instant::now()) {
+                        Verdict::Drop(why) => {
+                            tracing::debug!(%peer, "{why}; closing");
+                            return;
+                        }
+                        Verdict::AskToClose { next } => {
                             tracing::debug!(%peer, "idle for idle_timeout; closing");
                             connection.as_mut().graceful_shutdown();
-                            closing = Some(now);
+                            check.as_mut().reset(next);
                         }
-                        None => {}
+                        Verdict::Wait { next } => check.as_mut().reset(next),
                     }
-                    let next = [header_deadline, closing.map(|at| at + CLOSE_GRACE)]
-                        .into_iter()
-                        .flatten()
-                        .fold(now + every, Instant::min);
-                    check.as_mut().reset(next);
                 }
             }
         }
     }
 }
 
+/// What a check of a connection's limits decided.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Within its limits: check again at `next`.
+    Wait { next: Instant },
+    /// Idle too long: ask it to close gracefully, and check again at `next`.
+    AskToClose { next: Instant },
+    /// Drop it now.
+    Drop(&'static str),
+}
+
+/// The limits one connection is held to: a first request within `header_timeout`, no byte
+/// moving for `idle_timeout` at most, and once asked to close, `CLOSE_GRACE` to do so.
+struct Watchdog {
+    began: Instant,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    /// Checked a few times per idle period, so an idle connection closes between one and one
+    /// and a quarter idle periods after its last byte.
+    every: Duration,
+    first_request: Arc<AtomicBool>,
+    idle: IdleClock,
+    /// When the connection was asked to close for idling.
+    closing: Option<Instant>,
+}
+
+impl Watchdog {
+    fn new(
+        limits: &Limits,
+        began: Instant,
+        first_request: Arc<AtomicBool>,
+        activity: Activity,
+    ) -> Watchdog {
+        Watchdog {
+            began,
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+            every: (limits.idle_timeout / 4).max(Duration::from_millis(10)),
+            first_request,
+            idle: IdleClock::new(activity, began),
+            closing: None,
+        }
+    }
+
+    fn first_check(&self) -> Instant {
+        self.began + self.every.min(self.header_timeout)
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.is_some()
+    }
+
+    fn check(&mut self, now: Instant) -> Verdict {
+        let header_deadline = (!self.first_request.load(Ordering::Relaxed))
+            .then_some(self.began + self.header_timeout);
+        if header_deadline.is_some_and(|deadline| now >= deadline) {
+            return Verdict::Drop("no request within header_timeout");
+        }
+        let quiet = self.idle.quiet_for(now);
+        let asked_now = match self.closing {
+            // Asked to close, it may stay quiet for CLOSE_GRACE only.
+            Some(at) if quiet.min(now - at) >= CLOSE_GRACE => {
+                return Verdict::Drop("still open after being asked to close")
+            }
+            Some(_) => false,
+            None if quiet >= self.idle_timeout => {
+                self.closing = Some(now);
+                true
+            }
+            None => false,
+        };
+        let next = [header_deadline, self.closing.map(|at| at + CLOSE_GRACE)]
+            .into_iter()
+            .flatten()
+            .fold(now + self.every, Instant::min);
+        if asked_now {
+            Verdict::AskToClose { next }
+        } else {
+            Verdict::Wait { next }
+        }
+    }
+}
+
 /// A count of the times bytes moved on a connection. Bumped on every read and write, so it
-/// costs one relaxed store, not a clock read; `Quiet` turns it into time.
+/// costs one relaxed store, not a clock read; an [`IdleClock`] turns it into time.
 #[derive(Clone, Default)]
 struct Activity {
     moves: Arc<AtomicU64>,
@@ -150,22 +216,22 @@ impl Activity {
 
 /// How long a connection has been quiet, as seen at each check: the count of moves is compared
 /// with the last check's, so quiet time is measured from the first check that saw no change.
-struct Quiet {
+struct IdleClock {
     activity: Activity,
     seen: u64,
     since: Instant,
 }
 
-impl Quiet {
-    fn new(activity: Activity) -> Quiet {
-        Quiet {
+impl IdleClock {
+    fn new(activity: Activity, now: Instant) -> IdleClock {
+        IdleClock {
             activity,
             seen: 0,
-            since: Instant::now(),
+            since: now,
         }
     }
 
-    fn check(&mut self, now: Instant) -> Duration {
+    fn quiet_for(&mut self, now: Instant) -> Duration {
         let moves = self.activity.moves.load(Ordering::Relaxed);
         if moves != self.seen {
             self.seen = moves;
@@ -232,5 +298,58 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(header_ms: u64, idle_ms: u64) -> Limits {
+        Limits {
+            header_timeout: Duration::from_millis(header_ms),
+            idle_timeout: Duration::from_millis(idle_ms),
+            ..Limits::default()
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_connection_without_a_request_is_dropped_at_the_header_timeout() {
+        let began = Instant::now();
+        let mut dog = Watchdog::new(
+            &limits(1000, 60_000),
+            began,
+            Arc::default(),
+            Activity::default(),
+        );
+        assert!(
+            matches!(dog.check(began + ms(999)), Verdict::Wait { next } if next <= began + ms(1000))
+        );
+        assert!(matches!(dog.check(began + ms(1000)), Verdict::Drop(_)));
+    }
+
+    #[test]
+    fn an_idle_connection_is_asked_to_close_then_dropped_after_the_grace() {
+        let began = Instant::now();
+        let activity = Activity::default();
+        let first = Arc::new(AtomicBool::new(true));
+        let mut dog = Watchdog::new(&limits(1000, 400), began, first, activity.clone());
+        assert!(matches!(dog.check(began + ms(100)), Verdict::Wait { .. }));
+        activity.moved();
+        // Bytes moved: quiet time starts again from this check.
+        assert!(matches!(dog.check(began + ms(300)), Verdict::Wait { .. }));
+        assert!(matches!(dog.check(began + ms(600)), Verdict::Wait { .. }));
+        let at = began + ms(700);
+        assert_eq!(dog.check(at), Verdict::AskToClose { next: at + ms(100) });
+        assert!(dog.closing());
+        assert!(matches!(
+            dog.check(at + CLOSE_GRACE - ms(1)),
+            Verdict::Wait { .. }
+        ));
+        assert!(matches!(dog.check(at + CLOSE_GRACE), Verdict::Drop(_)));
     }
 }
