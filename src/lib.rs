@@ -29,6 +29,7 @@
 //!    status and an OCI error body in one place; a body cut mid-way cuts the connection.
 pub mod body;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -44,6 +45,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+pub use clock::Clock;
 pub use config::Config;
 pub use error::Error;
 
@@ -78,11 +80,22 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    run_with_clock(listener, config, shutdown, Clock::system()).await
+}
+
+/// [`run`] with the clock that tag freshness and listing reuse are decided on (a manual one
+/// lets a test move time instead of sleeping).
+pub async fn run_with_clock(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    clock: Clock,
+) -> Result<(), StartError> {
     use tokio::signal::unix::{signal, SignalKind};
     let hangups = signal(SignalKind::hangup())
         .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler"))
         .ok();
-    run_with(listener, config, shutdown, hangups).await
+    run_with(listener, config, shutdown, hangups, clock).await
 }
 
 /// [`run`] without taking over SIGHUP, for a wharf embedded in a command (`wharf warm`) where a
@@ -92,7 +105,7 @@ pub async fn run_embedded(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    run_with(listener, config, shutdown, None).await
+    run_with(listener, config, shutdown, None, Clock::system()).await
 }
 
 async fn run_with(
@@ -100,6 +113,7 @@ async fn run_with(
     config: Config,
     shutdown: impl Future<Output = ()>,
     hangups: Option<tokio::signal::unix::Signal>,
+    clock: Clock,
 ) -> Result<(), StartError> {
     // Before anything else: a bad certificate or credentials file must stop start-up, not the
     // first request.
@@ -119,7 +133,13 @@ async fn run_with(
     let cache = Arc::new(cache::Cache::open(&config.cache, &metrics).await?);
     let upstreams = upstream::Upstreams::new(&config.upstreams, &metrics)?;
     let sweeper = tokio::spawn(cache.clone().sweep_idle(config.cache.max_idle));
-    let mirror = mirror::Mirror::new(upstreams, cache, config.cache.clone(), metrics.clone());
+    let mirror = mirror::Mirror::new(
+        upstreams,
+        cache,
+        config.cache.clone(),
+        metrics.clone(),
+        clock,
+    );
     let state = server::AppState {
         mirror,
         metrics,

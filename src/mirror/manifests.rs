@@ -3,7 +3,6 @@
 //! served stale when the upstream is down.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use super::access::Content;
 use super::flights::Role;
@@ -93,7 +92,7 @@ impl Mirror {
             Err(Cached::Moved(variant, manifest)) => Some((variant, manifest)),
         };
         // Stamped when asked, so an answer that arrives late cannot pass for a newer one.
-        let asked_at = SystemTime::now();
+        let asked_at = self.clock.now();
         let reference = Reference::Tag(tag.clone());
         let (fetched, role) = self
             .fetch_manifest(upstream, repo, &reference, accept)
@@ -140,7 +139,7 @@ impl Mirror {
         let Some(manifest) = self.cache.manifest(&variant.digest).await? else {
             return Ok(Err(Cached::Nothing));
         };
-        let now = SystemTime::now();
+        let now = self.clock.now();
         if variant.is_fresh(now, self.config.tag_ttl) {
             return Ok(Ok(ManifestAnswer {
                 manifest,
@@ -158,7 +157,7 @@ impl Mirror {
         }
         match self.revalidate(upstream, key, accept).await {
             Ok(Some(current)) if current == variant.digest => {
-                self.cache.confirm_tag(key, &current, SystemTime::now());
+                self.cache.confirm_tag(key, &current, self.clock.now());
                 Ok(Ok(ManifestAnswer {
                     manifest,
                     result: CacheResult::Hit,
@@ -184,7 +183,7 @@ impl Mirror {
     ) -> Result<ManifestAnswer, Error> {
         let outage = matches!(&error, Error::Upstream(e) if e.is_outage());
         if outage && self.config.serve_stale {
-            let now = SystemTime::now();
+            let now = self.clock.now();
             // Requests that waited on one revalidation all land here: log it once.
             let first = match defer {
                 Defer::Yes => {

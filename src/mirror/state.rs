@@ -2,12 +2,14 @@
 //! fetch of their own (readiness, listings).
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use moka::future::Cache as ListingCache;
 
 use super::access::ConfirmedAccess;
 use super::flights::Flights;
 use crate::cache::{Cache, Condition};
+use crate::clock::Clock;
 use crate::config::CacheConfig;
 use crate::error::{ClientError, Error};
 use crate::metrics::Metrics;
@@ -25,10 +27,14 @@ pub struct Mirror {
     pub(super) cache: Arc<Cache>,
     pub(super) manifest_fetches: Flights<ManifestKey, Result<Arc<RawManifest>, Error>>,
     pub(super) revalidations: Flights<ManifestKey, Result<Option<Digest>, Error>>,
-    listings: ListingCache<ListingKey, Arc<ListingPage>>,
+    /// Listings and when they were fetched (by `clock`): reused while younger than
+    /// `listing_ttl`.
+    listings: ListingCache<ListingKey, (SystemTime, Arc<ListingPage>)>,
     pub(super) access: ConfirmedAccess,
     pub(super) config: CacheConfig,
     pub(super) metrics: Metrics,
+    /// What tag freshness and listing reuse are decided on.
+    pub(super) clock: Clock,
 }
 
 /// Whether the cache takes writes and how full it is, for `/readyz`.
@@ -48,12 +54,14 @@ impl Mirror {
         cache: Arc<Cache>,
         config: CacheConfig,
         metrics: Metrics,
+        clock: Clock,
     ) -> Arc<Mirror> {
         Arc::new(Mirror {
             upstreams,
             cache,
             manifest_fetches: Flights::default(),
             revalidations: Flights::default(),
+            // The freshness check is wharf's own (on `clock`); moka's TTL only frees memory.
             listings: ListingCache::builder()
                 .max_capacity(10_000)
                 .time_to_live(config.listing_ttl)
@@ -61,6 +69,7 @@ impl Mirror {
             access: ConfirmedAccess::default(),
             config,
             metrics,
+            clock,
         })
     }
 
@@ -113,15 +122,27 @@ impl Mirror {
     ) -> Result<Arc<ListingPage>, Error> {
         let upstream = self.upstream(registry, repo)?;
         let key = (Arc::from(upstream.name()), repo.clone(), listing.clone());
-        self.listings
+        let fresh = |fetched: SystemTime| {
+            self.clock
+                .now()
+                .duration_since(fetched)
+                .map_or(true, |age| age < self.config.listing_ttl)
+        };
+        if let Some((fetched, page)) = self.listings.get(&key).await {
+            if fresh(fetched) {
+                return Ok(page);
+            }
+            self.listings.invalidate(&key).await;
+        }
+        let fetched = self
+            .listings
             .try_get_with(key, async {
-                upstream
-                    .listing(repo, listing)
-                    .await
-                    .map(Arc::new)
-                    .map_err(Error::from)
+                let asked_at = self.clock.now();
+                let page = upstream.listing(repo, listing).await?;
+                Ok::<_, Error>((asked_at, Arc::new(page)))
             })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone())?;
+        Ok(fetched.1)
     }
 }
