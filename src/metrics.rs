@@ -29,6 +29,7 @@ pub struct Collectors {
     pub upstream_requests: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
     pub served_bytes: IntCounterVec,
+    pub file_range_bytes: IntCounterVec,
     pub fills_in_flight: IntGauge,
     pub digest_mismatches: IntCounter,
     pub cache_size_bytes: IntGauge,
@@ -208,6 +209,13 @@ impl Metrics {
                 "wharf_served_bytes_total",
                 "Body bytes sent to clients, by source (cache|upstream)",
                 &["source"],
+            ),
+            file_range_bytes: counter_vec(
+                &registry,
+                "wharf_file_range_bytes_total",
+                "Cached body bytes sent from the file itself, by how (sendfile, or \
+                 read_and_send where the filesystem cannot splice)",
+                &["how"],
             ),
             fills_in_flight: gauge(
                 &registry,

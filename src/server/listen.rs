@@ -13,7 +13,7 @@ use tokio::sync::{watch, Semaphore};
 
 use super::connection::Connection;
 use super::reload::{keep_current, Reload};
-use super::sendfile::SendfileSocket;
+use super::sendfile::{FileRangeCounters, SendfileSocket};
 use super::state::{AppState, Surface};
 use super::tls::Tls;
 use crate::config::Limits;
@@ -65,6 +65,7 @@ struct Accepting {
     closing: watch::Receiver<bool>,
     /// Becomes `true` when the listeners should stop accepting.
     stop: watch::Receiver<bool>,
+    file_range_bytes: FileRangeCounters,
 }
 
 /// Serves until `shutdown` resolves, then lets open connections finish for up to the grace
@@ -84,7 +85,18 @@ pub async fn serve(
     // the last one is gone.
     let (closing, closing_seen) = watch::channel(false);
     let (stop, stopped) = watch::channel(false);
+    let file_range_bytes = FileRangeCounters {
+        sendfile: state
+            .metrics
+            .file_range_bytes
+            .with_label_values(&["sendfile"]),
+        copied: state
+            .metrics
+            .file_range_bytes
+            .with_label_values(&["read_and_send"]),
+    };
     let accepting = Accepting {
+        file_range_bytes,
         builder: http_builder(&limits),
         state,
         slots: Arc::new(Semaphore::new(limits.max_connections)),
@@ -139,6 +151,7 @@ async fn accept_loop(
         slots,
         closing,
         mut stop,
+        file_range_bytes,
     } = accepting;
     loop {
         // At the cap, stop accepting: new connections wait in the kernel's queue.
@@ -170,7 +183,7 @@ async fn accept_loop(
         };
         match &tls {
             None => {
-                let (socket, file_ranges) = SendfileSocket::new(stream);
+                let (socket, file_ranges) = SendfileSocket::new(stream, file_range_bytes.clone());
                 tokio::spawn(connection.run(socket, Some(file_ranges)));
             }
             Some(tls) => {

@@ -9,18 +9,32 @@
 //! the file range in its place. A placeholder that does not match the head of the queue, in
 //! position or in length, cuts the connection: a client may get a short body, never wrong bytes.
 //!
+//! The assumption this rests on: hyper, writing vectored (`http1().writev(true)`, set in
+//! `server::listen`), hands each body chunk to the socket as the very slice it was given and
+//! never copies it into a buffer of its own. Should a hyper release ever copy, the placeholders'
+//! zeros would reach this socket as ordinary bytes: the test
+//! `cached_blobs_reach_the_socket_by_sendfile` (in the integration tests) sends a large cached
+//! blob through the real server and fails unless its digest is right and the bytes were counted
+//! as sent by `sendfile` (`wharf_file_range_bytes_total{how="sendfile"}`).
+//!
+//! Where a file's filesystem cannot splice, its range is read on the blocking pool and then
+//! sent, so a slow disk never stalls the async worker that polls the socket.
+//!
 //! Knows sockets and files, not requests or the cache.
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use crate::body::FileRange;
 
@@ -39,6 +53,9 @@ fn placeholder_offset(slice: &[u8]) -> Option<usize> {
     (at < PLACEHOLDER.len() && !slice.is_empty()).then_some(at)
 }
 
+/// How much one read of the copying fallback takes.
+const COPY_CHUNK: usize = 64 * 1024;
+
 /// A file range waiting to be sent.
 struct Pending {
     file: Arc<File>,
@@ -47,6 +64,22 @@ struct Pending {
     sent: usize,
     /// Where its placeholder starts in the region.
     start: usize,
+    /// Set once `sendfile` refused the file: the rest goes by read and send.
+    copying: Option<Copying>,
+}
+
+/// The copying fallback's next piece: being read on the blocking pool, or being sent.
+enum Copying {
+    Reading(JoinHandle<io::Result<Bytes>>),
+    Sending { bytes: Bytes, sent: usize },
+}
+
+/// Bytes sent from files, by how: counted so that a test (and an operator) can see that the
+/// zero-copy path is the one taken.
+#[derive(Clone)]
+pub struct FileRangeCounters {
+    pub sendfile: IntCounter,
+    pub copied: IntCounter,
 }
 
 #[derive(Default)]
@@ -79,6 +112,7 @@ impl FileRanges {
             len,
             sent: 0,
             start,
+            copying: None,
         });
         Bytes::from_static(&PLACEHOLDER[start..start + len])
     }
@@ -88,14 +122,16 @@ impl FileRanges {
 pub struct SendfileSocket {
     stream: TcpStream,
     ranges: FileRanges,
+    counters: FileRangeCounters,
 }
 
 impl SendfileSocket {
-    pub fn new(stream: TcpStream) -> (Self, FileRanges) {
+    pub fn new(stream: TcpStream, counters: FileRangeCounters) -> (Self, FileRanges) {
         let ranges = FileRanges::default();
         let socket = SendfileSocket {
             stream,
             ranges: ranges.clone(),
+            counters,
         };
         (socket, ranges)
     }
@@ -117,30 +153,97 @@ impl SendfileSocket {
             )));
         }
         loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            let offset = range.offset + range.sent as u64;
-            let sent = self.stream.try_io(Interest::WRITABLE, || {
-                send_file_range(&self.stream, &range.file, offset, slice.len())
-            });
-            match sent {
-                Ok(0) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "cache file is shorter than recorded",
-                    )))
-                }
-                Ok(n) => {
-                    range.sent += n;
-                    if range.sent == range.len {
-                        queue.pending.pop_front();
+            let sent = match &mut range.copying {
+                None => {
+                    ready!(self.stream.poll_write_ready(cx))?;
+                    let offset = range.offset + range.sent as u64;
+                    let sent = self.stream.try_io(Interest::WRITABLE, || {
+                        let mut at = offset;
+                        rustix::fs::sendfile(&self.stream, &*range.file, Some(&mut at), slice.len())
+                            .map_err(io::Error::from)
+                    });
+                    match sent {
+                        Err(e) if cannot_splice(&e) => {
+                            range.copying = Some(read_on_the_side(range, offset));
+                            continue;
+                        }
+                        Ok(n) => {
+                            self.counters.sendfile.inc_by(n as u64);
+                            n
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(e)),
                     }
-                    return Poll::Ready(Ok(n));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                Some(Copying::Reading(read)) => {
+                    let bytes = ready!(Pin::new(read).poll(cx)).map_err(io::Error::other)??;
+                    if bytes.is_empty() {
+                        return Poll::Ready(Err(shorter_than_recorded()));
+                    }
+                    range.copying = Some(Copying::Sending { bytes, sent: 0 });
+                    continue;
+                }
+                Some(Copying::Sending { bytes, sent }) => {
+                    ready!(self.stream.poll_write_ready(cx))?;
+                    let n = match self.stream.try_io(Interest::WRITABLE, || {
+                        rustix::net::send(
+                            &self.stream,
+                            &bytes[*sent..],
+                            rustix::net::SendFlags::NOSIGNAL,
+                        )
+                        .map_err(io::Error::from)
+                    }) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    *sent += n;
+                    if *sent == bytes.len() {
+                        let offset = range.offset + (range.sent + n) as u64;
+                        range.copying =
+                            (range.sent + n < range.len).then(|| read_on_the_side(range, offset));
+                    }
+                    self.counters.copied.inc_by(n as u64);
+                    n
+                }
+            };
+            if sent == 0 {
+                return Poll::Ready(Err(shorter_than_recorded()));
             }
+            range.sent += sent;
+            if range.sent == range.len {
+                queue.pending.pop_front();
+            }
+            return Poll::Ready(Ok(sent));
         }
     }
+}
+
+/// Starts reading the next piece of `range` from `offset` on the blocking pool.
+fn read_on_the_side(range: &Pending, offset: u64) -> Copying {
+    use std::os::unix::fs::FileExt;
+    let (file, len) = (range.file.clone(), (range.len - range.sent).min(COPY_CHUNK));
+    Copying::Reading(tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0; len];
+        let n = file.read_at(&mut buf, offset)?;
+        buf.truncate(n);
+        Ok(Bytes::from(buf))
+    }))
+}
+
+/// `sendfile` refused the file itself (its filesystem cannot splice), not the socket.
+fn cannot_splice(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    e.raw_os_error()
+        .map(Errno::from_raw_os_error)
+        .is_some_and(|errno| matches!(errno, Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP))
+}
+
+fn shorter_than_recorded() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "cache file is shorter than recorded",
+    )
 }
 
 impl SendfileSocket {
@@ -167,28 +270,6 @@ impl SendfileSocket {
                 sent => return Poll::Ready(sent),
             }
         }
-    }
-}
-
-/// Sends up to `len` bytes of `file` at `offset` with `sendfile`, or, where the file's
-/// filesystem cannot splice, with a read and a write. (A peer that hung up makes `sendfile`
-/// raise SIGPIPE, which Rust programs ignore: the call fails with EPIPE instead.)
-fn send_file_range(socket: &TcpStream, file: &File, offset: u64, len: usize) -> io::Result<usize> {
-    use rustix::io::Errno;
-    let mut at = offset;
-    match rustix::fs::sendfile(socket, file, Some(&mut at), len) {
-        Ok(n) => Ok(n),
-        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-            use std::os::unix::fs::FileExt;
-            let mut buf = vec![0; len.min(64 * 1024)];
-            let n = file.read_at(&mut buf, offset)?;
-            if n == 0 {
-                return Ok(0);
-            }
-            rustix::net::send(socket, &buf[..n], rustix::net::SendFlags::NOSIGNAL)
-                .map_err(io::Error::from)
-        }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -263,8 +344,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        let (socket, ranges) = SendfileSocket::new(accepted.unwrap().0);
+        let (socket, ranges) = SendfileSocket::new(accepted.unwrap().0, counters());
         (socket, ranges, client.unwrap())
+    }
+
+    fn counters() -> FileRangeCounters {
+        FileRangeCounters {
+            sendfile: IntCounter::new("sendfile", "sendfile").unwrap(),
+            copied: IntCounter::new("copied", "copied").unwrap(),
+        }
     }
 
     fn file_of(bytes: &[u8]) -> Arc<File> {
@@ -309,6 +397,11 @@ mod tests {
             }
         }
         socket.shutdown().await.unwrap();
+        assert_eq!(
+            socket.counters.sendfile.get(),
+            (MAX_RANGE + 1000) as u64,
+            "both ranges went by sendfile"
+        );
         drop(socket);
         let got = reader.await.unwrap();
         let mut want = b"head".to_vec();
