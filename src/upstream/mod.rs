@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 pub use auth::Challenge;
+pub use backoff::{as_retry_after, parse_retry_after};
 use auth::{TokenCache, TokenResponse};
 use backoff::Backoff;
 use bandwidth::Bandwidth;
