@@ -8,6 +8,7 @@ mod disk;
 mod health;
 mod index;
 mod layout;
+mod ledger;
 pub mod manifest_file;
 pub mod scan;
 #[cfg(test)]
@@ -16,7 +17,7 @@ mod tests;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::metrics::{BypassReason, EvictionReason, Metrics};
@@ -25,9 +26,11 @@ pub use disk::RoomClaim;
 use disk::RoomPromises;
 pub use health::Condition;
 use health::Health;
-use index::{Entry, Index, Reservation};
+use index::Index;
 use layout::Layout;
 pub use layout::{entry_path, EntryKey, EntryKind};
+pub use ledger::Usage;
+use ledger::{Ledger, Room, Victims};
 
 /// Free space a probe wants to see before caching resumes after the disk was full.
 const PROBE_MIN_FREE: u64 = 1024 * 1024;
@@ -35,10 +38,7 @@ const PROBE_MIN_FREE: u64 = 1024 * 1024;
 /// The cache directory.
 pub struct Store {
     layout: Layout,
-    max_size: u64,
-    index: Mutex<Index>,
-    /// Signalled when a reservation ends, for commits waiting for room.
-    reservation_ended: Condvar,
+    ledger: Ledger,
     promises: RoomPromises,
     health: Health,
     metrics: Metrics,
@@ -61,16 +61,6 @@ pub enum Committed {
     TooLarge,
 }
 
-/// Committed bytes and entries, and the span of their last uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    pub bytes: u64,
-    pub entries: u64,
-    pub max_bytes: u64,
-    /// Oldest and newest last use, in seconds since the Unix epoch.
-    pub use_span: Option<(u32, u32)>,
-}
-
 impl Store {
     /// Opens (creating if needed) a cache directory: takes its lock, removes temp files a
     /// previous run left behind, rebuilds the index from file metadata, and evicts down to
@@ -89,27 +79,20 @@ impl Store {
         for e in entries {
             index.insert(e.key, e.size, e.used);
         }
-        metrics.cache_max_size_bytes.set(gauge_value(max_size));
         let store = Store {
             layout,
-            max_size,
-            index: Mutex::new(index),
-            reservation_ended: Condvar::new(),
+            ledger: Ledger::new(index, max_size, metrics.clone()),
             promises: RoomPromises::default(),
             health: Health::new(metrics.clone()),
             metrics,
             _lock: lock,
         };
-        let victims = store.lock_index().shrink_to(max_size);
+        let victims = store.ledger.over_max_size();
         // What cannot be removed now (a read-only directory) stays counted; the next commit
         // tries again.
         let _ = store.unlink(victims, EvictionReason::Size);
-        store.publish_usage();
+        store.ledger.publish();
         Ok(store)
-    }
-
-    fn lock_index(&self) -> MutexGuard<'_, Index> {
-        self.index.lock().expect("lock poisoned")
     }
 
     pub fn root(&self) -> &Path {
@@ -117,20 +100,7 @@ impl Store {
     }
 
     pub fn usage(&self) -> Usage {
-        let index = self.lock_index();
-        let (bytes, entries) = index.usage();
-        Usage {
-            bytes,
-            entries,
-            max_bytes: self.max_size,
-            use_span: index.use_span(),
-        }
-    }
-
-    fn publish_usage(&self) {
-        let (bytes, entries) = self.lock_index().usage();
-        self.metrics.cache_size_bytes.set(gauge_value(bytes));
-        self.metrics.cache_entries.set(gauge_value(entries));
+        self.ledger.usage()
     }
 
     pub fn path(&self, key: &EntryKey) -> PathBuf {
@@ -161,26 +131,18 @@ impl Store {
     fn commit_inner(&self, temp: &Path, file: &File, key: &EntryKey) -> io::Result<Committed> {
         file.sync_all()?;
         let size = file.metadata()?.len();
-        let victims = {
-            let mut index = self.lock_index();
-            loop {
-                match index.reserve(size, self.max_size) {
-                    Reservation::Granted(victims) => break victims,
-                    Reservation::TooLarge => {
-                        self.metrics.bypassed(BypassReason::Oversize);
-                        tracing::debug!(digest = %key.digest, size, "not caching an entry larger than the whole cache");
-                        return Ok(Committed::TooLarge);
-                    }
-                    Reservation::Wait => {
-                        index = self.reservation_ended.wait(index).expect("lock poisoned");
-                    }
-                }
+        let victims = match self.ledger.reserve(size) {
+            Room::Granted(victims) => victims,
+            Room::TooLarge => {
+                self.metrics.bypassed(BypassReason::Oversize);
+                tracing::debug!(digest = %key.digest, size, "not caching an entry larger than the whole cache");
+                return Ok(Committed::TooLarge);
             }
         };
         // Victims go before the new file arrives: the bytes on disk never pass max_size. One
         // that cannot be removed stays counted, and this commit gives up its room instead.
         if let Err(e) = self.unlink(victims, EvictionReason::Size) {
-            self.end_reservation(size, None);
+            self.ledger.end_reservation(size, None);
             return Err(e);
         }
         let target = self.path(key);
@@ -188,23 +150,11 @@ impl Store {
         let renamed = fs::create_dir_all(parent).and_then(|()| fs::rename(temp, &target));
         // Once renamed, the file is in the cache and must be counted, even if the directory's
         // fsync then fails (a crash could still undo the rename, which only loses the entry).
-        self.end_reservation(size, renamed.is_ok().then(|| key.clone()));
+        self.ledger
+            .end_reservation(size, renamed.is_ok().then(|| key.clone()));
         renamed?;
         File::open(parent)?.sync_all()?;
         Ok(Committed::Stored)
-    }
-
-    /// Ends a reservation of `size` bytes, inserting the entry that took its place, if any.
-    fn end_reservation(&self, size: u64, landed: Option<EntryKey>) {
-        {
-            let mut index = self.lock_index();
-            index.release(size);
-            if let Some(key) = landed {
-                index.insert(key, size, SystemTime::now());
-            }
-        }
-        self.reservation_ended.notify_all();
-        self.publish_usage();
     }
 
     /// Opens a committed blob and counts the use. A file that is missing, unreadable, or whose
@@ -213,7 +163,7 @@ impl Store {
     pub fn open_blob(&self, digest: &Digest) -> Option<CommittedFile> {
         let key = EntryKey::blob(digest);
         let now = SystemTime::now();
-        let used = self.lock_index().touch(&key, now)?;
+        let used = self.ledger.touch(&key, now)?;
         let opened =
             File::open(self.path(&key)).and_then(|file| Ok((file.metadata()?.len(), file)));
         let (size, file) = match opened {
@@ -245,7 +195,7 @@ impl Store {
     /// Returns whether the entry is still cached.
     pub fn touch(&self, key: &EntryKey) -> bool {
         let now = SystemTime::now();
-        let Some(used) = self.lock_index().touch(key, now) else {
+        let Some(used) = self.ledger.touch(key, now) else {
             return false;
         };
         if used.persist {
@@ -255,7 +205,7 @@ impl Store {
     }
 
     pub fn contains(&self, key: &EntryKey) -> bool {
-        self.lock_index().contains(key)
+        self.ledger.contains(key)
     }
 
     /// Reads a cached manifest and counts the use, re-checking its digest: a damaged file is
@@ -304,13 +254,13 @@ impl Store {
 
     /// Removes an entry whose file is missing or damaged, from the index and from disk.
     fn drop_invalid(&self, key: &EntryKey, why: &str) {
-        let Some(entry) = self.lock_index().remove(key) else {
+        let Some(entry) = self.ledger.remove(key) else {
             return;
         };
         tracing::warn!(digest = %key.digest, why, "dropping a cache entry");
         let _ = fs::remove_file(self.path(key));
         self.metrics.evicted(EvictionReason::Invalid, entry.size);
-        self.publish_usage();
+        self.ledger.publish();
     }
 
     /// Evicts every entry unused for `max_idle`.
@@ -318,24 +268,24 @@ impl Store {
         let cutoff = SystemTime::now()
             .checked_sub(max_idle)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let victims = self.lock_index().pop_idle(cutoff);
+        let victims = self.ledger.idle_since(cutoff);
         if !victims.is_empty() {
             // A victim that cannot be removed is put back and tried again next sweep.
             let _ = self.unlink(victims, EvictionReason::Idle);
-            self.publish_usage();
+            self.ledger.publish();
         }
     }
 
     /// Unlinks victims taken out of the index. Unlink, never truncate: a reader holding the file
     /// keeps reading it to the end. A victim that cannot be removed goes back into the index (it
     /// still takes space), and the first such error is returned.
-    fn unlink(&self, victims: Vec<(EntryKey, Entry)>, reason: EvictionReason) -> io::Result<()> {
+    fn unlink(&self, victims: Victims, reason: EvictionReason) -> io::Result<()> {
         let mut result = Ok(());
         for (key, entry) in victims {
             match fs::remove_file(self.path(&key)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     tracing::warn!(digest = %key.digest, error = %e, "cannot remove an evicted entry");
-                    self.lock_index().restore(key, entry);
+                    self.ledger.restore(key, entry);
                     if result.is_ok() {
                         result = Err(e);
                     }
@@ -367,14 +317,14 @@ impl Store {
             // Measured again after each round: an evicted file frees nothing while a reader
             // still has it open, or if it was already removed behind wharf's back. Each round
             // takes entries out of the index, so this ends.
-            let victims = self.lock_index().free_at_least(bytes - available);
+            let victims = self.ledger.at_least(bytes - available);
             let evicted =
                 victims.is_some_and(|v| self.unlink(v, EvictionReason::DiskSpace).is_ok());
-            self.publish_usage();
+            self.ledger.publish();
             if !evicted {
                 // Only an entry the cache could ever hold makes the whole cache wait for room;
                 // a larger one is just served without caching.
-                if bytes <= self.max_size.min(total) {
+                if bytes <= self.ledger.max_size().min(total) {
                     self.health.failed_needing(&disk::no_space(), bytes);
                 } else {
                     self.metrics.bypassed(BypassReason::Oversize);
@@ -410,8 +360,4 @@ impl Store {
         let _ = fs::remove_file(path);
         written
     }
-}
-
-fn gauge_value(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
