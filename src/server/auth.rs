@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -296,6 +296,8 @@ pub struct Authenticator {
     /// Checks waiting for a place now, and the most that may.
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
+    /// bcrypt checks run so far.
+    password_checks: AtomicU64,
 }
 
 impl Authenticator {
@@ -318,7 +320,13 @@ impl Authenticator {
             hashing: Arc::new(Semaphore::new(places)),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: places * WAITING_PER_PLACE,
+            password_checks: AtomicU64::new(0),
         })
+    }
+
+    /// How many bcrypt checks have run.
+    pub fn password_checks(&self) -> u64 {
+        self.password_checks.load(Ordering::Relaxed)
     }
 
     /// Whom `authorization` (the header's value, if any) shows the client to be.
@@ -381,6 +389,7 @@ impl Authenticator {
                 place.map_err(|_| AuthError::Busy)?
             }
         };
+        self.password_checks.fetch_add(1, Ordering::Relaxed);
         let matched = tokio::task::spawn_blocking(move || {
             let _place = place;
             bcrypt::verify(password, &hash).unwrap_or(false)
@@ -615,10 +624,29 @@ mod tests {
         assert!(auth.authenticate(Some(b"Bearer t")).await.is_ok());
     }
 
+    /// Takes every place for bcrypt, so that checks queue until the places are given back.
+    async fn hold_every_place(auth: &Authenticator) -> tokio::sync::OwnedSemaphorePermit {
+        let places = auth.hashing.available_permits() as u32;
+        auth.hashing
+            .clone()
+            .acquire_many_owned(places)
+            .await
+            .unwrap()
+    }
+
+    /// Polls `condition` until it holds, for at most 30 s (a bound, not a timing).
+    async fn until(condition: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !condition() {
+            assert!(std::time::Instant::now() < deadline, "condition never held");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flood_of_guesses_is_turned_away_and_known_clients_pass() {
         let dir = tempfile::tempdir().unwrap();
-        let hash = bcrypt::hash("right", 8).unwrap();
+        let hash = bcrypt::hash("right", 4).unwrap();
         let auth = Arc::new(
             Authenticator::load(&files(dir.path(), &format!("alice:{hash}\n"), "")).unwrap(),
         );
@@ -626,6 +654,9 @@ mod tests {
             .authenticate(Some(&basic("alice", "right")))
             .await
             .is_ok());
+        // With every place taken, no bcrypt can run: guesses queue up to the bound, and the
+        // rest are turned away at once.
+        let places = hold_every_place(&auth).await;
         let guesses: Vec<_> = (0..200)
             .map(|n| {
                 let auth = auth.clone();
@@ -635,23 +666,97 @@ mod tests {
                 })
             })
             .collect();
-        // Meanwhile a client already verified is let in at once, without a bcrypt.
-        let started = std::time::Instant::now();
-        assert!(auth
-            .authenticate(Some(&basic("alice", "right")))
-            .await
-            .is_ok());
-        assert!(started.elapsed() < Duration::from_millis(50));
-        let mut busy = 0;
+        let queued = auth.max_waiting.min(200);
+        until(|| {
+            let finished = guesses.iter().filter(|g| g.is_finished()).count();
+            auth.waiting.load(Ordering::Acquire) == queued && finished == 200 - queued
+        })
+        .await;
+        // Meanwhile a client already verified is let in without a bcrypt: none could run.
+        let verified = tokio::time::timeout(
+            Duration::from_secs(30),
+            auth.authenticate(Some(&basic("alice", "right"))),
+        )
+        .await;
+        assert!(matches!(verified, Ok(Ok(_))), "{verified:?}");
+        drop(places);
+        let (mut busy, mut refused) = (0, 0);
         for guess in guesses {
             match guess.await.unwrap() {
                 Err(AuthError::Busy) => busy += 1,
-                Err(AuthError::Refused) => {}
+                Err(AuthError::Refused) => refused += 1,
                 Ok(who) => panic!("a guess got in as {who}"),
             }
         }
-        assert!(busy > 100, "only {busy} of 200 guesses were turned away");
+        assert_eq!((busy, refused), (200 - queued, queued));
         assert_eq!(auth.waiting.load(Ordering::Acquire), 0);
+        assert_eq!(auth.password_checks(), 1 + queued as u64);
+    }
+
+    /// Runs `n` checks of one value on this (single) thread until each has reached its first
+    /// wait, and returns them.
+    async fn start_checks(
+        auth: &Arc<Authenticator>,
+        value: &[u8],
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<Arc<str>, AuthError>>> {
+        let checks: Vec<_> = (0..n)
+            .map(|_| {
+                let (auth, value) = (auth.clone(), value.to_vec());
+                tokio::spawn(async move { auth.authenticate(Some(&value)).await })
+            })
+            .collect();
+        // On a current-thread runtime nothing else runs: a few rounds of yielding let every
+        // check reach the point where it waits.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        checks
+    }
+
+    #[tokio::test]
+    async fn concurrent_checks_of_one_credential_share_one_bcrypt() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash("right", 4).unwrap();
+        let auth = Arc::new(
+            Authenticator::load(&files(dir.path(), &format!("alice:{hash}\n"), "")).unwrap(),
+        );
+        let places = hold_every_place(&auth).await;
+        let checks = start_checks(&auth, &basic("alice", "right"), 20).await;
+        assert_eq!(
+            auth.waiting.load(Ordering::Acquire),
+            1,
+            "twenty checks of one value, one in the queue for bcrypt"
+        );
+        drop(places);
+        for check in checks {
+            assert_eq!(&*check.await.unwrap().unwrap(), "alice");
+        }
+        assert_eq!(auth.password_checks(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_check_that_straddles_a_reload_does_not_outlive_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash("right", 4).unwrap();
+        let config = files(dir.path(), &format!("alice:{hash}\nbob:{hash}\n"), "");
+        let auth = Arc::new(Authenticator::load(&config).unwrap());
+        let places = hold_every_place(&auth).await;
+        let alice = basic("alice", "right");
+        let straddling = start_checks(&auth, &alice, 1).await;
+        // alice is removed while her check waits for bcrypt.
+        fs::write(dir.path().join("htpasswd"), format!("bob:{hash}\n")).unwrap();
+        auth.reload(true);
+        drop(places);
+        // The check was made against the file as it was when it began...
+        for check in straddling {
+            let _ = check.await.unwrap();
+        }
+        // ...but its answer is not what the next request gets.
+        assert_eq!(
+            auth.authenticate(Some(&alice)).await,
+            Err(AuthError::Refused)
+        );
     }
 
     #[test]

@@ -115,3 +115,46 @@ impl Surface {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuthConfig, RateLimit};
+    use base64::Engine as _;
+
+    #[tokio::test]
+    async fn the_address_is_checked_before_any_password_is_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        let hash = bcrypt::hash("right", 4).unwrap();
+        std::fs::write(&htpasswd, format!("alice:{hash}\n")).unwrap();
+        let files = AuthConfig {
+            htpasswd: Some(htpasswd),
+            tokens: None,
+        };
+        let access = Access::new(
+            Some(vec!["10.0.0.0/8".parse().unwrap()]),
+            &RateLimit::default(),
+            Some(auth::Authenticator::load(&files).unwrap()),
+        );
+        let client = Client {
+            peer: "127.0.0.1:40000".parse().unwrap(),
+            surface: Surface::All,
+        };
+        for password in ["right", "wrong"] {
+            let value = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"))
+            );
+            let admitted = access
+                .admits(client, &route::Route::Base, Some(value.as_bytes()))
+                .await;
+            assert!(
+                matches!(admitted, Err(ClientError::AddressNotAllowed)),
+                "{admitted:?}"
+            );
+        }
+        let authenticator = access.authenticator.as_ref().unwrap();
+        assert_eq!(authenticator.password_checks(), 0);
+    }
+}
