@@ -20,9 +20,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 pub use auth::Challenge;
-pub use backoff::{as_retry_after, parse_retry_after};
 use auth::{TokenCache, TokenResponse};
 use backoff::Backoff;
+pub use backoff::{as_retry_after, parse_retry_after};
 use bandwidth::Bandwidth;
 use error::classify;
 pub use error::{CaBundleError, SetupError, UpstreamError};
