@@ -388,89 +388,16 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.upstreams.is_empty() {
             return invalid("at least one [[upstream]] is required".into());
         }
         for (i, u) in self.upstreams.iter().enumerate() {
-            let valid_name = !u.name.is_empty()
-                && !u.name.starts_with('.')
-                && u.name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
-            if !valid_name {
-                return invalid(format!(
-                    "upstream[{i}].name {:?} must be a registry host such as \"docker.io\" or \"host:port\"",
-                    u.name
-                ));
-            }
             if self.upstreams[..i].iter().any(|o| o.name == u.name) {
                 return invalid(format!("upstream name {:?} is listed twice", u.name));
             }
-            if !matches!(u.url.scheme(), "http" | "https") || u.url.host().is_none() {
-                return invalid(format!(
-                    "upstream[{i}].url {} must be an http(s) URL with a host",
-                    u.url
-                ));
-            }
-            if u.username.is_some() != u.password_file.is_some() {
-                return invalid(format!(
-                    "upstream[{i}]: username and password_file must be set together"
-                ));
-            }
-            if u.repositories.as_ref().is_some_and(Vec::is_empty) {
-                return invalid(format!(
-                    "upstream[{i}].repositories is empty, which would refuse everything; \
-                     leave it out to allow every repository"
-                ));
-            }
-            if u.max_bandwidth.is_some_and(|b| b.bytes() == 0) {
-                return invalid(format!(
-                    "upstream[{i}].max_bandwidth must be more than 0; leave it out for no cap"
-                ));
-            }
-            if u.connect_timeout.is_zero() || u.read_timeout.is_zero() {
-                return invalid(format!("upstream[{i}]: timeouts must be greater than zero"));
-            }
+            u.validate(i)?;
         }
-        if self.server.allow_from.as_ref().is_some_and(Vec::is_empty) {
-            return invalid(
-                "server.allow_from is empty, which would refuse every client; \
-                 leave it out to allow every address"
-                    .into(),
-            );
-        }
-        if self
-            .server
-            .auth
-            .as_ref()
-            .is_some_and(|a| a.htpasswd.is_none() && a.tokens.is_none())
-        {
-            return invalid(
-                "server.auth needs htpasswd, tokens or both; leave it out to serve every client"
-                    .into(),
-            );
-        }
-        if self.server.metrics_listen == Some(self.server.listen) {
-            return invalid("server.metrics_listen must differ from server.listen".into());
-        }
-        let rate = &self.server.rate_limit;
-        if !(rate.requests_per_second >= 0.0 && rate.requests_per_second.is_finite()) {
-            return invalid("server.rate_limit.requests_per_second must be 0 or more".into());
-        }
-        let limits = &self.server.limits;
-        if limits.max_connections == 0 || limits.max_streams == 0 {
-            return invalid(
-                "server.limits: max_connections and max_streams must be at least 1".into(),
-            );
-        }
-        if limits.header_timeout.is_zero() || limits.idle_timeout.is_zero() {
-            return invalid("server.limits: timeouts must be greater than zero".into());
-        }
-        // hyper's HTTP/1 parser needs room for a request line and a few headers.
-        if limits.max_header_bytes.bytes() < 4096 {
-            return invalid("server.limits.max_header_bytes must be at least 4KiB".into());
-        }
+        self.server.validate()?;
         if self.cache.max_size.bytes() == 0 {
             return invalid("cache.max_size must be greater than zero".into());
         }
@@ -525,6 +452,97 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("config always serialises")
     }
+}
+
+impl UpstreamConfig {
+    /// Checks the `i`-th `[[upstream]]` on its own.
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let u = self;
+        let valid_name = !u.name.is_empty()
+            && !u.name.starts_with('.')
+            && u.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+        if !valid_name {
+            return invalid(format!(
+                "upstream[{i}].name {:?} must be a registry host such as \"docker.io\" or \"host:port\"",
+                u.name
+            ));
+        }
+        if !matches!(u.url.scheme(), "http" | "https") || u.url.host().is_none() {
+            return invalid(format!(
+                "upstream[{i}].url {} must be an http(s) URL with a host",
+                u.url
+            ));
+        }
+        if u.username.is_some() != u.password_file.is_some() {
+            return invalid(format!(
+                "upstream[{i}]: username and password_file must be set together"
+            ));
+        }
+        if u.repositories.as_ref().is_some_and(Vec::is_empty) {
+            return invalid(format!(
+                "upstream[{i}].repositories is empty, which would refuse everything; \
+                 leave it out to allow every repository"
+            ));
+        }
+        if u.max_bandwidth.is_some_and(|b| b.bytes() == 0) {
+            return invalid(format!(
+                "upstream[{i}].max_bandwidth must be more than 0; leave it out for no cap"
+            ));
+        }
+        if u.connect_timeout.is_zero() || u.read_timeout.is_zero() {
+            return invalid(format!("upstream[{i}]: timeouts must be greater than zero"));
+        }
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.allow_from.as_ref().is_some_and(Vec::is_empty) {
+            return invalid(
+                "server.allow_from is empty, which would refuse every client; \
+                 leave it out to allow every address"
+                    .into(),
+            );
+        }
+        if self
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.htpasswd.is_none() && a.tokens.is_none())
+        {
+            return invalid(
+                "server.auth needs htpasswd, tokens or both; leave it out to serve every client"
+                    .into(),
+            );
+        }
+        if self.metrics_listen == Some(self.listen) {
+            return invalid("server.metrics_listen must differ from server.listen".into());
+        }
+        let rate = &self.rate_limit;
+        if !(rate.requests_per_second >= 0.0 && rate.requests_per_second.is_finite()) {
+            return invalid("server.rate_limit.requests_per_second must be 0 or more".into());
+        }
+        let limits = &self.limits;
+        if limits.max_connections == 0 || limits.max_streams == 0 {
+            return invalid(
+                "server.limits: max_connections and max_streams must be at least 1".into(),
+            );
+        }
+        if limits.header_timeout.is_zero() || limits.idle_timeout.is_zero() {
+            return invalid("server.limits: timeouts must be greater than zero".into());
+        }
+        // hyper's HTTP/1 parser needs room for a request line and a few headers.
+        if limits.max_header_bytes.bytes() < 4096 {
+            return invalid("server.limits.max_header_bytes must be at least 4KiB".into());
+        }
+        Ok(())
+    }
+}
+
+fn invalid(message: String) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid(message))
 }
 
 #[cfg(test)]
