@@ -1,3 +1,6 @@
+//! The `wharf` command: clap parses the arguments, the config is loaded and checked, then one
+//! of serve, check-config, warm or cache runs. The only place errors become `anyhow`.
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
