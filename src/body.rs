@@ -50,7 +50,7 @@ impl FileRange {
 
     /// The file, offset and length, for the socket that sends them from the file (and only
     /// for it: `server::sendfile`).
-    pub fn into_parts(self) -> (Arc<File>, u64, usize) {
+    pub fn open_up(self) -> (Arc<File>, u64, usize) {
         (self.file, self.offset, self.len)
     }
 }

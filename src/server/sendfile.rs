@@ -98,7 +98,7 @@ impl FileRanges {
     /// A body chunk that stands for a file range (of at most [`MAX_RANGE`] bytes). The one
     /// place a [`FileRange`] is opened up.
     pub fn placeholder(&self, range: FileRange) -> Bytes {
-        let (file, offset, len) = range.into_parts();
+        let (file, offset, len) = range.open_up();
         assert!(
             len <= MAX_RANGE,
             "a placeholder stands for at most MAX_RANGE bytes"
