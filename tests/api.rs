@@ -1,11 +1,9 @@
 //! The HTTP surface: the base endpoint, operational endpoints, listings, and what wrong requests
 //! get (always an OCI JSON error with a 4xx status, and nothing sent upstream or cached).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{error_code, sha256, FakeRegistry, Wharf, OCI_INDEX, OCI_MANIFEST};
+use crate::common::{error_code, sha256, FakeRegistry, Wharf, OCI_INDEX, OCI_MANIFEST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]

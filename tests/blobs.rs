@@ -1,10 +1,8 @@
 //! Blob pulls through a real wharf: single flight, verification, aborts, ranges.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, random_bytes, sha256, FakeRegistry, Wharf};
+use crate::common::{eventually, random_bytes, sha256, FakeRegistry, Wharf};
 use futures_util::StreamExt;
 
 const MIB: usize = 1024 * 1024;

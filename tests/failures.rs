@@ -1,11 +1,11 @@
 //! When the upstream fails: rate limits are honoured, errors are fast OCI JSON, stalls are cut,
 //! and a cache is served even when wharf starts while the upstream is down.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{config_toml, error_code, random_bytes, sha256, FakeRegistry, Wharf, OCI_MANIFEST};
+use crate::common::{
+    config_toml, error_code, random_bytes, sha256, FakeRegistry, Wharf, OCI_MANIFEST,
+};
 
 const MIB: usize = 1024 * 1024;
 

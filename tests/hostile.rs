@@ -2,11 +2,9 @@
 //! without bound, and a malformed request always gets a 4xx (an OCI JSON error wherever the
 //! request reaches wharf at all), never a 5xx, a panic, or a request upstream.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{error_code, random_bytes, FakeRegistry, Wharf, OCI_MANIFEST};
+use crate::common::{error_code, random_bytes, FakeRegistry, Wharf, OCI_MANIFEST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A manifest of `len` bytes: valid JSON, padded with spaces.

@@ -1,15 +1,13 @@
 //! The cache over its lifetime: bounded by max_size (least recently used first), swept by
 //! max_idle, recency kept across restarts, damage never served, maintenance while serving.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, random_bytes, sha256, FakeRegistry, Wharf};
+use crate::common::{eventually, random_bytes, sha256, FakeRegistry, Wharf};
 use futures_util::StreamExt;
 
 const MIB: usize = 1024 * 1024;

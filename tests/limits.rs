@@ -2,11 +2,9 @@
 //! cap holds, oversized heads are refused, idle connections close, and none of it stops wharf
 //! from serving everyone else.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{random_bytes, FakeRegistry, Wharf};
+use crate::common::{random_bytes, FakeRegistry, Wharf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -172,7 +170,7 @@ async fn the_upstream_never_has_more_than_max_fetches_in_flight() {
     let digests: Vec<_> = blobs.iter().map(|b| upstream.add_blob(b.clone())).collect();
     upstream.faults().chunk_delay = Some(Duration::from_millis(20));
     let cache = tempfile::tempdir().unwrap();
-    let toml = common::config_toml(&upstream, cache.path(), "", "max_fetches = 2");
+    let toml = crate::common::config_toml(&upstream, cache.path(), "", "max_fetches = 2");
     let wharf = Wharf::start_with_config(&toml, cache).await;
 
     let pulls = digests.iter().map(|digest| {
@@ -204,7 +202,7 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
     let r = wharf.get("/v2/").await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "1");
-    assert_eq!(common::error_code(r).await, "TOOMANYREQUESTS");
+    assert_eq!(crate::common::error_code(r).await, "TOOMANYREQUESTS");
     // Health checks are not counted or refused.
     assert_eq!(wharf.get("/healthz").await.status(), 200);
     // Half a second buys one more request at 2 per second.
@@ -219,7 +217,7 @@ async fn max_bandwidth_holds_an_upstream_to_its_rate() {
     let blob = random_bytes(3 * 1024 * 1024, 11);
     let digest = upstream.add_blob(blob.clone());
     let cache = tempfile::tempdir().unwrap();
-    let toml = common::config_toml(&upstream, cache.path(), "", "max_bandwidth = \"1MiB\"");
+    let toml = crate::common::config_toml(&upstream, cache.path(), "", "max_bandwidth = \"1MiB\"");
     let wharf = Wharf::start_with_config(&toml, cache).await;
     let started = Instant::now();
     let body = wharf

@@ -1,11 +1,9 @@
 //! Manifests through a real wharf: tag freshness and coalesced revalidation, Accept negotiation,
 //! verification, and what an upstream outage gets.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{sha256, FakeRegistry, Wharf, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+use crate::common::{sha256, FakeRegistry, Wharf, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 
 const EVERYTHING: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \

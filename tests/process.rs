@@ -1,8 +1,6 @@
 //! The real binary under hard stops: kill -9 at any moment never leaves a bad or partial blob
 //! behind and never loses a committed one; SIGTERM lets responses finish within the grace period.
 
-mod common;
-
 use std::fs;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -10,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{config_toml, random_bytes, sha256, FakeRegistry};
+use crate::common::{config_toml, random_bytes, sha256, FakeRegistry};
 use futures_util::StreamExt;
 
 const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
@@ -355,9 +353,9 @@ async fn sigterm_cuts_what_outlasts_the_grace_period_and_leaves_nothing_partial(
 async fn sighup_reloads_the_certificate_and_wharf_keeps_serving() {
     let upstream = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let pki = common::pki::issue("a CA");
-    common::pki::write_pair(dir.path(), &pki);
-    let config = common::pki::server_tls_toml(dir.path())
+    let pki = crate::common::pki::issue("a CA");
+    crate::common::pki::write_pair(dir.path(), &pki);
+    let config = crate::common::pki::server_tls_toml(dir.path())
         + &config_toml(&upstream, &dir.path().join("cache"), "", "");
     let mut wharf = Process::start(dir.path(), &config, "1s");
     let reloads = |wharf: &Process| {
@@ -498,7 +496,7 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
     let secrets = [
         PASSWORD,
         basic.as_str(),
-        common::TOKEN,
+        crate::common::TOKEN,
         CLIENT_PASSWORD,
         client_basic.as_str(),
         CLIENT_TOKEN,

@@ -1,11 +1,9 @@
 //! What clients can reach through wharf: only allowed repositories, and nothing an upstream's
 //! answers could point wharf's credentials or requests at (token realms, redirects).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{config_toml, error_code, random_bytes, FakeRegistry, Wharf, OCI_MANIFEST};
+use crate::common::{config_toml, error_code, random_bytes, FakeRegistry, Wharf, OCI_MANIFEST};
 
 const ALLOW_LIBRARY: &str = "repositories = [\"library/*\"]";
 
@@ -390,7 +388,7 @@ async fn a_revoked_token_is_refused_once_the_file_changes() {
     let new = hex::encode(sha2::Sha256::digest("tok-456"));
     std::fs::write(secrets.path().join("tokens"), format!("sha256:{new} ci\n")).unwrap();
     assert!(
-        common::eventually(Duration::from_secs(10), || async {
+        crate::common::eventually(Duration::from_secs(10), || async {
             status("tok-123").await == 401
         })
         .await,

@@ -2,9 +2,7 @@
 //! means (`pass_ns`), the regional one picks its upstream by that, and each blob crosses each
 //! tier once.
 
-mod common;
-
-use common::{config_toml, random_bytes, sha256, FakeRegistry, Wharf, OCI_MANIFEST};
+use crate::common::{config_toml, random_bytes, sha256, FakeRegistry, Wharf, OCI_MANIFEST};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_pulls_two_registries_through_a_regional_wharf() {

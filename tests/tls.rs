@@ -2,13 +2,11 @@
 //! change without dropping connections, and refuses to start with a bad certificate. Upstreams
 //! over TLS are checked against an extra CA, or not at all when `insecure` says so.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::pki::{issue, write_pair};
-use common::{config_toml, eventually, random_bytes, sha256, FakeRegistry, Wharf};
+use crate::common::pki::{issue, write_pair};
+use crate::common::{config_toml, eventually, random_bytes, sha256, FakeRegistry, Wharf};
 
 fn client_trusting(ca_pem: &str, http2: bool) -> reqwest::Client {
     let builder = reqwest::Client::builder()
@@ -23,7 +21,7 @@ fn client_trusting(ca_pem: &str, http2: bool) -> reqwest::Client {
 }
 
 fn tls_config(upstream: &FakeRegistry, cache: &Path, certs: &Path) -> String {
-    common::pki::server_tls_toml(certs) + &config_toml(upstream, cache, "", "")
+    crate::common::pki::server_tls_toml(certs) + &config_toml(upstream, cache, "", "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,7 @@
 //! What wharf sends upstream: token and basic auth, redirects to another host, and the
 //! allow-list of registries.
 
-mod common;
-
-use common::{random_bytes, sha256, FakeRegistry, Wharf, OCI_MANIFEST, TOKEN};
+use crate::common::{random_bytes, sha256, FakeRegistry, Wharf, OCI_MANIFEST, TOKEN};
 
 #[tokio::test]
 async fn bearer_challenge_is_answered_and_tokens_are_cached_per_repository() {

@@ -1,12 +1,10 @@
 //! `wharf warm`: the real binary fills a running wharf, or a cache directory, with every blob of
 //! the platforms asked for, and nothing else; failures make it exit non-zero with a summary.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{config_toml, random_bytes, FakeRegistry, Wharf, OCI_INDEX, OCI_MANIFEST};
+use crate::common::{config_toml, random_bytes, FakeRegistry, Wharf, OCI_INDEX, OCI_MANIFEST};
 
 const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
 

@@ -1,6 +1,5 @@
 //! Test harness: an in-process fake registry with fault switches and request counters, and a
 //! real wharf started on 127.0.0.1:0 in front of it.
-#![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod pki;
 
