@@ -14,7 +14,7 @@ async fn sixteen_cold_clients_cause_one_upstream_get() {
     let digest = upstream.add_blob(blob.clone());
     // Slow enough that all clients arrive while the fill is running.
     upstream.faults().chunk_delay = Some(Duration::from_micros(300));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     let started = std::time::Instant::now();
     let clients = (0..16).map(|_| {
@@ -61,7 +61,7 @@ async fn fill_completes_after_every_client_hangs_up() {
     let blob = random_bytes(8 * MIB, 2);
     let digest = upstream.add_blob(blob);
     upstream.faults().chunk_delay = Some(Duration::from_millis(2));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     for _ in 0..3 {
         let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
@@ -93,7 +93,7 @@ async fn upstream_cut_midway_aborts_clients_and_caches_nothing() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(random_bytes(4 * MIB, 3));
     upstream.faults().cut_blob_after = Some(2 * MIB);
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     // Either the headers went out before the cut, and the body is then cut short, or the cut
     // came first, and the answer is an error. Never a complete-looking body.
@@ -120,7 +120,7 @@ async fn flipped_byte_aborts_clients_is_counted_and_not_cached() {
     upstream.faults().flip_byte = true;
     // Slow enough that both clients join the one fill before it fails.
     upstream.faults().chunk_delay = Some(Duration::from_millis(1));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     let path = format!("/v2/library/x/blobs/{digest}");
     let (a, b) = tokio::join!(wharf.get(&path), wharf.get(&path));
@@ -145,7 +145,7 @@ async fn ranges_on_cached_and_in_flight_blobs() {
     let blob = random_bytes(4 * MIB, 5);
     let digest = upstream.add_blob(blob.clone());
     upstream.faults().chunk_delay = Some(Duration::from_millis(3));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
 
     // Start a fill, then ask for a range while it is still running.
@@ -206,7 +206,7 @@ async fn ranges_on_cached_and_in_flight_blobs() {
 async fn head_and_unknown_blobs() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(random_bytes(1000, 6));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let r = wharf
         .client
         .head(wharf.url(&format!("/v2/library/x/blobs/{digest}")))
@@ -235,7 +235,7 @@ async fn bytes_of_a_stalled_fill_reach_clients() {
     let blob = random_bytes(4 * MIB, 8);
     let digest = upstream.add_blob(blob.clone());
     upstream.faults().stall_blob_after = Some(100_000);
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
 
     let r = wharf.client.get(&url).send().await.unwrap();
@@ -274,7 +274,7 @@ async fn bytes_of_a_stalled_fill_reach_clients() {
 async fn an_empty_blob_is_served_and_cached() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(bytes::Bytes::new());
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let path = format!("/v2/library/x/blobs/{digest}");
     let r = wharf.get(&path).await;
     assert_eq!(r.status(), 200);
@@ -294,7 +294,7 @@ async fn an_empty_body_for_a_non_empty_digest_is_an_error() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(random_bytes(1000, 9));
     upstream.faults().truncate_blobs_to = Some(0);
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
     assert_eq!(r.status(), 502);
     assert!(!wharf.has_blob(&digest));
@@ -308,7 +308,7 @@ async fn cached_blobs_are_whole_over_http1_keep_alive_and_h2c() {
     let upstream = FakeRegistry::start().await;
     let blob = random_bytes(5 * MIB + 12_345, 10);
     let digest = upstream.add_blob(blob.clone());
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let path = format!("/v2/library/x/blobs/{digest}");
     assert_eq!(wharf.get(&path).await.bytes().await.unwrap(), blob);
     assert!(wharf.settled(&digest).await);
@@ -357,7 +357,7 @@ async fn a_client_joining_late_reads_what_the_fill_already_wrote() {
     let blob = random_bytes(16 * MIB, 11);
     let digest = upstream.add_blob(blob.clone());
     upstream.faults().chunk_delay = Some(Duration::from_millis(2));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
     let first = tokio::spawn(wharf.client.get(&url).send());
     assert!(

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    config_toml, error_code, random_bytes, sha256, FakeRegistry, Wharf, OCI_MANIFEST,
+    base_config, config, each_upstream, error_code, random_bytes, sha256, upstream_config,
+    FakeRegistry, Wharf, OCI_MANIFEST,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -13,7 +14,7 @@ const MIB: usize = 1024 * 1024;
 async fn a_429_holds_off_the_upstream_and_is_passed_on_with_retry_after() {
     let upstream = FakeRegistry::start().await;
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
-    let wharf = Wharf::start(&upstream, "tag_ttl = \"100ms\"").await;
+    let wharf = Wharf::start(&upstream, |c| c.cache.tag_ttl = Duration::from_millis(100)).await;
     assert_eq!(
         wharf.get("/v2/library/app/manifests/v1").await.status(),
         200
@@ -63,7 +64,7 @@ async fn a_429_holds_off_the_upstream_and_is_passed_on_with_retry_after() {
 #[tokio::test]
 async fn a_failing_upstream_gets_502_and_a_vanished_one_a_fast_503() {
     let upstream = FakeRegistry::start().await;
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     upstream.faults().status = Some((500, None));
     let r = wharf.get("/v2/library/app/manifests/v1").await;
@@ -106,13 +107,14 @@ async fn blackhole() -> (tokio::net::TcpListener, Vec<std::net::TcpStream>) {
 async fn an_unreachable_upstream_is_a_503_within_connect_timeout() {
     let (listener, _fillers) = blackhole().await;
     let cache = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "[cache]\ndir = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"http://{}\"\n\
-         connect_timeout = \"500ms\"\n",
-        cache.path().join("c"),
-        listener.local_addr().unwrap()
+    let mut config = base_config(&cache.path().join("c"));
+    let mut unreachable = upstream_config(
+        "docker.io",
+        &format!("http://{}", listener.local_addr().unwrap()),
     );
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    unreachable.connect_timeout = Duration::from_millis(500);
+    config.upstreams.push(unreachable);
+    let wharf = Wharf::start_with(config, cache).await;
     let started = Instant::now();
     let r = wharf.get("/v2/library/app/manifests/v1").await;
     let elapsed = started.elapsed();
@@ -130,9 +132,10 @@ async fn a_stalled_upstream_is_cut_by_the_read_timeout_and_nothing_is_cached() {
     let digest = upstream.add_blob(random_bytes(4 * MIB, 1));
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
     upstream.faults().stall_blob_after = Some(MIB);
-    let cache = tempfile::tempdir().unwrap();
-    let toml = config_toml(&upstream, cache.path(), "", "read_timeout = \"500ms\"");
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let wharf = Wharf::start(&upstream, |c| {
+        each_upstream(c, |u| u.read_timeout = Duration::from_millis(500))
+    })
+    .await;
     let path = format!("/v2/library/app/blobs/{digest}");
 
     let started = Instant::now();
@@ -166,8 +169,8 @@ async fn wharf_starts_and_serves_its_cache_while_the_upstream_is_down() {
     let blob = upstream.add_blob(random_bytes(100_000, 2));
     let body = format!(r#"{{"schemaVersion":2,"layers":[{{"digest":"{blob}"}}]}}"#);
     let manifest = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &body);
-    let ttl = "tag_ttl = \"100ms\"";
-    let wharf = Wharf::start(&upstream, ttl).await;
+    let ttl = Duration::from_millis(100);
+    let wharf = Wharf::start(&upstream, |c| c.cache.tag_ttl = ttl).await;
     assert_eq!(
         wharf.get("/v2/library/app/manifests/v1").await.status(),
         200
@@ -179,9 +182,10 @@ async fn wharf_starts_and_serves_its_cache_while_the_upstream_is_down() {
 
     // The tag expired and cannot be revalidated: it is served stale from the tag files.
 
-    let config = config_toml(&upstream, cache.path(), ttl, "");
+    let mut config = config(&upstream, cache.path());
+    config.cache.tag_ttl = ttl;
     drop(upstream);
-    let wharf = Wharf::start_with_config(&config, cache).await;
+    let wharf = Wharf::start_with(config, cache).await;
     let r = wharf.get("/v2/library/app/manifests/v1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-wharf-cache"], "stale");
@@ -201,7 +205,7 @@ async fn a_cache_that_takes_no_writes_streams_from_the_upstream_and_recovers() {
     let upstream = FakeRegistry::start().await;
     let good = upstream.add_blob(random_bytes(2 * MIB, 3));
     let corrupt = upstream.add_blob(random_bytes(MIB, 4));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     // A file where the temp directory should be: every write fails, even for root.
     let tmp = wharf.cache.path().join("tmp");
     std::fs::remove_dir(&tmp).unwrap();

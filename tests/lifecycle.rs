@@ -1,21 +1,23 @@
 //! The cache over its lifetime: bounded by max_size (least recently used first), swept by
 //! max_idle, recency kept across restarts, damage never served, maintenance while serving.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{eventually, random_bytes, sha256, FakeRegistry, Wharf};
 use futures_util::StreamExt;
+use wharf::Config;
+
+use crate::common::disk::blob_path;
+use crate::common::{eventually, random_bytes, sha256, FakeRegistry, Wharf};
 
 const MIB: usize = 1024 * 1024;
 const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
 
-fn blob_path(cache: &Path, digest: &str) -> PathBuf {
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    cache.join("blobs/sha256").join(&hex[..2]).join(hex)
+fn max_size(size: &str) -> impl Fn(&mut Config) + '_ {
+    move |c| c.cache.max_size = size.parse().unwrap()
 }
 
 /// GETs a blob whole and returns its digest and where wharf said it came from.
@@ -39,7 +41,7 @@ async fn least_recently_used_blobs_make_room_and_a_hit_counts_as_a_use() {
     let blobs: Vec<_> = (0..4)
         .map(|n| upstream.add_blob(random_bytes(MIB, n)))
         .collect();
-    let wharf = Wharf::start(&upstream, "max_size = \"3MiB\"").await;
+    let wharf = Wharf::start(&upstream, max_size("3MiB")).await;
     for d in &blobs[..3] {
         pull_and_cache(&wharf, d).await;
     }
@@ -79,7 +81,7 @@ async fn an_entry_larger_than_the_cache_is_served_but_not_cached() {
     let upstream = FakeRegistry::start().await;
     let small = upstream.add_blob(random_bytes(MIB / 2, 1));
     let big = upstream.add_blob(random_bytes(2 * MIB, 2));
-    let wharf = Wharf::start(&upstream, "max_size = \"1MiB\"").await;
+    let wharf = Wharf::start(&upstream, max_size("1MiB")).await;
     pull_and_cache(&wharf, &small).await;
     for _ in 0..2 {
         let (digest, source) = pull(&wharf, &big).await;
@@ -109,7 +111,7 @@ async fn a_blob_being_read_when_it_is_evicted_stays_readable_to_the_end() {
     let first = random_bytes(24 * MIB, 1);
     let a = upstream.add_blob(first.clone());
     let b = upstream.add_blob(random_bytes(24 * MIB, 2));
-    let wharf = Wharf::start(&upstream, "max_size = \"24MiB\"").await;
+    let wharf = Wharf::start(&upstream, max_size("24MiB")).await;
     pull_and_cache(&wharf, &a).await;
 
     let r = wharf.get(&format!("/v2/library/x/blobs/{a}")).await;
@@ -132,7 +134,7 @@ async fn a_blob_being_read_when_it_is_evicted_stays_readable_to_the_end() {
 async fn entries_unused_for_max_idle_are_evicted() {
     let upstream = FakeRegistry::start().await;
     let d = upstream.add_blob(random_bytes(1000, 1));
-    let wharf = Wharf::start(&upstream, "max_idle = \"1s\"").await;
+    let wharf = Wharf::start(&upstream, |c| c.cache.max_idle = Duration::from_secs(1)).await;
     pull_and_cache(&wharf, &d).await;
     assert!(
         eventually(Duration::from_secs(5), || async { !wharf.has_blob(&d) }).await,
@@ -153,8 +155,7 @@ async fn recency_survives_a_restart() {
     let blobs: Vec<_> = (0..4)
         .map(|n| upstream.add_blob(random_bytes(MIB, 10 + n)))
         .collect();
-    let extra = "max_size = \"3MiB\"";
-    let wharf = Wharf::start(&upstream, extra).await;
+    let wharf = Wharf::start(&upstream, max_size("3MiB")).await;
     for d in &blobs[..3] {
         pull_and_cache(&wharf, d).await;
     }
@@ -164,7 +165,7 @@ async fn recency_survives_a_restart() {
     assert_eq!(pull(&wharf, &blobs[0]).await.1, "hit");
     let cache = wharf.stop().await;
 
-    let wharf = Wharf::start_in(&upstream, extra, cache).await;
+    let wharf = Wharf::start_in(&upstream, cache, max_size("3MiB")).await;
     assert_eq!(
         wharf.metric("wharf_cache_entries", &[]).await,
         3.0,
@@ -182,7 +183,7 @@ async fn recency_survives_a_restart() {
 async fn a_cached_blob_changed_on_disk_is_never_served() {
     let upstream = FakeRegistry::start().await;
     let d = upstream.add_blob(random_bytes(MIB, 1));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     pull_and_cache(&wharf, &d).await;
     let path = blob_path(wharf.cache.path(), &d);
     let bytes = std::fs::read(&path).unwrap();
@@ -216,7 +217,7 @@ async fn cache_commands_work_while_the_server_runs() {
     let upstream = FakeRegistry::start().await;
     let good = upstream.add_blob(random_bytes(MIB, 1));
     let rotten = upstream.add_blob(random_bytes(MIB, 2));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     pull_and_cache(&wharf, &good).await;
     pull_and_cache(&wharf, &rotten).await;
 
@@ -283,7 +284,7 @@ async fn churn_far_beyond_max_size_never_passes_it() {
     let blobs: Vec<_> = (0..48)
         .map(|n| upstream.add_blob(random_bytes(BLOB, 100 + n)))
         .collect();
-    let wharf = Arc::new(Wharf::start(&upstream, "max_size = \"8MiB\"").await);
+    let wharf = Arc::new(Wharf::start(&upstream, max_size("8MiB")).await);
 
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{random_bytes, FakeRegistry, Wharf};
+use crate::common::{each_upstream, random_bytes, FakeRegistry, Wharf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -29,7 +29,10 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Durati
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_clients_are_cut_off_while_everyone_else_is_served() {
     let upstream = FakeRegistry::start().await;
-    let wharf = Wharf::start(&upstream, "[server.limits]\nheader_timeout = \"1s\"\n").await;
+    let wharf = Wharf::start(&upstream, |c| {
+        c.server.limits.header_timeout = Duration::from_secs(1)
+    })
+    .await;
 
     // 150 clients trickle a request head a byte every 100 ms; 50 more send nothing at all.
     const TRICKLING: usize = 150;
@@ -78,10 +81,10 @@ async fn slowloris_clients_are_cut_off_while_everyone_else_is_served() {
 #[tokio::test]
 async fn at_the_connection_cap_a_new_client_waits_for_a_slot() {
     let upstream = FakeRegistry::start().await;
-    let wharf = Wharf::start(
-        &upstream,
-        "[server.limits]\nmax_connections = 8\nheader_timeout = \"1s\"\n",
-    )
+    let wharf = Wharf::start(&upstream, |c| {
+        c.server.limits.max_connections = 8;
+        c.server.limits.header_timeout = Duration::from_secs(1);
+    })
     .await;
     // Let the connection of the start-up check close, so the cap is all the silent ones'.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -109,7 +112,10 @@ async fn at_the_connection_cap_a_new_client_waits_for_a_slot() {
 #[tokio::test]
 async fn an_oversized_request_head_is_refused_with_431() {
     let upstream = FakeRegistry::start().await;
-    let wharf = Wharf::start(&upstream, "[server.limits]\nmax_header_bytes = \"16KiB\"\n").await;
+    let wharf = Wharf::start(&upstream, |c| {
+        c.server.limits.max_header_bytes = "16KiB".parse().unwrap()
+    })
+    .await;
     let r = wharf
         .client
         .get(wharf.url("/v2/"))
@@ -133,10 +139,10 @@ async fn an_idle_connection_is_closed_but_a_slow_download_is_not() {
     let upstream = FakeRegistry::start().await;
     let blob = random_bytes(1024 * 1024, 7);
     let digest = upstream.add_blob(blob.clone());
-    let wharf = Wharf::start(
-        &upstream,
-        "[server.limits]\nidle_timeout = \"1s\"\nheader_timeout = \"30s\"\n",
-    )
+    let wharf = Wharf::start(&upstream, |c| {
+        c.server.limits.idle_timeout = Duration::from_secs(1);
+        c.server.limits.header_timeout = Duration::from_secs(30);
+    })
     .await;
 
     // One request, then silence: closed about a second later.
@@ -169,9 +175,7 @@ async fn the_upstream_never_has_more_than_max_fetches_in_flight() {
     let blobs: Vec<_> = (0..6).map(|i| random_bytes(512 * 1024, 100 + i)).collect();
     let digests: Vec<_> = blobs.iter().map(|b| upstream.add_blob(b.clone())).collect();
     upstream.faults().chunk_delay = Some(Duration::from_millis(20));
-    let cache = tempfile::tempdir().unwrap();
-    let toml = crate::common::config_toml(&upstream, cache.path(), "", "max_fetches = 2");
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let wharf = Wharf::start(&upstream, |c| each_upstream(c, |u| u.max_fetches = 2)).await;
 
     let pulls = digests.iter().map(|digest| {
         let url = wharf.url(&format!("/v2/library/app/blobs/{digest}"));
@@ -191,10 +195,10 @@ async fn the_upstream_never_has_more_than_max_fetches_in_flight() {
 #[tokio::test]
 async fn a_client_over_its_rate_gets_429_with_retry_after() {
     let upstream = FakeRegistry::start().await;
-    let wharf = Wharf::start(
-        &upstream,
-        "[server.rate_limit]\nrequests_per_second = 2\nburst = 5\n",
-    )
+    let wharf = Wharf::start(&upstream, |c| {
+        c.server.rate_limit.requests_per_second = 2.0;
+        c.server.rate_limit.burst = 5;
+    })
     .await;
     for _ in 0..5 {
         assert_eq!(wharf.get("/v2/").await.status(), 200);
@@ -216,9 +220,10 @@ async fn max_bandwidth_holds_an_upstream_to_its_rate() {
     let upstream = FakeRegistry::start().await;
     let blob = random_bytes(3 * 1024 * 1024, 11);
     let digest = upstream.add_blob(blob.clone());
-    let cache = tempfile::tempdir().unwrap();
-    let toml = crate::common::config_toml(&upstream, cache.path(), "", "max_bandwidth = \"1MiB\"");
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let wharf = Wharf::start(&upstream, |c| {
+        each_upstream(c, |u| u.max_bandwidth = Some("1MiB".parse().unwrap()))
+    })
+    .await;
     let started = Instant::now();
     let body = wharf
         .get(&format!("/v2/library/app/blobs/{digest}"))

@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{config_toml, random_bytes, sha256, FakeRegistry};
 use futures_util::StreamExt;
+use wharf::config::AuthConfig;
+use wharf::Config;
+
+use crate::common::{config, each_upstream, pki, random_bytes, sha256, FakeRegistry};
 
 const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
 const MIB: usize = 1024 * 1024;
@@ -29,17 +32,19 @@ impl Drop for Process {
 }
 
 impl Process {
-    /// Starts wharf on a free port with `config` (without a [server] section) and waits until
-    /// it serves.
-    fn start(dir: &Path, config: &str, grace: &str) -> Process {
+    /// Starts `wharf serve` with `config` (on 127.0.0.1:0, with `grace` to shut down), written
+    /// to `dir/mirror.toml`, and waits until it serves.
+    fn start(dir: &Path, config: &Config, grace: Duration) -> Process {
         Self::start_logging(dir, config, grace, "info")
     }
 
     /// [`Process::start`] with `RUST_LOG` set to `filter`.
-    fn start_logging(dir: &Path, config: &str, grace: &str, filter: &str) -> Process {
+    fn start_logging(dir: &Path, config: &Config, grace: Duration, filter: &str) -> Process {
+        let mut config = config.clone();
+        config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.server.shutdown_grace = grace;
         let config_path = dir.join("mirror.toml");
-        let server = format!("[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"{grace}\"\n");
-        fs::write(&config_path, server + config).unwrap();
+        fs::write(&config_path, config.to_toml()).unwrap();
         let log = dir.join(format!("wharf-{}.log", Instant::now().elapsed().as_nanos()));
         let child = Command::new(WHARF)
             .args(["serve", "--config"])
@@ -147,12 +152,13 @@ async fn kill_9_at_any_moment_leaves_only_whole_verified_blobs() {
     upstream.faults().chunk_delay = Some(Duration::from_millis(4));
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let config = config_toml(&upstream, &cache, "max_size = \"3MiB\"", "");
+    let mut config = config(&upstream, &cache);
+    config.cache.max_size = "3MiB".parse().unwrap();
     let client = reqwest::Client::new();
     let mut killed_mid_fill = 0;
 
     for round in 0..8u64 {
-        let wharf = Process::start(dir.path(), &config, "1s");
+        let wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
         assert_eq!(
             temp_files(&cache),
             0,
@@ -195,7 +201,7 @@ async fn kill_9_at_any_moment_leaves_only_whole_verified_blobs() {
     );
 
     // After the last crash: everything served is right, fetched again where it must be.
-    let wharf = Process::start(dir.path(), &config, "1s");
+    let wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
     assert_eq!(temp_files(&cache), 0);
     upstream.faults().chunk_delay = None;
     for d in &blobs {
@@ -219,10 +225,10 @@ async fn a_committed_blob_survives_kill_9() {
     let cut = upstream.add_blob(random_bytes(8 * MIB, 2));
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let config = config_toml(&upstream, &cache, "", "");
+    let config = config(&upstream, &cache);
     let client = reqwest::Client::new();
 
-    let wharf = Process::start(dir.path(), &config, "1s");
+    let wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
     let r = client
         .get(wharf.url(&format!("/v2/library/x/blobs/{kept}")))
         .send()
@@ -243,7 +249,7 @@ async fn a_committed_blob_survives_kill_9() {
     let _ = pull.await;
     upstream.faults().chunk_delay = None;
 
-    let wharf = Process::start(dir.path(), &config, "1s");
+    let wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
     let client = reqwest::Client::new();
     let r = client
         .get(wharf.url(&format!("/v2/library/x/blobs/{kept}")))
@@ -275,7 +281,8 @@ async fn sigterm_lets_a_response_finish_within_the_grace_period() {
     upstream.faults().chunk_delay = Some(Duration::from_millis(10));
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let mut wharf = Process::start(dir.path(), &config_toml(&upstream, &cache, "", ""), "10s");
+    let config = config(&upstream, &cache);
+    let mut wharf = Process::start(dir.path(), &config, Duration::from_secs(10));
 
     let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
     let pull = tokio::spawn(async move {
@@ -309,8 +316,8 @@ async fn sigterm_cuts_what_outlasts_the_grace_period_and_leaves_nothing_partial(
     upstream.faults().chunk_delay = Some(Duration::from_millis(50));
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let config = config_toml(&upstream, &cache, "", "");
-    let mut wharf = Process::start(dir.path(), &config, "300ms");
+    let config = config(&upstream, &cache);
+    let mut wharf = Process::start(dir.path(), &config, Duration::from_millis(300));
 
     let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
     let pull = tokio::spawn(async move {
@@ -341,7 +348,7 @@ async fn sigterm_cuts_what_outlasts_the_grace_period_and_leaves_nothing_partial(
     );
 
     upstream.faults().chunk_delay = None;
-    let wharf = Process::start(dir.path(), &config, "1s");
+    let wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
     assert_eq!(temp_files(&cache), 0);
     let r = reqwest::get(wharf.url(&format!("/v2/library/x/blobs/{digest}")))
         .await
@@ -353,11 +360,11 @@ async fn sigterm_cuts_what_outlasts_the_grace_period_and_leaves_nothing_partial(
 async fn sighup_reloads_the_certificate_and_wharf_keeps_serving() {
     let upstream = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let pki = crate::common::pki::issue("a CA");
-    crate::common::pki::write_pair(dir.path(), &pki);
-    let config = crate::common::pki::server_tls_toml(dir.path())
-        + &config_toml(&upstream, &dir.path().join("cache"), "", "");
-    let mut wharf = Process::start(dir.path(), &config, "1s");
+    let pki = pki::issue("a CA");
+    pki::write_pair(dir.path(), &pki);
+    let mut config = config(&upstream, &dir.path().join("cache"));
+    config.server.tls = Some(pki::server_tls(dir.path()));
+    let mut wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
     let reloads = |wharf: &Process| {
         fs::read_to_string(&wharf.log)
             .unwrap()
@@ -394,8 +401,8 @@ async fn sighup_reloads_the_certificate_and_wharf_keeps_serving() {
 async fn sighup_does_not_stop_a_plain_http_wharf() {
     let upstream = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config_toml(&upstream, &dir.path().join("cache"), "", "");
-    let mut wharf = Process::start(dir.path(), &config, "1s");
+    let config = config(&upstream, &dir.path().join("cache"));
+    let mut wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
     wharf.signal("-HUP");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !fs::read_to_string(&wharf.log)
@@ -418,12 +425,12 @@ async fn changed_client_credentials_take_effect_without_a_restart() {
     let tokens = dir.path().join("tokens");
     let hash = |token: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token));
     fs::write(&tokens, format!("sha256:{} old\n", hash("old-token"))).unwrap();
-    let config = format!(
-        "[server.auth]\ntokens = {:?}\n{}",
-        tokens.display().to_string(),
-        config_toml(&upstream, &dir.path().join("cache"), "", "")
-    );
-    let mut wharf = Process::start(dir.path(), &config, "1s");
+    let mut config = config(&upstream, &dir.path().join("cache"));
+    config.server.auth = Some(AuthConfig {
+        htpasswd: None,
+        tokens: Some(tokens.clone()),
+    });
+    let mut wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
     let status = |token: &'static str| {
         let url = wharf.url("/v2/");
         async move {
@@ -469,10 +476,6 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
     let password_file = dir.path().join("password");
     fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
     fs::set_permissions(&password_file, fs::Permissions::from_mode(0o644)).unwrap();
-    let credentials = format!(
-        "username = \"wharf\"\npassword_file = {:?}",
-        password_file.display().to_string()
-    );
     // And the clients' credentials: a user and a token of wharf's own.
     const CLIENT_PASSWORD: &str = "client-pw-7781";
     const CLIENT_TOKEN: &str = "client-token-9902";
@@ -484,12 +487,15 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
     let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(CLIENT_TOKEN));
     fs::write(&tokens, format!("sha256:{token_hash} ci\n")).unwrap();
     fs::set_permissions(&tokens, fs::Permissions::from_mode(0o644)).unwrap();
-    let config = format!(
-        "[server.auth]\nhtpasswd = {:?}\ntokens = {:?}\n{}",
-        htpasswd.display().to_string(),
-        tokens.display().to_string(),
-        config_toml(&upstream, &dir.path().join("cache"), "", &credentials)
-    );
+    let mut config = config(&upstream, &dir.path().join("cache"));
+    each_upstream(&mut config, |u| {
+        u.username = Some("wharf".into());
+        u.password_file = Some(password_file.clone());
+    });
+    config.server.auth = Some(AuthConfig {
+        htpasswd: Some(htpasswd.clone()),
+        tokens: Some(tokens.clone()),
+    });
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("wharf:{PASSWORD}"));
     let client_basic =
         base64::engine::general_purpose::STANDARD.encode(format!("puller:{CLIENT_PASSWORD}"));
@@ -510,7 +516,7 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
 
     // check-config warns of the readable password and token files, and prints no secret.
     let config_path = dir.path().join("check.toml");
-    fs::write(&config_path, &config).unwrap();
+    fs::write(&config_path, config.to_toml()).unwrap();
     let checked = Command::new(WHARF)
         .args(["check-config", "--config"])
         .arg(&config_path)
@@ -526,7 +532,7 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
 
     // A pull through a bearer challenge, answered with the credentials, at the chattiest log
     // level: the secrets travel upstream but appear nowhere wharf writes.
-    let wharf = Process::start_logging(dir.path(), &config, "5s", "trace");
+    let wharf = Process::start_logging(dir.path(), &config, Duration::from_secs(5), "trace");
     let client = reqwest::Client::new();
     let r = client
         .get(wharf.url(&format!("/v2/library/app/blobs/{digest}")))

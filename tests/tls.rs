@@ -5,8 +5,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::pki::{issue, write_pair};
-use crate::common::{config_toml, eventually, random_bytes, sha256, FakeRegistry, Wharf};
+use wharf::config::UpstreamConfig;
+use wharf::Config;
+
+use crate::common::pki::{issue, server_tls, write_pair};
+use crate::common::{
+    base_config, config, eventually, random_bytes, sha256, upstream_config, FakeRegistry, Wharf,
+};
 
 fn client_trusting(ca_pem: &str, http2: bool) -> reqwest::Client {
     let builder = reqwest::Client::builder()
@@ -20,8 +25,11 @@ fn client_trusting(ca_pem: &str, http2: bool) -> reqwest::Client {
     builder.build().unwrap()
 }
 
-fn tls_config(upstream: &FakeRegistry, cache: &Path, certs: &Path) -> String {
-    crate::common::pki::server_tls_toml(certs) + &config_toml(upstream, cache, "", "")
+/// A config in front of `upstream` serving HTTPS with the pair in `certs`.
+fn tls_config(upstream: &FakeRegistry, cache: &Path, certs: &Path) -> Config {
+    let mut config = config(upstream, cache);
+    config.server.tls = Some(server_tls(certs));
+    config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,8 +41,8 @@ async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
     let first = issue("first CA");
     write_pair(certs.path(), &first);
     let cache = tempfile::tempdir().unwrap();
-    let toml = tls_config(&upstream, cache.path(), certs.path());
-    let wharf = Wharf::start_https(&toml, cache, client_trusting(&first.ca, false)).await;
+    let config = tls_config(&upstream, cache.path(), certs.path());
+    let wharf = Wharf::start_https(config, cache, client_trusting(&first.ca, false)).await;
     let path = format!("/v2/library/x/blobs/{digest}");
 
     // HTTP/1.1 and HTTP/2 (ALPN): the same bytes, cold then warm.
@@ -92,27 +100,26 @@ async fn a_bad_certificate_or_key_stops_start_up_with_a_clear_error() {
     let upstream = FakeRegistry::start().await;
     let certs = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
-    let run = |toml: String| async move {
-        let config = wharf::Config::parse(&toml).unwrap();
-        wharf::run(listener().await, config, std::future::pending())
+    let run = |config: Config| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        wharf::run(listener, config, std::future::pending())
             .await
             .unwrap_err()
             .to_string()
     };
 
-    let toml = tls_config(&upstream, cache.path(), certs.path());
-    let err = run(toml.clone()).await;
+    let config = tls_config(&upstream, cache.path(), certs.path());
+    let err = run(config.clone()).await;
     assert!(err.contains("tls.crt"), "{err}");
 
     let pki = issue("a CA");
     write_pair(certs.path(), &pki);
     std::fs::write(certs.path().join("tls.key"), issue("other").key).unwrap();
-    let err = run(toml.clone()).await;
+    let err = run(config.clone()).await;
     assert!(err.contains("does not belong"), "{err}");
 
     std::fs::write(certs.path().join("tls.crt"), "garbage").unwrap();
-    let err = run(toml).await;
+    let err = run(config).await;
     assert!(err.contains("no PEM certificate"), "{err}");
 }
 
@@ -127,25 +134,22 @@ async fn an_https_upstream_is_checked_against_ca_file() {
     let pki = issue("upstream CA");
     write_pair(certs.path(), &pki);
     let front_cache = tempfile::tempdir().unwrap();
-    let toml = tls_config(&registry, front_cache.path(), certs.path());
-    let front = Wharf::start_https(&toml, front_cache, client_trusting(&pki.ca, false)).await;
+    let config = tls_config(&registry, front_cache.path(), certs.path());
+    let front = Wharf::start_https(config, front_cache, client_trusting(&pki.ca, false)).await;
     let ca_file = certs.path().join("ca.pem");
     std::fs::write(&ca_file, &pki.ca).unwrap();
 
-    let edge = |extra: String| {
-        let front_url = front.url("");
-        async move {
-            let cache = tempfile::tempdir().unwrap();
-            let toml = format!(
-                "[cache]\ndir = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{front_url}\"\n{extra}",
-                cache.path().display().to_string()
-            );
-            Wharf::start_with_config(&toml, cache).await
-        }
+    let edge = |trust: &dyn Fn(&mut UpstreamConfig)| {
+        let cache = tempfile::tempdir().unwrap();
+        let mut config = base_config(cache.path());
+        let mut upstream = upstream_config("docker.io", &front.url(""));
+        trust(&mut upstream);
+        config.upstreams.push(upstream);
+        Wharf::start_with(config, cache)
     };
     let path = format!("/v2/library/x/blobs/{digest}");
 
-    let untrusting = edge(String::new()).await;
+    let untrusting = edge(&|_| {}).await;
     let r = untrusting.get(&path).await;
     assert_eq!(
         r.status(),
@@ -153,12 +157,12 @@ async fn an_https_upstream_is_checked_against_ca_file() {
         "an untrusted certificate is an unreachable upstream"
     );
 
-    let trusting = edge(format!("ca_file = {:?}", ca_file.display().to_string())).await;
+    let trusting = edge(&|u| u.ca_file = Some(ca_file.clone())).await;
     let r = trusting.get(&path).await;
     assert_eq!(r.status(), 200);
     assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
 
-    let insecure = edge("insecure = true".into()).await;
+    let insecure = edge(&|u| u.insecure = true).await;
     let r = insecure.get(&path).await;
     assert_eq!(r.status(), 200);
     assert_eq!(sha256(&r.bytes().await.unwrap()), digest);

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use wharf::config::TlsConfig;
 
 /// A CA and a server certificate it signed for 127.0.0.1 and localhost, as PEM.
 pub struct Pki {
@@ -43,10 +44,9 @@ pub fn write_pair(dir: &Path, pki: &Pki) {
 }
 
 /// `[server.tls]` naming the pair in `dir`.
-pub fn server_tls_toml(dir: &Path) -> String {
-    format!(
-        "[server.tls]\ncert = {:?}\nkey = {:?}\n",
-        dir.join("tls.crt").display().to_string(),
-        dir.join("tls.key").display().to_string(),
-    )
+pub fn server_tls(dir: &Path) -> TlsConfig {
+    TlsConfig {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    }
 }
