@@ -133,6 +133,14 @@ impl Wharf {
         super::metric_in(&text, name, labels)
     }
 
+    /// Waits (up to 10 s) until the metric series reaches `value` exactly.
+    pub async fn metric_reaches(&self, name: &str, labels: &[&str], value: f64) -> bool {
+        eventually(Duration::from_secs(10), || async {
+            self.metric(name, labels).await == value
+        })
+        .await
+    }
+
     /// Stops wharf (as on SIGTERM) and hands back its cache directory.
     pub async fn stop(self) -> tempfile::TempDir {
         let Wharf {
@@ -145,6 +153,11 @@ impl Wharf {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         cache
+    }
+
+    /// Waits until no fill is in flight: every fill started so far has committed or failed.
+    pub async fn fills_done(&self) -> bool {
+        self.metric_reaches("wharf_fills_in_flight", &[], 0.0).await
     }
 
     /// Waits (up to 5 s) until `digest` is committed and no fill is in flight: a request

@@ -13,7 +13,9 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
 pub use app::{base_config, config, each_upstream, upstream_config, Wharf};
-pub use registry::{FakeRegistry, TOKEN};
+pub use registry::{FakeRegistry, Hold, TOKEN};
+
+pub const MIB: usize = 1024 * 1024;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

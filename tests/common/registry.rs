@@ -1,9 +1,10 @@
-//! The fake upstream: an in-process registry on 127.0.0.1:0 with fault switches and a record of
-//! every request it was sent.
+//! The fake upstream: an in-process registry on 127.0.0.1:0 with fault switches, a gate that
+//! holds blob bodies until a test opens it, and a record of every request it was sent.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::{sha256, OCI_INDEX};
 
@@ -36,6 +37,8 @@ pub struct Faults {
     pub chunk_delay: Option<Duration>,
     /// Blob bodies: send this many bytes, then keep the connection open and send nothing.
     pub stall_blob_after: Option<usize>,
+    /// Blob bodies: send some bytes, then wait until the test opens the gate.
+    pub hold: Option<Hold>,
     /// Require `Authorization: Bearer <token>` from this realm (served by the fake itself).
     pub bearer: bool,
     /// Require this `Authorization: Basic ...` value.
@@ -79,6 +82,43 @@ impl Streaming {
 impl Drop for Streaming {
     fn drop(&mut self) {
         self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Holds blob bodies after their first `after` bytes until [`Hold::open`], so that a test decides
+/// when a fill may go on (once every client it wants has joined, say) instead of hoping the
+/// upstream is slow enough.
+#[derive(Clone)]
+pub struct Hold {
+    after: usize,
+    gate: Arc<watch::Sender<bool>>,
+    reached: Arc<AtomicUsize>,
+}
+
+impl Hold {
+    /// Holds every blob body once `after` bytes of it are sent.
+    pub fn after(after: usize) -> Hold {
+        Hold {
+            after,
+            gate: Arc::new(watch::channel(false).0),
+            reached: Arc::default(),
+        }
+    }
+
+    /// Lets every held body, and every later one, go on.
+    pub fn open(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// How many bodies have been held so far (each counted once, when it got to the hold).
+    pub fn reached(&self) -> usize {
+        self.reached.load(SeqCst)
+    }
+
+    async fn wait(&self) {
+        self.reached.fetch_add(1, SeqCst);
+        let mut open = self.gate.subscribe();
+        let _ = open.wait_for(|open| *open).await;
     }
 }
 
@@ -394,6 +434,15 @@ async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -
     }
 }
 
+/// Where a blob body being sent has got to.
+struct Sending {
+    pos: usize,
+    /// Past the hold (or never held): no more waiting.
+    released: bool,
+    /// The error that cuts the body has been sent.
+    cut_sent: bool,
+}
+
 fn stream_blob(blob: Bytes, faults: &Faults, headers: &[(&str, String)]) -> Response<Body> {
     let mut data = blob.to_vec();
     if faults.flip_byte {
@@ -405,27 +454,45 @@ fn stream_blob(blob: Bytes, faults: &Faults, headers: &[(&str, String)]) -> Resp
     let cut = send_len < data.len();
     let delay = faults.chunk_delay;
     let stall_at = faults.stall_blob_after;
+    let hold = faults.hold.clone();
     const CHUNK: usize = 64 * 1024;
     let streaming = Streaming::new(&faults.blob_streams);
-    let chunks = futures_util::stream::unfold(0usize, move |pos| {
+    let start = Sending {
+        pos: 0,
+        released: hold.is_none(),
+        cut_sent: false,
+    };
+    let chunks = futures_util::stream::unfold(start, move |mut s| {
         let _counted = &streaming;
-        let data = data.clone();
+        let (data, hold) = (data.clone(), hold.clone());
         async move {
-            if pos >= send_len {
-                if cut && pos != usize::MAX {
+            let hold = hold.as_ref();
+            if s.pos >= send_len {
+                if cut && !s.cut_sent {
+                    s.cut_sent = true;
                     let err: Box<dyn std::error::Error + Send + Sync> = "cut".into();
-                    return Some((Err(err), usize::MAX));
+                    return Some((Err(err), s));
                 }
                 return None;
+            }
+            if let Some(hold) = hold.filter(|h| !s.released && s.pos >= h.after) {
+                hold.wait().await;
+                s.released = true;
             }
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
-            if stall_at.is_some_and(|at| pos >= at) {
+            if stall_at.is_some_and(|at| s.pos >= at) {
                 std::future::pending::<()>().await;
             }
-            let end = (pos + CHUNK).min(send_len);
-            Some((Ok(Frame::data(data.slice(pos..end))), end))
+            let mut end = (s.pos + CHUNK).min(send_len);
+            if let Some(hold) = hold.filter(|h| !s.released && h.after > s.pos) {
+                // Exactly `after` bytes go out before the hold.
+                end = end.min(hold.after);
+            }
+            let chunk = data.slice(s.pos..end);
+            s.pos = end;
+            Some((Ok(Frame::data(chunk)), s))
         }
     });
     let mut r = Response::builder().status(StatusCode::OK);
