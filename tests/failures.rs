@@ -4,11 +4,9 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    base_config, config, each_upstream, error_code, random_bytes, sha256, upstream_config,
-    FakeRegistry, Wharf, OCI_MANIFEST,
+    base_config, config, each_upstream, error_code, eventually, random_bytes, sha256,
+    upstream_config, FakeRegistry, Wharf, MIB, OCI_MANIFEST,
 };
-
-const MIB: usize = 1024 * 1024;
 
 #[tokio::test]
 async fn a_429_holds_off_the_upstream_and_is_passed_on_with_retry_after() {
@@ -51,20 +49,33 @@ async fn a_429_holds_off_the_upstream_and_is_passed_on_with_retry_after() {
         2.0
     );
 
-    // Afterwards the upstream is asked again.
+    // Once the wait is over, the upstream is asked again (and, answering, is trusted again).
     upstream.faults().status = None;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(
-        wharf.get("/v2/library/app/manifests/v1").await.status(),
-        200
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let r = wharf.get("/v2/library/other/manifests/v1").await;
+            r.status() != 429
+        })
+        .await,
+        "still held off long after Retry-After"
     );
     assert!(upstream.seen().len() > asked);
+    let r = wharf.get("/v2/library/app/manifests/v1").await;
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
 async fn a_failing_upstream_gets_502_and_a_vanished_one_a_fast_503() {
     let upstream = FakeRegistry::start().await;
-    let wharf = Wharf::start(&upstream, |_| {}).await;
+    // Long timeouts: an answer that waited for one of them cannot pass for a fast one.
+    let timeout = Duration::from_secs(30);
+    let wharf = Wharf::start(&upstream, |c| {
+        each_upstream(c, |u| {
+            u.connect_timeout = timeout;
+            u.read_timeout = timeout;
+        })
+    })
+    .await;
 
     upstream.faults().status = Some((500, None));
     let r = wharf.get("/v2/library/app/manifests/v1").await;
@@ -72,8 +83,7 @@ async fn a_failing_upstream_gets_502_and_a_vanished_one_a_fast_503() {
     assert_eq!(error_code(r).await, "UPSTREAM_UNAVAILABLE");
 
     // Refused connections answer 503 at once, not after a timeout.
-    drop(upstream);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    upstream.stop().await;
     let started = Instant::now();
     let r = wharf
         .get(&format!("/v2/library/app/blobs/{}", sha256(b"x")))
@@ -81,8 +91,8 @@ async fn a_failing_upstream_gets_502_and_a_vanished_one_a_fast_503() {
     assert_eq!(r.status(), 503);
     assert_eq!(error_code(r).await, "UPSTREAM_UNAVAILABLE");
     assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
+        started.elapsed() < timeout / 4,
+        "{:?}: waited for a timeout",
         started.elapsed()
     );
 }
@@ -107,12 +117,15 @@ async fn blackhole() -> (tokio::net::TcpListener, Vec<std::net::TcpStream>) {
 async fn an_unreachable_upstream_is_a_503_within_connect_timeout() {
     let (listener, _fillers) = blackhole().await;
     let cache = tempfile::tempdir().unwrap();
+    let connect_timeout = Duration::from_secs(2);
     let mut config = base_config(&cache.path().join("c"));
     let mut unreachable = upstream_config(
         "docker.io",
         &format!("http://{}", listener.local_addr().unwrap()),
     );
-    unreachable.connect_timeout = Duration::from_millis(500);
+    unreachable.connect_timeout = connect_timeout;
+    // Far longer than the connect timeout, so that only the connect timeout can end the wait.
+    unreachable.read_timeout = Duration::from_secs(60);
     config.upstreams.push(unreachable);
     let wharf = Wharf::start_with(config, cache).await;
     let started = Instant::now();
@@ -120,8 +133,10 @@ async fn an_unreachable_upstream_is_a_503_within_connect_timeout() {
     let elapsed = started.elapsed();
     assert_eq!(r.status(), 503);
     assert_eq!(error_code(r).await, "UPSTREAM_UNAVAILABLE");
+    // Not before the connect timeout (the connection really hung), and not after a second
+    // one (the attempt was not repeated) or the read timeout.
     assert!(
-        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_millis(900),
+        elapsed >= connect_timeout && elapsed < 2 * connect_timeout,
         "answered after {elapsed:?}"
     );
 }
@@ -184,7 +199,7 @@ async fn wharf_starts_and_serves_its_cache_while_the_upstream_is_down() {
 
     let mut config = config(&upstream, cache.path());
     config.cache.tag_ttl = ttl;
-    drop(upstream);
+    upstream.stop().await;
     let wharf = Wharf::start_with(config, cache).await;
     let r = wharf.get("/v2/library/app/manifests/v1").await;
     assert_eq!(r.status(), 200);
@@ -241,12 +256,23 @@ async fn a_cache_that_takes_no_writes_streams_from_the_upstream_and_recovers() {
     );
     upstream.faults().flip_byte = false;
 
-    // The directory is back: caching resumes after the next probe.
+    // The directory is back: caching resumes at the first request after the next probe
+    // (requests until then are still served, from the upstream).
     std::fs::remove_file(&tmp).unwrap();
     std::fs::create_dir(&tmp).unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let r = wharf.get(&format!("/v2/library/x/blobs/{good}")).await;
+            assert_eq!(sha256(&r.bytes().await.unwrap()), good);
+            wharf.metric("wharf_cache_writable", &[]).await == 1.0
+        })
+        .await,
+        "caching never resumed"
+    );
     let r = wharf.get(&format!("/v2/library/x/blobs/{good}")).await;
     assert_eq!(sha256(&r.bytes().await.unwrap()), good);
     assert!(wharf.settled(&good).await);
     assert_eq!(wharf.metric("wharf_cache_writable", &[]).await, 1.0);
+    let r = wharf.get(&format!("/v2/library/x/blobs/{good}")).await;
+    assert_eq!(r.headers()["x-wharf-cache"], "hit");
 }

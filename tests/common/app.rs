@@ -114,8 +114,16 @@ impl Wharf {
             task: Some(task),
         };
         // Connections queue on the bound listener until the cache is open and wharf accepts:
-        // once /healthz answers, the cache directory is in place.
-        assert_eq!(wharf.get("/healthz").await.status(), 200);
+        // once /healthz answers, the cache directory is in place. The check's connection is
+        // closed at once, so it holds no place under `max_connections`.
+        let r = wharf
+            .client
+            .get(wharf.url("/healthz"))
+            .header(http::header::CONNECTION, "close")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
         wharf
     }
 
@@ -160,10 +168,10 @@ impl Wharf {
         self.metric_reaches("wharf_fills_in_flight", &[], 0.0).await
     }
 
-    /// Waits (up to 5 s) until `digest` is committed and no fill is in flight: a request
+    /// Waits (up to 10 s) until `digest` is committed and no fill is in flight: a request
     /// before then could still join the finished fill instead of hitting the cache.
     pub async fn settled(&self, digest: &str) -> bool {
-        eventually(Duration::from_secs(5), || async {
+        eventually(Duration::from_secs(10), || async {
             self.has_blob(digest) && self.metric("wharf_fills_in_flight", &[]).await == 0.0
         })
         .await

@@ -67,6 +67,12 @@ pub struct Streams {
     pub most: std::sync::atomic::AtomicUsize,
 }
 
+impl Streams {
+    pub fn most(&self) -> usize {
+        self.most.load(SeqCst)
+    }
+}
+
 /// One blob body in flight, counted until dropped.
 struct Streaming(Arc<Streams>);
 
@@ -146,7 +152,8 @@ pub struct FakeRegistry {
     content: Arc<Mutex<Content>>,
     pub faults: Arc<Mutex<Faults>>,
     seen: Arc<Mutex<Vec<Seen>>>,
-    _stop: oneshot::Sender<()>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub const TOKEN: &str = "fake-token-123";
@@ -160,14 +167,14 @@ impl FakeRegistry {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = oneshot::channel();
         let state = (content.clone(), faults.clone(), seen.clone(), addr);
-        tokio::spawn(async move {
-            // Dropped on stop, which aborts every open connection too: a stopped registry
-            // must look down to pooled keep-alive connections as well.
+        let task = tokio::spawn(async move {
+            // Aborted on stop, so that a stopped registry looks down to pooled keep-alive
+            // connections as well.
             let mut connections = tokio::task::JoinSet::new();
             loop {
                 let (stream, _) = tokio::select! {
                     a = listener.accept() => a.unwrap(),
-                    _ = &mut stopped => return,
+                    _ = &mut stopped => break,
                 };
                 while connections.try_join_next().is_some() {}
                 let state = state.clone();
@@ -181,13 +188,26 @@ impl FakeRegistry {
                         .await;
                 });
             }
+            drop(listener);
+            connections.shutdown().await;
         });
         FakeRegistry {
             addr,
             content,
             faults,
             seen,
-            _stop: stop,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops listening and closes every connection; once this returns, connecting is refused.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
         }
     }
 
@@ -229,6 +249,11 @@ impl FakeRegistry {
         self.faults.lock().unwrap()
     }
 
+    /// Blob bodies being sent now, and the most there were at once.
+    pub fn blob_streams(&self) -> Arc<Streams> {
+        self.faults().blob_streams.clone()
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
@@ -239,6 +264,16 @@ impl FakeRegistry {
             .iter()
             .filter(|s| s.method == method && s.path.contains(path_contains))
             .count()
+    }
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        // Without a stop signal the accept loop ends on its own (the sender is gone), and with
+        // it every connection.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
