@@ -55,7 +55,13 @@ async fn lying_upstream_bodies_are_never_cached() {
     upstream.faults().truncate_blobs_to = None;
     upstream.faults().flip_byte = true;
     assert!(refused_or_cut().await);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Both fills ran to their end and failed verification.
+    assert!(
+        wharf
+            .metric_reaches("wharf_digest_mismatches_total", &[], 2.0)
+            .await
+    );
+    assert!(wharf.fills_done().await);
     assert!(!wharf.has_blob(&digest));
 
     // A manifest whose body does not match the digest the upstream claims for it.
