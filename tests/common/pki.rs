@@ -50,3 +50,16 @@ pub fn server_tls(dir: &Path) -> TlsConfig {
         key: dir.join("tls.key"),
     }
 }
+
+/// A client that trusts only `pki`'s CA, over HTTP/1.1 or (by ALPN) HTTP/2.
+pub fn client_trusting(pki: &Pki, http2: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.as_bytes()).unwrap());
+    let builder = if http2 {
+        builder.http2_prior_knowledge()
+    } else {
+        builder.http1_only()
+    };
+    builder.build().unwrap()
+}

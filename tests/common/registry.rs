@@ -68,6 +68,10 @@ pub struct Streams {
 }
 
 impl Streams {
+    pub fn now(&self) -> usize {
+        self.now.load(SeqCst)
+    }
+
     pub fn most(&self) -> usize {
         self.most.load(SeqCst)
     }
@@ -97,6 +101,7 @@ impl Drop for Streaming {
 #[derive(Clone)]
 pub struct Hold {
     after: usize,
+    only: Option<String>,
     gate: Arc<watch::Sender<bool>>,
     reached: Arc<AtomicUsize>,
 }
@@ -106,9 +111,16 @@ impl Hold {
     pub fn after(after: usize) -> Hold {
         Hold {
             after,
+            only: None,
             gate: Arc::new(watch::channel(false).0),
             reached: Arc::default(),
         }
+    }
+
+    /// Holds only the body of this blob.
+    pub fn only(mut self, digest: &str) -> Hold {
+        self.only = Some(digest.to_owned());
+        self
     }
 
     /// Lets every held body, and every later one, go on.
@@ -119,6 +131,10 @@ impl Hold {
     /// How many bodies have been held so far (each counted once, when it got to the hold).
     pub fn reached(&self) -> usize {
         self.reached.load(SeqCst)
+    }
+
+    fn applies_to(&self, digest: &str) -> bool {
+        self.only.as_deref().map_or(true, |only| only == digest)
     }
 
     async fn wait(&self) {
@@ -445,7 +461,7 @@ async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -
             if head {
                 return full(200, &headers, Bytes::new());
             }
-            stream_blob(blob, &faults, &headers)
+            stream_blob(blob, reference, &faults, &headers)
         }
         "tags" if reference == "list" => {
             let tags: Vec<_> = c
@@ -478,7 +494,12 @@ struct Sending {
     cut_sent: bool,
 }
 
-fn stream_blob(blob: Bytes, faults: &Faults, headers: &[(&str, String)]) -> Response<Body> {
+fn stream_blob(
+    blob: Bytes,
+    digest: &str,
+    faults: &Faults,
+    headers: &[(&str, String)],
+) -> Response<Body> {
     let mut data = blob.to_vec();
     if faults.flip_byte {
         let mid = data.len() / 2;
@@ -489,7 +510,7 @@ fn stream_blob(blob: Bytes, faults: &Faults, headers: &[(&str, String)]) -> Resp
     let cut = send_len < data.len();
     let delay = faults.chunk_delay;
     let stall_at = faults.stall_blob_after;
-    let hold = faults.hold.clone();
+    let hold = faults.hold.clone().filter(|h| h.applies_to(digest));
     const CHUNK: usize = 64 * 1024;
     let streaming = Streaming::new(&faults.blob_streams);
     let start = Sending {
