@@ -1,29 +1,18 @@
 //! HTTPS: wharf serves HTTP/1.1 and HTTP/2 over TLS, reloads its certificate when the files
-//! change without dropping connections, and refuses to start with a bad certificate. Upstreams
-//! over TLS are checked against an extra CA, or not at all when `insecure` says so.
+//! change without dropping connections, keeps the current one when the new files are broken,
+//! and refuses to start with a bad certificate. Upstreams over TLS are checked against an extra
+//! CA, or not at all when `insecure` says so.
 
 use std::path::Path;
 use std::time::Duration;
 
-use wharf::config::UpstreamConfig;
 use wharf::Config;
 
-use crate::common::pki::{issue, server_tls, write_pair};
+use crate::common::pki::{client_trusting, issue, server_tls, write_ca, write_pair};
 use crate::common::{
-    base_config, config, eventually, random_bytes, sha256, upstream_config, FakeRegistry, Wharf,
+    base_config, config, eventually, logs, random_bytes, sha256, upstream_config, FakeRegistry,
+    Wharf,
 };
-
-fn client_trusting(ca_pem: &str, http2: bool) -> reqwest::Client {
-    let builder = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap());
-    let builder = if http2 {
-        builder.http2_prior_knowledge()
-    } else {
-        builder.http1_only()
-    };
-    builder.build().unwrap()
-}
 
 /// A config in front of `upstream` serving HTTPS with the pair in `certs`.
 fn tls_config(upstream: &FakeRegistry, cache: &Path, certs: &Path) -> Config {
@@ -34,6 +23,7 @@ fn tls_config(upstream: &FakeRegistry, cache: &Path, certs: &Path) -> Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
+    logs::capture_tls();
     let upstream = FakeRegistry::start().await;
     let blob = random_bytes(3 * 1024 * 1024, 1);
     let digest = upstream.add_blob(blob.clone());
@@ -42,7 +32,7 @@ async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
     write_pair(certs.path(), &first);
     let cache = tempfile::tempdir().unwrap();
     let config = tls_config(&upstream, cache.path(), certs.path());
-    let wharf = Wharf::start_https(config, cache, client_trusting(&first.ca, false)).await;
+    let wharf = Wharf::start_https(config, cache, client_trusting(&first, false)).await;
     let path = format!("/v2/library/x/blobs/{digest}");
 
     // HTTP/1.1 and HTTP/2 (ALPN): the same bytes, cold then warm.
@@ -50,7 +40,7 @@ async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
     assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
     assert!(wharf.settled(&digest).await);
-    let h2 = client_trusting(&first.ca, true);
+    let h2 = client_trusting(&first, true);
     let r = h2.get(wharf.url(&path)).send().await.unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.headers()["x-wharf-cache"], "hit");
@@ -66,7 +56,7 @@ async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
     // while the HTTP/2 connection opened before keeps working.
     let second = issue("second CA");
     write_pair(certs.path(), &second);
-    let trusts_second = client_trusting(&second.ca, false);
+    let trusts_second = client_trusting(&second, false);
     assert!(
         eventually(Duration::from_secs(10), || async {
             trusts_second.get(wharf.url("/v2/")).send().await.is_ok()
@@ -80,18 +70,40 @@ async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
         200,
         "the connection opened before the reload is kept"
     );
-    let fresh_first = client_trusting(&first.ca, false);
+    let fresh_first = client_trusting(&first, false);
     assert!(fresh_first.get(wharf.url("/v2/")).send().await.is_err());
 
-    // A broken pair is not loaded; the current one stays.
+    // A broken pair is not loaded: once the watcher has looked at it and refused it, the
+    // current certificate is still the one served.
+    let key = certs.path().join("tls.key").display().to_string();
+    let refused = || logs::lines_with(&["TLS certificate not reloaded", &key]);
+    let refused_before = refused();
     std::fs::write(certs.path().join("tls.key"), "not a key").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let r = client_trusting(&second.ca, false)
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            refused() > refused_before
+        })
+        .await,
+        "the watcher never looked at the broken key"
+    );
+    let r = client_trusting(&second, false)
         .get(wharf.url("/v2/"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+
+    // And it keeps watching: a good pair written after the broken one is picked up.
+    let third = issue("third CA");
+    write_pair(certs.path(), &third);
+    let trusts_third = client_trusting(&third, false);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            trusts_third.get(wharf.url("/v2/")).send().await.is_ok()
+        })
+        .await,
+        "the pair after the broken one is served"
+    );
     assert_eq!(upstream.count("GET", "/blobs/"), 1);
 }
 
@@ -127,22 +139,16 @@ async fn a_bad_certificate_or_key_stops_start_up_with_a_clear_error() {
 /// only with `insecure = true`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_upstream_is_checked_against_ca_file() {
-    let registry = FakeRegistry::start().await;
-    let digest = registry.add_blob(random_bytes(100_000, 2));
-    // The "upstream" is a wharf serving HTTPS in front of the fake registry.
-    let certs = tempfile::tempdir().unwrap();
     let pki = issue("upstream CA");
-    write_pair(certs.path(), &pki);
-    let front_cache = tempfile::tempdir().unwrap();
-    let config = tls_config(&registry, front_cache.path(), certs.path());
-    let front = Wharf::start_https(config, front_cache, client_trusting(&pki.ca, false)).await;
-    let ca_file = certs.path().join("ca.pem");
-    std::fs::write(&ca_file, &pki.ca).unwrap();
+    let upstream = FakeRegistry::start_https(&pki).await;
+    let digest = upstream.add_blob(random_bytes(100_000, 2));
+    let certs = tempfile::tempdir().unwrap();
+    let ca_file = write_ca(certs.path(), &pki);
 
-    let edge = |trust: &dyn Fn(&mut UpstreamConfig)| {
+    let edge = |trust: &dyn Fn(&mut wharf::config::UpstreamConfig)| {
         let cache = tempfile::tempdir().unwrap();
         let mut config = base_config(cache.path());
-        let mut upstream = upstream_config("docker.io", &front.url(""));
+        let mut upstream = upstream_config("docker.io", &upstream.url());
         trust(&mut upstream);
         config.upstreams.push(upstream);
         Wharf::start_with(config, cache)
@@ -166,4 +172,9 @@ async fn an_https_upstream_is_checked_against_ca_file() {
     let r = insecure.get(&path).await;
     assert_eq!(r.status(), 200);
     assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
+    assert_eq!(
+        upstream.count("GET", "/blobs/"),
+        2,
+        "the untrusting edge never got a byte"
+    );
 }

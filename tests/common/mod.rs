@@ -1,9 +1,10 @@
 //! The test harness: a fake upstream registry with fault switches and request counters
 //! (`registry`), the real wharf started on 127.0.0.1:0 from a config built in Rust (`app`), what
-//! a cache directory holds on disk (`disk`), and certificates (`pki`).
+//! a cache directory holds on disk (`disk`), certificates (`pki`) and captured logs (`logs`).
 
 pub mod app;
 pub mod disk;
+pub mod logs;
 pub mod pki;
 pub mod registry;
 

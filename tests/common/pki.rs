@@ -1,6 +1,6 @@
 //! Certificates for HTTPS tests: a throwaway CA and a server certificate for 127.0.0.1.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use wharf::config::TlsConfig;
@@ -49,6 +49,13 @@ pub fn server_tls(dir: &Path) -> TlsConfig {
         cert: dir.join("tls.crt"),
         key: dir.join("tls.key"),
     }
+}
+
+/// Writes the CA certificate to `dir/ca.pem`, for an `upstream.ca_file`; its path.
+pub fn write_ca(dir: &Path, pki: &Pki) -> PathBuf {
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, &pki.ca).unwrap();
+    path
 }
 
 /// A client that trusts only `pki`'s CA, over HTTP/1.1 or (by ALPN) HTTP/2.

@@ -1,5 +1,6 @@
-//! The fake upstream: an in-process registry on 127.0.0.1:0 with fault switches, a gate that
-//! holds blob bodies until a test opens it, and a record of every request it was sent.
+//! The fake upstream: an in-process registry on 127.0.0.1:0 (HTTP, or HTTPS with a test CA) with
+//! fault switches, a gate that holds blob bodies until a test opens it, and a record of every
+//! request it was sent.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -18,9 +19,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
+use super::pki::Pki;
 use super::{sha256, OCI_INDEX};
 
 type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The bearer token the fake's own token endpoint hands out.
+pub const TOKEN: &str = "fake-token-123";
 
 /// What the fake registry does wrong, switchable at any time.
 #[derive(Default, Clone)]
@@ -63,8 +68,8 @@ pub struct Faults {
 /// Blob bodies in flight now, and the most there ever were at once.
 #[derive(Default)]
 pub struct Streams {
-    pub now: std::sync::atomic::AtomicUsize,
-    pub most: std::sync::atomic::AtomicUsize,
+    pub now: AtomicUsize,
+    pub most: AtomicUsize,
 }
 
 impl Streams {
@@ -82,7 +87,6 @@ struct Streaming(Arc<Streams>);
 
 impl Streaming {
     fn new(streams: &Arc<Streams>) -> Streaming {
-        use std::sync::atomic::Ordering::SeqCst;
         let now = streams.now.fetch_add(1, SeqCst) + 1;
         streams.most.fetch_max(now, SeqCst);
         Streaming(streams.clone())
@@ -91,7 +95,7 @@ impl Streaming {
 
 impl Drop for Streaming {
     fn drop(&mut self) {
-        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.now.fetch_sub(1, SeqCst);
     }
 }
 
@@ -165,53 +169,104 @@ struct Content {
 
 pub struct FakeRegistry {
     pub addr: SocketAddr,
+    /// "http" or "https".
+    scheme: &'static str,
     content: Arc<Mutex<Content>>,
-    pub faults: Arc<Mutex<Faults>>,
+    faults: Arc<Mutex<Faults>>,
     seen: Arc<Mutex<Vec<Seen>>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-pub const TOKEN: &str = "fake-token-123";
+#[derive(Clone)]
+struct State {
+    content: Arc<Mutex<Content>>,
+    faults: Arc<Mutex<Faults>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    addr: SocketAddr,
+    scheme: &'static str,
+}
 
 impl FakeRegistry {
     pub async fn start() -> FakeRegistry {
+        Self::listen(None).await
+    }
+
+    /// A registry serving HTTPS with `pki`'s certificate (for 127.0.0.1 and localhost).
+    pub async fn start_https(pki: &Pki) -> FakeRegistry {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = vec![CertificateDer::from_pem_slice(pki.cert.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(pki.key.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self::listen(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn listen(tls: Option<tokio_rustls::TlsAcceptor>) -> FakeRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let content = Arc::new(Mutex::new(Content::default()));
-        let faults = Arc::new(Mutex::new(Faults::default()));
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let state = State {
+            content: Arc::default(),
+            faults: Arc::default(),
+            seen: Arc::default(),
+            addr,
+            scheme: if tls.is_some() { "https" } else { "http" },
+        };
         let (stop, mut stopped) = oneshot::channel();
-        let state = (content.clone(), faults.clone(), seen.clone(), addr);
-        let task = tokio::spawn(async move {
-            // Aborted on stop, so that a stopped registry looks down to pooled keep-alive
-            // connections as well.
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let (stream, _) = tokio::select! {
-                    a = listener.accept() => a.unwrap(),
-                    _ = &mut stopped => break,
-                };
-                while connections.try_join_next().is_some() {}
-                let state = state.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(respond(state, req).await) }
+        let task = tokio::spawn({
+            let state = state.clone();
+            async move {
+                // Aborted on stop, so that a stopped registry looks down to pooled keep-alive
+                // connections as well.
+                let mut connections = tokio::task::JoinSet::new();
+                loop {
+                    let (stream, _) = tokio::select! {
+                        a = listener.accept() => a.unwrap(),
+                        _ = &mut stopped => break,
+                    };
+                    while connections.try_join_next().is_some() {}
+                    let (state, tls) = (state.clone(), tls.clone());
+                    connections.spawn(async move {
+                        let service = service_fn(move |req| {
+                            let state = state.clone();
+                            async move { Ok::<_, Infallible>(respond(state, req).await) }
+                        });
+                        let builder =
+                            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        match tls {
+                            None => {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                            Some(tls) => {
+                                let Ok(stream) = tls.accept(stream).await else {
+                                    return;
+                                };
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                }
+                drop(listener);
+                connections.shutdown().await;
             }
-            drop(listener);
-            connections.shutdown().await;
         });
         FakeRegistry {
             addr,
-            content,
-            faults,
-            seen,
+            scheme: state.scheme,
+            content: state.content,
+            faults: state.faults,
+            seen: state.seen,
             stop: Some(stop),
             task: Some(task),
         }
@@ -228,7 +283,7 @@ impl FakeRegistry {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub fn add_blob(&self, bytes: Bytes) -> String {
@@ -321,14 +376,7 @@ fn chunked(headers: &[(&str, String)], body: Bytes) -> Response<Body> {
         .unwrap()
 }
 
-type State = (
-    Arc<Mutex<Content>>,
-    Arc<Mutex<Faults>>,
-    Arc<Mutex<Vec<Seen>>>,
-    SocketAddr,
-);
-
-async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -> Response<Body> {
+async fn respond(state: State, req: Request<Incoming>) -> Response<Body> {
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -337,13 +385,13 @@ async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -
     };
     let path = req.uri().path().to_owned();
     let method = req.method().as_str().to_owned();
-    seen.lock().unwrap().push(Seen {
+    state.seen.lock().unwrap().push(Seen {
         method: method.clone(),
         path: req.uri().to_string(),
         authorization: header("authorization"),
         accept: header("accept"),
     });
-    let faults = faults.lock().unwrap().clone();
+    let faults = state.faults.lock().unwrap().clone();
     if path == "/token" {
         return full(
             200,
@@ -368,9 +416,11 @@ async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -
             .and_then(|p| p.rsplitn(3, '/').nth(2))
             .map(|repo| format!(",scope=\"repository:{repo}:pull\""))
             .unwrap_or_default();
-        let realm_host = faults.realm_host.clone().unwrap_or(addr.to_string());
-        let challenge =
-            format!("Bearer realm=\"http://{realm_host}/token\",service=\"fake\"{scope}");
+        let realm_host = faults.realm_host.clone().unwrap_or(state.addr.to_string());
+        let challenge = format!(
+            "Bearer realm=\"{}://{realm_host}/token\",service=\"fake\"{scope}",
+            state.scheme
+        );
         return full(401, &[("www-authenticate", challenge)], "");
     }
     if let Some(expected) = &faults.basic {
@@ -401,7 +451,7 @@ async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -
             tokio::time::sleep(delay).await;
         }
     }
-    let c = content.lock().unwrap();
+    let c = state.content.lock().unwrap();
     match kind {
         "manifests" => {
             let digest = if reference.starts_with("sha256:") {
