@@ -8,7 +8,7 @@ use wharf::config::AuthConfig;
 use wharf::Config;
 
 use crate::common::{
-    base_config, each_upstream, error_code, eventually, random_bytes, upstream_config,
+    base_config, each_upstream, error_code, eventually, pki, random_bytes, upstream_config,
     FakeRegistry, Wharf, OCI_MANIFEST,
 };
 
@@ -94,20 +94,61 @@ async fn redirect_loops_and_other_schemes_end_in_a_quick_502() {
     let wharf = Wharf::start(&upstream, |_| {}).await;
     let path = format!("/v2/library/app/blobs/{digest}");
 
-    // Redirected to itself, forever.
+    // Redirected to itself, forever: the request and five redirects are followed, the sixth
+    // redirect is refused.
     upstream.faults().redirect_blobs_to = Some(upstream.url());
     let started = Instant::now();
     let r = wharf.get(&path).await;
     assert_eq!(r.status(), 502);
     assert!(started.elapsed() < Duration::from_secs(5));
-    let asked = upstream.count("GET", &digest);
-    assert!(asked <= 7, "followed {asked} redirects");
+    assert_eq!(
+        upstream.count("GET", &digest),
+        1 + 5,
+        "the request and exactly five redirects"
+    );
 
     // Redirected to a file URL.
     upstream.faults().redirect_blobs_to = Some("file://".into());
     let r = wharf.get(&path).await;
     assert_eq!(r.status(), 502);
     assert!(!wharf.has_blob(&digest));
+}
+
+#[tokio::test]
+async fn a_redirect_from_https_down_to_http_is_refused() {
+    let pki = pki::issue("upstream CA");
+    let upstream = FakeRegistry::start_https(&pki).await;
+    // Where the upstream sends blob requests: a plain-HTTP host, or one over HTTPS.
+    let plain = FakeRegistry::start().await;
+    let secure = FakeRegistry::start_https(&pki).await;
+    let bytes = random_bytes(100_000, 7);
+    let digest = upstream.add_blob(bytes.clone());
+    plain.add_blob(bytes.clone());
+    secure.add_blob(bytes.clone());
+    let certs = tempfile::tempdir().unwrap();
+    let ca_file = pki::write_ca(certs.path(), &pki);
+    let wharf = Wharf::start(&upstream, |c| {
+        each_upstream(c, |u| u.ca_file = Some(ca_file.clone()))
+    })
+    .await;
+    let path = format!("/v2/library/app/blobs/{digest}");
+
+    // Down to http: refused before the plain host is contacted, and nothing cached.
+    upstream.faults().redirect_blobs_to = Some(plain.url());
+    let r = wharf.get(&path).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(error_code(r).await, "UPSTREAM_UNAVAILABLE");
+    assert!(plain.seen().is_empty(), "{:?}", plain.seen());
+    assert_eq!(upstream.count("GET", &digest), 1);
+    assert!(!wharf.has_blob(&digest));
+
+    // To another https host: followed, so it was the downgrade that was refused.
+    upstream.faults().redirect_blobs_to = Some(secure.url());
+    let r = wharf.get(&path).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), bytes);
+    assert_eq!(secure.count("GET", &digest), 1);
+    assert!(plain.seen().is_empty());
 }
 
 #[tokio::test]
