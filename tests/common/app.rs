@@ -53,8 +53,20 @@ pub struct Wharf {
     scheme: &'static str,
     pub cache: tempfile::TempDir,
     pub client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    stop: StopSignal,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Tells a wharf to stop (as on SIGTERM) when dropped: a test that ends without
+/// [`Wharf::stop`] still stops what it started.
+struct StopSignal(Option<oneshot::Sender<()>>);
+
+impl Drop for StopSignal {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 impl Wharf {
@@ -110,8 +122,8 @@ impl Wharf {
             scheme,
             cache,
             client,
-            stop: Some(stop),
-            task: Some(task),
+            stop: StopSignal(Some(stop)),
+            task,
         };
         // Connections queue on the bound listener until the cache is open and wharf accepts:
         // once /healthz answers, the cache directory is in place. The check's connection is
@@ -154,12 +166,11 @@ impl Wharf {
         let Wharf {
             cache, stop, task, ..
         } = self;
-        if let Some(stop) = stop {
-            let _ = stop.send(());
-        }
-        if let Some(task) = task {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
+        drop(stop);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("wharf stops within 10 s")
+            .expect("wharf ran to its end");
         cache
     }
 
