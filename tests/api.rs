@@ -1,17 +1,15 @@
 //! The HTTP surface: the base endpoint, operational endpoints, listings, and what wrong requests
 //! get (always an OCI JSON error with a 4xx status, and nothing sent upstream or cached).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{error_code, sha256, FakeRegistry, Wharf, OCI_INDEX, OCI_MANIFEST};
+use crate::common::{error_code, sha256, FakeRegistry, Wharf, OCI_INDEX, OCI_MANIFEST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn base_and_operational_endpoints() {
     let upstream = FakeRegistry::start().await;
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     let r = wharf.get("/v2/").await;
     assert_eq!(r.status(), 200);
@@ -41,7 +39,7 @@ async fn base_and_operational_endpoints() {
 #[tokio::test]
 async fn pushes_deletes_and_unknown_endpoints_are_refused_and_change_nothing() {
     let upstream = FakeRegistry::start().await;
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let digest = sha256(b"x");
     let cases = [
         (
@@ -113,7 +111,7 @@ async fn pushes_deletes_and_unknown_endpoints_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn malformed_names_digests_and_tags_are_400() {
     let upstream = FakeRegistry::start().await;
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let long_name = format!("/v2/{}/manifests/v1", "a".repeat(256));
     let long_tag = format!("/v2/library/app/manifests/{}", "t".repeat(129));
     let cases = [
@@ -155,7 +153,7 @@ async fn raw_status(wharf: &Wharf, target: &[u8]) -> (u16, String) {
 #[tokio::test]
 async fn path_traversal_never_reaches_the_filesystem_or_the_upstream() {
     let upstream = FakeRegistry::start().await;
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let hex = "a".repeat(64);
     let targets: Vec<Vec<u8>> = vec![
         b"/v2/../../etc/passwd/manifests/v1".to_vec(),
@@ -183,7 +181,10 @@ async fn tags_list_and_referrers_are_forwarded_and_briefly_cached() {
     let upstream = FakeRegistry::start().await;
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
     upstream.add_manifest("library/app", "v2", OCI_MANIFEST, "{ }");
-    let wharf = Wharf::start(&upstream, "listing_ttl = \"200ms\"").await;
+    let wharf = Wharf::start(&upstream, |c| {
+        c.cache.listing_ttl = Duration::from_millis(200)
+    })
+    .await;
 
     let r = wharf.get("/v2/library/app/tags/list?n=10&secret=x").await;
     assert_eq!(r.status(), 200);

@@ -1,47 +1,54 @@
 //! Blob pulls through a real wharf: single flight, verification, aborts, ranges.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, random_bytes, sha256, FakeRegistry, Wharf};
 use futures_util::StreamExt;
 
-const MIB: usize = 1024 * 1024;
+use crate::common::{eventually, random_bytes, sha256, FakeRegistry, Hold, Wharf, MIB};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_cold_clients_cause_one_upstream_get() {
     let upstream = FakeRegistry::start().await;
     let blob = random_bytes(64 * MIB, 1);
     let digest = upstream.add_blob(blob.clone());
-    // Slow enough that all clients arrive while the fill is running.
-    upstream.faults().chunk_delay = Some(Duration::from_micros(300));
-    let wharf = Wharf::start(&upstream, "").await;
+    // The body waits until every client has joined the fill: none can arrive after it ended.
+    let hold = Hold::after(0);
+    upstream.faults().hold = Some(hold.clone());
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     let started = std::time::Instant::now();
-    let clients = (0..16).map(|_| {
-        let (client, url) = (
-            wharf.client.clone(),
-            wharf.url(&format!("/v2/library/x/blobs/{digest}")),
-        );
-        tokio::spawn(async move {
-            let r = client.get(url).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            assert_eq!(r.content_length(), Some(64 * MIB as u64));
-            sha256(&r.bytes().await.unwrap())
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, url) = (
+                wharf.client.clone(),
+                wharf.url(&format!("/v2/library/x/blobs/{digest}")),
+            );
+            tokio::spawn(async move {
+                let r = client.get(url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                assert_eq!(r.content_length(), Some(64 * MIB as u64));
+                sha256(&r.bytes().await.unwrap())
+            })
         })
-    });
-    for c in futures_util::future::join_all(clients).await {
-        assert_eq!(c.unwrap(), digest);
-    }
-    eprintln!("16 x 64 MiB cold fan-in: {:?}", started.elapsed());
-    assert_eq!(upstream.count("GET", "/blobs/"), 1);
+        .collect();
+    assert!(
+        wharf
+            .metric_reaches("wharf_cache_results_total", &["blob", "coalesced"], 15.0)
+            .await,
+        "every client joined the one fill"
+    );
     assert_eq!(
         wharf
             .metric("wharf_cache_results_total", &["blob", "miss"])
             .await,
         1.0
     );
+    hold.open();
+    for c in futures_util::future::join_all(clients).await {
+        assert_eq!(c.unwrap(), digest);
+    }
+    eprintln!("16 x 64 MiB cold fan-in: {:?}", started.elapsed());
+    assert_eq!(upstream.count("GET", "/blobs/"), 1);
     assert_eq!(
         wharf
             .metric("wharf_cache_results_total", &["blob", "coalesced"])
@@ -62,8 +69,10 @@ async fn fill_completes_after_every_client_hangs_up() {
     let upstream = FakeRegistry::start().await;
     let blob = random_bytes(8 * MIB, 2);
     let digest = upstream.add_blob(blob);
-    upstream.faults().chunk_delay = Some(Duration::from_millis(2));
-    let wharf = Wharf::start(&upstream, "").await;
+    // The first 64 KiB go out, then the body waits until every client has hung up.
+    let hold = Hold::after(64 * 1024);
+    upstream.faults().hold = Some(hold.clone());
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     for _ in 0..3 {
         let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
@@ -72,6 +81,15 @@ async fn fill_completes_after_every_client_hangs_up() {
         assert!(!first.is_empty());
         drop(body); // hang up mid-way
     }
+    assert_eq!(
+        wharf
+            .metric("wharf_cache_results_total", &["blob", "coalesced"])
+            .await,
+        2.0,
+        "all three joined the one fill"
+    );
+    assert!(!wharf.has_blob(&digest));
+    hold.open();
     assert!(
         eventually(Duration::from_secs(20), || async {
             wharf.has_blob(&digest)
@@ -95,7 +113,7 @@ async fn upstream_cut_midway_aborts_clients_and_caches_nothing() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(random_bytes(4 * MIB, 3));
     upstream.faults().cut_blob_after = Some(2 * MIB);
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     // Either the headers went out before the cut, and the body is then cut short, or the cut
     // came first, and the answer is an error. Never a complete-looking body.
@@ -120,22 +138,38 @@ async fn flipped_byte_aborts_clients_is_counted_and_not_cached() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(random_bytes(3 * MIB, 4));
     upstream.faults().flip_byte = true;
-    // Slow enough that both clients join the one fill before it fails.
-    upstream.faults().chunk_delay = Some(Duration::from_millis(1));
-    let wharf = Wharf::start(&upstream, "").await;
+    // The body waits until both clients have joined the one fill.
+    let hold = Hold::after(0);
+    upstream.faults().hold = Some(hold.clone());
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     let path = format!("/v2/library/x/blobs/{digest}");
-    let (a, b) = tokio::join!(wharf.get(&path), wharf.get(&path));
-    assert!(read_all(a).await.is_err());
-    assert!(read_all(b).await.is_err());
-    assert!(!wharf.has_blob(&digest));
-    assert_eq!(
-        wharf.metric("wharf_digest_mismatches_total", &[]).await,
-        1.0
+    let both = tokio::spawn({
+        let (client, url) = (wharf.client.clone(), wharf.url(&path));
+        async move {
+            let (a, b) = tokio::join!(client.get(&url).send(), client.get(&url).send());
+            (read_all(a.unwrap()).await, read_all(b.unwrap()).await)
+        }
+    });
+    assert!(
+        wharf
+            .metric_reaches("wharf_cache_results_total", &["blob", "coalesced"], 1.0)
+            .await
     );
+    hold.open();
+    let (a, b) = both.await.unwrap();
+    assert!(a.is_err());
+    assert!(b.is_err());
+    assert!(!wharf.has_blob(&digest));
+    // Counted once the fill has its verdict, just after the readers were cut off.
+    assert!(
+        wharf
+            .metric_reaches("wharf_digest_mismatches_total", &[], 1.0)
+            .await
+    );
+    assert!(wharf.fills_done().await);
 
     upstream.faults().flip_byte = false;
-    upstream.faults().chunk_delay = None;
     let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
     assert_eq!(sha256(&read_all(r).await.unwrap()), digest);
     assert!(wharf.settled(&digest).await);
@@ -146,13 +180,18 @@ async fn ranges_on_cached_and_in_flight_blobs() {
     let upstream = FakeRegistry::start().await;
     let blob = random_bytes(4 * MIB, 5);
     let digest = upstream.add_blob(blob.clone());
-    upstream.faults().chunk_delay = Some(Duration::from_millis(3));
-    let wharf = Wharf::start(&upstream, "").await;
+    // The first 64 KiB go out, then the fill waits for the test.
+    let hold = Hold::after(64 * 1024);
+    upstream.faults().hold = Some(hold.clone());
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
 
-    // Start a fill, then ask for a range while it is still running.
+    // Start a fill, then ask for a range of what it has while it is still running.
     let full = tokio::spawn(wharf.client.get(&url).send());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { hold.reached() == 1 }).await,
+        "the fill started"
+    );
     let r = wharf
         .client
         .get(&url)
@@ -167,6 +206,7 @@ async fn ranges_on_cached_and_in_flight_blobs() {
     );
     assert_eq!(r.headers()["x-wharf-cache"], "coalesced");
     assert_eq!(r.bytes().await.unwrap(), blob.slice(100..200));
+    hold.open();
     let full = full.await.unwrap().unwrap();
     assert_eq!(full.bytes().await.unwrap(), blob);
 
@@ -208,7 +248,7 @@ async fn ranges_on_cached_and_in_flight_blobs() {
 async fn head_and_unknown_blobs() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(random_bytes(1000, 6));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let r = wharf
         .client
         .head(wharf.url(&format!("/v2/library/x/blobs/{digest}")))
@@ -237,7 +277,7 @@ async fn bytes_of_a_stalled_fill_reach_clients() {
     let blob = random_bytes(4 * MIB, 8);
     let digest = upstream.add_blob(blob.clone());
     upstream.faults().stall_blob_after = Some(100_000);
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
 
     let r = wharf.client.get(&url).send().await.unwrap();
@@ -276,7 +316,7 @@ async fn bytes_of_a_stalled_fill_reach_clients() {
 async fn an_empty_blob_is_served_and_cached() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(bytes::Bytes::new());
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let path = format!("/v2/library/x/blobs/{digest}");
     let r = wharf.get(&path).await;
     assert_eq!(r.status(), 200);
@@ -296,7 +336,7 @@ async fn an_empty_body_for_a_non_empty_digest_is_an_error() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(random_bytes(1000, 9));
     upstream.faults().truncate_blobs_to = Some(0);
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
     assert_eq!(r.status(), 502);
     assert!(!wharf.has_blob(&digest));
@@ -310,7 +350,7 @@ async fn cached_blobs_are_whole_over_http1_keep_alive_and_h2c() {
     let upstream = FakeRegistry::start().await;
     let blob = random_bytes(5 * MIB + 12_345, 10);
     let digest = upstream.add_blob(blob.clone());
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let path = format!("/v2/library/x/blobs/{digest}");
     assert_eq!(wharf.get(&path).await.bytes().await.unwrap(), blob);
     assert!(wharf.settled(&digest).await);
@@ -358,19 +398,39 @@ async fn a_client_joining_late_reads_what_the_fill_already_wrote() {
     let upstream = FakeRegistry::start().await;
     let blob = random_bytes(16 * MIB, 11);
     let digest = upstream.add_blob(blob.clone());
-    upstream.faults().chunk_delay = Some(Duration::from_millis(2));
-    let wharf = Wharf::start(&upstream, "").await;
+    // 12 MiB go out, then the fill waits until the late client has read them.
+    let ahead = 12 * MIB;
+    let hold = Hold::after(ahead);
+    upstream.faults().hold = Some(hold.clone());
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
     let first = tokio::spawn(wharf.client.get(&url).send());
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            wharf.metric("wharf_upstream_bytes_total", &[]).await > (8 * MIB) as f64
+        eventually(Duration::from_secs(20), || async {
+            hold.reached() == 1
+                && wharf.metric("wharf_upstream_bytes_total", &[]).await == ahead as f64
         })
-        .await
+        .await,
+        "the fill got {ahead} bytes ahead"
     );
     let late = wharf.client.get(&url).send().await.unwrap();
     assert_eq!(late.headers()["x-wharf-cache"], "coalesced");
-    assert_eq!(sha256(&late.bytes().await.unwrap()), digest);
+    let mut body = late.bytes_stream();
+    let mut received = Vec::new();
+    while received.len() < ahead {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("what the fill wrote is served without waiting for more")
+            .unwrap()
+            .unwrap();
+        received.extend_from_slice(&chunk);
+    }
+    assert!(received[..ahead] == blob[..ahead]);
+    hold.open();
+    while let Some(chunk) = body.next().await {
+        received.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(sha256(&received), digest);
     let first = first.await.unwrap().unwrap();
     assert_eq!(sha256(&first.bytes().await.unwrap()), digest);
     assert_eq!(upstream.count("GET", "/blobs/"), 1);

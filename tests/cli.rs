@@ -1,10 +1,11 @@
 //! The `wharf` binary itself: `check-config`, and `serve` with its built-in defaults.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
+use crate::common::WHARF;
 
 #[test]
 fn check_config_prints_the_effective_configuration() {
@@ -116,16 +117,12 @@ fn serve_with_built_in_defaults_answers_and_stops_on_sigterm() {
         .unwrap();
     let mut running = Running(child);
     let stderr = running.0.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            let at = line.find("listen=")?;
-            let rest = &line[at + "listen=".len()..];
-            Some(rest.split_whitespace().next()?.to_owned())
-        })
-        .expect("wharf logs the address it listens on");
+    let addr = first_line(stderr, |line| {
+        let at = line.find("listen=")?;
+        let rest = &line[at + "listen=".len()..];
+        Some(rest.split_whitespace().next()?.to_owned())
+    })
+    .expect("wharf logs the address it listens on");
     // The default cache directory is created in the working directory.
     assert!(dir.path().join("wharf-cache/blobs").is_dir());
 
@@ -152,6 +149,27 @@ fn serve_with_built_in_defaults_answers_and_stops_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Reads `stderr` on a thread of its own until `find` picks something out of a line; `None` if
+/// no line did within 10 s, or the stream ended first.
+fn first_line<T: Send + 'static>(
+    stderr: ChildStderr,
+    find: impl Fn(&str) -> Option<T> + Send + 'static,
+) -> Option<T> {
+    let (found, finding) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        // Read to the end (the child's exit), so that wharf never writes to a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(value) = find(&line) {
+                    sent = found.send(value).is_ok();
+                }
+            }
+        }
+    });
+    finding.recv_timeout(Duration::from_secs(10)).ok()
 }
 
 /// A minimal blocking HTTP/1.1 GET, so this test needs no async runtime.
@@ -192,11 +210,10 @@ fn a_second_wharf_on_the_same_cache_directory_refuses_to_start() {
     };
     let mut first = Running(spawn());
     let stderr = first.0.stderr.take().unwrap();
-    let serving = BufReader::new(stderr)
-        .lines()
-        .map_while(Result::ok)
-        .any(|line| line.contains("wharf is serving"));
-    assert!(serving);
+    let serving = first_line(stderr, |line| {
+        line.contains("wharf is serving").then_some(())
+    });
+    assert!(serving.is_some(), "the first wharf did not start");
 
     let second = spawn().wait_with_output().unwrap();
     assert!(!second.status.success());

@@ -1,19 +1,18 @@
 //! When the upstream fails: rate limits are honoured, errors are fast OCI JSON, stalls are cut,
 //! and a cache is served even when wharf starts while the upstream is down.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{config_toml, error_code, random_bytes, sha256, FakeRegistry, Wharf, OCI_MANIFEST};
-
-const MIB: usize = 1024 * 1024;
+use crate::common::{
+    base_config, config, each_upstream, error_code, eventually, random_bytes, sha256,
+    upstream_config, FakeRegistry, Wharf, MIB, OCI_MANIFEST,
+};
 
 #[tokio::test]
 async fn a_429_holds_off_the_upstream_and_is_passed_on_with_retry_after() {
     let upstream = FakeRegistry::start().await;
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
-    let wharf = Wharf::start(&upstream, "tag_ttl = \"100ms\"").await;
+    let wharf = Wharf::start(&upstream, |c| c.cache.tag_ttl = Duration::from_millis(100)).await;
     assert_eq!(
         wharf.get("/v2/library/app/manifests/v1").await.status(),
         200
@@ -50,20 +49,33 @@ async fn a_429_holds_off_the_upstream_and_is_passed_on_with_retry_after() {
         2.0
     );
 
-    // Afterwards the upstream is asked again.
+    // Once the wait is over, the upstream is asked again (and, answering, is trusted again).
     upstream.faults().status = None;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(
-        wharf.get("/v2/library/app/manifests/v1").await.status(),
-        200
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let r = wharf.get("/v2/library/other/manifests/v1").await;
+            r.status() != 429
+        })
+        .await,
+        "still held off long after Retry-After"
     );
     assert!(upstream.seen().len() > asked);
+    let r = wharf.get("/v2/library/app/manifests/v1").await;
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
 async fn a_failing_upstream_gets_502_and_a_vanished_one_a_fast_503() {
     let upstream = FakeRegistry::start().await;
-    let wharf = Wharf::start(&upstream, "").await;
+    // Long timeouts: an answer that waited for one of them cannot pass for a fast one.
+    let timeout = Duration::from_secs(30);
+    let wharf = Wharf::start(&upstream, |c| {
+        each_upstream(c, |u| {
+            u.connect_timeout = timeout;
+            u.read_timeout = timeout;
+        })
+    })
+    .await;
 
     upstream.faults().status = Some((500, None));
     let r = wharf.get("/v2/library/app/manifests/v1").await;
@@ -71,8 +83,7 @@ async fn a_failing_upstream_gets_502_and_a_vanished_one_a_fast_503() {
     assert_eq!(error_code(r).await, "UPSTREAM_UNAVAILABLE");
 
     // Refused connections answer 503 at once, not after a timeout.
-    drop(upstream);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    upstream.stop().await;
     let started = Instant::now();
     let r = wharf
         .get(&format!("/v2/library/app/blobs/{}", sha256(b"x")))
@@ -80,8 +91,8 @@ async fn a_failing_upstream_gets_502_and_a_vanished_one_a_fast_503() {
     assert_eq!(r.status(), 503);
     assert_eq!(error_code(r).await, "UPSTREAM_UNAVAILABLE");
     assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
+        started.elapsed() < timeout / 4,
+        "{:?}: waited for a timeout",
         started.elapsed()
     );
 }
@@ -106,20 +117,26 @@ async fn blackhole() -> (tokio::net::TcpListener, Vec<std::net::TcpStream>) {
 async fn an_unreachable_upstream_is_a_503_within_connect_timeout() {
     let (listener, _fillers) = blackhole().await;
     let cache = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "[cache]\ndir = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"http://{}\"\n\
-         connect_timeout = \"500ms\"\n",
-        cache.path().join("c"),
-        listener.local_addr().unwrap()
+    let connect_timeout = Duration::from_secs(2);
+    let mut config = base_config(&cache.path().join("c"));
+    let mut unreachable = upstream_config(
+        "docker.io",
+        &format!("http://{}", listener.local_addr().unwrap()),
     );
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    unreachable.connect_timeout = connect_timeout;
+    // Far longer than the connect timeout, so that only the connect timeout can end the wait.
+    unreachable.read_timeout = Duration::from_secs(60);
+    config.upstreams.push(unreachable);
+    let wharf = Wharf::start_with(config, cache).await;
     let started = Instant::now();
     let r = wharf.get("/v2/library/app/manifests/v1").await;
     let elapsed = started.elapsed();
     assert_eq!(r.status(), 503);
     assert_eq!(error_code(r).await, "UPSTREAM_UNAVAILABLE");
+    // Not before the connect timeout (the connection really hung), and not after a second
+    // one (the attempt was not repeated) or the read timeout.
     assert!(
-        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_millis(900),
+        elapsed >= connect_timeout && elapsed < 2 * connect_timeout,
         "answered after {elapsed:?}"
     );
 }
@@ -130,9 +147,10 @@ async fn a_stalled_upstream_is_cut_by_the_read_timeout_and_nothing_is_cached() {
     let digest = upstream.add_blob(random_bytes(4 * MIB, 1));
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
     upstream.faults().stall_blob_after = Some(MIB);
-    let cache = tempfile::tempdir().unwrap();
-    let toml = config_toml(&upstream, cache.path(), "", "read_timeout = \"500ms\"");
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let wharf = Wharf::start(&upstream, |c| {
+        each_upstream(c, |u| u.read_timeout = Duration::from_millis(500))
+    })
+    .await;
     let path = format!("/v2/library/app/blobs/{digest}");
 
     let started = Instant::now();
@@ -166,8 +184,8 @@ async fn wharf_starts_and_serves_its_cache_while_the_upstream_is_down() {
     let blob = upstream.add_blob(random_bytes(100_000, 2));
     let body = format!(r#"{{"schemaVersion":2,"layers":[{{"digest":"{blob}"}}]}}"#);
     let manifest = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &body);
-    let ttl = "tag_ttl = \"100ms\"";
-    let wharf = Wharf::start(&upstream, ttl).await;
+    let ttl = Duration::from_millis(100);
+    let wharf = Wharf::start(&upstream, |c| c.cache.tag_ttl = ttl).await;
     assert_eq!(
         wharf.get("/v2/library/app/manifests/v1").await.status(),
         200
@@ -179,9 +197,10 @@ async fn wharf_starts_and_serves_its_cache_while_the_upstream_is_down() {
 
     // The tag expired and cannot be revalidated: it is served stale from the tag files.
 
-    let config = config_toml(&upstream, cache.path(), ttl, "");
-    drop(upstream);
-    let wharf = Wharf::start_with_config(&config, cache).await;
+    let mut config = config(&upstream, cache.path());
+    config.cache.tag_ttl = ttl;
+    upstream.stop().await;
+    let wharf = Wharf::start_with(config, cache).await;
     let r = wharf.get("/v2/library/app/manifests/v1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-wharf-cache"], "stale");
@@ -201,7 +220,7 @@ async fn a_cache_that_takes_no_writes_streams_from_the_upstream_and_recovers() {
     let upstream = FakeRegistry::start().await;
     let good = upstream.add_blob(random_bytes(2 * MIB, 3));
     let corrupt = upstream.add_blob(random_bytes(MIB, 4));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     // A file where the temp directory should be: every write fails, even for root.
     let tmp = wharf.cache.path().join("tmp");
     std::fs::remove_dir(&tmp).unwrap();
@@ -237,12 +256,23 @@ async fn a_cache_that_takes_no_writes_streams_from_the_upstream_and_recovers() {
     );
     upstream.faults().flip_byte = false;
 
-    // The directory is back: caching resumes after the next probe.
+    // The directory is back: caching resumes at the first request after the next probe
+    // (requests until then are still served, from the upstream).
     std::fs::remove_file(&tmp).unwrap();
     std::fs::create_dir(&tmp).unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let r = wharf.get(&format!("/v2/library/x/blobs/{good}")).await;
+            assert_eq!(sha256(&r.bytes().await.unwrap()), good);
+            wharf.metric("wharf_cache_writable", &[]).await == 1.0
+        })
+        .await,
+        "caching never resumed"
+    );
     let r = wharf.get(&format!("/v2/library/x/blobs/{good}")).await;
     assert_eq!(sha256(&r.bytes().await.unwrap()), good);
     assert!(wharf.settled(&good).await);
     assert_eq!(wharf.metric("wharf_cache_writable", &[]).await, 1.0);
+    let r = wharf.get(&format!("/v2/library/x/blobs/{good}")).await;
+    assert_eq!(r.headers()["x-wharf-cache"], "hit");
 }

@@ -2,11 +2,9 @@
 //! without bound, and a malformed request always gets a 4xx (an OCI JSON error wherever the
 //! request reaches wharf at all), never a 5xx, a panic, or a request upstream.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{error_code, random_bytes, FakeRegistry, Wharf, OCI_MANIFEST};
+use crate::common::{error_code, random_bytes, FakeRegistry, Wharf, OCI_MANIFEST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A manifest of `len` bytes: valid JSON, padded with spaces.
@@ -21,7 +19,7 @@ async fn a_manifest_over_4_mib_is_refused_declared_or_not() {
     let upstream = FakeRegistry::start().await;
     upstream.add_manifest("library/app", "huge", OCI_MANIFEST, &big_manifest(5 << 20));
     let fits = upstream.add_manifest("library/app", "fits", OCI_MANIFEST, &big_manifest(4 << 20));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     for chunked in [false, true] {
         upstream.faults().chunked_manifests = chunked;
@@ -41,7 +39,7 @@ async fn lying_upstream_bodies_are_never_cached() {
     let blob = random_bytes(256 * 1024, 3);
     let digest = upstream.add_blob(blob.clone());
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{\"layers\":[]}");
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let path = format!("/v2/library/app/blobs/{digest}");
 
     // A refusal, or a response cut before its end (its headers may already be out, or not).
@@ -57,7 +55,13 @@ async fn lying_upstream_bodies_are_never_cached() {
     upstream.faults().truncate_blobs_to = None;
     upstream.faults().flip_byte = true;
     assert!(refused_or_cut().await);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Both fills ran to their end and failed verification.
+    assert!(
+        wharf
+            .metric_reaches("wharf_digest_mismatches_total", &[], 2.0)
+            .await
+    );
+    assert!(wharf.fills_done().await);
     assert!(!wharf.has_blob(&digest));
 
     // A manifest whose body does not match the digest the upstream claims for it.
@@ -97,7 +101,7 @@ fn get(target: &[u8], extra_headers: &str) -> Vec<u8> {
 #[tokio::test]
 async fn malformed_requests_get_a_4xx_with_an_oci_error_and_never_reach_the_upstream() {
     let upstream = FakeRegistry::start().await;
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let hex = "a".repeat(64);
     let blob = format!("/v2/library/app/blobs/sha256:{hex}");
     let targets: Vec<String> = vec![
@@ -168,7 +172,7 @@ async fn absurd_range_headers_get_the_whole_blob_or_416() {
     let upstream = FakeRegistry::start().await;
     let blob = random_bytes(10_000, 4);
     let digest = upstream.add_blob(blob.clone());
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let path = format!("/v2/library/app/blobs/{digest}");
     assert_eq!(wharf.get(&path).await.bytes().await.unwrap(), blob);
     assert!(wharf.settled(&digest).await);

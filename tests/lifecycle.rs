@@ -1,23 +1,20 @@
 //! The cache over its lifetime: bounded by max_size (least recently used first), swept by
 //! max_idle, recency kept across restarts, damage never served, maintenance while serving.
 
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use common::{eventually, random_bytes, sha256, FakeRegistry, Wharf};
 use futures_util::StreamExt;
+use wharf::Config;
 
-const MIB: usize = 1024 * 1024;
-const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
+use crate::common::disk::{self, blob_path};
+use crate::common::{eventually, random_bytes, sha256, FakeRegistry, Wharf, MIB, WHARF};
 
-fn blob_path(cache: &Path, digest: &str) -> PathBuf {
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    cache.join("blobs/sha256").join(&hex[..2]).join(hex)
+fn max_size(size: &str) -> impl Fn(&mut Config) + '_ {
+    move |c| c.cache.max_size = size.parse().unwrap()
 }
 
 /// GETs a blob whole and returns its digest and where wharf said it came from.
@@ -41,7 +38,7 @@ async fn least_recently_used_blobs_make_room_and_a_hit_counts_as_a_use() {
     let blobs: Vec<_> = (0..4)
         .map(|n| upstream.add_blob(random_bytes(MIB, n)))
         .collect();
-    let wharf = Wharf::start(&upstream, "max_size = \"3MiB\"").await;
+    let wharf = Wharf::start(&upstream, max_size("3MiB")).await;
     for d in &blobs[..3] {
         pull_and_cache(&wharf, d).await;
     }
@@ -81,7 +78,7 @@ async fn an_entry_larger_than_the_cache_is_served_but_not_cached() {
     let upstream = FakeRegistry::start().await;
     let small = upstream.add_blob(random_bytes(MIB / 2, 1));
     let big = upstream.add_blob(random_bytes(2 * MIB, 2));
-    let wharf = Wharf::start(&upstream, "max_size = \"1MiB\"").await;
+    let wharf = Wharf::start(&upstream, max_size("1MiB")).await;
     pull_and_cache(&wharf, &small).await;
     for _ in 0..2 {
         let (digest, source) = pull(&wharf, &big).await;
@@ -89,7 +86,7 @@ async fn an_entry_larger_than_the_cache_is_served_but_not_cached() {
         // A request right after the last byte may still join the finished fill.
         assert!(source == "miss" || source == "coalesced", "{source}");
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(wharf.fills_done().await);
     assert!(!wharf.has_blob(&big));
     assert!(wharf.has_blob(&small), "nothing was evicted for it");
     assert_eq!(
@@ -111,7 +108,7 @@ async fn a_blob_being_read_when_it_is_evicted_stays_readable_to_the_end() {
     let first = random_bytes(24 * MIB, 1);
     let a = upstream.add_blob(first.clone());
     let b = upstream.add_blob(random_bytes(24 * MIB, 2));
-    let wharf = Wharf::start(&upstream, "max_size = \"24MiB\"").await;
+    let wharf = Wharf::start(&upstream, max_size("24MiB")).await;
     pull_and_cache(&wharf, &a).await;
 
     let r = wharf.get(&format!("/v2/library/x/blobs/{a}")).await;
@@ -134,19 +131,19 @@ async fn a_blob_being_read_when_it_is_evicted_stays_readable_to_the_end() {
 async fn entries_unused_for_max_idle_are_evicted() {
     let upstream = FakeRegistry::start().await;
     let d = upstream.add_blob(random_bytes(1000, 1));
-    let wharf = Wharf::start(&upstream, "max_idle = \"1s\"").await;
+    let wharf = Wharf::start(&upstream, |c| c.cache.max_idle = Duration::from_secs(1)).await;
     pull_and_cache(&wharf, &d).await;
     assert!(
-        eventually(Duration::from_secs(5), || async { !wharf.has_blob(&d) }).await,
+        eventually(Duration::from_secs(10), || async { !wharf.has_blob(&d) }).await,
         "swept after max_idle"
     );
-    assert_eq!(
+    // The file goes first, then the books are kept: wait for them too.
+    assert!(
         wharf
-            .metric("wharf_cache_evictions_total", &["reason=\"idle\""])
-            .await,
-        1.0
+            .metric_reaches("wharf_cache_evictions_total", &["reason=\"idle\""], 1.0)
+            .await
     );
-    assert_eq!(wharf.metric("wharf_cache_entries", &[]).await, 0.0);
+    assert!(wharf.metric_reaches("wharf_cache_entries", &[], 0.0).await);
 }
 
 #[tokio::test]
@@ -155,18 +152,28 @@ async fn recency_survives_a_restart() {
     let blobs: Vec<_> = (0..4)
         .map(|n| upstream.add_blob(random_bytes(MIB, 10 + n)))
         .collect();
-    let extra = "max_size = \"3MiB\"";
-    let wharf = Wharf::start(&upstream, extra).await;
+    let wharf = Wharf::start(&upstream, max_size("3MiB")).await;
     for d in &blobs[..3] {
         pull_and_cache(&wharf, d).await;
     }
-    // Uses are written to disk at most once a second: let one second pass, then use the
-    // oldest blob.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A use is written to disk (as the file's mtime) at most once per whole second of the
+    // clock: wait for the clock to pass into a second after the commits, then use the oldest
+    // blob.
+    let last_commit = mtime(wharf.cache.path(), &blobs[2]);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            whole_seconds(SystemTime::now()) > whole_seconds(last_commit)
+        })
+        .await
+    );
     assert_eq!(pull(&wharf, &blobs[0]).await.1, "hit");
+    assert!(
+        mtime(wharf.cache.path(), &blobs[0]) > last_commit,
+        "the use was written to disk"
+    );
     let cache = wharf.stop().await;
 
-    let wharf = Wharf::start_in(&upstream, extra, cache).await;
+    let wharf = Wharf::start_in(&upstream, cache, max_size("3MiB")).await;
     assert_eq!(
         wharf.metric("wharf_cache_entries", &[]).await,
         3.0,
@@ -180,11 +187,22 @@ async fn recency_survives_a_restart() {
     assert!(wharf.has_blob(&blobs[0]));
 }
 
+fn mtime(cache: &Path, digest: &str) -> SystemTime {
+    std::fs::metadata(blob_path(cache, digest))
+        .unwrap()
+        .modified()
+        .unwrap()
+}
+
+fn whole_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+}
+
 #[tokio::test]
 async fn a_cached_blob_changed_on_disk_is_never_served() {
     let upstream = FakeRegistry::start().await;
     let d = upstream.add_blob(random_bytes(MIB, 1));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     pull_and_cache(&wharf, &d).await;
     let path = blob_path(wharf.cache.path(), &d);
     let bytes = std::fs::read(&path).unwrap();
@@ -200,7 +218,8 @@ async fn a_cached_blob_changed_on_disk_is_never_served() {
     assert!(wharf.settled(&d).await);
 }
 
-fn cache_command(cache: &Path, args: &[&str]) -> (bool, String) {
+/// Runs `wharf cache ARGS --dir CACHE`: its exit code, and what it printed.
+fn cache_command(cache: &Path, args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(WHARF)
         .arg("cache")
         .args(args)
@@ -210,7 +229,7 @@ fn cache_command(cache: &Path, args: &[&str]) -> (bool, String) {
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    (out.status.code(), text)
 }
 
 #[tokio::test]
@@ -218,12 +237,12 @@ async fn cache_commands_work_while_the_server_runs() {
     let upstream = FakeRegistry::start().await;
     let good = upstream.add_blob(random_bytes(MIB, 1));
     let rotten = upstream.add_blob(random_bytes(MIB, 2));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     pull_and_cache(&wharf, &good).await;
     pull_and_cache(&wharf, &rotten).await;
 
-    let (ok, text) = cache_command(wharf.cache.path(), &["stats"]);
-    assert!(ok, "{text}");
+    let (code, text) = cache_command(wharf.cache.path(), &["stats"]);
+    assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("blobs                2 entries"), "{text}");
 
     // Bit rot that keeps the size: only re-hashing finds it.
@@ -231,8 +250,8 @@ async fn cache_commands_work_while_the_server_runs() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[1000] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
-    let (ok, text) = cache_command(wharf.cache.path(), &["verify"]);
-    assert!(!ok, "verify reports damage with a failing status");
+    let (code, text) = cache_command(wharf.cache.path(), &["verify"]);
+    assert_eq!(code, Some(1), "verify reports damage with status 1: {text}");
     assert!(text.contains(&path.display().to_string()), "{text}");
     assert!(text.contains("1 damaged and removed"), "{text}");
     assert!(!path.exists());
@@ -243,10 +262,78 @@ async fn cache_commands_work_while_the_server_runs() {
     // Its commit lands just after the response: wait for it before pruning.
     assert!(wharf.settled(&rotten).await);
 
-    let (ok, text) = cache_command(wharf.cache.path(), &["prune", "--max-size", "0"]);
-    assert!(ok, "{text}");
+    let (code, text) = cache_command(wharf.cache.path(), &["prune", "--max-size", "0"]);
+    assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("removed 2 entries"), "{text}");
     assert_eq!(pull(&wharf, &good).await, (good.clone(), "miss".to_owned()));
+}
+
+#[tokio::test]
+async fn cache_verify_exits_with_status_1_exactly_when_it_removed_damage() {
+    let upstream = FakeRegistry::start().await;
+    let blobs = [
+        upstream.add_blob(random_bytes(MIB, 3)),
+        upstream.add_blob(random_bytes(MIB, 4)),
+    ];
+    let body = format!(
+        r#"{{"schemaVersion":2,"layers":[{{"digest":"{}"}}]}}"#,
+        blobs[0]
+    );
+    let manifest = upstream.add_manifest("library/x", "v1", crate::common::OCI_MANIFEST, &body);
+    let wharf = Wharf::start(&upstream, |_| {}).await;
+    for d in &blobs {
+        pull_and_cache(&wharf, d).await;
+    }
+    assert_eq!(wharf.get("/v2/library/x/manifests/v1").await.status(), 200);
+    let cache = wharf.cache.path();
+    let manifest_path = disk::committed(cache, "manifests")
+        .into_iter()
+        .find(|(digest, _)| *digest == manifest)
+        .expect("the manifest is committed")
+        .1;
+
+    // Nothing damaged: status 0.
+    let (code, text) = cache_command(cache, &["verify"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("checked 3 entries"), "{text}");
+    assert!(text.contains("0 damaged and removed"), "{text}");
+
+    // A damaged blob and a damaged manifest: both removed, status 1.
+    let rotten_blob = blob_path(cache, &blobs[1]);
+    for path in [&rotten_blob, &manifest_path] {
+        let mut bytes = std::fs::read(path).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 1;
+        std::fs::write(path, &bytes).unwrap();
+    }
+    let (code, text) = cache_command(cache, &["verify"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("2 damaged and removed"), "{text}");
+    for path in [&rotten_blob, &manifest_path] {
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(!path.exists(), "{} is still there", path.display());
+    }
+    assert!(wharf.has_blob(&blobs[0]), "what was whole stays");
+
+    // The damage is gone: status 0 again.
+    let (code, text) = cache_command(cache, &["verify"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("checked 1 entries"), "{text}");
+    assert!(text.contains("0 damaged and removed"), "{text}");
+
+    // The server fetches what was removed again.
+    let r = wharf
+        .get(&format!("/v2/library/x/manifests/{manifest}"))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), body);
+    assert_eq!(pull(&wharf, &blobs[1]).await.0, blobs[1]);
+
+    // A directory that cannot be verified is a failure too, without a verdict on damage.
+    let missing = cache.join("no-such-cache");
+    let (code, text) = cache_command(&missing, &["verify"]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(!text.contains("damaged and removed"), "{text}");
 }
 
 /// Sums the committed files that all existed at one moment: files seen while walking are
@@ -285,7 +372,7 @@ async fn churn_far_beyond_max_size_never_passes_it() {
     let blobs: Vec<_> = (0..48)
         .map(|n| upstream.add_blob(random_bytes(BLOB, 100 + n)))
         .collect();
-    let wharf = Arc::new(Wharf::start(&upstream, "max_size = \"8MiB\"").await);
+    let wharf = Arc::new(Wharf::start(&upstream, max_size("8MiB")).await);
 
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -311,7 +398,8 @@ async fn churn_far_beyond_max_size_never_passes_it() {
             async move { assert_eq!(pull(&wharf, &d).await.0, d) }
         })
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The last commits land just after their responses.
+    assert!(wharf.fills_done().await);
     done.store(true, Ordering::Relaxed);
     let (max_gauge, max_files, samples) = sampler.await.unwrap();
     eprintln!(

@@ -1,11 +1,9 @@
 //! Manifests through a real wharf: tag freshness and coalesced revalidation, Accept negotiation,
 //! verification, and what an upstream outage gets.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{sha256, FakeRegistry, Wharf, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+use crate::common::{sha256, FakeRegistry, Wharf, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 
 const EVERYTHING: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
@@ -61,7 +59,7 @@ async fn a_tag_is_cached_then_served_byte_for_byte_without_the_upstream() {
     let upstream = FakeRegistry::start().await;
     let body = manifest_json("a");
     let digest = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &body);
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     let first = get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
     assert_eq!((first.status, first.cache.as_str()), (200, "miss"));
@@ -98,7 +96,7 @@ async fn an_expired_tag_is_revalidated_with_one_head_for_many_clients() {
     let upstream = FakeRegistry::start().await;
     let body = manifest_json("b");
     let digest = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &body);
-    let wharf = Wharf::start(&upstream, "tag_ttl = \"300ms\"").await;
+    let wharf = Wharf::start(&upstream, |c| c.cache.tag_ttl = Duration::from_millis(300)).await;
     assert_eq!(
         get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING)
             .await
@@ -134,7 +132,7 @@ async fn an_expired_tag_is_revalidated_with_one_head_for_many_clients() {
 async fn a_moved_tag_is_fetched_again_after_its_ttl() {
     let upstream = FakeRegistry::start().await;
     let old = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest_json("old"));
-    let wharf = Wharf::start(&upstream, "tag_ttl = \"200ms\"").await;
+    let wharf = Wharf::start(&upstream, |c| c.cache.tag_ttl = Duration::from_millis(200)).await;
     let answer = get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
     assert_eq!(answer.digest, old);
 
@@ -165,7 +163,7 @@ async fn each_client_gets_the_document_its_accept_header_asks_for() {
     let index = upstream.add_manifest("library/multi", "v1", OCI_INDEX, &index_body);
     // As Docker Hub does: a client that cannot take the index gets the default platform.
     upstream.set_fallback(&index, &single);
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let path = "/v2/library/multi/manifests/v1";
 
     // A single-platform client asks first: it must get the single manifest...
@@ -217,7 +215,7 @@ async fn a_manifest_that_does_not_match_its_digest_is_refused_and_not_cached() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest_json("c"));
     upstream.faults().tamper_manifests = true;
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     for path in [
         "/v2/library/app/manifests/v1".to_owned(),
@@ -242,7 +240,7 @@ async fn a_manifest_that_does_not_match_its_digest_is_refused_and_not_cached() {
 #[tokio::test]
 async fn an_unknown_tag_is_404_manifest_unknown() {
     let upstream = FakeRegistry::start().await;
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let answer = get(&wharf, "/v2/library/app/manifests/nope", EVERYTHING).await;
     assert_eq!(answer.status, 404);
     assert!(String::from_utf8_lossy(&answer.body).contains("MANIFEST_UNKNOWN"));
@@ -252,7 +250,7 @@ async fn an_unknown_tag_is_404_manifest_unknown() {
 async fn an_expired_tag_is_served_stale_while_the_upstream_fails() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest_json("d"));
-    let wharf = Wharf::start(&upstream, "tag_ttl = \"100ms\"").await;
+    let wharf = Wharf::start(&upstream, |c| c.cache.tag_ttl = Duration::from_millis(100)).await;
     get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
 
@@ -285,7 +283,7 @@ async fn an_expired_tag_is_served_stale_while_the_upstream_fails() {
 async fn a_tag_the_upstream_no_longer_has_is_gone_not_stale() {
     let upstream = FakeRegistry::start().await;
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest_json("f"));
-    let wharf = Wharf::start(&upstream, "tag_ttl = \"100ms\"").await;
+    let wharf = Wharf::start(&upstream, |c| c.cache.tag_ttl = Duration::from_millis(100)).await;
     get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     // An upstream that says "no" is not an outage.
@@ -298,7 +296,11 @@ async fn a_tag_the_upstream_no_longer_has_is_gone_not_stale() {
 async fn without_serve_stale_an_outage_is_an_error() {
     let upstream = FakeRegistry::start().await;
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest_json("e"));
-    let wharf = Wharf::start(&upstream, "tag_ttl = \"100ms\"\nserve_stale = false").await;
+    let wharf = Wharf::start(&upstream, |c| {
+        c.cache.tag_ttl = Duration::from_millis(100);
+        c.cache.serve_stale = false;
+    })
+    .await;
     get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     upstream.faults().status = Some((503, None));

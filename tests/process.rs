@@ -1,20 +1,24 @@
-//! The real binary under hard stops: kill -9 at any moment never leaves a bad or partial blob
-//! behind and never loses a committed one; SIGTERM lets responses finish within the grace period.
+//! The real binary under hard stops: kill -9 at any moment never leaves a bad or partial blob,
+//! manifest or tag file behind and never loses a committed one; SIGTERM lets responses finish
+//! within the grace period. SIGHUP reloads what can be reloaded.
 
-mod common;
-
+use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{config_toml, random_bytes, sha256, FakeRegistry};
 use futures_util::StreamExt;
+use wharf::config::AuthConfig;
+use wharf::Config;
 
-const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
-const MIB: usize = 1024 * 1024;
+use crate::common::disk::{self, temp_files};
+use crate::common::{
+    config, each_upstream, eventually, metric_in, pki, random_bytes, sha256, FakeRegistry, Hold,
+    MIB, OCI_MANIFEST, TOKEN, WHARF,
+};
 
 /// A wharf process, killed by PID when dropped whatever happened.
 struct Process {
@@ -31,18 +35,24 @@ impl Drop for Process {
 }
 
 impl Process {
-    /// Starts wharf on a free port with `config` (without a [server] section) and waits until
-    /// it serves.
-    fn start(dir: &Path, config: &str, grace: &str) -> Process {
+    /// Starts `wharf serve` with `config` (on 127.0.0.1:0, with `grace` to shut down), written
+    /// to `dir/mirror.toml`, and waits until it serves.
+    fn start(dir: &Path, config: &Config, grace: Duration) -> Process {
         Self::start_logging(dir, config, grace, "info")
     }
 
     /// [`Process::start`] with `RUST_LOG` set to `filter`.
-    fn start_logging(dir: &Path, config: &str, grace: &str, filter: &str) -> Process {
+    fn start_logging(dir: &Path, config: &Config, grace: Duration, filter: &str) -> Process {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let mut config = config.clone();
+        config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.server.shutdown_grace = grace;
         let config_path = dir.join("mirror.toml");
-        let server = format!("[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"{grace}\"\n");
-        fs::write(&config_path, server + config).unwrap();
-        let log = dir.join(format!("wharf-{}.log", Instant::now().elapsed().as_nanos()));
+        fs::write(&config_path, config.to_toml()).unwrap();
+        let log = dir.join(format!(
+            "wharf-{}.log",
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
         let child = Command::new(WHARF)
             .args(["serve", "--config"])
             .arg(&config_path)
@@ -57,9 +67,9 @@ impl Process {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let text = fs::read_to_string(&process.log).unwrap_or_default();
+            let text = process.log_text();
             let addr = text.lines().find_map(|l| {
                 let at = l.find("wharf is serving")?;
                 let rest = &l[at..];
@@ -77,6 +87,28 @@ impl Process {
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (up to 10 s) until the log has a line containing `fragment`.
+    fn wait_for_log(&self, fragment: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log_text().contains(fragment) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// One series of the process's `/metrics`, as [`metric_in`] reads it.
+    async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = reqwest::get(self.url("/metrics")).await.unwrap();
+        metric_in(&text.text().await.unwrap(), name, labels)
     }
 
     fn kill_9(mut self) {
@@ -106,73 +138,107 @@ impl Process {
             assert!(
                 Instant::now() < deadline,
                 "wharf did not exit within {limit:?}:\n{}",
-                fs::read_to_string(&self.log).unwrap_or_default()
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
 
-/// Every committed blob file, hashed: (name, digest of its bytes).
-fn committed_blobs(cache: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for fan in fs::read_dir(cache.join("blobs/sha256"))
+/// The digests the committed blobs are named by (read while wharf runs, so not hashed: a file
+/// may be evicted at any moment).
+fn committed_blobs(cache: &Path) -> Vec<String> {
+    disk::committed(cache, "blobs")
         .into_iter()
-        .flatten()
-    {
-        for file in fs::read_dir(fan.unwrap().path()).unwrap() {
-            let path = file.unwrap().path();
-            let mut bytes = Vec::new();
-            fs::File::open(&path)
-                .unwrap()
-                .read_to_end(&mut bytes)
-                .unwrap();
-            let name = format!("sha256:{}", path.file_name().unwrap().to_string_lossy());
-            out.push((name, sha256(&bytes)));
-        }
-    }
-    out
+        .map(|(digest, _)| digest)
+        .collect()
 }
 
-fn temp_files(cache: &Path) -> usize {
-    fs::read_dir(cache.join("tmp")).map_or(0, |d| d.count())
+/// Checks that everything committed in `cache` is whole: blobs and manifests hash to their
+/// names, and each tag file is a whole record naming the digest the upstream has for its tag.
+/// What it found: (blobs, manifests, tag files).
+fn assert_whole(cache: &Path, tags: &HashMap<String, String>) -> (usize, usize, usize) {
+    let blobs = disk::assert_blobs_whole(cache);
+    let manifests = disk::assert_manifests_whole(cache);
+    let records = disk::tag_records(cache);
+    for (upstream, repo, tag, digests) in &records {
+        assert_eq!(
+            (upstream.as_str(), repo.as_str()),
+            ("docker.io", "library/app")
+        );
+        let expected = tags
+            .get(tag)
+            .unwrap_or_else(|| panic!("a tag file for {tag}?"));
+        assert!(digests.iter().all(|d| d == expected), "{tag}: {digests:?}");
+    }
+    (blobs, manifests, records.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kill_9_at_any_moment_leaves_only_whole_verified_blobs() {
+async fn kill_9_at_any_moment_leaves_only_whole_blobs_manifests_and_tags() {
+    const ROUNDS: usize = 8;
+    const TAGS: usize = 200;
     let upstream = FakeRegistry::start().await;
-    let blobs: Vec<_> = (0..24)
-        .map(|n| upstream.add_blob(random_bytes(MIB, n)))
+    // Each round pulls six blobs of its own, of different sizes (so that they commit one after
+    // another), and a stream of tags, each a manifest of its own.
+    let sizes = [256 << 10, 512 << 10, 768 << 10, MIB, 3 * MIB / 2, 2 * MIB];
+    let blobs: Vec<Vec<String>> = (0..ROUNDS)
+        .map(|round| {
+            let seeds = (round * sizes.len()) as u64..;
+            sizes
+                .iter()
+                .zip(seeds)
+                .map(|(&len, seed)| upstream.add_blob(random_bytes(len, seed)))
+                .collect()
+        })
         .collect();
-    // About 64 ms per fill, so early kills land mid-fill and later ones mid-commit or between;
-    // a small cache so commits keep evicting.
+    let mut tags = HashMap::new();
+    for round in 0..ROUNDS {
+        for n in 0..TAGS {
+            let tag = format!("r{round}-t{n}");
+            let body = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","annotations":{{"tag":"{tag}"}}}}"#
+            );
+            let digest = upstream.add_manifest("library/app", &tag, OCI_MANIFEST, &body);
+            tags.insert(tag, digest);
+        }
+    }
+    // About 64 ms per MiB; a small cache, so that commits keep evicting.
     upstream.faults().chunk_delay = Some(Duration::from_millis(4));
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let config = config_toml(&upstream, &cache, "max_size = \"3MiB\"", "");
+    let mut config = config(&upstream, &cache);
+    config.cache.max_size = "3MiB".parse().unwrap();
     let client = reqwest::Client::new();
-    let mut killed_mid_fill = 0;
+    let streams = upstream.blob_streams();
+    let mut found = (0, 0, 0);
+    let mut killed_with_temp_files = 0;
 
-    for round in 0..8u64 {
-        let wharf = Process::start(dir.path(), &config, "1s");
+    for (round, this_round) in blobs.iter().enumerate() {
+        // Checked while no wharf runs (after the previous one was killed).
+        let (blobs_now, manifests_now, tags_now) = assert_whole(&cache, &tags);
+        found = (
+            found.0.max(blobs_now),
+            found.1.max(manifests_now),
+            found.2.max(tags_now),
+        );
+        let wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
         assert_eq!(
             temp_files(&cache),
             0,
             "round {round}: start-up removes temp files"
         );
-        for (name, actual) in committed_blobs(&cache) {
-            assert_eq!(
-                name, actual,
-                "round {round}: a committed blob is whole and right"
-            );
-        }
-        // Eight clients on six different blobs, then a kill at a different moment each round.
-        let pulls: Vec<_> = (0..8)
+        // The bodies the last process was sent are gone with its connections.
+        assert!(eventually(Duration::from_secs(10), || async { streams.now() == 0 }).await);
+        // The largest blob of the round stops after 128 KiB: whenever the kill comes, that
+        // fill is in flight, with its temp file.
+        let held = Hold::after(128 << 10).only(&this_round[5]);
+        upstream.faults().hold = Some(held.clone());
+        let before: HashSet<String> = committed_blobs(&cache).into_iter().collect();
+
+        let mut pulls: Vec<_> = (0..8)
             .map(|i| {
-                let url = wharf.url(&format!(
-                    "/v2/library/x/blobs/{}",
-                    blobs[(round as usize * 5 + i % 6) % blobs.len()]
-                ));
+                let url = wharf.url(&format!("/v2/library/x/blobs/{}", this_round[i % 6]));
                 let client = client.clone();
                 tokio::spawn(async move {
                     let Ok(r) = client.get(url).send().await else {
@@ -183,24 +249,83 @@ async fn kill_9_at_any_moment_leaves_only_whole_verified_blobs() {
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(10 + round * 30)).await;
+        // Tags are fetched (a manifest and a tag file written each) until the kill.
+        for first in 0..2 {
+            let (client, base) = (client.clone(), wharf.url("/v2/library/app/manifests/"));
+            pulls.push(tokio::spawn(async move {
+                for n in (first..TAGS).step_by(2) {
+                    let Ok(r) = client.get(format!("{base}r{round}-t{n}")).send().await else {
+                        return;
+                    };
+                    if r.bytes().await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+
+        // A kill at a different moment each round: after none, one or two of the round's
+        // blobs were committed, with the held one (and maybe others) still being filled.
+        let commits = round % 3;
+        let ready = eventually(Duration::from_secs(20), || {
+            let (cache, before, held) = (&cache, &before, &held);
+            async move {
+                let new = committed_blobs(cache)
+                    .into_iter()
+                    .filter(|d| !before.contains(d) && this_round.contains(d))
+                    .count();
+                held.reached() == 1 && new >= commits
+            }
+        })
+        .await;
+        assert!(ready, "round {round}: the fills did not get that far");
         wharf.kill_9();
-        killed_mid_fill += usize::from(temp_files(&cache) > 0);
+        killed_with_temp_files += usize::from(temp_files(&cache) > 0);
         for p in pulls {
             let _ = p.await;
         }
     }
-    eprintln!("kill -9: {killed_mid_fill} of 8 rounds killed wharf mid-fill");
-    assert!(
-        killed_mid_fill > 0,
-        "no kill landed mid-fill; the test proves nothing"
+    eprintln!(
+        "kill -9: {killed_with_temp_files} of {ROUNDS} kills left temp files; at most {} blobs, \
+         {} manifests and {} tag files were committed at a restart",
+        found.0, found.1, found.2
+    );
+    assert_eq!(
+        killed_with_temp_files, ROUNDS,
+        "every kill landed while a fill was writing its temp file"
     );
 
-    // After the last crash: everything served is right, fetched again where it must be.
-    let wharf = Process::start(dir.path(), &config, "1s");
-    assert_eq!(temp_files(&cache), 0);
+    // After the last crash: everything on disk is whole, and what is served is right, fetched
+    // again where it must be.
+    upstream.faults().hold = None;
     upstream.faults().chunk_delay = None;
-    for d in &blobs {
+    let (blobs_now, manifests_now, tags_now) = assert_whole(&cache, &tags);
+    found = (
+        found.0.max(blobs_now),
+        found.1.max(manifests_now),
+        found.2.max(tags_now),
+    );
+    let mut wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
+    assert_eq!(temp_files(&cache), 0);
+    assert!(
+        found.0 > 0 && found.1 > 0 && found.2 > 0,
+        "the crashes must have had committed blobs, manifests and tags to lose: {found:?}"
+    );
+    let tagged: Vec<_> = disk::tag_records(&cache)
+        .into_iter()
+        .map(|(_, _, tag, _)| tag)
+        .collect();
+    for tag in &tagged {
+        let r = client
+            .get(wharf.url(&format!("/v2/library/app/manifests/{tag}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["docker-content-digest"], tags[tag].as_str());
+        assert_eq!(sha256(&r.bytes().await.unwrap()), tags[tag]);
+    }
+    for d in blobs.iter().flatten() {
         let r = client
             .get(wharf.url(&format!("/v2/library/x/blobs/{d}")))
             .send()
@@ -209,44 +334,69 @@ async fn kill_9_at_any_moment_leaves_only_whole_verified_blobs() {
         assert_eq!(r.status(), 200);
         assert_eq!(&sha256(&r.bytes().await.unwrap()), d);
     }
-    for (name, actual) in committed_blobs(&cache) {
-        assert_eq!(name, actual);
-    }
+    wharf.sigterm();
+    assert!(wharf.wait_exit(Duration::from_secs(10)).success());
+    assert_whole(&cache, &tags);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_committed_blob_survives_kill_9() {
+async fn a_committed_blob_manifest_and_tag_survive_kill_9() {
     let upstream = FakeRegistry::start().await;
     let kept = upstream.add_blob(random_bytes(2 * MIB, 1));
     let cut = upstream.add_blob(random_bytes(8 * MIB, 2));
+    let body = format!(r#"{{"schemaVersion":2,"layers":[{{"digest":"{kept}"}}]}}"#);
+    let manifest = upstream.add_manifest("library/x", "v1", OCI_MANIFEST, &body);
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let config = config_toml(&upstream, &cache, "", "");
+    let config = config(&upstream, &cache);
     let client = reqwest::Client::new();
 
-    let wharf = Process::start(dir.path(), &config, "1s");
+    let wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
+    let r = client
+        .get(wharf.url("/v2/library/x/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["docker-content-digest"], manifest.as_str());
     let r = client
         .get(wharf.url(&format!("/v2/library/x/blobs/{kept}")))
         .send()
         .await
         .unwrap();
     assert_eq!(sha256(&r.bytes().await.unwrap()), kept);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !committed_blobs(&cache).iter().any(|(n, _)| *n == kept) {
-        assert!(Instant::now() < deadline, "never committed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Mid-fill of another blob.
-    upstream.faults().chunk_delay = Some(Duration::from_millis(5));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            committed_blobs(&cache).contains(&kept)
+        })
+        .await,
+        "never committed"
+    );
+    assert_eq!(disk::tag_records(&cache).len(), 1);
+    // Mid-fill of another blob: the upstream has sent its first MiB, and wharf has it.
+    let hold = Hold::after(MIB).only(&cut);
+    upstream.faults().hold = Some(hold.clone());
     let url = wharf.url(&format!("/v2/library/x/blobs/{cut}"));
-    let pull = tokio::spawn(async move { client.get(url).send().await.map(|_| ()) });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let pull = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(url).send().await.map(|_| ()) }
+    });
+    let upstream_bytes = (2 * MIB) as f64;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            hold.reached() == 1
+                && wharf.metric("wharf_upstream_bytes_total", &[]).await
+                    >= upstream_bytes + MIB as f64
+        })
+        .await,
+        "the second fill never got going"
+    );
+    assert_eq!(temp_files(&cache), 1, "its temp file");
     wharf.kill_9();
     let _ = pull.await;
-    upstream.faults().chunk_delay = None;
+    upstream.faults().hold = None;
 
-    let wharf = Process::start(dir.path(), &config, "1s");
-    let client = reqwest::Client::new();
+    let wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
+    assert_eq!(temp_files(&cache), 0, "start-up removes the partial fill");
     let r = client
         .get(wharf.url(&format!("/v2/library/x/blobs/{kept}")))
         .send()
@@ -259,6 +409,17 @@ async fn a_committed_blob_survives_kill_9() {
     );
     assert_eq!(sha256(&r.bytes().await.unwrap()), kept);
     assert_eq!(upstream.count("GET", &kept), 1);
+    // The tag is still known and fresh, its manifest cached: neither is asked for again.
+    let r = client
+        .get(wharf.url("/v2/library/x/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-wharf-cache"], "hit");
+    assert_eq!(r.headers()["docker-content-digest"], manifest.as_str());
+    assert_eq!(r.text().await.unwrap(), body);
+    assert_eq!(upstream.count("GET", "/manifests/"), 1);
+    assert_eq!(upstream.count("HEAD", "/manifests/"), 0);
     let r = client
         .get(wharf.url(&format!("/v2/library/x/blobs/{cut}")))
         .send()
@@ -273,26 +434,36 @@ async fn sigterm_lets_a_response_finish_within_the_grace_period() {
     let upstream = FakeRegistry::start().await;
     let bytes = random_bytes(8 * MIB, 1);
     let digest = upstream.add_blob(bytes.clone());
-    // 128 chunks of 64 KiB, 10 ms apart: about 1.3 s.
-    upstream.faults().chunk_delay = Some(Duration::from_millis(10));
+    // The response is held half-way until the signal has been sent and taken effect.
+    let hold = Hold::after(4 * MIB);
+    upstream.faults().hold = Some(hold.clone());
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let mut wharf = Process::start(dir.path(), &config_toml(&upstream, &cache, "", ""), "10s");
+    let config = config(&upstream, &cache);
+    let mut wharf = Process::start(dir.path(), &config, Duration::from_secs(30));
 
     let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
     let pull = tokio::spawn(async move {
         let r = reqwest::get(url).await.unwrap();
         r.bytes().await.map(|b| sha256(&b))
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { hold.reached() == 1 }).await,
+        "the response never got going"
+    );
     wharf.sigterm();
     // New connections are refused soon after the signal.
     let addr = wharf.addr;
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(addr).await.is_ok() {
         assert!(Instant::now() < deadline, "still accepting after SIGTERM");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(
+        wharf.child.try_wait().unwrap().is_none(),
+        "wharf exited with a response in flight"
+    );
+    hold.open();
     assert_eq!(
         pull.await.unwrap().unwrap(),
         digest,
@@ -300,31 +471,37 @@ async fn sigterm_lets_a_response_finish_within_the_grace_period() {
     );
     assert!(wharf.wait_exit(Duration::from_secs(10)).success());
     assert_eq!(temp_files(&cache), 0);
-    assert_eq!(committed_blobs(&cache), vec![(digest.clone(), digest)]);
+    assert_eq!(committed_blobs(&cache), vec![digest]);
+    disk::assert_blobs_whole(&cache);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_cuts_what_outlasts_the_grace_period_and_leaves_nothing_partial() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(random_bytes(8 * MIB, 2));
-    // About 6 s of streaming, far beyond the grace period.
-    upstream.faults().chunk_delay = Some(Duration::from_millis(50));
+    // Half the body, then nothing until after the grace period.
+    let hold = Hold::after(4 * MIB);
+    upstream.faults().hold = Some(hold.clone());
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let config = config_toml(&upstream, &cache, "", "");
-    let mut wharf = Process::start(dir.path(), &config, "300ms");
+    let config = config(&upstream, &cache);
+    let mut wharf = Process::start(dir.path(), &config, Duration::from_millis(300));
 
     let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
     let pull = tokio::spawn(async move {
-        let r = reqwest::get(url).await.unwrap();
+        let r = reqwest::get(url).await?;
         r.bytes().await.map(|b| b.len())
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { hold.reached() == 1 }).await,
+        "the response never got going"
+    );
     let signalled = Instant::now();
     wharf.sigterm();
-    assert!(wharf.wait_exit(Duration::from_secs(5)).success());
+    assert!(wharf.wait_exit(Duration::from_secs(10)).success());
+    // Soon after the grace period, not after the default one (30 s).
     assert!(
-        signalled.elapsed() < Duration::from_secs(2),
+        signalled.elapsed() < Duration::from_secs(5),
         "{:?}",
         signalled.elapsed()
     );
@@ -342,8 +519,9 @@ async fn sigterm_cuts_what_outlasts_the_grace_period_and_leaves_nothing_partial(
         "the interrupted fill removed its temp file"
     );
 
-    upstream.faults().chunk_delay = None;
-    let wharf = Process::start(dir.path(), &config, "1s");
+    hold.open();
+    upstream.faults().hold = None;
+    let wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
     assert_eq!(temp_files(&cache), 0);
     let r = reqwest::get(wharf.url(&format!("/v2/library/x/blobs/{digest}")))
         .await
@@ -355,34 +533,23 @@ async fn sigterm_cuts_what_outlasts_the_grace_period_and_leaves_nothing_partial(
 async fn sighup_reloads_the_certificate_and_wharf_keeps_serving() {
     let upstream = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let pki = common::pki::issue("a CA");
-    common::pki::write_pair(dir.path(), &pki);
-    let config = common::pki::server_tls_toml(dir.path())
-        + &config_toml(&upstream, &dir.path().join("cache"), "", "");
-    let mut wharf = Process::start(dir.path(), &config, "1s");
-    let reloads = |wharf: &Process| {
-        fs::read_to_string(&wharf.log)
-            .unwrap()
-            .matches("TLS certificate reloaded")
-            .count()
-    };
-    assert_eq!(reloads(&wharf), 0);
+    let pki = pki::issue("a CA");
+    pki::write_pair(dir.path(), &pki);
+    let mut config = config(&upstream, &dir.path().join("cache"));
+    config.server.tls = Some(pki::server_tls(dir.path()));
+    let mut wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
+    assert!(!wharf.log_text().contains("TLS certificate reloaded"));
     // The files are unchanged: only the signal makes wharf load them again.
     wharf.signal("-HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while reloads(&wharf) == 0 {
-        assert!(Instant::now() < deadline, "no reload after SIGHUP");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wharf.wait_for_log("TLS certificate reloaded"),
+        "no reload after SIGHUP"
+    );
     assert!(
         wharf.child.try_wait().unwrap().is_none(),
         "SIGHUP must not stop wharf"
     );
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.as_bytes()).unwrap())
-        .build()
-        .unwrap();
-    let r = client
+    let r = pki::client_trusting(&pki, false)
         .get(format!("https://{}/v2/", wharf.addr))
         .send()
         .await
@@ -396,17 +563,13 @@ async fn sighup_reloads_the_certificate_and_wharf_keeps_serving() {
 async fn sighup_does_not_stop_a_plain_http_wharf() {
     let upstream = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config_toml(&upstream, &dir.path().join("cache"), "", "");
-    let mut wharf = Process::start(dir.path(), &config, "1s");
+    let config = config(&upstream, &dir.path().join("cache"));
+    let mut wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
     wharf.signal("-HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !fs::read_to_string(&wharf.log)
-        .unwrap()
-        .contains("nothing to reload")
-    {
-        assert!(Instant::now() < deadline, "SIGHUP went unanswered");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wharf.wait_for_log("nothing to reload"),
+        "SIGHUP went unanswered"
+    );
     let r = reqwest::get(wharf.url("/healthz")).await.unwrap();
     assert_eq!(r.status(), 200);
     wharf.sigterm();
@@ -420,12 +583,12 @@ async fn changed_client_credentials_take_effect_without_a_restart() {
     let tokens = dir.path().join("tokens");
     let hash = |token: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token));
     fs::write(&tokens, format!("sha256:{} old\n", hash("old-token"))).unwrap();
-    let config = format!(
-        "[server.auth]\ntokens = {:?}\n{}",
-        tokens.display().to_string(),
-        config_toml(&upstream, &dir.path().join("cache"), "", "")
-    );
-    let mut wharf = Process::start(dir.path(), &config, "1s");
+    let mut config = config(&upstream, &dir.path().join("cache"));
+    config.server.auth = Some(AuthConfig {
+        htpasswd: None,
+        tokens: Some(tokens.clone()),
+    });
+    let mut wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
     let status = |token: &'static str| {
         let url = wharf.url("/v2/");
         async move {
@@ -442,17 +605,10 @@ async fn changed_client_credentials_take_effect_without_a_restart() {
     fs::write(&tokens, format!("sha256:{} new\n", hash("new-token"))).unwrap();
     // The change is seen within seconds anyway; SIGHUP asks for it at once.
     wharf.signal("-HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !fs::read_to_string(&wharf.log)
-        .unwrap()
-        .contains("client credentials reloaded")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP did not reload the credentials"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wharf.wait_for_log("client credentials reloaded"),
+        "SIGHUP did not reload the credentials"
+    );
     assert_eq!(status("old-token").await, 401);
     assert_eq!(status("new-token").await, 200);
     wharf.sigterm();
@@ -471,10 +627,6 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
     let password_file = dir.path().join("password");
     fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
     fs::set_permissions(&password_file, fs::Permissions::from_mode(0o644)).unwrap();
-    let credentials = format!(
-        "username = \"wharf\"\npassword_file = {:?}",
-        password_file.display().to_string()
-    );
     // And the clients' credentials: a user and a token of wharf's own.
     const CLIENT_PASSWORD: &str = "client-pw-7781";
     const CLIENT_TOKEN: &str = "client-token-9902";
@@ -486,19 +638,22 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
     let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(CLIENT_TOKEN));
     fs::write(&tokens, format!("sha256:{token_hash} ci\n")).unwrap();
     fs::set_permissions(&tokens, fs::Permissions::from_mode(0o644)).unwrap();
-    let config = format!(
-        "[server.auth]\nhtpasswd = {:?}\ntokens = {:?}\n{}",
-        htpasswd.display().to_string(),
-        tokens.display().to_string(),
-        config_toml(&upstream, &dir.path().join("cache"), "", &credentials)
-    );
+    let mut config = config(&upstream, &dir.path().join("cache"));
+    each_upstream(&mut config, |u| {
+        u.username = Some("wharf".into());
+        u.password_file = Some(password_file.clone());
+    });
+    config.server.auth = Some(AuthConfig {
+        htpasswd: Some(htpasswd.clone()),
+        tokens: Some(tokens.clone()),
+    });
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("wharf:{PASSWORD}"));
     let client_basic =
         base64::engine::general_purpose::STANDARD.encode(format!("puller:{CLIENT_PASSWORD}"));
     let secrets = [
         PASSWORD,
         basic.as_str(),
-        common::TOKEN,
+        TOKEN,
         CLIENT_PASSWORD,
         client_basic.as_str(),
         CLIENT_TOKEN,
@@ -512,7 +667,7 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
 
     // check-config warns of the readable password and token files, and prints no secret.
     let config_path = dir.path().join("check.toml");
-    fs::write(&config_path, &config).unwrap();
+    fs::write(&config_path, config.to_toml()).unwrap();
     let checked = Command::new(WHARF)
         .args(["check-config", "--config"])
         .arg(&config_path)
@@ -528,7 +683,7 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
 
     // A pull through a bearer challenge, answered with the credentials, at the chattiest log
     // level: the secrets travel upstream but appear nowhere wharf writes.
-    let wharf = Process::start_logging(dir.path(), &config, "5s", "trace");
+    let wharf = Process::start_logging(dir.path(), &config, Duration::from_secs(5), "trace");
     let client = reqwest::Client::new();
     let r = client
         .get(wharf.url(&format!("/v2/library/app/blobs/{digest}")))
@@ -567,7 +722,7 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
             .unwrap();
         leaks(path, &text);
     }
-    let log = fs::read_to_string(&wharf.log).unwrap();
+    let log = wharf.log_text();
     assert!(log.contains("can be read by other users"));
     assert!(log.lines().count() > 20, "trace logging was not on");
     leaks("the log", &log);

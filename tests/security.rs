@@ -1,13 +1,16 @@
 //! What clients can reach through wharf: only allowed repositories, and nothing an upstream's
 //! answers could point wharf's credentials or requests at (token realms, redirects).
 
-mod common;
-
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{config_toml, error_code, random_bytes, FakeRegistry, Wharf, OCI_MANIFEST};
+use wharf::config::AuthConfig;
+use wharf::Config;
 
-const ALLOW_LIBRARY: &str = "repositories = [\"library/*\"]";
+use crate::common::{
+    base_config, each_upstream, error_code, eventually, pki, random_bytes, upstream_config,
+    FakeRegistry, Wharf, OCI_MANIFEST,
+};
 
 #[tokio::test]
 async fn repositories_outside_the_allow_list_are_refused_even_from_the_cache() {
@@ -16,9 +19,12 @@ async fn repositories_outside_the_allow_list_are_refused_even_from_the_cache() {
     let blob_digest = upstream.add_blob(blob.clone());
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{\"a\":1}");
     upstream.add_manifest("private/app", "v1", OCI_MANIFEST, "{\"b\":2}");
-    let cache = tempfile::tempdir().unwrap();
-    let toml = config_toml(&upstream, cache.path(), "", ALLOW_LIBRARY);
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let wharf = Wharf::start(&upstream, |c| {
+        each_upstream(c, |u| {
+            u.repositories = Some(vec!["library/*".parse().unwrap()]);
+        })
+    })
+    .await;
 
     // Allowed: served, and the blob is now cached.
     assert_eq!(
@@ -62,21 +68,20 @@ async fn a_token_realm_on_another_host_is_not_sent_the_credentials() {
         faults.bearer = true;
         faults.realm_host = Some(format!("localhost:{}", elsewhere.addr.port()));
     }
-    let (_secret, credentials) = upstream_credentials("s3cret");
+    let secret = upstream_password("s3cret");
 
-    let cache = tempfile::tempdir().unwrap();
-    let toml = config_toml(&upstream, cache.path(), "", &credentials);
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let wharf = Wharf::start(&upstream, |c| with_credentials(c, secret.path())).await;
     let r = wharf.get("/v2/library/app/manifests/v1").await;
     assert_eq!(r.status(), 502);
     assert!(elsewhere.seen().is_empty(), "the foreign realm was asked");
     wharf.stop().await;
 
     // Once the operator allows that host, it is used.
-    let cache = tempfile::tempdir().unwrap();
-    let extra = format!("{credentials}\ntoken_realm_hosts = [\"localhost\"]");
-    let toml = config_toml(&upstream, cache.path(), "", &extra);
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let wharf = Wharf::start(&upstream, |c| {
+        with_credentials(c, secret.path());
+        each_upstream(c, |u| u.token_realm_hosts = vec!["localhost".into()]);
+    })
+    .await;
     let r = wharf.get("/v2/library/app/manifests/v1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(elsewhere.count("GET", "/token"), 1);
@@ -86,17 +91,21 @@ async fn a_token_realm_on_another_host_is_not_sent_the_credentials() {
 async fn redirect_loops_and_other_schemes_end_in_a_quick_502() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(random_bytes(1024, 2));
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let path = format!("/v2/library/app/blobs/{digest}");
 
-    // Redirected to itself, forever.
+    // Redirected to itself, forever: the request and five redirects are followed, the sixth
+    // redirect is refused.
     upstream.faults().redirect_blobs_to = Some(upstream.url());
     let started = Instant::now();
     let r = wharf.get(&path).await;
     assert_eq!(r.status(), 502);
     assert!(started.elapsed() < Duration::from_secs(5));
-    let asked = upstream.count("GET", &digest);
-    assert!(asked <= 7, "followed {asked} redirects");
+    assert_eq!(
+        upstream.count("GET", &digest),
+        1 + 5,
+        "the request and exactly five redirects"
+    );
 
     // Redirected to a file URL.
     upstream.faults().redirect_blobs_to = Some("file://".into());
@@ -106,22 +115,53 @@ async fn redirect_loops_and_other_schemes_end_in_a_quick_502() {
 }
 
 #[tokio::test]
+async fn a_redirect_from_https_down_to_http_is_refused() {
+    let pki = pki::issue("upstream CA");
+    let upstream = FakeRegistry::start_https(&pki).await;
+    // Where the upstream sends blob requests: a plain-HTTP host, or one over HTTPS.
+    let plain = FakeRegistry::start().await;
+    let secure = FakeRegistry::start_https(&pki).await;
+    let bytes = random_bytes(100_000, 7);
+    let digest = upstream.add_blob(bytes.clone());
+    plain.add_blob(bytes.clone());
+    secure.add_blob(bytes.clone());
+    let certs = tempfile::tempdir().unwrap();
+    let ca_file = pki::write_ca(certs.path(), &pki);
+    let wharf = Wharf::start(&upstream, |c| {
+        each_upstream(c, |u| u.ca_file = Some(ca_file.clone()))
+    })
+    .await;
+    let path = format!("/v2/library/app/blobs/{digest}");
+
+    // Down to http: refused before the plain host is contacted, and nothing cached.
+    upstream.faults().redirect_blobs_to = Some(plain.url());
+    let r = wharf.get(&path).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(error_code(r).await, "UPSTREAM_UNAVAILABLE");
+    assert!(plain.seen().is_empty(), "{:?}", plain.seen());
+    assert_eq!(upstream.count("GET", &digest), 1);
+    assert!(!wharf.has_blob(&digest));
+
+    // To another https host: followed, so it was the downgrade that was refused.
+    upstream.faults().redirect_blobs_to = Some(secure.url());
+    let r = wharf.get(&path).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), bytes);
+    assert_eq!(secure.count("GET", &digest), 1);
+    assert!(plain.seen().is_empty());
+}
+
+#[tokio::test]
 async fn only_allowed_networks_may_pull_while_health_checks_answer_everyone() {
     let upstream = FakeRegistry::start().await;
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
-    let start = |allow: &'static str| {
-        let upstream = &upstream;
-        async move {
-            let cache = tempfile::tempdir().unwrap();
-            let toml = format!(
-                "[server]\nallow_from = {allow}\n{}",
-                config_toml(upstream, cache.path(), "", "")
-            );
-            Wharf::start_with_config(&toml, cache).await
-        }
+    let start = |allow: &'static [&'static str]| {
+        Wharf::start(&upstream, move |c| {
+            c.server.allow_from = Some(allow.iter().map(|net| net.parse().unwrap()).collect());
+        })
     };
 
-    let elsewhere = start(r#"["10.0.0.0/8", "fd00::/8"]"#).await;
+    let elsewhere = start(&["10.0.0.0/8", "fd00::/8"]).await;
     for path in ["/v2/", "/v2/library/app/manifests/v1", "/metrics"] {
         let r = elsewhere.get(path).await;
         assert_eq!(r.status(), 403, "{path}");
@@ -131,7 +171,7 @@ async fn only_allowed_networks_may_pull_while_health_checks_answer_everyone() {
     assert_eq!(elsewhere.get("/readyz").await.status(), 200);
     assert!(upstream.seen().is_empty());
 
-    let here = start(r#"["127.0.0.0/8"]"#).await;
+    let here = start(&["127.0.0.0/8"]).await;
     assert_eq!(here.get("/v2/library/app/manifests/v1").await.status(), 200);
 }
 
@@ -143,12 +183,10 @@ async fn metrics_can_live_on_a_listener_of_their_own() {
         .local_addr()
         .unwrap()
         .port();
-    let cache = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "[server]\nmetrics_listen = \"127.0.0.1:{port}\"\n{}",
-        config_toml(&upstream, cache.path(), "", "")
-    );
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let wharf = Wharf::start(&upstream, |c| {
+        c.server.metrics_listen = Some(([127, 0, 0, 1], port).into());
+    })
+    .await;
 
     // The pull port: the API and health checks, no metrics.
     assert_eq!(wharf.get("/v2/").await.status(), 200);
@@ -186,19 +224,11 @@ async fn a_private_blob_cached_through_one_repository_needs_the_upstreams_word_f
     let blob = random_bytes(64 * 1024, 5);
     let digest = upstream.add_blob(blob.clone());
     upstream.faults().hidden_repos = vec!["other/app".into()];
-    let (_secret, credentials) = upstream_credentials("pw");
-    let start = |extra: String| {
-        let upstream = &upstream;
-        async move {
-            let cache = tempfile::tempdir().unwrap();
-            let toml = config_toml(upstream, cache.path(), "", &extra);
-            Wharf::start_with_config(&toml, cache).await
-        }
-    };
+    let secret = upstream_password("pw");
     let heads = |repo: &str| heads_through(&upstream, repo);
     let blob_path = |repo: &str| format!("/v2/{repo}/blobs/{digest}");
 
-    let wharf = start(credentials.clone()).await;
+    let wharf = Wharf::start(&upstream, |c| with_credentials(c, secret.path())).await;
     assert_eq!(
         wharf
             .get(&blob_path("library/app"))
@@ -241,12 +271,15 @@ async fn a_private_blob_cached_through_one_repository_needs_the_upstreams_word_f
     wharf.stop().await;
 
     // Without credentials (a public upstream), or with the check off, no one is asked.
-    for extra in [
-        String::new(),
-        format!("{credentials}\nconfirm_access = false"),
-    ] {
+    for credentials in [false, true] {
         let before = heads("other/app");
-        let wharf = start(extra).await;
+        let wharf = Wharf::start(&upstream, |c| {
+            if credentials {
+                with_credentials(c, secret.path());
+                each_upstream(c, |u| u.confirm_access = false);
+            }
+        })
+        .await;
         assert_eq!(wharf.get(&blob_path("library/app")).await.status(), 200);
         assert!(wharf.settled(&digest).await);
         assert_eq!(wharf.get(&blob_path("other/app")).await.status(), 200);
@@ -265,41 +298,39 @@ fn heads_through(upstream: &FakeRegistry, repo: &str) -> usize {
         .count()
 }
 
-/// `username` and a `password_file` for an upstream, and the file (deleted when dropped).
-fn upstream_credentials(password: &str) -> (tempfile::NamedTempFile, String) {
+/// A file holding an upstream password (deleted when dropped).
+fn upstream_password(password: &str) -> tempfile::NamedTempFile {
     let secret = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret.path(), format!("{password}\n")).unwrap();
-    let credentials = format!(
-        "username = \"wharf\"\npassword_file = {:?}",
-        secret.path().display().to_string()
-    );
-    (secret, credentials)
+    secret
+}
+
+/// Every upstream of `config` is asked as user "wharf", with the password in `password_file`.
+fn with_credentials(config: &mut Config, password_file: &Path) {
+    each_upstream(config, |u| {
+        u.username = Some("wharf".into());
+        u.password_file = Some(password_file.to_owned());
+    });
 }
 
 /// A wharf in front of `upstream` that wants the credentials of [`auth_files`], kept in `dir`.
-async fn start_with_auth(upstream: &FakeRegistry, dir: &std::path::Path) -> Wharf {
-    let cache = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "{}{}",
-        auth_files(dir),
-        config_toml(upstream, cache.path(), "", "")
-    );
-    Wharf::start_with_config(&toml, cache).await
+async fn start_with_auth(upstream: &FakeRegistry, dir: &Path) -> Wharf {
+    let auth = auth_files(dir);
+    Wharf::start(upstream, |c| c.server.auth = Some(auth)).await
 }
 
 /// `[server.auth]` with one htpasswd user ("alice", password "open sesame") and one token
 /// ("tok-123", labelled "ci"), in `dir`.
-fn auth_files(dir: &std::path::Path) -> String {
+fn auth_files(dir: &Path) -> AuthConfig {
     use sha2::Digest;
     let hash = bcrypt::hash("open sesame", 4).unwrap();
     std::fs::write(dir.join("htpasswd"), format!("alice:{hash}\n")).unwrap();
     let token = hex::encode(sha2::Sha256::digest("tok-123"));
     std::fs::write(dir.join("tokens"), format!("sha256:{token} ci\n")).unwrap();
-    format!(
-        "[server.auth]\nhtpasswd = {:?}\ntokens = {:?}\n",
-        dir.join("htpasswd").display().to_string(),
-        dir.join("tokens").display().to_string()
-    )
+    AuthConfig {
+        htpasswd: Some(dir.join("htpasswd")),
+        tokens: Some(dir.join("tokens")),
+    }
 }
 
 #[tokio::test]
@@ -390,7 +421,7 @@ async fn a_revoked_token_is_refused_once_the_file_changes() {
     let new = hex::encode(sha2::Sha256::digest("tok-456"));
     std::fs::write(secrets.path().join("tokens"), format!("sha256:{new} ci\n")).unwrap();
     assert!(
-        common::eventually(Duration::from_secs(10), || async {
+        eventually(Duration::from_secs(10), || async {
             status("tok-123").await == 401
         })
         .await,
@@ -409,20 +440,15 @@ async fn an_edge_with_credentials_pulls_through_a_regional_wharf_that_wants_them
     let regional = start_with_auth(&upstream, secrets.path()).await;
 
     let edge_with = |password: &'static str| {
-        let regional = regional.url("");
-        let secrets = secrets.path().to_owned();
-        async move {
-            let file = secrets.join(format!("password-{password}"));
-            std::fs::write(&file, format!("{password}\n")).unwrap();
-            let cache = tempfile::tempdir().unwrap();
-            let toml = format!(
-                "[cache]\ndir = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{regional}\"\n\
-                 username = \"alice\"\npassword_file = {:?}\n",
-                cache.path().display().to_string(),
-                file.display().to_string()
-            );
-            Wharf::start_with_config(&toml, cache).await
-        }
+        let file = secrets.path().join(format!("password-{password}"));
+        std::fs::write(&file, format!("{password}\n")).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let mut config = base_config(cache.path());
+        let mut through_regional = upstream_config("docker.io", &regional.url(""));
+        through_regional.username = Some("alice".into());
+        through_regional.password_file = Some(file);
+        config.upstreams.push(through_regional);
+        Wharf::start_with(config, cache)
     };
     let edge = edge_with("open sesame").await;
     assert_eq!(edge.get("/v2/library/app/manifests/v1").await.status(), 200);
@@ -440,10 +466,8 @@ async fn a_private_manifest_cached_through_one_repository_needs_the_upstreams_wo
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{\"private\":1}");
     upstream.faults().hidden_repos = vec!["other/app".into()];
-    let (_secret, credentials) = upstream_credentials("pw");
-    let cache = tempfile::tempdir().unwrap();
-    let toml = config_toml(&upstream, cache.path(), "", &credentials);
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let secret = upstream_password("pw");
+    let wharf = Wharf::start(&upstream, |c| with_credentials(c, secret.path())).await;
     let heads = |repo: &str| heads_through(&upstream, repo);
     let by_digest = |repo: &str| format!("/v2/{repo}/manifests/{digest}");
 

@@ -2,9 +2,9 @@
 //! means (`pass_ns`), the regional one picks its upstream by that, and each blob crosses each
 //! tier once.
 
-mod common;
-
-use common::{config_toml, random_bytes, sha256, FakeRegistry, Wharf, OCI_MANIFEST};
+use crate::common::{
+    base_config, random_bytes, sha256, upstream_config, FakeRegistry, Wharf, OCI_MANIFEST,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_pulls_two_registries_through_a_regional_wharf() {
@@ -18,23 +18,20 @@ async fn an_edge_pulls_two_registries_through_a_regional_wharf() {
     );
     other.add_manifest("team/app", "v1", OCI_MANIFEST, &manifest);
 
-    let regional_cache = tempfile::tempdir().unwrap();
-    let regional_toml = format!(
-        "{}[[upstream]]\nname = \"registry.example\"\nurl = \"{}\"\n",
-        config_toml(&hub, regional_cache.path(), "", ""),
-        other.url()
-    );
-    let regional = Wharf::start_with_config(&regional_toml, regional_cache).await;
+    let regional = Wharf::start(&hub, |c| {
+        c.upstreams
+            .push(upstream_config("registry.example", &other.url()))
+    })
+    .await;
 
     let edge_cache = tempfile::tempdir().unwrap();
-    let edge_toml = format!(
-        "[cache]\ndir = {:?}\n\
-         [[upstream]]\nname = \"docker.io\"\nurl = \"{regional}\"\npass_ns = true\n\
-         [[upstream]]\nname = \"registry.example\"\nurl = \"{regional}\"\npass_ns = true\n",
-        edge_cache.path().display().to_string(),
-        regional = regional.url(""),
-    );
-    let edge = Wharf::start_with_config(&edge_toml, edge_cache).await;
+    let mut edge_config = base_config(edge_cache.path());
+    for name in ["docker.io", "registry.example"] {
+        let mut through_regional = upstream_config(name, &regional.url(""));
+        through_regional.pass_ns = true;
+        edge_config.upstreams.push(through_regional);
+    }
+    let edge = Wharf::start_with(edge_config, edge_cache).await;
 
     // Docker's shape (default upstream) and containerd's (?ns=) through the edge.
     for _ in 0..2 {

@@ -1,33 +1,29 @@
 //! HTTPS: wharf serves HTTP/1.1 and HTTP/2 over TLS, reloads its certificate when the files
-//! change without dropping connections, and refuses to start with a bad certificate. Upstreams
-//! over TLS are checked against an extra CA, or not at all when `insecure` says so.
-
-mod common;
+//! change without dropping connections, keeps the current one when the new files are broken,
+//! and refuses to start with a bad certificate. Upstreams over TLS are checked against an extra
+//! CA, or not at all when `insecure` says so.
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::pki::{issue, write_pair};
-use common::{config_toml, eventually, random_bytes, sha256, FakeRegistry, Wharf};
+use wharf::Config;
 
-fn client_trusting(ca_pem: &str, http2: bool) -> reqwest::Client {
-    let builder = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap());
-    let builder = if http2 {
-        builder.http2_prior_knowledge()
-    } else {
-        builder.http1_only()
-    };
-    builder.build().unwrap()
-}
+use crate::common::pki::{client_trusting, issue, server_tls, write_ca, write_pair};
+use crate::common::{
+    base_config, config, eventually, logs, random_bytes, sha256, upstream_config, FakeRegistry,
+    Wharf,
+};
 
-fn tls_config(upstream: &FakeRegistry, cache: &Path, certs: &Path) -> String {
-    common::pki::server_tls_toml(certs) + &config_toml(upstream, cache, "", "")
+/// A config in front of `upstream` serving HTTPS with the pair in `certs`.
+fn tls_config(upstream: &FakeRegistry, cache: &Path, certs: &Path) -> Config {
+    let mut config = config(upstream, cache);
+    config.server.tls = Some(server_tls(certs));
+    config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
+    logs::capture_tls();
     let upstream = FakeRegistry::start().await;
     let blob = random_bytes(3 * 1024 * 1024, 1);
     let digest = upstream.add_blob(blob.clone());
@@ -35,8 +31,8 @@ async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
     let first = issue("first CA");
     write_pair(certs.path(), &first);
     let cache = tempfile::tempdir().unwrap();
-    let toml = tls_config(&upstream, cache.path(), certs.path());
-    let wharf = Wharf::start_https(&toml, cache, client_trusting(&first.ca, false)).await;
+    let config = tls_config(&upstream, cache.path(), certs.path());
+    let wharf = Wharf::start_https(config, cache, client_trusting(&first, false)).await;
     let path = format!("/v2/library/x/blobs/{digest}");
 
     // HTTP/1.1 and HTTP/2 (ALPN): the same bytes, cold then warm.
@@ -44,7 +40,7 @@ async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
     assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
     assert!(wharf.settled(&digest).await);
-    let h2 = client_trusting(&first.ca, true);
+    let h2 = client_trusting(&first, true);
     let r = h2.get(wharf.url(&path)).send().await.unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.headers()["x-wharf-cache"], "hit");
@@ -60,7 +56,7 @@ async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
     // while the HTTP/2 connection opened before keeps working.
     let second = issue("second CA");
     write_pair(certs.path(), &second);
-    let trusts_second = client_trusting(&second.ca, false);
+    let trusts_second = client_trusting(&second, false);
     assert!(
         eventually(Duration::from_secs(10), || async {
             trusts_second.get(wharf.url("/v2/")).send().await.is_ok()
@@ -74,18 +70,40 @@ async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
         200,
         "the connection opened before the reload is kept"
     );
-    let fresh_first = client_trusting(&first.ca, false);
+    let fresh_first = client_trusting(&first, false);
     assert!(fresh_first.get(wharf.url("/v2/")).send().await.is_err());
 
-    // A broken pair is not loaded; the current one stays.
+    // A broken pair is not loaded: once the watcher has looked at it and refused it, the
+    // current certificate is still the one served.
+    let key = certs.path().join("tls.key").display().to_string();
+    let refused = || logs::lines_with(&["TLS certificate not reloaded", &key]);
+    let refused_before = refused();
     std::fs::write(certs.path().join("tls.key"), "not a key").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let r = client_trusting(&second.ca, false)
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            refused() > refused_before
+        })
+        .await,
+        "the watcher never looked at the broken key"
+    );
+    let r = client_trusting(&second, false)
         .get(wharf.url("/v2/"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+
+    // And it keeps watching: a good pair written after the broken one is picked up.
+    let third = issue("third CA");
+    write_pair(certs.path(), &third);
+    let trusts_third = client_trusting(&third, false);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            trusts_third.get(wharf.url("/v2/")).send().await.is_ok()
+        })
+        .await,
+        "the pair after the broken one is served"
+    );
     assert_eq!(upstream.count("GET", "/blobs/"), 1);
 }
 
@@ -94,27 +112,26 @@ async fn a_bad_certificate_or_key_stops_start_up_with_a_clear_error() {
     let upstream = FakeRegistry::start().await;
     let certs = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
-    let run = |toml: String| async move {
-        let config = wharf::Config::parse(&toml).unwrap();
-        wharf::run(listener().await, config, std::future::pending())
+    let run = |config: Config| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        wharf::run(listener, config, std::future::pending())
             .await
             .unwrap_err()
             .to_string()
     };
 
-    let toml = tls_config(&upstream, cache.path(), certs.path());
-    let err = run(toml.clone()).await;
+    let config = tls_config(&upstream, cache.path(), certs.path());
+    let err = run(config.clone()).await;
     assert!(err.contains("tls.crt"), "{err}");
 
     let pki = issue("a CA");
     write_pair(certs.path(), &pki);
     std::fs::write(certs.path().join("tls.key"), issue("other").key).unwrap();
-    let err = run(toml.clone()).await;
+    let err = run(config.clone()).await;
     assert!(err.contains("does not belong"), "{err}");
 
     std::fs::write(certs.path().join("tls.crt"), "garbage").unwrap();
-    let err = run(toml).await;
+    let err = run(config).await;
     assert!(err.contains("no PEM certificate"), "{err}");
 }
 
@@ -122,32 +139,23 @@ async fn a_bad_certificate_or_key_stops_start_up_with_a_clear_error() {
 /// only with `insecure = true`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_upstream_is_checked_against_ca_file() {
-    let registry = FakeRegistry::start().await;
-    let digest = registry.add_blob(random_bytes(100_000, 2));
-    // The "upstream" is a wharf serving HTTPS in front of the fake registry.
-    let certs = tempfile::tempdir().unwrap();
     let pki = issue("upstream CA");
-    write_pair(certs.path(), &pki);
-    let front_cache = tempfile::tempdir().unwrap();
-    let toml = tls_config(&registry, front_cache.path(), certs.path());
-    let front = Wharf::start_https(&toml, front_cache, client_trusting(&pki.ca, false)).await;
-    let ca_file = certs.path().join("ca.pem");
-    std::fs::write(&ca_file, &pki.ca).unwrap();
+    let upstream = FakeRegistry::start_https(&pki).await;
+    let digest = upstream.add_blob(random_bytes(100_000, 2));
+    let certs = tempfile::tempdir().unwrap();
+    let ca_file = write_ca(certs.path(), &pki);
 
-    let edge = |extra: String| {
-        let front_url = front.url("");
-        async move {
-            let cache = tempfile::tempdir().unwrap();
-            let toml = format!(
-                "[cache]\ndir = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{front_url}\"\n{extra}",
-                cache.path().display().to_string()
-            );
-            Wharf::start_with_config(&toml, cache).await
-        }
+    let edge = |trust: &dyn Fn(&mut wharf::config::UpstreamConfig)| {
+        let cache = tempfile::tempdir().unwrap();
+        let mut config = base_config(cache.path());
+        let mut upstream = upstream_config("docker.io", &upstream.url());
+        trust(&mut upstream);
+        config.upstreams.push(upstream);
+        Wharf::start_with(config, cache)
     };
     let path = format!("/v2/library/x/blobs/{digest}");
 
-    let untrusting = edge(String::new()).await;
+    let untrusting = edge(&|_| {}).await;
     let r = untrusting.get(&path).await;
     assert_eq!(
         r.status(),
@@ -155,13 +163,18 @@ async fn an_https_upstream_is_checked_against_ca_file() {
         "an untrusted certificate is an unreachable upstream"
     );
 
-    let trusting = edge(format!("ca_file = {:?}", ca_file.display().to_string())).await;
+    let trusting = edge(&|u| u.ca_file = Some(ca_file.clone())).await;
     let r = trusting.get(&path).await;
     assert_eq!(r.status(), 200);
     assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
 
-    let insecure = edge("insecure = true".into()).await;
+    let insecure = edge(&|u| u.insecure = true).await;
     let r = insecure.get(&path).await;
     assert_eq!(r.status(), 200);
     assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
+    assert_eq!(
+        upstream.count("GET", "/blobs/"),
+        2,
+        "the untrusting edge never got a byte"
+    );
 }

@@ -1,9 +1,9 @@
 //! What wharf sends upstream: token and basic auth, redirects to another host, and the
 //! allow-list of registries.
 
-mod common;
-
-use common::{random_bytes, sha256, FakeRegistry, Wharf, OCI_MANIFEST, TOKEN};
+use crate::common::{
+    base_config, random_bytes, sha256, upstream_config, FakeRegistry, Wharf, OCI_MANIFEST, TOKEN,
+};
 
 #[tokio::test]
 async fn bearer_challenge_is_answered_and_tokens_are_cached_per_repository() {
@@ -13,7 +13,7 @@ async fn bearer_challenge_is_answered_and_tokens_are_cached_per_repository() {
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest);
     upstream.add_manifest("library/other", "v1", OCI_MANIFEST, &manifest);
     upstream.faults().bearer = true;
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     let r = wharf.get("/v2/library/app/manifests/v1").await;
     assert_eq!(r.status(), 200);
@@ -74,13 +74,12 @@ async fn basic_auth_uses_the_configured_credentials() {
     let cache = tempfile::tempdir().unwrap();
     let password_file = cache.path().join("password");
     std::fs::write(&password_file, "s3cret\n").unwrap();
-    let toml = format!(
-        "[cache]\ndir = {dir:?}\n[[upstream]]\nname = \"private.example\"\nurl = \"{url}\"\n\
-         username = \"robot\"\npassword_file = {password_file:?}\n",
-        dir = cache.path().join("cache"),
-        url = upstream.url(),
-    );
-    let wharf = Wharf::start_with_config(&toml, cache).await;
+    let mut config = base_config(&cache.path().join("cache"));
+    let mut private = upstream_config("private.example", &upstream.url());
+    private.username = Some("robot".into());
+    private.password_file = Some(password_file);
+    config.upstreams.push(private);
+    let wharf = Wharf::start_with(config, cache).await;
     let r = wharf.get("/v2/acme/app/manifests/v1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "{}");
@@ -101,7 +100,7 @@ async fn redirects_to_another_host_do_not_carry_the_token() {
     cdn.add_blob(bytes);
     upstream.faults().bearer = true;
     upstream.faults().redirect_blobs_to = Some(cdn.url());
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     let r = wharf.get(&format!("/v2/library/app/blobs/{digest}")).await;
     assert_eq!(r.status(), 200);
@@ -124,7 +123,7 @@ async fn redirects_to_another_host_do_not_carry_the_token() {
 async fn unconfigured_registries_are_refused_without_any_upstream_request() {
     let upstream = FakeRegistry::start().await;
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
 
     for path in [
         "/v2/library/app/manifests/v1?ns=evil.example",

@@ -1,14 +1,10 @@
 //! `wharf warm`: the real binary fills a running wharf, or a cache directory, with every blob of
 //! the platforms asked for, and nothing else; failures make it exit non-zero with a summary.
 
-mod common;
-
-use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{config_toml, random_bytes, FakeRegistry, Wharf, OCI_INDEX, OCI_MANIFEST};
-
-const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
+use crate::common::disk::has_blob;
+use crate::common::{config, random_bytes, FakeRegistry, Wharf, OCI_INDEX, OCI_MANIFEST, WHARF};
 
 /// A two-platform image `library/app:v1` with one layer shared by both platforms.
 struct Image {
@@ -74,20 +70,11 @@ async fn warm(args: Vec<String>) -> Output {
         .unwrap()
 }
 
-fn has_blob(cache: &Path, digest: &str) -> bool {
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    cache
-        .join("blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .exists()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warming_a_running_wharf_caches_every_blob_of_the_platforms_asked_for() {
     let upstream = FakeRegistry::start().await;
     let image = seed(&upstream);
-    let wharf = Wharf::start(&upstream, "").await;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
     let server = wharf.url("");
     let args = |extra: &[&str]| {
         let mut args = vec!["--server".to_string(), server.clone()];
@@ -148,14 +135,14 @@ async fn warming_a_cache_directory_fills_it_for_a_later_wharf() {
     let image = seed(&upstream);
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let config = dir.path().join("mirror.toml");
-    std::fs::write(&config, config_toml(&upstream, &cache, "", "")).unwrap();
+    let config_file = dir.path().join("mirror.toml");
+    std::fs::write(&config_file, config(&upstream, &cache).to_toml()).unwrap();
     let list = dir.path().join("images.txt");
     std::fs::write(&list, "# rollout of v1\napp:v1   # the app\n\n").unwrap();
 
     let out = warm(vec![
         "--config".into(),
-        config.display().to_string(),
+        config_file.display().to_string(),
         "--from-file".into(),
         list.display().to_string(),
         "--platform".into(),
@@ -171,8 +158,7 @@ async fn warming_a_cache_directory_fills_it_for_a_later_wharf() {
 
     // A wharf started on that directory serves the image without asking the upstream.
     let before = upstream.count("GET", "/blobs/");
-    let toml = config_toml(&upstream, &cache, "", "");
-    let wharf = Wharf::start_with_config(&toml, tempfile::tempdir().unwrap()).await;
+    let wharf = Wharf::start_with(config(&upstream, &cache), tempfile::tempdir().unwrap()).await;
     for digest in &image.amd64 {
         let r = wharf.get(&format!("/v2/library/app/blobs/{digest}")).await;
         assert_eq!(r.headers()["x-wharf-cache"], "hit");

@@ -1,31 +1,29 @@
-//! Test harness: an in-process fake registry with fault switches and request counters, and a
-//! real wharf started on 127.0.0.1:0 in front of it.
-#![allow(dead_code)] // each test binary uses a different part of the harness
+//! The test harness: a fake upstream registry with fault switches and request counters
+//! (`registry`), the real wharf started on 127.0.0.1:0 from a config built in Rust (`app`), what
+//! a cache directory holds on disk (`disk`), certificates (`pki`) and captured logs (`logs`).
 
+pub mod app;
+pub mod disk;
+pub mod logs;
 pub mod pki;
+pub mod registry;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest as _, Sha256};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
-pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub use app::{base_config, config, each_upstream, upstream_config, Wharf};
+pub use registry::{FakeRegistry, Hold, TOKEN};
+
+pub const MIB: usize = 1024 * 1024;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// The `wharf` binary.
+pub const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
 
 pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -45,576 +43,35 @@ pub fn random_bytes(len: usize, seed: u64) -> Bytes {
     out.into()
 }
 
-/// What the fake registry does wrong, switchable at any time.
-#[derive(Default, Clone)]
-pub struct Faults {
-    /// Answer every /v2 request with this status (and `Retry-After`).
-    pub status: Option<(u16, Option<&'static str>)>,
-    /// Blob bodies: declare the full length, then close after this many bytes.
-    pub cut_blob_after: Option<usize>,
-    /// Blob bodies: send only this many bytes, and declare that length (a well-framed lie).
-    pub truncate_blobs_to: Option<usize>,
-    /// Blob bodies: flip one byte in the middle.
-    pub flip_byte: bool,
-    /// Blob bodies: pause this long between 64 KiB chunks.
-    pub chunk_delay: Option<Duration>,
-    /// Blob bodies: send this many bytes, then keep the connection open and send nothing.
-    pub stall_blob_after: Option<usize>,
-    /// Require `Authorization: Bearer <token>` from this realm (served by the fake itself).
-    pub bearer: bool,
-    /// Require this `Authorization: Basic ...` value.
-    pub basic: Option<String>,
-    /// Redirect blob GETs to this base URL.
-    pub redirect_blobs_to: Option<String>,
-    /// With `bearer`: name this `host:port` as the token realm instead of the registry itself.
-    pub realm_host: Option<String>,
-    /// Manifest requests (GET and HEAD): wait this long before answering.
-    pub manifest_delay: Option<Duration>,
-    /// Manifest GETs: change the body but keep the digest header.
-    pub tamper_manifests: bool,
-    /// Manifest GETs: send the body in chunks, without declaring its length.
-    pub chunked_manifests: bool,
-    /// Repositories whose every request is answered 404, as a registry hides a private
-    /// repository from credentials that may not read it.
-    pub hidden_repos: Vec<String>,
-    /// Counts blob bodies being sent (shared by every clone of these faults).
-    pub blob_streams: Arc<Streams>,
-}
-
-/// Blob bodies in flight now, and the most there ever were at once.
-#[derive(Default)]
-pub struct Streams {
-    pub now: std::sync::atomic::AtomicUsize,
-    pub most: std::sync::atomic::AtomicUsize,
-}
-
-/// One blob body in flight, counted until dropped.
-struct Streaming(Arc<Streams>);
-
-impl Streaming {
-    fn new(streams: &Arc<Streams>) -> Streaming {
-        use std::sync::atomic::Ordering::SeqCst;
-        let now = streams.now.fetch_add(1, SeqCst) + 1;
-        streams.most.fetch_max(now, SeqCst);
-        Streaming(streams.clone())
-    }
-}
-
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub path: String,
-    pub authorization: Option<String>,
-    pub accept: Option<String>,
-}
-
-#[derive(Default)]
-struct Content {
-    blobs: HashMap<String, Bytes>,
-    /// digest → (media type, bytes)
-    manifests: HashMap<String, (String, Bytes)>,
-    /// (repo, tag) → digest; a tag whose manifest is an index may have a fallback for clients
-    /// that do not accept indexes, as Docker Hub does.
-    tags: HashMap<(String, String), String>,
-    fallbacks: HashMap<String, String>,
-}
-
-pub struct FakeRegistry {
-    pub addr: SocketAddr,
-    content: Arc<Mutex<Content>>,
-    pub faults: Arc<Mutex<Faults>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    _stop: oneshot::Sender<()>,
-}
-
-pub const TOKEN: &str = "fake-token-123";
-
-impl FakeRegistry {
-    pub async fn start() -> FakeRegistry {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let content = Arc::new(Mutex::new(Content::default()));
-        let faults = Arc::new(Mutex::new(Faults::default()));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (stop, mut stopped) = oneshot::channel();
-        let state = (content.clone(), faults.clone(), seen.clone(), addr);
-        tokio::spawn(async move {
-            // Dropped on stop, which aborts every open connection too: a stopped registry
-            // must look down to pooled keep-alive connections as well.
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let (stream, _) = tokio::select! {
-                    a = listener.accept() => a.unwrap(),
-                    _ = &mut stopped => return,
-                };
-                while connections.try_join_next().is_some() {}
-                let state = state.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(respond(state, req).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        FakeRegistry {
-            addr,
-            content,
-            faults,
-            seen,
-            _stop: stop,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn add_blob(&self, bytes: Bytes) -> String {
-        let digest = sha256(&bytes);
-        self.content
-            .lock()
-            .unwrap()
-            .blobs
-            .insert(digest.clone(), bytes);
-        digest
-    }
-
-    pub fn add_manifest(&self, repo: &str, tag: &str, media_type: &str, body: &str) -> String {
-        let digest = sha256(body.as_bytes());
-        let mut c = self.content.lock().unwrap();
-        c.manifests.insert(
-            digest.clone(),
-            (media_type.into(), Bytes::copy_from_slice(body.as_bytes())),
-        );
-        c.tags.insert((repo.into(), tag.into()), digest.clone());
-        digest
-    }
-
-    /// Clients that do not accept the index behind `index_digest` get `fallback` instead.
-    pub fn set_fallback(&self, index_digest: &str, fallback: &str) {
-        self.content
-            .lock()
-            .unwrap()
-            .fallbacks
-            .insert(index_digest.into(), fallback.into());
-    }
-
-    pub fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
-        self.faults.lock().unwrap()
-    }
-
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Requests matching method and a path fragment.
-    pub fn count(&self, method: &str, path_contains: &str) -> usize {
-        self.seen()
-            .iter()
-            .filter(|s| s.method == method && s.path.contains(path_contains))
-            .count()
-    }
-}
-
-fn full(status: u16, headers: &[(&str, String)], body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::builder().status(status);
-    for (k, v) in headers {
-        r = r.header(*k, v);
-    }
-    r.body(
-        Full::new(body.into())
-            .map_err(|e: Infallible| match e {})
-            .boxed_unsync(),
-    )
-    .unwrap()
-}
-
-/// A 200 whose body goes out in 64 KiB chunks with no declared length.
-fn chunked(headers: &[(&str, String)], body: Bytes) -> Response<Body> {
-    let frames = (0..body.len()).step_by(64 * 1024).map(move |at| {
-        Ok(Frame::data(
-            body.slice(at..(at + 64 * 1024).min(body.len())),
-        ))
-    });
-    let mut r = Response::builder().status(StatusCode::OK);
-    for (k, v) in headers {
-        r = r.header(*k, v);
-    }
-    r.body(StreamBody::new(futures_util::stream::iter(frames.collect::<Vec<_>>())).boxed_unsync())
-        .unwrap()
-}
-
-type State = (
-    Arc<Mutex<Content>>,
-    Arc<Mutex<Faults>>,
-    Arc<Mutex<Vec<Seen>>>,
-    SocketAddr,
-);
-
-async fn respond((content, faults, seen, addr): State, req: Request<Incoming>) -> Response<Body> {
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let path = req.uri().path().to_owned();
-    let method = req.method().as_str().to_owned();
-    seen.lock().unwrap().push(Seen {
-        method: method.clone(),
-        path: req.uri().to_string(),
-        authorization: header("authorization"),
-        accept: header("accept"),
-    });
-    let faults = faults.lock().unwrap().clone();
-    if path == "/token" {
-        return full(
-            200,
-            &[("content-type", "application/json".into())],
-            format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#),
-        );
-    }
-    if let Some((status, retry_after)) = faults.status {
-        let mut headers = vec![];
-        if let Some(r) = retry_after {
-            headers.push(("retry-after", r.to_string()));
-        }
-        return full(
-            status,
-            &headers,
-            r#"{"errors":[{"code":"X","message":"fault"}]}"#,
-        );
-    }
-    if faults.bearer && header("authorization") != Some(format!("Bearer {TOKEN}")) {
-        let scope = path
-            .strip_prefix("/v2/")
-            .and_then(|p| p.rsplitn(3, '/').nth(2))
-            .map(|repo| format!(",scope=\"repository:{repo}:pull\""))
-            .unwrap_or_default();
-        let realm_host = faults.realm_host.clone().unwrap_or(addr.to_string());
-        let challenge =
-            format!("Bearer realm=\"http://{realm_host}/token\",service=\"fake\"{scope}");
-        return full(401, &[("www-authenticate", challenge)], "");
-    }
-    if let Some(expected) = &faults.basic {
-        if header("authorization").as_ref() != Some(expected) {
-            return full(
-                401,
-                &[("www-authenticate", "Basic realm=\"fake\"".into())],
-                "",
-            );
-        }
-    }
-    let head = method == "HEAD";
-    let Some(rest) = path.strip_prefix("/v2/") else {
-        return full(404, &[], "");
-    };
-    if rest.is_empty() {
-        return full(200, &[], "{}");
-    }
-    let parts: Vec<&str> = rest.rsplitn(3, '/').collect();
-    let [reference, kind, repo] = parts[..] else {
-        return full(404, &[], "");
-    };
-    if faults.hidden_repos.iter().any(|hidden| hidden == repo) {
-        return full(404, &[], r#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#);
-    }
-    if kind == "manifests" {
-        if let Some(delay) = faults.manifest_delay {
-            tokio::time::sleep(delay).await;
-        }
-    }
-    let c = content.lock().unwrap();
-    match kind {
-        "manifests" => {
-            let digest = if reference.starts_with("sha256:") {
-                Some(reference.to_owned())
-            } else {
-                c.tags
-                    .get(&(repo.to_owned(), reference.to_owned()))
-                    .cloned()
-            };
-            let Some(mut digest) = digest else {
-                return full(404, &[], r#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#);
-            };
-            let accept = header("accept").unwrap_or_default();
-            if let Some(fallback) = c.fallbacks.get(&digest) {
-                let index_type = &c.manifests[&digest].0;
-                if !accept.contains(index_type.as_str()) && !reference.starts_with("sha256:") {
-                    digest = fallback.clone();
-                }
-            }
-            let Some((media_type, mut body)) = c.manifests.get(&digest).cloned() else {
-                return full(404, &[], "");
-            };
-            if faults.tamper_manifests {
-                body = Bytes::from([&body[..], b" "].concat());
-            }
-            if faults.chunked_manifests && !head {
-                let headers = [
-                    ("content-type", media_type),
-                    ("docker-content-digest", digest),
-                ];
-                return chunked(&headers, body);
-            }
-            let headers = [
-                ("content-type", media_type),
-                ("docker-content-digest", digest),
-                ("content-length", body.len().to_string()),
-            ];
-            full(200, &headers, if head { Bytes::new() } else { body })
-        }
-        "blobs" => {
-            let Some(blob) = c.blobs.get(reference).cloned() else {
-                return full(404, &[], r#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#);
-            };
-            drop(c);
-            let blob = match faults.truncate_blobs_to {
-                Some(len) => blob.slice(..len.min(blob.len())),
-                None => blob,
-            };
-            if let (Some(base), false) = (&faults.redirect_blobs_to, head) {
-                return full(307, &[("location", format!("{base}{path}"))], "");
-            }
-            let headers = [
-                ("content-type", "application/octet-stream".to_string()),
-                ("docker-content-digest", reference.to_owned()),
-                ("content-length", blob.len().to_string()),
-            ];
-            if head {
-                return full(200, &headers, Bytes::new());
-            }
-            stream_blob(blob, &faults, &headers)
-        }
-        "tags" if reference == "list" => {
-            let tags: Vec<_> = c
-                .tags
-                .keys()
-                .filter(|(r, _)| r == repo)
-                .map(|(_, t)| t.clone())
-                .collect();
-            full(
-                200,
-                &[("content-type", "application/json".into())],
-                serde_json::json!({"name": repo, "tags": tags}).to_string(),
-            )
-        }
-        "referrers" => full(
-            200,
-            &[("content-type", OCI_INDEX.into())],
-            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#),
-        ),
-        _ => full(404, &[], ""),
-    }
-}
-
-fn stream_blob(blob: Bytes, faults: &Faults, headers: &[(&str, String)]) -> Response<Body> {
-    let mut data = blob.to_vec();
-    if faults.flip_byte {
-        let mid = data.len() / 2;
-        data[mid] ^= 0xff;
-    }
-    let data = Bytes::from(data);
-    let send_len = faults.cut_blob_after.unwrap_or(data.len()).min(data.len());
-    let cut = send_len < data.len();
-    let delay = faults.chunk_delay;
-    let stall_at = faults.stall_blob_after;
-    const CHUNK: usize = 64 * 1024;
-    let streaming = Streaming::new(&faults.blob_streams);
-    let chunks = futures_util::stream::unfold(0usize, move |pos| {
-        let _counted = &streaming;
-        let data = data.clone();
-        async move {
-            if pos >= send_len {
-                if cut && pos != usize::MAX {
-                    let err: Box<dyn std::error::Error + Send + Sync> = "cut".into();
-                    return Some((Err(err), usize::MAX));
-                }
-                return None;
-            }
-            if let Some(d) = delay {
-                tokio::time::sleep(d).await;
-            }
-            if stall_at.is_some_and(|at| pos >= at) {
-                std::future::pending::<()>().await;
-            }
-            let end = (pos + CHUNK).min(send_len);
-            Some((Ok(Frame::data(data.slice(pos..end))), end))
-        }
-    });
-    let mut r = Response::builder().status(StatusCode::OK);
-    for (k, v) in headers {
-        r = r.header(*k, v);
-    }
-    r.body(StreamBody::new(chunks).boxed_unsync()).unwrap()
-}
-
-/// A config for wharf in front of `upstream`, named both "docker.io" (the default upstream) and
-/// by its own host:port. `cache_extra` lands in `[cache]`, `upstream_extra` in each upstream.
-pub fn config_toml(
-    upstream: &FakeRegistry,
-    cache_dir: &std::path::Path,
-    cache_extra: &str,
-    upstream_extra: &str,
-) -> String {
-    format!(
-        "[cache]\ndir = {dir:?}\n{cache_extra}\n\
-         [[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\n{upstream_extra}\n\
-         [[upstream]]\nname = \"{addr}\"\nurl = \"{url}\"\n{upstream_extra}\n",
-        dir = cache_dir.display().to_string(),
-        url = upstream.url(),
-        addr = upstream.addr,
-    )
-}
-
-/// A running wharf.
-pub struct Wharf {
-    pub addr: SocketAddr,
-    /// "http" or "https".
-    scheme: &'static str,
-    pub cache: tempfile::TempDir,
-    pub client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Wharf {
-    /// Starts wharf with `extra` TOML appended to a config whose default upstream is `upstream`
-    /// (named "docker.io" and also by its own host:port).
-    pub async fn start(upstream: &FakeRegistry, extra: &str) -> Wharf {
-        let cache = tempfile::tempdir().unwrap();
-        Self::start_in(upstream, extra, cache).await
-    }
-
-    pub async fn start_in(upstream: &FakeRegistry, extra: &str, cache: tempfile::TempDir) -> Wharf {
-        let toml = config_toml(upstream, cache.path(), extra, "");
-        Self::start_with_config(&toml, cache).await
-    }
-
-    pub async fn start_with_config(toml: &str, cache: tempfile::TempDir) -> Wharf {
-        Self::launch(toml, cache, "http", reqwest::Client::new()).await
-    }
-
-    /// Starts wharf with a config that has `[server.tls]`; `client` must trust its certificate.
-    pub async fn start_https(
-        toml: &str,
-        cache: tempfile::TempDir,
-        client: reqwest::Client,
-    ) -> Wharf {
-        Self::launch(toml, cache, "https", client).await
-    }
-
-    async fn launch(
-        toml: &str,
-        cache: tempfile::TempDir,
-        scheme: &'static str,
-        client: reqwest::Client,
-    ) -> Wharf {
-        let config = wharf::Config::parse(toml).expect("test config parses");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            wharf::run(listener, config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        let wharf = Wharf {
-            addr,
-            scheme,
-            cache,
-            client,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        // Connections queue on the bound listener until the cache is open and wharf accepts:
-        // once /healthz answers, the cache directory is in place.
-        assert_eq!(wharf.get("/healthz").await.status(), 200);
-        wharf
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}://{}{path}", self.scheme, self.addr)
-    }
-
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.unwrap()
-    }
-
-    /// The value of one metric series, matched by name and label fragments; 0 when absent.
-    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
-        let text = self.get("/metrics").await.text().await.unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && labels.iter().all(|f| l.contains(f)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    /// Stops wharf (as on SIGTERM) and hands back its cache directory.
-    pub async fn stop(self) -> tempfile::TempDir {
-        let Wharf {
-            cache, stop, task, ..
-        } = self;
-        if let Some(stop) = stop {
-            let _ = stop.send(());
-        }
-        if let Some(task) = task {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
-        cache
-    }
-
-    /// Waits (up to 5 s) until `digest` is committed and no fill is in flight: a request before
-    /// then could still join the finished fill instead of hitting the cache.
-    pub async fn settled(&self, digest: &str) -> bool {
-        eventually(Duration::from_secs(5), || async {
-            self.has_blob(digest) && self.metric("wharf_fills_in_flight", &[]).await == 0.0
-        })
-        .await
-    }
-
-    /// Whether a committed blob file exists for `digest`.
-    pub fn has_blob(&self, digest: &str) -> bool {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        self.cache
-            .path()
-            .join("blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .exists()
-    }
-}
-
 /// The first error code of an OCI error body.
 pub async fn error_code(r: reqwest::Response) -> String {
     let body: serde_json::Value = r.json().await.expect("an OCI JSON error body");
     body["errors"][0]["code"].as_str().unwrap_or("").to_owned()
 }
 
-/// Polls `check` every 20 ms for up to `limit`.
+/// The sum of the series of a Prometheus text exposition matched by name and label fragments;
+/// 0 when absent.
+pub fn metric_in(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` has passed; whether it held.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
+    loop {
         if check().await {
             return true;
         }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    false
 }

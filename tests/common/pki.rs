@@ -1,8 +1,9 @@
 //! Certificates for HTTPS tests: a throwaway CA and a server certificate for 127.0.0.1.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use wharf::config::TlsConfig;
 
 /// A CA and a server certificate it signed for 127.0.0.1 and localhost, as PEM.
 pub struct Pki {
@@ -43,10 +44,29 @@ pub fn write_pair(dir: &Path, pki: &Pki) {
 }
 
 /// `[server.tls]` naming the pair in `dir`.
-pub fn server_tls_toml(dir: &Path) -> String {
-    format!(
-        "[server.tls]\ncert = {:?}\nkey = {:?}\n",
-        dir.join("tls.crt").display().to_string(),
-        dir.join("tls.key").display().to_string(),
-    )
+pub fn server_tls(dir: &Path) -> TlsConfig {
+    TlsConfig {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    }
+}
+
+/// Writes the CA certificate to `dir/ca.pem`, for an `upstream.ca_file`; its path.
+pub fn write_ca(dir: &Path, pki: &Pki) -> PathBuf {
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, &pki.ca).unwrap();
+    path
+}
+
+/// A client that trusts only `pki`'s CA, over HTTP/1.1 or (by ALPN) HTTP/2.
+pub fn client_trusting(pki: &Pki, http2: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.as_bytes()).unwrap());
+    let builder = if http2 {
+        builder.http2_prior_knowledge()
+    } else {
+        builder.http1_only()
+    };
+    builder.build().unwrap()
 }

@@ -1,0 +1,21 @@
+//! The integration tests, in one binary: each starts the real wharf on 127.0.0.1:0 (in this
+//! process, or the `wharf` binary as a child process) in front of a fake upstream, and asserts
+//! on what clients get, on upstream request counts, and on wharf's own metrics.
+
+mod common;
+
+mod api;
+mod blobs;
+mod cli;
+mod failures;
+mod hostile;
+mod lifecycle;
+mod limits;
+mod manifests;
+mod process;
+mod properties;
+mod security;
+mod tiers;
+mod tls;
+mod upstream;
+mod warm;
