@@ -204,7 +204,7 @@ async fn tags_list_and_referrers_are_forwarded_and_briefly_cached() {
         1,
         "reused within listing_ttl"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wharf.clock.advance(Duration::from_millis(200));
     wharf.get("/v2/library/app/tags/list?n=10").await;
     assert_eq!(upstream.count("GET", "/tags/list"), 2);
 

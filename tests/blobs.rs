@@ -435,3 +435,41 @@ async fn a_client_joining_late_reads_what_the_fill_already_wrote() {
     assert_eq!(sha256(&first.bytes().await.unwrap()), digest);
     assert_eq!(upstream.count("GET", "/blobs/"), 1);
 }
+
+/// The zero-copy path is the one taken, and it sends the right bytes: a large cached blob
+/// reaches an HTTP/1 client whole, with its digest, and its bytes were counted as sent by
+/// `sendfile`. This pins what `server/sendfile.rs` rests on: should hyper ever copy a body
+/// chunk instead of handing it to the socket as it is, the placeholders' zeros would arrive
+/// instead of the blob, and nothing would be counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_blobs_reach_the_socket_by_sendfile() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(16 * MIB, 41);
+    let digest = upstream.add_blob(blob.clone());
+    let wharf = Wharf::start(&upstream, |_| {}).await;
+    let path = format!("/v2/library/app/blobs/{digest}");
+    let first = wharf.get(&path).await.bytes().await.unwrap();
+    assert_eq!(sha256(&first), digest);
+    assert!(wharf.settled(&digest).await);
+
+    let sent_before = wharf
+        .metric("wharf_file_range_bytes_total", &["how=\"sendfile\""])
+        .await;
+    let r = wharf.get(&path).await;
+    assert_eq!(r.version(), http::Version::HTTP_11);
+    assert_eq!(r.headers()["x-wharf-cache"], "hit");
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len(), blob.len());
+    assert_eq!(sha256(&body), digest, "the bytes sent are the blob's");
+    let by_sendfile = wharf
+        .metric("wharf_file_range_bytes_total", &["how=\"sendfile\""])
+        .await
+        - sent_before;
+    // The blob was just written, so the page cache holds it: all of it, or nearly, goes by
+    // sendfile (a range the kernel dropped meanwhile is read and sent instead).
+    assert!(
+        by_sendfile >= (blob.len() / 2) as f64,
+        "only {by_sendfile} of {} bytes went by sendfile",
+        blob.len()
+    );
+}

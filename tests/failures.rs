@@ -12,12 +12,13 @@ use crate::common::{
 async fn a_429_holds_off_the_upstream_and_is_passed_on_with_retry_after() {
     let upstream = FakeRegistry::start().await;
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
-    let wharf = Wharf::start(&upstream, |c| c.cache.tag_ttl = Duration::from_millis(100)).await;
+    let ttl = Duration::from_secs(60);
+    let wharf = Wharf::start(&upstream, |c| c.cache.tag_ttl = ttl).await;
     assert_eq!(
         wharf.get("/v2/library/app/manifests/v1").await.status(),
         200
     );
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wharf.clock.advance(ttl);
 
     upstream.faults().status = Some((429, Some("2")));
     let r = wharf.get("/v2/library/other/manifests/v1").await;
@@ -184,7 +185,7 @@ async fn wharf_starts_and_serves_its_cache_while_the_upstream_is_down() {
     let blob = upstream.add_blob(random_bytes(100_000, 2));
     let body = format!(r#"{{"schemaVersion":2,"layers":[{{"digest":"{blob}"}}]}}"#);
     let manifest = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &body);
-    let ttl = Duration::from_millis(100);
+    let ttl = Duration::from_secs(60);
     let wharf = Wharf::start(&upstream, |c| c.cache.tag_ttl = ttl).await;
     assert_eq!(
         wharf.get("/v2/library/app/manifests/v1").await.status(),
@@ -193,7 +194,6 @@ async fn wharf_starts_and_serves_its_cache_while_the_upstream_is_down() {
     let r = wharf.get(&format!("/v2/library/app/blobs/{blob}")).await;
     assert_eq!(sha256(&r.bytes().await.unwrap()), blob);
     let cache = wharf.stop().await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
 
     // The tag expired and cannot be revalidated: it is served stale from the tag files.
 
@@ -201,6 +201,7 @@ async fn wharf_starts_and_serves_its_cache_while_the_upstream_is_down() {
     config.cache.tag_ttl = ttl;
     upstream.stop().await;
     let wharf = Wharf::start_with(config, cache).await;
+    wharf.clock.advance(ttl);
     let r = wharf.get("/v2/library/app/manifests/v1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-wharf-cache"], "stale");

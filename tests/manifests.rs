@@ -104,7 +104,7 @@ async fn an_expired_tag_is_revalidated_with_one_head_for_many_clients() {
         200
     );
 
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wharf.clock.advance(Duration::from_millis(300));
     // Slow enough that every client's request arrives while the HEAD is out.
     upstream.faults().manifest_delay = Some(Duration::from_millis(300));
     let clients = (0..12).map(|_| get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING));
@@ -141,7 +141,7 @@ async fn a_moved_tag_is_fetched_again_after_its_ttl() {
     let answer = get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
     assert_eq!(answer.digest, old, "still fresh: the cached answer");
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wharf.clock.advance(Duration::from_millis(200));
     let answer = get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
     assert_eq!((answer.status, answer.digest.as_str()), (200, new.as_str()));
     assert_eq!(answer.body, new_body.as_bytes());
@@ -252,7 +252,7 @@ async fn an_expired_tag_is_served_stale_while_the_upstream_fails() {
     let digest = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest_json("d"));
     let wharf = Wharf::start(&upstream, |c| c.cache.tag_ttl = Duration::from_millis(100)).await;
     get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wharf.clock.advance(Duration::from_millis(100));
 
     // 429 last: it makes wharf hold off the upstream for a while.
     for (status, retry_after) in [(503, None), (500, None), (429, Some("30"))] {
@@ -269,7 +269,7 @@ async fn an_expired_tag_is_served_stale_while_the_upstream_fails() {
         let answer = get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
         assert_eq!(answer.cache, "stale");
         assert_eq!(upstream.count("HEAD", "/manifests/v1"), asked + 1);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        wharf.clock.advance(Duration::from_millis(100));
     }
     assert_eq!(
         wharf
@@ -285,7 +285,7 @@ async fn a_tag_the_upstream_no_longer_has_is_gone_not_stale() {
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest_json("f"));
     let wharf = Wharf::start(&upstream, |c| c.cache.tag_ttl = Duration::from_millis(100)).await;
     get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wharf.clock.advance(Duration::from_millis(100));
     // An upstream that says "no" is not an outage.
     upstream.faults().status = Some((404, None));
     let answer = get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
@@ -302,7 +302,7 @@ async fn without_serve_stale_an_outage_is_an_error() {
     })
     .await;
     get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wharf.clock.advance(Duration::from_millis(100));
     upstream.faults().status = Some((503, None));
     let answer = get(&wharf, "/v2/library/app/manifests/v1", EVERYTHING).await;
     assert_eq!(answer.status, 502);

@@ -2,7 +2,7 @@
 //! fetch of their own (readiness, listings).
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use moka::future::Cache as ListingCache;
 
@@ -61,10 +61,11 @@ impl Mirror {
             cache,
             manifest_fetches: Flights::default(),
             revalidations: Flights::default(),
-            // The freshness check is wharf's own (on `clock`); moka's TTL only frees memory.
+            // The freshness check is wharf's own (on `clock`); moka's TTL, never shorter than
+            // a minute, only frees the memory of listings no one asks for again.
             listings: ListingCache::builder()
                 .max_capacity(10_000)
-                .time_to_live(config.listing_ttl)
+                .time_to_live(config.listing_ttl.max(Duration::from_secs(60)))
                 .build(),
             access: ConfirmedAccess::default(),
             config,

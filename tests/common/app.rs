@@ -53,6 +53,9 @@ pub struct Wharf {
     scheme: &'static str,
     pub cache: tempfile::TempDir,
     pub client: reqwest::Client,
+    /// The clock tag freshness and listing reuse are decided on: it moves only when the test
+    /// moves it, so no TTL can run out (or not) by the machine's speed.
+    pub clock: wharf::Clock,
     stop: StopSignal,
     task: tokio::task::JoinHandle<()>,
 }
@@ -110,18 +113,22 @@ impl Wharf {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
+        let clock = wharf::Clock::manual();
+        let running_clock = clock.clone();
         let task = tokio::spawn(async move {
-            wharf::run(listener, config, async {
+            let stopped = async {
                 let _ = stopped.await;
-            })
-            .await
-            .unwrap();
+            };
+            wharf::run_with_clock(listener, config, stopped, running_clock)
+                .await
+                .unwrap();
         });
         let wharf = Wharf {
             addr,
             scheme,
             cache,
             client,
+            clock,
             stop: StopSignal(Some(stop)),
             task,
         };

@@ -10,7 +10,7 @@ fn store(dir: &Path, max_size: u64) -> Store {
 
 /// Sets an entry's recorded last use, as an earlier run would have left it.
 fn set_used(store: &Store, digest: &Digest, used: SystemTime) {
-    let file = File::open(store.path(&EntryKey::blob(&digest))).unwrap();
+    let file = File::open(store.path(&EntryKey::blob(digest))).unwrap();
     file.set_modified(used).unwrap();
 }
 
