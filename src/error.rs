@@ -135,3 +135,71 @@ impl From<ReferenceError> for Error {
         Error::Client(e.into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::SourceFailure;
+
+    fn upstream(e: UpstreamError) -> Error {
+        Error::from(e)
+    }
+
+    #[test]
+    fn each_upstream_error_decides_its_failure() {
+        let name = || "u".into();
+        assert!(matches!(
+            upstream(UpstreamError::NotFound).failure(),
+            Failure::UpstreamNotFound
+        ));
+        assert!(matches!(
+            upstream(UpstreamError::Unreachable {
+                upstream: name(),
+                reason: "refused".into()
+            })
+            .failure(),
+            Failure::UpstreamUnreachable
+        ));
+        assert!(matches!(
+            upstream(UpstreamError::Timeout { upstream: name() }).failure(),
+            Failure::UpstreamTimedOut
+        ));
+        assert!(matches!(
+            upstream(UpstreamError::Status {
+                upstream: name(),
+                status: 500
+            })
+            .failure(),
+            Failure::BadGateway
+        ));
+        let limited = upstream(UpstreamError::TooManyRequests {
+            upstream: name(),
+            retry_after: Some("17".into()),
+        });
+        assert!(matches!(
+            limited.failure(),
+            Failure::UpstreamRateLimited {
+                retry_after: Some("17")
+            }
+        ));
+    }
+
+    #[test]
+    fn an_upstream_error_that_rode_a_fill_is_lifted_back_to_what_it_was() {
+        let rode = cache::Error::Source(SourceFailure::new(UpstreamError::NotFound));
+        let lifted = Error::from(rode);
+        assert!(matches!(lifted, Error::Upstream(UpstreamError::NotFound)));
+        assert!(matches!(lifted.failure(), Failure::UpstreamNotFound));
+    }
+
+    #[test]
+    fn bytes_that_failed_verification_are_the_upstreams_fault_a_disk_is_wharfs() {
+        let mismatch = Error::from(cache::Error::LengthMismatch {
+            declared: 2,
+            received: 1,
+        });
+        assert!(matches!(mismatch.failure(), Failure::BadGateway));
+        let disk = Error::from(cache::Error::NoSpace(1));
+        assert!(matches!(disk.failure(), Failure::Internal));
+    }
+}

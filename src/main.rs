@@ -189,7 +189,15 @@ fn image_list(
 
 fn cache_command(action: CacheAction, dir: &std::path::Path) -> anyhow::Result<()> {
     use wharf::cache::maintenance;
-    anyhow::ensure!(dir.is_dir(), "{} is not a cache directory", dir.display());
+    if !dir.is_dir() {
+        eprintln!("Error: {} is not a cache directory", dir.display());
+        // As for any failure to verify; the other commands fail with status 1.
+        std::process::exit(if matches!(action, CacheAction::Verify) {
+            2
+        } else {
+            1
+        });
+    }
     let context = || format!("cache directory {}", dir.display());
     match action {
         CacheAction::Stats => print!("{}", maintenance::stats(dir).with_context(context)?),
@@ -199,13 +207,20 @@ fn cache_command(action: CacheAction, dir: &std::path::Path) -> anyhow::Result<(
                 maintenance::prune(dir, max_size.bytes()).with_context(context)?
             )
         }
-        CacheAction::Verify => {
-            let report = maintenance::verify(dir).with_context(context)?;
-            print!("{report}");
-            if !report.removed.is_empty() {
-                std::process::exit(1);
+        // Status 1 says damage was found (and removed), so a script can tell it from a cache
+        // that could not be verified at all: status 2.
+        CacheAction::Verify => match maintenance::verify(dir).with_context(context) {
+            Ok(report) => {
+                print!("{report}");
+                if !report.removed.is_empty() {
+                    std::process::exit(1);
+                }
             }
-        }
+            Err(e) => {
+                eprintln!("Error: {e:?}");
+                std::process::exit(2);
+            }
+        },
     }
     Ok(())
 }

@@ -329,10 +329,11 @@ async fn cache_verify_exits_with_status_1_exactly_when_it_removed_damage() {
     assert_eq!(r.text().await.unwrap(), body);
     assert_eq!(pull(&wharf, &blobs[1]).await.0, blobs[1]);
 
-    // A directory that cannot be verified is a failure too, without a verdict on damage.
+    // A directory that cannot be verified is a failure of its own (status 2), without a
+    // verdict on damage.
     let missing = cache.join("no-such-cache");
     let (code, text) = cache_command(&missing, &["verify"]);
-    assert_ne!(code, Some(0), "{text}");
+    assert_eq!(code, Some(2), "{text}");
     assert!(!text.contains("damaged and removed"), "{text}");
 }
 

@@ -31,8 +31,12 @@ pub fn empty() -> Body {
 
 /// Status and OCI code for an error.
 fn classify(error: &Error) -> (StatusCode, ErrorCode) {
+    status_and_code(error.failure())
+}
+
+fn status_and_code(failure: Failure<'_>) -> (StatusCode, ErrorCode) {
     use StatusCode as S;
-    match error.failure() {
+    match failure {
         Failure::Client(e) => match e {
             ClientError::Name(_) => (S::BAD_REQUEST, ErrorCode::NameInvalid),
             ClientError::Digest(_) | ClientError::Reference(ReferenceError::BadDigest(_)) => {
@@ -112,10 +116,13 @@ pub fn error_response(error: &Error, head: bool) -> Response<Body> {
 mod tests {
     use super::*;
     use crate::oci::{DigestError, NameError};
-    use crate::upstream::UpstreamError;
 
     fn status(e: impl Into<Error>) -> u16 {
         classify(&e.into()).0.as_u16()
+    }
+
+    fn status_of(failure: Failure<'_>) -> u16 {
+        status_and_code(failure).0.as_u16()
     }
 
     #[test]
@@ -129,30 +136,25 @@ mod tests {
     }
 
     #[test]
-    fn upstream_failures_are_502_503_504_or_passed_429() {
-        let upstream = || "u".into();
+    fn upstream_failures_are_404_403_502_503_504_or_passed_429() {
+        assert_eq!(status_of(Failure::UpstreamNotFound), 404);
+        assert_eq!(status_of(Failure::UpstreamDenied), 403);
+        assert_eq!(status_of(Failure::UpstreamUnreachable), 503);
+        assert_eq!(status_of(Failure::UpstreamTimedOut), 504);
+        assert_eq!(status_of(Failure::BadGateway), 502);
         assert_eq!(
-            status(UpstreamError::Unreachable {
-                upstream: upstream(),
-                reason: "refused".into()
-            }),
-            503
+            status_of(Failure::UpstreamRateLimited { retry_after: None }),
+            429
         );
-        assert_eq!(
-            status(UpstreamError::Timeout {
-                upstream: upstream()
-            }),
-            504
-        );
-        assert_eq!(
-            status(UpstreamError::Status {
-                upstream: upstream(),
-                status: 500
-            }),
-            502
-        );
+        assert_eq!(status_of(Failure::Internal), 500);
+    }
+
+    #[test]
+    fn an_upstream_429_passes_its_retry_after_on() {
+        // The one test here that names an upstream error: the header comes from it.
+        use crate::upstream::UpstreamError;
         let limited = Error::from(UpstreamError::TooManyRequests {
-            upstream: upstream(),
+            upstream: "u".into(),
             retry_after: Some("17".into()),
         });
         let r = error_response(&limited, false);
