@@ -15,19 +15,6 @@ pub enum Chunk {
     File(FileRange),
 }
 
-impl Chunk {
-    pub fn len(&self) -> usize {
-        match self {
-            Chunk::Bytes(bytes) => bytes.len(),
-            Chunk::File(range) => range.len,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// `len` bytes of a file at `offset`, already in the page cache when it was handed out.
 pub struct FileRange {
     file: Arc<File>,
@@ -38,14 +25,6 @@ pub struct FileRange {
 impl FileRange {
     pub fn new(file: Arc<File>, offset: u64, len: usize) -> FileRange {
         FileRange { file, offset, len }
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The file, offset and length, for the socket that sends them from the file (and only

@@ -83,8 +83,6 @@ pub struct Health {
     pub bytes: u64,
     pub max_bytes: u64,
     pub entries: u64,
-    /// Oldest and newest last use, in seconds since the Unix epoch.
-    pub use_span: Option<(u32, u32)>,
     pub fills_in_flight: usize,
 }
 
@@ -217,7 +215,6 @@ impl Cache {
             bytes: usage.bytes,
             max_bytes: usage.max_bytes,
             entries: usage.entries,
-            use_span: usage.use_span,
             fills_in_flight: self.fills.in_flight(),
         }
     }
