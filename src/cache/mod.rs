@@ -23,8 +23,8 @@ use crate::metrics::Metrics;
 use crate::oci::media::Accept;
 use crate::oci::{Digest, RawManifest};
 pub use error::{Error, SourceFailure};
-pub use fill::{BlobReader, CachedBlob, Fill, FillWriter};
-use fill::{FillJoin, Fills};
+use fill::Fills;
+pub use fill::{BlobLookup, BlobReader, CachedBlob, Fill, FillWriter};
 use memory::HotManifests;
 pub use store::Condition;
 use store::{EntryKey, Store};
@@ -54,19 +54,6 @@ pub struct Cache {
     fills: Fills,
     memory: HotManifests,
     tags: TagTable,
-}
-
-/// What a request for a blob found.
-pub enum BlobLookup {
-    /// Committed on the local disk.
-    Cached(CachedBlob),
-    /// Being filled already: read it as it arrives.
-    Coalesced(Arc<Fill>),
-    /// Nowhere: this caller started the fill and must feed it.
-    Started(Arc<Fill>, FillWriter),
-    /// Nowhere, and the cache takes no writes now (disk full, read-only): the caller serves
-    /// the bytes without caching them.
-    NoWrites,
 }
 
 /// What the cache holds of a blob, found without starting a fill.
@@ -125,12 +112,7 @@ impl Cache {
 
     /// The blob if it is cached, else the fill of it to join or to start.
     pub async fn blob(&self, digest: &Digest) -> BlobLookup {
-        match self.fills.join(digest) {
-            FillJoin::Cached(blob) => BlobLookup::Cached(blob),
-            FillJoin::Coalesced(fill) => BlobLookup::Coalesced(fill),
-            FillJoin::Started(fill, writer) => BlobLookup::Started(fill, writer),
-            FillJoin::NoWrites => BlobLookup::NoWrites,
-        }
+        self.fills.join(digest)
     }
 
     /// What the cache holds of a blob, without starting a fill (for `HEAD`).

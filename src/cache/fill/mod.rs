@@ -120,15 +120,16 @@ impl CachedBlob {
 }
 
 /// What a request for a blob found.
-pub enum FillJoin {
-    /// Already committed.
+pub enum BlobLookup {
+    /// Committed on the local disk.
     Cached(CachedBlob),
-    /// Not cached, and the cache directory takes no writes now (disk full, read-only).
-    NoWrites,
-    /// A fill of this digest was already running.
+    /// Being filled already: read it as it arrives.
     Coalesced(Arc<Fill>),
-    /// This request started the fill and must feed the writer.
+    /// Nowhere: this caller started the fill and must feed it.
     Started(Arc<Fill>, FillWriter),
+    /// Nowhere, and the cache takes no writes now (disk full, read-only): the caller serves
+    /// the bytes without caching them.
+    NoWrites,
 }
 
 type Table = Arc<Mutex<HashMap<Digest, Arc<Fill>>>>;
@@ -171,31 +172,31 @@ impl Fills {
     }
 
     /// The committed blob, the running fill, or a new fill for `digest`.
-    pub fn join(&self, digest: &Digest) -> FillJoin {
+    pub fn join(&self, digest: &Digest) -> BlobLookup {
         // Hits take no lock.
         if let Some(blob) = self.cached(digest) {
-            return FillJoin::Cached(blob);
+            return BlobLookup::Cached(blob);
         }
         if let Some(fill) = self.running(digest) {
-            return FillJoin::Coalesced(fill);
+            return BlobLookup::Coalesced(fill);
         }
         // May probe the disk: outside the lock, so a slow disk holds up no other request.
         let writable = self.store.caching_allowed();
         let mut in_flight = self.in_flight.lock().expect("lock poisoned");
         if let Some(fill) = in_flight.get(digest) {
-            return FillJoin::Coalesced(fill.clone());
+            return BlobLookup::Coalesced(fill.clone());
         }
         // A fill removes itself only after its rename, under this lock: look again so a fill
         // that finished since the first look is not repeated.
         if let Some(blob) = self.cached(digest) {
-            return FillJoin::Cached(blob);
+            return BlobLookup::Cached(blob);
         }
         if !writable {
-            return FillJoin::NoWrites;
+            return BlobLookup::NoWrites;
         }
         let Ok((temp_path, file)) = self.store.temp_file() else {
             // The store has recorded why (logged once per condition).
-            return FillJoin::NoWrites;
+            return BlobLookup::NoWrites;
         };
         let file = Arc::new(file);
         let (progress_tx, progress_rx) = watch::channel(Progress::connecting());
@@ -220,7 +221,7 @@ impl Fills {
             leave,
         );
         let writer = job.spawn();
-        FillJoin::Started(fill, writer)
+        BlobLookup::Started(fill, writer)
     }
 }
 
