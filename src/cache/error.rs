@@ -6,7 +6,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::oci::Digest;
+use crate::oci::{Digest, Verifier};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -59,6 +59,27 @@ impl Error {
     }
 }
 
+/// Whether `received` bytes that hashed as `verifier` are the blob `expected`, of the length
+/// the source `declared` (if it did). The one check a fill and a pass-through both make.
+pub fn check_blob(
+    expected: &Digest,
+    verifier: Verifier,
+    received: u64,
+    declared: Option<u64>,
+) -> Result<(), Error> {
+    if let Some(declared) = declared.filter(|&d| d != received) {
+        return Err(Error::LengthMismatch { declared, received });
+    }
+    let actual = verifier.finish();
+    if actual != *expected {
+        return Err(Error::DigestMismatch {
+            expected: expected.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
 /// A feeder's error, type-erased so the cache need not know the feeder. The feeder gets its
 /// own error back with [`SourceFailure::downcast_ref`].
 #[derive(Debug, Clone)]
@@ -103,6 +124,29 @@ mod tests {
         };
         assert_eq!(failure.downcast_ref::<Feeder>(), Some(&Feeder));
         assert!(failure.downcast_ref::<io::Error>().is_none());
+    }
+
+    #[test]
+    fn a_blob_is_checked_for_length_first_then_digest() {
+        let digest = Digest::sha256_of(b"abc");
+        let hashed = |bytes: &[u8]| {
+            let mut v = Verifier::new(digest.algorithm());
+            v.update(bytes);
+            v
+        };
+        assert!(check_blob(&digest, hashed(b"abc"), 3, Some(3)).is_ok());
+        assert!(check_blob(&digest, hashed(b"abc"), 3, None).is_ok());
+        assert!(matches!(
+            check_blob(&digest, hashed(b"ab"), 2, Some(3)),
+            Err(Error::LengthMismatch {
+                declared: 3,
+                received: 2
+            })
+        ));
+        assert!(matches!(
+            check_blob(&digest, hashed(b"abd"), 3, None),
+            Err(Error::DigestMismatch { .. })
+        ));
     }
 
     #[test]

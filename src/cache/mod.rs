@@ -22,7 +22,7 @@ use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use crate::oci::media::Accept;
 use crate::oci::{Digest, RawManifest};
-pub use error::{Error, SourceFailure};
+pub use error::{check_blob, Error, SourceFailure};
 use fill::Fills;
 pub use fill::{BlobLookup, BlobReader, CachedBlob, Fill, FillWriter};
 use memory::HotManifests;

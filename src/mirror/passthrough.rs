@@ -60,26 +60,10 @@ impl Passthrough {
     }
 
     fn verify(&self, verifier: Verifier) -> Result<(), Error> {
-        let failure = match self.length() {
-            Some(declared) if declared != self.received => Some(cache::Error::LengthMismatch {
-                declared,
-                received: self.received,
-            }),
-            _ => {
-                let actual = verifier.finish();
-                (actual != self.digest).then(|| cache::Error::DigestMismatch {
-                    expected: self.digest.clone(),
-                    actual,
-                })
-            }
-        };
-        match failure {
-            Some(e) => {
-                self.metrics.digest_mismatches.inc();
-                tracing::warn!(digest = %self.digest, error = %e, "upstream blob failed verification");
-                Err(e.into())
-            }
-            None => Ok(()),
-        }
+        cache::check_blob(&self.digest, verifier, self.received, self.length()).map_err(|e| {
+            self.metrics.digest_mismatches.inc();
+            tracing::warn!(digest = %self.digest, error = %e, "upstream blob failed verification");
+            e.into()
+        })
     }
 }

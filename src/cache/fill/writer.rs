@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::progress::{FillState, Progress};
 use super::window::NewestBytes;
-use crate::cache::error::{Error, SourceFailure};
+use crate::cache::error::{check_blob, Error, SourceFailure};
 use crate::cache::store::{Committed, EntryKey, RoomClaim, Store};
 use crate::oci::{Digest, Verifier};
 
@@ -149,7 +149,7 @@ impl WriteJob {
     fn run(mut self, rx: mpsc::Receiver<Message>) {
         let (result, reply) = match self.receive(rx) {
             Ok(Some((verifier, written, total, reply))) => {
-                let result = self.verify(verifier, written, total).and_then(|()| {
+                let result = check_blob(&self.digest, verifier, written, total).and_then(|()| {
                     // Readers may finish as soon as the bytes are known good; the commit is
                     // only for the cache.
                     self.progress.send_modify(|p| p.state = FillState::Verified);
@@ -248,23 +248,6 @@ impl WriteJob {
             p.total = declared;
             p.state = FillState::Streaming;
         });
-        Ok(())
-    }
-
-    fn verify(&self, verifier: Verifier, written: u64, total: Option<u64>) -> Result<(), Error> {
-        if let Some(declared) = total.filter(|&t| t != written) {
-            return Err(Error::LengthMismatch {
-                declared,
-                received: written,
-            });
-        }
-        let actual = verifier.finish();
-        if actual != self.digest {
-            return Err(Error::DigestMismatch {
-                expected: self.digest.clone(),
-                actual,
-            });
-        }
         Ok(())
     }
 
