@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use wharf::Config;
 
-use crate::common::pki::{client_trusting, issue, server_tls, write_ca, write_pair};
+use crate::common::pki::{client_trusting, issue, server_tls, write_ca, write_pair, Pki};
 use crate::common::{
     base_config, config, eventually, logs, random_bytes, sha256, upstream_config, FakeRegistry,
     Wharf,
@@ -54,16 +54,7 @@ async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
 
     // A new certificate from another CA: new handshakes present it once the files change,
     // while the HTTP/2 connection opened before keeps working.
-    let second = issue("second CA");
-    write_pair(certs.path(), &second);
-    let trusts_second = client_trusting(&second, false);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            trusts_second.get(wharf.url("/v2/")).send().await.is_ok()
-        })
-        .await,
-        "the new certificate is served"
-    );
+    let second = rotate_to(&wharf, certs.path(), "second CA").await;
     let r = h2.get(wharf.url("/v2/")).send().await.unwrap();
     assert_eq!(
         r.status(),
@@ -94,17 +85,24 @@ async fn serves_https_over_http1_and_h2_and_reloads_the_certificate() {
     assert_eq!(r.status(), 200);
 
     // And it keeps watching: a good pair written after the broken one is picked up.
-    let third = issue("third CA");
-    write_pair(certs.path(), &third);
-    let trusts_third = client_trusting(&third, false);
+    rotate_to(&wharf, certs.path(), "third CA").await;
+    assert_eq!(upstream.count("GET", "/blobs/"), 1);
+}
+
+/// Writes a certificate and key from a new CA into `certs`, and waits (up to 10 s) until new
+/// handshakes with `wharf` present them.
+async fn rotate_to(wharf: &Wharf, certs: &Path, ca: &str) -> Pki {
+    let pki = issue(ca);
+    write_pair(certs, &pki);
+    let trusting = client_trusting(&pki, false);
     assert!(
         eventually(Duration::from_secs(10), || async {
-            trusts_third.get(wharf.url("/v2/")).send().await.is_ok()
+            trusting.get(wharf.url("/v2/")).send().await.is_ok()
         })
         .await,
-        "the pair after the broken one is served"
+        "the pair from {ca} is never served"
     );
-    assert_eq!(upstream.count("GET", "/blobs/"), 1);
+    pki
 }
 
 #[tokio::test]
