@@ -75,7 +75,8 @@ impl Accept {
                 if refused {
                     continue;
                 }
-                if media_type == "*/*" || media_type == "application/*" {
+                // Media types are case-insensitive (RFC 9110 §8.3.1), wildcards too.
+                if media_type == "*/*" || media_type.eq_ignore_ascii_case("application/*") {
                     accept.any = true;
                 } else if let Some(i) = KNOWN
                     .iter()
@@ -138,6 +139,13 @@ impl Accept {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_wildcard_is_one_in_any_case() {
+        let shouted = Accept::parse(["Application/*"]);
+        assert!(shouted.accepts(OCI_MANIFEST));
+        assert_eq!(shouted, Accept::parse(["application/*"]));
+    }
+
     #[test]
     fn all_manifests_is_what_wharf_asks_for_by_digest() {
         assert_eq!(Accept::all_manifests().header_value(), ALL_MANIFEST_TYPES);
