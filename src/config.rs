@@ -190,6 +190,11 @@ pub struct UpstreamConfig {
     /// Bytes per second taken from this upstream, all requests together; absent: no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bandwidth: Option<Size>,
+    /// How many times in a row a blob body that breaks (a reset, a cut, `read_timeout`) is
+    /// asked for again from where it broke, with a growing wait; a resume that brings 1 MiB or
+    /// more resets the count. 0: a broken body fails the fill.
+    #[serde(default = "defaults::resume_attempts")]
+    pub resume_attempts: u32,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -207,6 +212,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("max_fetches", &self.max_fetches)
             .field("confirm_access", &self.confirm_access)
             .field("max_bandwidth", &self.max_bandwidth)
+            .field("resume_attempts", &self.resume_attempts)
             .finish_non_exhaustive()
     }
 }
@@ -224,6 +230,10 @@ mod defaults {
 
     pub fn max_fetches() -> usize {
         128
+    }
+
+    pub fn resume_attempts() -> u32 {
+        5
     }
 
     pub fn yes() -> bool {
@@ -286,6 +296,7 @@ impl UpstreamConfig {
             max_fetches: defaults::max_fetches(),
             confirm_access: true,
             max_bandwidth: None,
+            resume_attempts: defaults::resume_attempts(),
         }
     }
 }

@@ -28,6 +28,7 @@ pub struct Collectors {
     pub cache_results: IntCounterVec,
     pub upstream_requests: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
+    pub upstream_resumes: IntCounterVec,
     pub served_bytes: IntCounterVec,
     pub file_range_bytes: IntCounterVec,
     pub fills_in_flight: IntGauge,
@@ -203,6 +204,12 @@ impl Metrics {
                 "wharf_upstream_bytes_total",
                 "Body bytes received from upstreams",
                 &["upstream"],
+            ),
+            upstream_resumes: counter_vec(
+                &registry,
+                "wharf_upstream_resumes_total",
+                "Blob bodies that broke and were asked for again from where they broke (resumed), or not (gave_up)",
+                &["upstream", "result"],
             ),
             served_bytes: counter_vec(
                 &registry,

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::common::{eventually, random_bytes, sha256, FakeRegistry, Hold, Wharf, MIB};
+use crate::common::{
+    each_upstream, eventually, random_bytes, sha256, Break, FakeRegistry, Hold, Wharf, MIB,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_cold_clients_cause_one_upstream_get() {
@@ -108,12 +110,108 @@ async fn read_all(r: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
     Ok(r.bytes().await?.to_vec())
 }
 
+/// Starts `n` clients of one blob, waits until they have all joined one fill, then lets the
+/// upstream body go on; each client's whole body, or its error.
+async fn clients_of_one_fill(
+    wharf: &Wharf,
+    hold: &Hold,
+    digest: &str,
+    n: usize,
+) -> Vec<Result<Vec<u8>, reqwest::Error>> {
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url) = (
+                wharf.client.clone(),
+                wharf.url(&format!("/v2/library/x/blobs/{digest}")),
+            );
+            tokio::spawn(async move { read_all(client.get(url).send().await?).await })
+        })
+        .collect();
+    assert!(
+        wharf
+            .metric_reaches(
+                "wharf_cache_results_total",
+                &["blob", "coalesced"],
+                (n - 1) as f64
+            )
+            .await,
+        "every client joined the one fill"
+    );
+    hold.open();
+    let mut bodies = Vec::new();
+    for client in clients {
+        bodies.push(client.await.unwrap());
+    }
+    bodies
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn upstream_cut_midway_aborts_clients_and_caches_nothing() {
+async fn an_upstream_cut_midway_is_resumed_for_every_client() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(4 * MIB, 3);
+    let digest = upstream.add_blob(blob.clone());
+    upstream.faults().cut = Some(Break::at(2 * MIB).times(1));
+    let hold = Hold::after(0);
+    upstream.faults().hold = Some(hold.clone());
+    let wharf = Wharf::start(&upstream, |_| {}).await;
+
+    for body in clients_of_one_fill(&wharf, &hold, &digest, 4).await {
+        assert_eq!(sha256(&body.expect("the cut is not seen")), digest);
+    }
+    let ranges: Vec<_> = upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.path.contains("/blobs/"))
+        .map(|s| s.range)
+        .collect();
+    // From where the bytes that arrived end: those in flight at the cut may be lost.
+    let resumed_from = match &ranges[..] {
+        [None, Some(range)] => range
+            .strip_prefix("bytes=")
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|from| from.parse::<usize>().ok()),
+        _ => None,
+    };
+    assert!(
+        resumed_from.is_some_and(|from| from > 0 && from <= 2 * MIB),
+        "one GET, then the rest from where it broke: {ranges:?}"
+    );
+    assert!(wharf.settled(&digest).await, "the resumed fill is cached");
+    assert_eq!(
+        wharf
+            .metric("wharf_upstream_resumes_total", &["result=\"resumed\""])
+            .await,
+        1.0
+    );
+    // Every byte came once.
+    assert_eq!(
+        wharf.metric("wharf_upstream_bytes_total", &[]).await,
+        blob.len() as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resume_answered_with_the_whole_blob_skips_what_was_written() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(3 * MIB, 13);
+    let digest = upstream.add_blob(blob.clone());
+    upstream.faults().cut = Some(Break::at(MIB + 5).times(1));
+    upstream.faults().ignore_ranges = true;
+    let wharf = Wharf::start(&upstream, |_| {}).await;
+
+    let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
+    assert_eq!(sha256(&read_all(r).await.unwrap()), digest);
+    assert_eq!(upstream.count("GET", "/blobs/"), 2);
+    assert!(wharf.settled(&digest).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_that_outlives_the_resumes_aborts_clients_and_caches_nothing() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(random_bytes(4 * MIB, 3));
-    upstream.faults().cut_blob_after = Some(2 * MIB);
-    let wharf = Wharf::start(&upstream, |_| {}).await;
+    // Every body breaks at the same byte: the resumes bring nothing.
+    upstream.faults().cut = Some(Break::at(2 * MIB));
+    let wharf = Wharf::start(&upstream, |c| each_upstream(c, |u| u.resume_attempts = 2)).await;
 
     // Either the headers went out before the cut, and the body is then cut short, or the cut
     // came first, and the answer is an error. Never a complete-looking body.
@@ -124,13 +222,47 @@ async fn upstream_cut_midway_aborts_clients_and_caches_nothing() {
         assert_eq!(r.status(), 503, "the upstream connection broke");
     }
     assert!(!wharf.has_blob(&digest));
+    assert_eq!(
+        upstream.count("GET", "/blobs/"),
+        3,
+        "the first GET and two resumes"
+    );
+    assert_eq!(
+        wharf
+            .metric("wharf_upstream_resumes_total", &["result=\"gave_up\""])
+            .await,
+        1.0
+    );
 
-    upstream.faults().cut_blob_after = None;
+    upstream.faults().cut = None;
     let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
     assert_eq!(r.headers()["x-wharf-cache"], "miss", "a fresh fill starts");
     assert_eq!(sha256(&read_all(r).await.unwrap()), digest);
-    assert_eq!(upstream.count("GET", "/blobs/"), 2);
     assert!(wharf.settled(&digest).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_then_a_flipped_byte_aborts_every_client_and_caches_nothing() {
+    let upstream = FakeRegistry::start().await;
+    let digest = upstream.add_blob(random_bytes(4 * MIB, 14));
+    upstream.faults().cut = Some(Break::at(MIB).times(1));
+    // The byte in the middle, after the cut: only the resumed bytes are wrong.
+    upstream.faults().flip_byte = true;
+    let hold = Hold::after(0);
+    upstream.faults().hold = Some(hold.clone());
+    let wharf = Wharf::start(&upstream, |_| {}).await;
+
+    for body in clients_of_one_fill(&wharf, &hold, &digest, 3).await {
+        assert!(body.is_err(), "a resumed body that does not verify is cut");
+    }
+    assert!(
+        wharf
+            .metric_reaches("wharf_digest_mismatches_total", &[], 1.0)
+            .await
+    );
+    assert!(wharf.fills_done().await);
+    assert!(!wharf.has_blob(&digest));
+    assert_eq!(upstream.count("GET", "/blobs/"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -276,7 +408,7 @@ async fn bytes_of_a_stalled_fill_reach_clients() {
     let upstream = FakeRegistry::start().await;
     let blob = random_bytes(4 * MIB, 8);
     let digest = upstream.add_blob(blob.clone());
-    upstream.faults().stall_blob_after = Some(100_000);
+    upstream.faults().stall = Some(Break::at(100_000));
     let wharf = Wharf::start(&upstream, |_| {}).await;
     let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     base_config, config, each_upstream, error_code, eventually, random_bytes, sha256,
-    upstream_config, FakeRegistry, Wharf, MIB, OCI_MANIFEST,
+    upstream_config, Break, FakeRegistry, Wharf, MIB, OCI_MANIFEST,
 };
 
 #[tokio::test]
@@ -143,13 +143,43 @@ async fn an_unreachable_upstream_is_a_503_within_connect_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_upstream_body_is_resumed_after_the_read_timeout() {
+    let upstream = FakeRegistry::start().await;
+    let digest = upstream.add_blob(random_bytes(4 * MIB, 1));
+    upstream.faults().stall = Some(Break::at(MIB).times(1));
+    let wharf = Wharf::start(&upstream, |c| {
+        each_upstream(c, |u| u.read_timeout = Duration::from_millis(300))
+    })
+    .await;
+
+    let r = wharf.get(&format!("/v2/library/app/blobs/{digest}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        sha256(&r.bytes().await.unwrap()),
+        digest,
+        "the stall is not seen"
+    );
+    let resumed = upstream
+        .seen()
+        .into_iter()
+        .filter_map(|s| s.range)
+        .collect::<Vec<_>>();
+    assert_eq!(resumed, [format!("bytes={MIB}-")]);
+    assert!(wharf.settled(&digest).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_upstream_is_cut_by_the_read_timeout_and_nothing_is_cached() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(random_bytes(4 * MIB, 1));
     upstream.add_manifest("library/app", "v1", OCI_MANIFEST, "{}");
-    upstream.faults().stall_blob_after = Some(MIB);
+    // Every body stalls at the same byte, the resumed ones too.
+    upstream.faults().stall = Some(Break::at(MIB));
     let wharf = Wharf::start(&upstream, |c| {
-        each_upstream(c, |u| u.read_timeout = Duration::from_millis(500))
+        each_upstream(c, |u| {
+            u.read_timeout = Duration::from_millis(500);
+            u.resume_attempts = 1;
+        })
     })
     .await;
     let path = format!("/v2/library/app/blobs/{digest}");
@@ -158,12 +188,14 @@ async fn a_stalled_upstream_is_cut_by_the_read_timeout_and_nothing_is_cached() {
     let r = wharf.get(&path).await;
     assert_eq!(r.status(), 200, "headers go out before the stall");
     assert!(r.bytes().await.is_err(), "the body must be cut short");
+    // Two read timeouts (the body and its one resume) and the wait in between.
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
     assert!(!wharf.has_blob(&digest));
+    assert_eq!(upstream.count("GET", "/blobs/"), 2);
 
     // A manifest that never comes: a 504, as fast.
     upstream.faults().manifest_delay = Some(Duration::from_secs(10));
@@ -172,7 +204,7 @@ async fn a_stalled_upstream_is_cut_by_the_read_timeout_and_nothing_is_cached() {
     assert_eq!(r.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(2));
 
-    upstream.faults().stall_blob_after = None;
+    upstream.faults().stall = None;
     upstream.faults().manifest_delay = None;
     let r = wharf.get(&path).await;
     assert_eq!(r.headers()["x-wharf-cache"], "miss");

@@ -13,7 +13,7 @@ use crate::cache::{BlobHeld, BlobLookup, BlobReader, CachedBlob, Fill, FillWrite
 use crate::error::{ClientError, Error};
 use crate::metrics::{BypassReason, CacheResult, ContentKind};
 use crate::oci::{Digest, RepoName};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Span, Upstream, UpstreamError};
 
 /// A blob ready to be read: committed, a fill that has its upstream answer, or an upstream
 /// response to pass through.
@@ -151,13 +151,13 @@ impl Mirror {
     /// Streams a blob from the upstream to one client without caching it.
     async fn passthrough(
         &self,
-        upstream: &Upstream,
+        upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobAnswer, Error> {
         self.metrics.bypassed(BypassReason::Unwritable);
         let stream = upstream
-            .blob(repo, digest)
+            .blob(repo, digest, Span::WHOLE)
             .await
             .map_err(|e| not_found_is_blob_unknown(e.into()))?;
         let passthrough = Passthrough::new(stream, digest.clone(), self.metrics.clone());
@@ -172,7 +172,7 @@ impl Mirror {
     /// still reading.
     async fn run_fill(
         &self,
-        upstream: &Upstream,
+        upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
         writer: FillWriter,
@@ -196,16 +196,16 @@ impl Mirror {
         self.metrics.fills_in_flight.dec();
     }
 
-    /// Feeds the fill from the upstream's body until the end, or the first failure (which the
-    /// fill's readers see too).
+    /// Feeds the fill from the upstream's body until the end, or the first failure the stream
+    /// could not resume from (which the fill's readers see too).
     async fn feed_fill(
         &self,
-        upstream: &Upstream,
+        upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
         writer: FillWriter,
     ) -> Result<(), Error> {
-        let mut stream = match upstream.blob(repo, digest).await {
+        let mut stream = match upstream.blob(repo, digest, Span::WHOLE).await {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::info!(upstream = upstream.name(), %repo, %digest, error = %e, "blob fetch failed");

@@ -84,6 +84,16 @@ impl UpstreamError {
             _ => false,
         }
     }
+
+    /// Whether asking again soon may succeed: the connection broke or stalled, or the upstream
+    /// failed on its side. A 429 is not: its wait is the upstream's to set, and may be long.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } => true,
+            UpstreamError::Status { status, .. } => *status >= 500 && *status != 501,
+            _ => false,
+        }
+    }
 }
 
 pub(super) fn classify(upstream: &Arc<str>, e: &reqwest::Error) -> UpstreamError {

@@ -4,6 +4,7 @@
 mod auth;
 mod backoff;
 mod bandwidth;
+mod blob;
 mod error;
 
 use std::collections::HashMap;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{
-    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE,
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RANGE,
 };
 use reqwest::{Method, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,6 +25,7 @@ use auth::{TokenCache, TokenResponse};
 use backoff::Backoff;
 pub use backoff::{as_retry_after, parse_retry_after};
 use bandwidth::Bandwidth;
+pub use blob::{BlobStream, Span};
 use error::classify;
 pub use error::{CaBundleError, SetupError, UpstreamError};
 
@@ -117,6 +119,8 @@ pub struct Upstream {
     confirms_access: bool,
     /// `None`: no cap on the bytes per second taken from this upstream.
     bandwidth: Option<Arc<Bandwidth>>,
+    /// How many times in a row a broken blob body is asked for again from where it broke.
+    resume_attempts: u32,
     metrics: Metrics,
 }
 
@@ -128,49 +132,6 @@ pub struct ManifestResponse {
     pub media_type: String,
     /// Empty for `HEAD`.
     pub body: Bytes,
-}
-
-/// A blob body being received from the upstream.
-pub struct BlobStream {
-    response: reqwest::Response,
-    /// Its place under the upstream's `max_fetches`, held until the body is dropped.
-    _slot: Option<OwnedSemaphorePermit>,
-    bandwidth: Option<Arc<Bandwidth>>,
-    /// Read when the response arrived: reqwest's own `content_length` is what remains of the
-    /// body, which shrinks as it is read.
-    declared: Option<u64>,
-    upstream: Arc<str>,
-    metrics: Metrics,
-}
-
-impl BlobStream {
-    /// The length the upstream declared, if it did.
-    pub fn length(&self) -> Option<u64> {
-        self.declared
-    }
-
-    /// The next chunk, or `None` at the end of the body.
-    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
-        let chunk = self
-            .response
-            .chunk()
-            .await
-            .map_err(|e| classify(&self.upstream, &e))?;
-        if let Some(c) = &chunk {
-            self.metrics
-                .upstream_bytes
-                .with_label_values(&[&self.upstream])
-                .inc_by(c.len() as u64);
-            // Reading no faster than the cap lets TCP slow the upstream down.
-            if let Some(bandwidth) = &self.bandwidth {
-                let wait = bandwidth.take(c.len() as u64);
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
-        Ok(chunk)
-    }
 }
 
 impl Upstream {
@@ -233,6 +194,7 @@ impl Upstream {
             bandwidth: config
                 .max_bandwidth
                 .map(|rate| Arc::new(Bandwidth::new(rate.bytes()))),
+            resume_attempts: config.resume_attempts,
             fetch_slots: (config.max_fetches > 0)
                 .then(|| Arc::new(Semaphore::new(config.max_fetches))),
             metrics,
@@ -431,6 +393,7 @@ impl Upstream {
         method: Method,
         url: Url,
         accept: Option<&str>,
+        range: Option<&str>,
         repo: &RepoName,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut authorization = self.authorization(repo, None).await?;
@@ -441,6 +404,9 @@ impl Upstream {
             let mut request = self.http.request(method.clone(), url.clone());
             if let Some(accept) = accept {
                 request = request.header(ACCEPT, accept);
+            }
+            if let Some(range) = range {
+                request = request.header(RANGE, range);
             }
             if let Some(a) = &authorization {
                 request = request.header(AUTHORIZATION, authorization_value(a)?);
@@ -502,7 +468,7 @@ impl Upstream {
         let _slot = self.fetch_slot().await;
         let accept = accept.header_value();
         let response = self
-            .send(Kind::Manifest, method, url, Some(&accept), repo)
+            .send(Kind::Manifest, method, url, Some(&accept), None, repo)
             .await?;
         if !response.status().is_success() {
             return Err(self.status_error(&response));
@@ -535,26 +501,37 @@ impl Upstream {
         })
     }
 
-    /// Starts a blob download; the body is read with [`BlobStream::next_chunk`].
+    /// Starts a download of `span` of a blob; the body is read with [`BlobStream::next_chunk`],
+    /// which resumes it where it breaks.
     pub async fn blob(
-        &self,
+        self: &Arc<Self>,
         repo: &RepoName,
         digest: &Digest,
+        span: Span,
     ) -> Result<BlobStream, UpstreamError> {
-        let url = self.url(repo, &format!("blobs/{digest}"), &[]);
-        let slot = self.fetch_slot().await;
-        let response = self.send(Kind::Blob, Method::GET, url, None, repo).await?;
-        if !response.status().is_success() {
-            return Err(self.status_error(&response));
+        BlobStream::open(self.clone(), repo, digest, span).await
+    }
+
+    /// Counts `len` body bytes received, and waits as long as the bandwidth cap asks: reading
+    /// no faster than the cap lets TCP slow the upstream down.
+    async fn received(&self, len: usize) {
+        self.metrics
+            .upstream_bytes
+            .with_label_values(&[&self.name])
+            .inc_by(len as u64);
+        if let Some(bandwidth) = &self.bandwidth {
+            let wait = bandwidth.take(len as u64);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
         }
-        Ok(BlobStream {
-            _slot: slot,
-            bandwidth: self.bandwidth.clone(),
-            declared: response.content_length(),
-            response,
-            upstream: self.name.clone(),
-            metrics: self.metrics.clone(),
-        })
+    }
+
+    fn count_resume(&self, result: &str) {
+        self.metrics
+            .upstream_resumes
+            .with_label_values(&[&self.name, result])
+            .inc();
     }
 
     /// `HEAD` a blob: its length, if the upstream has it.
@@ -565,7 +542,9 @@ impl Upstream {
     ) -> Result<Option<u64>, UpstreamError> {
         let url = self.url(repo, &format!("blobs/{digest}"), &[]);
         let _slot = self.fetch_slot().await;
-        let response = self.send(Kind::Blob, Method::HEAD, url, None, repo).await?;
+        let response = self
+            .send(Kind::Blob, Method::HEAD, url, None, None, repo)
+            .await?;
         if !response.status().is_success() {
             return Err(self.status_error(&response));
         }
@@ -586,6 +565,7 @@ impl Upstream {
                 Method::GET,
                 url,
                 Some("application/json, */*"),
+                None,
                 repo,
             )
             .await?;

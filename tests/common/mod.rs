@@ -14,7 +14,7 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
 pub use app::{base_config, config, each_upstream, upstream_config, Wharf};
-pub use registry::{FakeRegistry, Hold, TOKEN};
+pub use registry::{Break, FakeRegistry, Hold, TOKEN};
 
 pub const MIB: usize = 1024 * 1024;
 

@@ -32,16 +32,18 @@ pub const TOKEN: &str = "fake-token-123";
 pub struct Faults {
     /// Answer every /v2 request with this status (and `Retry-After`).
     pub status: Option<(u16, Option<&'static str>)>,
-    /// Blob bodies: declare the full length, then close after this many bytes.
-    pub cut_blob_after: Option<usize>,
+    /// Blob bodies: declare the full length, then close when the body gets to this byte.
+    pub cut: Option<Break>,
+    /// Answer every blob GET with the whole blob and a 200, whatever its `Range`.
+    pub ignore_ranges: bool,
     /// Blob bodies: send only this many bytes, and declare that length (a well-framed lie).
     pub truncate_blobs_to: Option<usize>,
     /// Blob bodies: flip one byte in the middle.
     pub flip_byte: bool,
     /// Blob bodies: pause this long between 64 KiB chunks.
     pub chunk_delay: Option<Duration>,
-    /// Blob bodies: send this many bytes, then keep the connection open and send nothing.
-    pub stall_blob_after: Option<usize>,
+    /// Blob bodies: at this byte, keep the connection open and send nothing more.
+    pub stall: Option<Break>,
     /// Blob bodies: send some bytes, then wait until the test opens the gate.
     pub hold: Option<Hold>,
     /// Require `Authorization: Bearer <token>` from this realm (served by the fake itself).
@@ -99,7 +101,42 @@ impl Drop for Streaming {
     }
 }
 
-/// Holds blob bodies after their first `after` bytes until [`Hold::open`], so that a test decides
+/// Where a blob body breaks (is cut, or stalls): at byte `at` of the blob, in every body that
+/// gets there, or only in the first few.
+#[derive(Clone)]
+pub struct Break {
+    at: usize,
+    /// `None`: every body.
+    left: Option<Arc<AtomicUsize>>,
+}
+
+impl Break {
+    pub fn at(at: usize) -> Break {
+        Break { at, left: None }
+    }
+
+    /// Only the first `n` bodies that get to the byte break there.
+    pub fn times(mut self, n: usize) -> Break {
+        self.left = Some(Arc::new(AtomicUsize::new(n)));
+        self
+    }
+
+    /// Whether a body of `start..end` breaks, and where (counted as one of the bodies that do).
+    fn applies(&self, start: usize, end: usize) -> Option<usize> {
+        if !(start..end).contains(&self.at) {
+            return None;
+        }
+        match &self.left {
+            None => Some(self.at),
+            Some(left) => left
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .ok()
+                .map(|_| self.at),
+        }
+    }
+}
+
+/// Holds blob bodies that reach byte `after` from before it until [`Hold::open`], so that a test decides
 /// when a fill may go on (once every client it wants has joined, say) instead of hoping the
 /// upstream is slow enough.
 #[derive(Clone)]
@@ -154,6 +191,7 @@ pub struct Seen {
     pub path: String,
     pub authorization: Option<String>,
     pub accept: Option<String>,
+    pub range: Option<String>,
 }
 
 #[derive(Default)]
@@ -390,6 +428,7 @@ async fn respond(state: State, req: Request<Incoming>) -> Response<Body> {
         path: req.uri().to_string(),
         authorization: header("authorization"),
         accept: header("accept"),
+        range: header("range"),
     });
     let faults = state.faults.lock().unwrap().clone();
     if path == "/token" {
@@ -503,7 +542,7 @@ async fn respond(state: State, req: Request<Incoming>) -> Response<Body> {
             if let (Some(base), false) = (&faults.redirect_blobs_to, head) {
                 return full(307, &[("location", format!("{base}{path}"))], "");
             }
-            let headers = [
+            let mut headers = vec![
                 ("content-type", "application/octet-stream".to_string()),
                 ("docker-content-digest", reference.to_owned()),
                 ("content-length", blob.len().to_string()),
@@ -511,7 +550,25 @@ async fn respond(state: State, req: Request<Incoming>) -> Response<Body> {
             if head {
                 return full(200, &headers, Bytes::new());
             }
-            stream_blob(blob, reference, &faults, &headers)
+            let span = match header("range").filter(|_| !faults.ignore_ranges) {
+                None => 0..blob.len(),
+                Some(range) => match byte_range(&range, blob.len()) {
+                    Some(span) => span,
+                    None => {
+                        let all = format!("bytes */{}", blob.len());
+                        return full(416, &[("content-range", all)], "");
+                    }
+                },
+            };
+            if span != (0..blob.len()) {
+                headers[2].1 = span.len().to_string();
+                let last = span.end - 1;
+                headers.push((
+                    "content-range",
+                    format!("bytes {}-{last}/{}", span.start, blob.len()),
+                ));
+            }
+            stream_blob(blob, span, reference, &faults, &headers)
         }
         "tags" if reference == "list" => {
             let tags: Vec<_> = c
@@ -544,8 +601,22 @@ struct Sending {
     cut_sent: bool,
 }
 
+/// The one span `bytes=a-b`, `bytes=a-` or `bytes=-n` asks for, `None` when it is unsatisfiable.
+fn byte_range(header: &str, len: usize) -> Option<std::ops::Range<usize>> {
+    let (first, last) = header.strip_prefix("bytes=")?.split_once('-')?;
+    let span = match (first.parse::<usize>(), last.parse::<usize>()) {
+        (Ok(first), Ok(last)) => first..(last + 1).min(len),
+        (Ok(first), Err(_)) if last.is_empty() => first..len,
+        (Err(_), Ok(n)) if first.is_empty() => len.saturating_sub(n)..len,
+        _ => return None,
+    };
+    (span.start < span.end).then_some(span)
+}
+
+/// A blob body of `span`, with the faults switched on when it was asked for.
 fn stream_blob(
     blob: Bytes,
+    span: std::ops::Range<usize>,
     digest: &str,
     faults: &Faults,
     headers: &[(&str, String)],
@@ -556,15 +627,25 @@ fn stream_blob(
         data[mid] ^= 0xff;
     }
     let data = Bytes::from(data);
-    let send_len = faults.cut_blob_after.unwrap_or(data.len()).min(data.len());
-    let cut = send_len < data.len();
+    let cut_at = faults
+        .cut
+        .as_ref()
+        .and_then(|c| c.applies(span.start, span.end));
+    let send_len = cut_at.unwrap_or(span.end);
+    let cut = cut_at.is_some();
     let delay = faults.chunk_delay;
-    let stall_at = faults.stall_blob_after;
-    let hold = faults.hold.clone().filter(|h| h.applies_to(digest));
+    let stall_at = faults
+        .stall
+        .as_ref()
+        .and_then(|s| s.applies(span.start, span.end));
+    let hold = faults
+        .hold
+        .clone()
+        .filter(|h| h.applies_to(digest) && span.start < h.after.max(1));
     const CHUNK: usize = 64 * 1024;
     let streaming = Streaming::new(&faults.blob_streams);
     let start = Sending {
-        pos: 0,
+        pos: span.start,
         released: hold.is_none(),
         cut_sent: false,
     };
@@ -601,7 +682,8 @@ fn stream_blob(
             Some((Ok(Frame::data(chunk)), s))
         }
     });
-    let mut r = Response::builder().status(StatusCode::OK);
+    let partial = headers.iter().any(|(k, _)| *k == "content-range");
+    let mut r = Response::builder().status(if partial { 206 } else { 200 });
     for (k, v) in headers {
         r = r.header(*k, v);
     }

@@ -1,0 +1,340 @@
+//! Blob bodies from the upstream: a whole blob or a span of one, resumed with `Range` where the
+//! connection broke, so a reset or a stall in the middle of a long transfer costs a request, not
+//! the transfer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::CONTENT_RANGE;
+use reqwest::{Method, StatusCode};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::error::classify;
+use super::{header, Kind, Upstream, UpstreamError};
+use crate::oci::{Digest, RepoName};
+
+/// A resumed body that brings at least this much resets the count of resumes in a row, so a
+/// link that breaks every few hundred MiB still completes while one that brings nothing gives up.
+const PROGRESS_RESETS_ATTEMPTS: u64 = 1024 * 1024;
+/// The wait before the first resume; it doubles with each one in a row, up to `MAX_WAIT`.
+const FIRST_WAIT: Duration = Duration::from_millis(100);
+const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// Which bytes of a blob to fetch: `start..end`, `end` = `None` for the rest of the blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+impl Span {
+    pub const WHOLE: Span = Span {
+        start: 0,
+        end: None,
+    };
+
+    /// The `Range` value asking for what is left of this span from `from`, or `None` for a
+    /// whole blob asked from its start (a plain `GET`, what every registry serves).
+    fn range_header(self, from: u64) -> Option<String> {
+        match self.end {
+            None if from == 0 => None,
+            None => Some(format!("bytes={from}-")),
+            Some(end) => Some(format!("bytes={from}-{}", end - 1)),
+        }
+    }
+}
+
+/// One response's body and its place under the upstream's `max_fetches`, held together so the
+/// place is given back when the body is dropped.
+struct Body {
+    response: reqwest::Response,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// A blob body being received from the upstream: the bytes of its span, in order, however many
+/// requests that takes.
+pub struct BlobStream {
+    upstream: Arc<Upstream>,
+    repo: RepoName,
+    digest: Digest,
+    span: Span,
+    body: Option<Body>,
+    /// The blob's whole length, when the upstream declared it.
+    total: Option<u64>,
+    /// Where the next byte handed out lies in the blob.
+    next: u64,
+    /// Bytes the current body sends before `next`: it began before where it was asked to (an
+    /// upstream that answered a range with the whole blob).
+    skip: u64,
+    /// Resumes in a row without real progress, and the offset the last one started at.
+    attempts: u32,
+    resumed_at: u64,
+}
+
+impl BlobStream {
+    /// Sends the first request for `span`.
+    pub(super) async fn open(
+        upstream: Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+        span: Span,
+    ) -> Result<BlobStream, UpstreamError> {
+        let mut stream = BlobStream {
+            upstream,
+            repo: repo.clone(),
+            digest: digest.clone(),
+            span,
+            body: None,
+            total: None,
+            next: span.start,
+            skip: 0,
+            attempts: 0,
+            resumed_at: span.start,
+        };
+        stream.request().await?;
+        Ok(stream)
+    }
+
+    /// The whole blob's length, if the upstream declared it.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
+    /// The length of this stream's span, when it is known.
+    pub fn length(&self) -> Option<u64> {
+        let end = self.span.end.or(self.total)?;
+        Some(end.saturating_sub(self.span.start))
+    }
+
+    /// The end of the span, when it is known: where the bytes stop.
+    fn end(&self) -> Option<u64> {
+        self.span.end.or(self.total)
+    }
+
+    /// The next chunk, or `None` at the end of the span. A body that breaks is asked for again
+    /// from where it broke, up to the upstream's `resume_attempts` times in a row.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        loop {
+            if self.end().is_some_and(|end| self.next >= end) {
+                // Done; the connection goes back to the pool only once its body is read to
+                // the end, which a range cut out of a whole-blob answer never is.
+                self.body = None;
+                return Ok(None);
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Ok(None);
+            };
+            let broke = match body.response.chunk().await {
+                Ok(Some(chunk)) => {
+                    self.upstream.received(chunk.len()).await;
+                    match self.take(chunk) {
+                        Some(chunk) => return Ok(Some(chunk)),
+                        None => continue,
+                    }
+                }
+                // Ended where it should have ended (or with no length to check against).
+                Ok(None) if self.end().is_none() => {
+                    self.body = None;
+                    return Ok(None);
+                }
+                Ok(None) => UpstreamError::Unreachable {
+                    upstream: self.upstream.name.clone(),
+                    reason: format!(
+                        "the body ended at byte {} of {}",
+                        self.next,
+                        self.end().unwrap_or_default()
+                    ),
+                },
+                Err(e) => classify(&self.upstream.name, &e),
+            };
+            self.resume(broke).await?;
+        }
+    }
+
+    /// Cuts a chunk of the current body to what the span still wants: `None` when all of it
+    /// lies before the span (skipped).
+    fn take(&mut self, mut chunk: Bytes) -> Option<Bytes> {
+        if self.skip > 0 {
+            let skipped = (chunk.len() as u64).min(self.skip);
+            self.skip -= skipped;
+            chunk = chunk.slice(skipped as usize..);
+            if chunk.is_empty() {
+                return None;
+            }
+        }
+        if let Some(end) = self.end() {
+            let wanted = end.saturating_sub(self.next).min(chunk.len() as u64);
+            chunk.truncate(wanted as usize);
+        }
+        self.next += chunk.len() as u64;
+        if self.next - self.resumed_at >= PROGRESS_RESETS_ATTEMPTS {
+            self.attempts = 0;
+        }
+        Some(chunk)
+    }
+
+    /// Asks again for the rest of the span after the body broke with `broke`, waiting a little
+    /// longer each time in a row; gives `broke` (or the request's own error) back once the
+    /// attempts are spent or the upstream answers something a retry will not change.
+    async fn resume(&mut self, broke: UpstreamError) -> Result<(), UpstreamError> {
+        self.body = None;
+        let mut error = broke;
+        loop {
+            let upstream = self.upstream.clone();
+            if !error.is_transient() || self.attempts >= upstream.resume_attempts {
+                upstream.count_resume("gave_up");
+                tracing::warn!(upstream = %upstream.name, repo = %self.repo, digest = %self.digest, at = self.next, %error, "upstream body broke; not resuming");
+                return Err(error);
+            }
+            let wait = FIRST_WAIT
+                .saturating_mul(1 << self.attempts.min(16))
+                .min(MAX_WAIT);
+            self.attempts += 1;
+            tracing::info!(upstream = %upstream.name, repo = %self.repo, digest = %self.digest, at = self.next, attempt = self.attempts, %error, "upstream body broke; resuming");
+            tokio::time::sleep(wait).await;
+            self.resumed_at = self.next;
+            match self.request().await {
+                Ok(()) => {
+                    upstream.count_resume("resumed");
+                    return Ok(());
+                }
+                Err(e) => error = e,
+            }
+        }
+    }
+
+    /// Sends a request for the span from `next` and takes its body: a `206` must start there; a
+    /// `200` (an upstream that ignores ranges) is skipped up to it.
+    async fn request(&mut self) -> Result<(), UpstreamError> {
+        let upstream = self.upstream.clone();
+        let url = upstream.url(&self.repo, &format!("blobs/{}", self.digest), &[]);
+        let range = self.span.range_header(self.next);
+        let slot = upstream.fetch_slot().await;
+        let response = upstream
+            .send(
+                Kind::Blob,
+                Method::GET,
+                url,
+                None,
+                range.as_deref(),
+                &self.repo,
+            )
+            .await?;
+        let invalid = |reason: String| UpstreamError::Invalid {
+            upstream: upstream.name.clone(),
+            reason,
+        };
+        let (starts_at, total) = match response.status() {
+            StatusCode::PARTIAL_CONTENT if range.is_some() => {
+                let content_range = header(response.headers(), CONTENT_RANGE.as_str())
+                    .and_then(|v| ContentRange::parse(&v))
+                    .ok_or_else(|| invalid("a 206 without a valid Content-Range".into()))?;
+                (content_range.start, content_range.total)
+            }
+            s if s.is_success() && s != StatusCode::PARTIAL_CONTENT => {
+                (0, response.content_length())
+            }
+            _ => return Err(upstream.status_error(&response)),
+        };
+        if starts_at > self.next {
+            return Err(invalid(format!(
+                "asked for bytes from {}, got them from {starts_at}",
+                self.next
+            )));
+        }
+        match (self.total, total) {
+            (Some(before), Some(now)) if before != now => {
+                return Err(invalid(format!(
+                    "the blob was {before} bytes long, and is now {now}"
+                )))
+            }
+            (None, now) => self.total = now,
+            _ => {}
+        }
+        self.skip = self.next - starts_at;
+        self.body = Some(Body {
+            response,
+            _slot: slot,
+        });
+        Ok(())
+    }
+}
+
+/// `Content-Range: bytes <first>-<last>/<total|*>` of a `206`.
+#[derive(Debug, PartialEq, Eq)]
+struct ContentRange {
+    start: u64,
+    total: Option<u64>,
+}
+
+impl ContentRange {
+    fn parse(value: &str) -> Option<ContentRange> {
+        let (unit, rest) = value.trim().split_once(' ')?;
+        if !unit.eq_ignore_ascii_case("bytes") {
+            return None;
+        }
+        let (span, total) = rest.trim().split_once('/')?;
+        let (first, last) = span.split_once('-')?;
+        let number = |s: &str| -> Option<u64> {
+            let s = s.trim();
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        let (start, last) = (number(first)?, number(last)?);
+        let total = match total.trim() {
+            "*" => None,
+            t => Some(number(t)?),
+        };
+        let inside = last >= start && total.map_or(true, |t| last < t);
+        inside.then_some(ContentRange { start, total })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_blob_is_a_plain_get_until_it_resumes() {
+        assert_eq!(Span::WHOLE.range_header(0), None);
+        assert_eq!(Span::WHOLE.range_header(10).as_deref(), Some("bytes=10-"));
+        let span = Span {
+            start: 100,
+            end: Some(200),
+        };
+        assert_eq!(span.range_header(100).as_deref(), Some("bytes=100-199"));
+        assert_eq!(span.range_header(150).as_deref(), Some("bytes=150-199"));
+    }
+
+    #[test]
+    fn content_range_is_parsed_strictly() {
+        let parse = ContentRange::parse;
+        assert_eq!(
+            parse("bytes 10-19/100"),
+            Some(ContentRange {
+                start: 10,
+                total: Some(100)
+            })
+        );
+        assert_eq!(
+            parse("bytes 10-19/*"),
+            Some(ContentRange {
+                start: 10,
+                total: None
+            })
+        );
+        for bad in [
+            "bytes */100",
+            "bytes 19-10/100",
+            "bytes 10-100/100",
+            "items 1-2/3",
+            "bytes 1-2",
+            "bytes -1-2/3",
+            "",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+    }
+}
