@@ -140,7 +140,14 @@ pub struct CacheConfig {
     /// How long `tags/list` and `referrers` answers are reused.
     #[serde(with = "humantime_serde")]
     pub listing_ttl: Duration,
+    /// The most parts a `206 multipart/byteranges` blob answer may have, after overlapping and
+    /// adjacent ranges are merged; a request for more gets the whole blob (200).
+    pub max_range_parts: usize,
 }
+
+/// The highest `cache.max_range_parts` may be: each part costs a reader and a few hundred
+/// bytes of framing, and lazy pullers merge their reads into far fewer.
+pub const MAX_RANGE_PARTS_LIMIT: usize = 1024;
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -265,6 +272,7 @@ impl Default for CacheConfig {
             tag_ttl: Duration::from_secs(5 * 60),
             serve_stale: true,
             listing_ttl: Duration::from_secs(30),
+            max_range_parts: 128,
         }
     }
 }
@@ -414,6 +422,12 @@ impl Config {
         }
         if self.cache.max_idle.is_zero() {
             return invalid("cache.max_idle must be greater than zero".into());
+        }
+        if !(1..=MAX_RANGE_PARTS_LIMIT).contains(&self.cache.max_range_parts) {
+            return invalid(format!(
+                "cache.max_range_parts must be from 1 to {MAX_RANGE_PARTS_LIMIT}, not {}",
+                self.cache.max_range_parts
+            ));
         }
         Ok(())
     }
@@ -597,6 +611,14 @@ mod tests {
     fn bad_values_are_refused() {
         assert!(Config::parse("[cache]\nmax_size = \"lots\"").is_err());
         assert!(Config::parse("[cache]\ntag_ttl = \"soon\"").is_err());
+        for parts in [0, MAX_RANGE_PARTS_LIMIT + 1] {
+            let err = Config::parse(&format!("[cache]\nmax_range_parts = {parts}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("cache.max_range_parts"), "{err}");
+        }
+        let c = Config::parse("[cache]\nmax_range_parts = 1").unwrap();
+        assert_eq!(c.cache.max_range_parts, 1);
         assert!(Config::parse("[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"").is_err());
         assert!(Config::parse("[[upstream]]\nname = \"a/b\"\nurl = \"http://x\"").is_err());
         let twice = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n\

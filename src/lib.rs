@@ -148,6 +148,7 @@ async fn run_with(
             &config.server.rate_limit,
             authenticator,
         )),
+        max_range_parts: config.cache.max_range_parts,
     };
     let operations = match config.server.metrics_listen {
         None => None,

@@ -42,6 +42,7 @@ pub struct Collectors {
     pub cache_writable: IntGauge,
     pub cache_write_errors: IntCounterVec,
     pub upstream_throttled: IntCounterVec,
+    pub range_requests: IntCounterVec,
 }
 
 /// Why an entry left the cache.
@@ -117,6 +118,30 @@ impl ContentKind {
         match self {
             ContentKind::Blob => "blob",
             ContentKind::Manifest => "manifest",
+        }
+    }
+}
+
+/// What the `Range` header of a blob request came to, against the blob's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeKind {
+    /// One span (perhaps several ranges merged): a plain 206.
+    Single,
+    /// Several spans: a 206 multipart/byteranges.
+    Multi,
+    /// More spans than `max_range_parts`: the whole blob instead.
+    TooManyParts,
+    /// No range inside the blob: 416.
+    Unsatisfiable,
+}
+
+impl RangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RangeKind::Single => "single",
+            RangeKind::Multi => "multi",
+            RangeKind::TooManyParts => "too_many_parts",
+            RangeKind::Unsatisfiable => "unsatisfiable",
         }
     }
 }
@@ -280,6 +305,13 @@ impl Metrics {
                 "Requests not sent upstream because it asked wharf to wait (429 Retry-After)",
                 &["upstream"],
             ),
+            range_requests: counter_vec(
+                &registry,
+                "wharf_range_requests_total",
+                "Blob requests with a Range header resolved against the blob's size, by kind \
+                 (single|multi|too_many_parts|unsatisfiable)",
+                &["kind"],
+            ),
             registry,
         }))
     }
@@ -313,6 +345,12 @@ impl Metrics {
         self.served_bytes
             .with_label_values(&[source.as_str()])
             .inc_by(bytes);
+    }
+
+    pub fn range_request(&self, kind: RangeKind) {
+        self.range_requests
+            .with_label_values(&[kind.as_str()])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

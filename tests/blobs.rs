@@ -5,7 +5,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use crate::common::{
-    each_upstream, eventually, random_bytes, sha256, Break, FakeRegistry, Hold, Wharf, MIB,
+    each_upstream, eventually, multipart, random_bytes, sha256, Break, FakeRegistry, Hold, Wharf,
+    MIB,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -603,5 +604,286 @@ async fn cached_blobs_reach_the_socket_by_sendfile() {
         by_sendfile >= (blob.len() / 2) as f64,
         "only {by_sendfile} of {} bytes went by sendfile",
         blob.len()
+    );
+}
+
+async fn ranged(wharf: &Wharf, url: &str, range: &str) -> reqwest::Response {
+    wharf
+        .client
+        .get(url)
+        .header("range", range)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The parts of a `206 multipart/byteranges` answer, read by the tests' own reader, after
+/// checking that the declared length is the body's.
+async fn parts_of(r: reqwest::Response) -> Vec<multipart::Part> {
+    assert_eq!(r.status(), 206);
+    let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(r.headers().get("content-range").is_none());
+    let declared = r
+        .content_length()
+        .expect("a multipart answer has a Content-Length");
+    let body = r.bytes().await.unwrap();
+    assert_eq!(declared, body.len() as u64);
+    multipart::parse(&content_type, &body).unwrap()
+}
+
+/// Checks each part's Content-Range against `expected` (inclusive first and last offsets) and
+/// its bytes against the blob's.
+fn assert_parts(parts: &[multipart::Part], blob: &[u8], expected: &[(u64, u64)]) {
+    let got: Vec<(u64, u64)> = parts.iter().map(|p| (p.first, p.last)).collect();
+    assert_eq!(got, expected);
+    for part in parts {
+        assert_eq!(part.complete, blob.len() as u64);
+        assert_eq!(
+            part.content_type.as_deref(),
+            Some("application/octet-stream")
+        );
+        assert!(
+            part.bytes == blob[part.first as usize..=part.last as usize],
+            "the bytes of {}-{}",
+            part.first,
+            part.last
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multi_range_requests_on_a_cached_blob_get_multipart_byteranges() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(5 * MIB, 51);
+    let digest = upstream.add_blob(blob.clone());
+    let wharf = Wharf::start(&upstream, |_| {}).await;
+    let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
+    assert_eq!(
+        wharf
+            .get(&format!("/v2/library/x/blobs/{digest}"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        blob
+    );
+    assert!(wharf.settled(&digest).await);
+    let size = blob.len() as u64;
+
+    // Small parts, and parts of megabytes that leave by sendfile between the framing.
+    let r = ranged(&wharf, &url, "bytes=0-99, 5000-5999, -10").await;
+    assert_eq!(r.headers()["x-wharf-cache"], "hit");
+    assert_parts(
+        &parts_of(r).await,
+        &blob,
+        &[(0, 99), (5000, 5999), (size - 10, size - 1)],
+    );
+    let r = ranged(&wharf, &url, "bytes=1-2999999,3000001-").await;
+    assert_parts(
+        &parts_of(r).await,
+        &blob,
+        &[(1, 2_999_999), (3_000_001, size - 1)],
+    );
+    // The same over HTTP/2, where hyper frames the bytes.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .get(&url)
+        .header("range", "bytes=10-19,-3000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_parts(
+        &parts_of(r).await,
+        &blob,
+        &[(10, 19), (size - 3_000_000, size - 1)],
+    );
+
+    // Each answer has a boundary of its own.
+    let boundary = |r: &reqwest::Response| {
+        multipart::boundary(r.headers()["content-type"].to_str().unwrap()).unwrap()
+    };
+    let (a, b) = (
+        ranged(&wharf, &url, "bytes=0-0,2-2").await,
+        ranged(&wharf, &url, "bytes=0-0,2-2").await,
+    );
+    assert_ne!(boundary(&a), boundary(&b));
+    assert_eq!(
+        wharf
+            .metric("wharf_range_requests_total", &["kind=\"multi\""])
+            .await,
+        5.0
+    );
+    // Only the blob's bytes count as served, not the framing.
+    let served = wharf.metric("wharf_served_bytes_total", &["cache"]).await;
+    let before = served;
+    let r = ranged(&wharf, &url, "bytes=0-9,20-29").await;
+    assert_eq!(parts_of(r).await.len(), 2);
+    assert_eq!(
+        wharf.metric("wharf_served_bytes_total", &["cache"]).await - before,
+        20.0
+    );
+    assert_eq!(upstream.count("GET", "/blobs/"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multi_range_requests_on_a_fill_in_progress() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(4 * MIB, 52);
+    let digest = upstream.add_blob(blob.clone());
+    // The first 64 KiB go out, then the fill waits for the test.
+    let sent = 64 * 1024;
+    let hold = Hold::after(sent);
+    upstream.faults().hold = Some(hold.clone());
+    let wharf = Wharf::start(&upstream, |_| {}).await;
+    let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
+    let full = tokio::spawn(wharf.client.get(&url).send());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            hold.reached() == 1
+                && wharf.metric("wharf_upstream_bytes_total", &[]).await == sent as f64
+        })
+        .await,
+        "the fill started and sent what it may"
+    );
+
+    // Two parts inside what the fill has, one beyond it.
+    let r = ranged(&wharf, &url, "bytes=100-199,1000-1999,3000000-3000099").await;
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["x-wharf-cache"], "coalesced");
+    let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+    let declared = r.content_length().unwrap();
+    let mut body = r.bytes_stream();
+    let mut received = Vec::new();
+    let second = &blob[1000..2000];
+    while !received.windows(second.len()).any(|w| w == second) {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("the parts the fill has are sent without waiting for the rest")
+            .unwrap()
+            .unwrap();
+        received.extend_from_slice(&chunk);
+    }
+    hold.open();
+    while let Some(chunk) = body.next().await {
+        received.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(declared, received.len() as u64);
+    let parts = multipart::parse(&content_type, &received).unwrap();
+    assert_parts(
+        &parts,
+        &blob,
+        &[(100, 199), (1000, 1999), (3_000_000, 3_000_099)],
+    );
+    let full = full.await.unwrap().unwrap();
+    assert_eq!(sha256(&full.bytes().await.unwrap()), digest);
+    assert!(wharf.settled(&digest).await);
+}
+
+#[tokio::test]
+async fn overlapping_and_adjacent_ranges_come_merged_and_one_span_is_a_plain_206() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(10_000, 53);
+    let digest = upstream.add_blob(blob.clone());
+    let wharf = Wharf::start(&upstream, |_| {}).await;
+    let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
+    assert_eq!(
+        wharf
+            .get(&format!("/v2/library/x/blobs/{digest}"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        blob
+    );
+    assert!(wharf.settled(&digest).await);
+
+    // Out of order, overlapping, touching, with empty elements and unsatisfiable specs.
+    let r = ranged(
+        &wharf,
+        &url,
+        "bytes=-100, 1050-1199,,0-99,100-199,150-299,1000-1099,20000-",
+    )
+    .await;
+    assert_parts(
+        &parts_of(r).await,
+        &blob,
+        &[(0, 299), (1000, 1199), (9900, 9999)],
+    );
+
+    // RFC 9110's non-canonical spellings of one range: one part, so no multipart.
+    for range in ["bytes=500-600,601-999", "bytes=500-700,601-999"] {
+        let r = ranged(&wharf, &url, range).await;
+        assert_eq!(r.status(), 206, "{range}");
+        assert_eq!(r.headers()["content-type"], "application/octet-stream");
+        assert_eq!(r.headers()["content-range"], "bytes 500-999/10000");
+        assert_eq!(r.bytes().await.unwrap(), blob.slice(500..1000));
+    }
+    assert_eq!(
+        wharf
+            .metric("wharf_range_requests_total", &["kind=\"single\""])
+            .await,
+        2.0
+    );
+    assert_eq!(
+        wharf
+            .metric("wharf_range_requests_total", &["kind=\"multi\""])
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn more_parts_than_max_range_parts_get_the_whole_blob() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(10_000, 54);
+    let digest = upstream.add_blob(blob.clone());
+    let wharf = Wharf::start(&upstream, |c| c.cache.max_range_parts = 2).await;
+    let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
+
+    let r = ranged(&wharf, &url, "bytes=0-9,20-29,40-49").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "10000");
+    assert_eq!(r.bytes().await.unwrap(), blob);
+    assert_eq!(
+        wharf
+            .metric("wharf_range_requests_total", &["kind=\"too_many_parts\""])
+            .await,
+        1.0
+    );
+    // Merged, they are within the cap.
+    let r = ranged(&wharf, &url, "bytes=0-9,20-29,30-49").await;
+    assert_parts(&parts_of(r).await, &blob, &[(0, 9), (20, 49)]);
+}
+
+#[tokio::test]
+async fn a_range_set_of_nothing_inside_the_blob_gets_416() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(10_000, 55);
+    let digest = upstream.add_blob(blob.clone());
+    let wharf = Wharf::start(&upstream, |_| {}).await;
+    let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
+    assert_eq!(
+        wharf
+            .get(&format!("/v2/library/x/blobs/{digest}"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        blob
+    );
+
+    let r = ranged(&wharf, &url, "bytes=10000-,-0, 20000-30000").await;
+    assert_eq!(r.status(), 416);
+    assert_eq!(r.headers()["content-range"], "bytes */10000");
+    assert!(r.text().await.unwrap().contains("RANGE_INVALID"));
+    assert_eq!(
+        wharf
+            .metric("wharf_range_requests_total", &["kind=\"unsatisfiable\""])
+            .await,
+        1.0
     );
 }

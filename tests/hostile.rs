@@ -177,15 +177,18 @@ async fn absurd_range_headers_get_the_whole_blob_or_416() {
     assert_eq!(wharf.get(&path).await.bytes().await.unwrap(), blob);
     assert!(wharf.settled(&digest).await);
 
-    let many_parts = format!(
-        "bytes={}",
-        (0..2000)
-            .map(|i| format!("{i}-{i}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let specs = |n: usize, step: usize| {
+        let specs: Vec<String> = (0..n).map(|i| format!("{0}-{0}", i * step)).collect();
+        format!("bytes={}", specs.join(","))
+    };
     let cases: Vec<(String, &[u16])> = vec![
-        (many_parts, &[200]),
+        // Two thousand adjacent one-byte ranges merge into one: a plain 206 of 2000 bytes.
+        (specs(2000, 1), &[206]),
+        // More parts than max_range_parts, even merged: the whole blob.
+        (specs(200, 2), &[200]),
+        // Absurdly many specs are not even parsed.
+        (specs(5000, 1), &[200]),
+        ("bytes=0-1,5-1".into(), &[200]),
         ("bytes=99999999999999999999999-".into(), &[200]),
         ("bytes=18446744073709551615-".into(), &[416]),
         ("bytes=-18446744073709551615".into(), &[206]),
@@ -197,6 +200,7 @@ async fn absurd_range_headers_get_the_whole_blob_or_416() {
         ("items=0-1".into(), &[200]),
         ("bytes=".into(), &[200]),
         ("bytes=10000-".into(), &[416]),
+        ("bytes=10000-,-0,20000-30000".into(), &[416]),
     ];
     for (range, expected) in cases {
         let r = wharf

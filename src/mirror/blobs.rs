@@ -21,29 +21,33 @@ pub struct BlobAnswer {
     /// `None` when the upstream sent no length (the body is then streamed to its end).
     pub size: Option<u64>,
     pub result: CacheResult,
-    source: BlobSource,
+    pub bytes: BlobBytes,
 }
 
-enum BlobSource {
+/// How the bytes of an answer can be read.
+pub enum BlobBytes {
+    /// Committed or being filled: any span, as many as asked.
+    Ranged(RangedBlob),
+    /// Straight from the upstream, read once from its start: every request gets the whole
+    /// blob (which HTTP allows for a request with a `Range`).
+    Whole(BlobBody),
+}
+
+/// A blob whose spans can be read, each on its own.
+pub struct RangedBlob(Ranged);
+
+enum Ranged {
     Cached(CachedBlob),
     Filling(Arc<Fill>),
-    /// Boxed: the rare case, and much larger than the others.
-    Upstream(Box<Passthrough>),
 }
 
-impl BlobAnswer {
-    /// Whether a byte range can be served. A pass-through streams the upstream's body from its
-    /// start, so it answers every request with the whole blob (which HTTP allows).
-    pub fn serves_ranges(&self) -> bool {
-        !matches!(self.source, BlobSource::Upstream(_))
-    }
-
-    /// The body of `start..end` (`end` exclusive; `None` = to the end).
-    pub fn into_body(self, start: u64, end: Option<u64>) -> BlobBody {
-        match self.source {
-            BlobSource::Cached(blob) => BlobBody::Cache(blob.reader(start, end)),
-            BlobSource::Filling(fill) => BlobBody::Cache(fill.reader(start, end)),
-            BlobSource::Upstream(passthrough) => BlobBody::Upstream(passthrough),
+impl RangedBlob {
+    /// The body of `start..end` (`end` exclusive; `None` = to the end). Each call reads on its
+    /// own, so the parts of one response are asked for one after the other, as they are sent.
+    pub fn part(&self, start: u64, end: Option<u64>) -> BlobBody {
+        match &self.0 {
+            Ranged::Cached(blob) => BlobBody::Cache(blob.reader(start, end)),
+            Ranged::Filling(fill) => BlobBody::Cache(fill.reader(start, end)),
         }
     }
 }
@@ -107,7 +111,7 @@ impl Mirror {
                 return Ok(BlobAnswer {
                     size: Some(blob.size()),
                     result: CacheResult::Hit,
-                    source: BlobSource::Cached(blob),
+                    bytes: BlobBytes::Ranged(RangedBlob(Ranged::Cached(blob))),
                 });
             }
             BlobLookup::NoWrites => {
@@ -132,13 +136,13 @@ impl Mirror {
                 Ok(BlobAnswer {
                     size: Some(0),
                     result,
-                    source: BlobSource::Filling(fill),
+                    bytes: BlobBytes::Ranged(RangedBlob(Ranged::Filling(fill))),
                 })
             }
             Ok(size) => Ok(BlobAnswer {
                 size,
                 result,
-                source: BlobSource::Filling(fill),
+                bytes: BlobBytes::Ranged(RangedBlob(Ranged::Filling(fill))),
             }),
             // The disk could not take it before any byte was sent: serve it anyway.
             Err(Error::Cache(e)) if e.is_unwritable() => {
@@ -164,7 +168,7 @@ impl Mirror {
         Ok(BlobAnswer {
             size: passthrough.length(),
             result: CacheResult::Miss,
-            source: BlobSource::Upstream(Box::new(passthrough)),
+            bytes: BlobBytes::Whole(BlobBody::Upstream(Box::new(passthrough))),
         })
     }
 

@@ -10,6 +10,6 @@ mod manifests;
 mod passthrough;
 mod state;
 
-pub use blobs::{BlobAnswer, BlobBody};
+pub use blobs::{BlobAnswer, BlobBody, BlobBytes, RangedBlob};
 pub use manifests::ManifestAnswer;
 pub use state::{Mirror, Readiness};

@@ -1,23 +1,21 @@
 //! Request handlers: turn a [`Route`] into a call on the mirror and its answer into a response.
 
 use bytes::Bytes;
-use futures_util::stream;
 use http::header::{
     HeaderValue, ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, RANGE,
 };
 use http::{HeaderMap, Method, Response, StatusCode};
-use http_body::Frame;
-use http_body_util::{BodyExt, StreamBody};
 
-use super::range;
-use super::response::{empty, full, Body, BodyError};
+use super::blob_body::{self, Delivery};
+use super::multipart::{Boundary, Multipart};
+use super::range::{self, RangeSet, Resolved, Span};
+use super::response::{empty, full, Body};
 use super::route::{Route, Target};
-use super::sendfile::{FileRanges, MAX_RANGE};
+use super::sendfile::FileRanges;
 use super::state::AppState;
-use crate::body::Chunk;
 use crate::error::{ClientError, Error};
-use crate::metrics::{CacheResult, Source};
-use crate::mirror::{BlobAnswer, BlobBody};
+use crate::metrics::{CacheResult, RangeKind, Source};
+use crate::mirror::{BlobAnswer, BlobBody, BlobBytes};
 use crate::oci::media::Accept;
 use crate::oci::{Digest, Listing, Reference};
 
@@ -49,11 +47,11 @@ pub async fn handle(
         }
         Route::Blob { target, digest } if head => blob_head(state, &target, &digest).await,
         Route::Blob { target, digest } => {
-            let range = headers
+            let ranges = headers
                 .get(RANGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(range::parse);
-            blob_get(state, &target, &digest, range, zero_copy).await
+            blob_get(state, &target, &digest, ranges, zero_copy).await
         }
         Route::Listing { target, listing } => listing_page(state, &target, &listing, head).await,
     }
@@ -102,9 +100,13 @@ fn source_of(result: CacheResult) -> Source {
     }
 }
 
-fn blob_headers(digest: &Digest) -> http::response::Builder {
+/// The type of every blob (and of each part of a multipart answer): registries serve blobs as
+/// opaque bytes.
+const BLOB_TYPE: &str = "application/octet-stream";
+
+fn blob_headers(digest: &Digest, content_type: &str) -> http::response::Builder {
     Response::builder()
-        .header(CONTENT_TYPE, "application/octet-stream")
+        .header(CONTENT_TYPE, content_type)
         .header(CONTENT_DIGEST, digest.to_string())
         .header(ETAG, format!("\"{digest}\""))
         .header(ACCEPT_RANGES, "bytes")
@@ -120,7 +122,7 @@ async fn blob_head(
         .mirror
         .blob_size(target.registry.as_deref(), &target.repo, digest)
         .await?;
-    let mut response = blob_headers(digest);
+    let mut response = blob_headers(digest, BLOB_TYPE);
     if let Some(size) = size {
         response = response.header(CONTENT_LENGTH, size);
     }
@@ -131,79 +133,114 @@ async fn blob_get(
     state: &AppState,
     target: &Target,
     digest: &Digest,
-    range: Option<range::ByteRange>,
+    ranges: Option<RangeSet>,
     zero_copy: Option<FileRanges>,
 ) -> Result<Response<Body>, Error> {
     let answer: BlobAnswer = state
         .mirror
         .blob(target.registry.as_deref(), &target.repo, digest)
         .await?;
-    let source = source_of(answer.result);
-    let response = blob_headers(digest).header("x-wharf-cache", answer.result.as_str());
+    let result = answer.result;
+    let headers = |content_type: &str| {
+        blob_headers(digest, content_type).header("x-wharf-cache", result.as_str())
+    };
+    let delivery = Delivery::new(state.metrics.served_counter(source_of(result)), zero_copy);
     // A range needs the size; without one (no upstream length), or when the bytes come
     // straight from the upstream, the whole blob is sent.
-    let range = range.filter(|_| answer.serves_ranges());
-    let (response, start, end) = match (range, answer.size) {
-        (Some(range), Some(size)) => {
-            let (start, end) = range
-                .resolve(size)
-                .ok_or(ClientError::RangeNotSatisfiable { size })?;
-            let response = response
-                .status(StatusCode::PARTIAL_CONTENT)
-                .header(CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1))
-                .header(CONTENT_LENGTH, end - start);
-            (response, start, Some(end))
+    let (blob, size) = match (answer.bytes, answer.size) {
+        (BlobBytes::Ranged(blob), Some(size)) => (blob, size),
+        (BlobBytes::Ranged(blob), None) => {
+            return Ok(whole(
+                headers(BLOB_TYPE),
+                blob.part(0, None),
+                None,
+                delivery,
+            ))
         }
-        (_, Some(size)) => (response.header(CONTENT_LENGTH, size), 0, Some(size)),
-        (_, None) => (response, 0, None),
+        (BlobBytes::Whole(body), size) => {
+            return Ok(whole(headers(BLOB_TYPE), body, size, delivery))
+        }
     };
-    let body = stream_body(
-        answer.into_body(start, end),
-        state.metrics.clone(),
-        source,
-        zero_copy,
-    );
-    Ok(response.body(body).expect("valid headers"))
+    match answer_to(ranges, size, state)? {
+        Ranged::Whole => Ok(whole(
+            headers(BLOB_TYPE),
+            blob.part(0, None),
+            Some(size),
+            delivery,
+        )),
+        Ranged::Single(span) => {
+            let response = headers(BLOB_TYPE)
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(
+                    CONTENT_RANGE,
+                    format!("bytes {}-{}/{size}", span.start, span.last()),
+                )
+                .header(CONTENT_LENGTH, span.length());
+            let body = blob_body::single(blob.part(span.start, Some(span.end)), delivery);
+            Ok(response.body(body).expect("valid headers"))
+        }
+        Ranged::Multi(layout, parts) => {
+            let response = headers(&layout.content_type())
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(CONTENT_LENGTH, layout.content_length(&parts));
+            let body = blob_body::multipart(blob, layout, parts, delivery);
+            Ok(response.body(body).expect("valid headers"))
+        }
+    }
 }
 
-/// A body that streams a reader. An error ends the stream with an error, which makes hyper cut
-/// the connection: the client sees a short body, never a complete-looking wrong one. With
-/// `zero_copy`, cached ranges the page cache holds are sent by the socket from the file.
-fn stream_body(
-    reader: BlobBody,
-    metrics: crate::metrics::Metrics,
-    source: Source,
-    zero_copy: Option<FileRanges>,
-) -> Body {
-    // Looked up once per response, not once per chunk.
-    let served = metrics.served_counter(source);
-    let chunks = stream::unfold(Some(reader), move |reader| {
-        let (served, zero_copy) = (served.clone(), zero_copy.clone());
-        async move {
-            let mut reader = reader?;
-            let next = match &zero_copy {
-                Some(ranges) => reader.next_piece(MAX_RANGE).await.map(|piece| {
-                    piece.map(|piece| match piece {
-                        Chunk::Bytes(bytes) => bytes,
-                        Chunk::File(range) => ranges.placeholder(range),
-                    })
-                }),
-                None => reader.next_bytes().await,
-            };
-            match next {
-                Ok(Some(chunk)) => {
-                    served.inc_by(chunk.len() as u64);
-                    Some((Ok(Frame::data(chunk)), Some(reader)))
-                }
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(error = %e, "aborting a blob response");
-                    Some((Err(BodyError::from(e)), None))
-                }
-            }
+/// What a blob whose spans can be read is answered with.
+enum Ranged {
+    Whole,
+    Single(Span),
+    Multi(Multipart, Vec<Span>),
+}
+
+/// How to answer `ranges` (if any) of a blob of `size` bytes: counted by what they come to.
+fn answer_to(ranges: Option<RangeSet>, size: u64, state: &AppState) -> Result<Ranged, Error> {
+    let Some(ranges) = ranges else {
+        return Ok(Ranged::Whole);
+    };
+    let (kind, answer) = match ranges.resolve(size, state.max_range_parts) {
+        Resolved::Unsatisfiable => {
+            state.metrics.range_request(RangeKind::Unsatisfiable);
+            return Err(ClientError::RangeNotSatisfiable { size }.into());
         }
-    });
-    StreamBody::new(chunks).boxed_unsync()
+        // HTTP lets a server ignore a Range: one whole body costs less than that many parts.
+        Resolved::TooMany => (RangeKind::TooManyParts, Ranged::Whole),
+        // RFC 9110 §14.6: a single part is never sent as multipart.
+        Resolved::Parts(parts) if parts.len() == 1 => (RangeKind::Single, Ranged::Single(parts[0])),
+        Resolved::Parts(parts) => match Boundary::random() {
+            Ok(boundary) => (
+                RangeKind::Multi,
+                Ranged::Multi(Multipart::new(boundary, BLOB_TYPE, size), parts),
+            ),
+            // Without a boundary that no blob can contain, the one honest answer left is the
+            // whole blob.
+            Err(e) => {
+                tracing::warn!(error = %e, "no random boundary for a multipart answer; sending the whole blob");
+                (RangeKind::Multi, Ranged::Whole)
+            }
+        },
+    };
+    state.metrics.range_request(kind);
+    Ok(answer)
+}
+
+/// A 200 with the whole blob, of `size` bytes when known.
+fn whole(
+    response: http::response::Builder,
+    body: BlobBody,
+    size: Option<u64>,
+    delivery: Delivery,
+) -> Response<Body> {
+    let response = match size {
+        Some(size) => response.header(CONTENT_LENGTH, size),
+        None => response,
+    };
+    response
+        .body(blob_body::single(body, delivery))
+        .expect("valid headers")
 }
 
 async fn listing_page(

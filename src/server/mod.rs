@@ -3,9 +3,11 @@
 //! neither the cache nor the upstream client.
 
 pub mod auth;
+mod blob_body;
 mod connection;
 mod handlers;
 mod listen;
+mod multipart;
 pub mod range;
 mod rate;
 mod reload;

@@ -14,6 +14,8 @@ pub struct AppState {
     pub mirror: Arc<Mirror>,
     pub metrics: Metrics,
     pub access: Arc<Access>,
+    /// The most parts a multi-range blob answer may have (`cache.max_range_parts`).
+    pub max_range_parts: usize,
 }
 
 /// Who may use the pull API: by source address, how often, and by credentials.

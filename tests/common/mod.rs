@@ -1,10 +1,12 @@
 //! The test harness: a fake upstream registry with fault switches and request counters
 //! (`registry`), the real wharf started on 127.0.0.1:0 from a config built in Rust (`app`), what
-//! a cache directory holds on disk (`disk`), certificates (`pki`) and captured logs (`logs`).
+//! a cache directory holds on disk (`disk`), certificates (`pki`), captured logs (`logs`), and a
+//! reader of multipart/byteranges bodies (`multipart`).
 
 pub mod app;
 pub mod disk;
 pub mod logs;
+pub mod multipart;
 pub mod pki;
 pub mod registry;
 

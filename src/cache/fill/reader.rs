@@ -98,9 +98,10 @@ impl BlobReader {
             (FillState::Verified, end) => (end.unwrap_or(p.written).min(p.written), true),
             // A response that ends with the blob's last byte holds that byte back until the
             // digest is known to match, so a bad fill can still cut it short. A range that ends
-            // earlier is answered as soon as its bytes exist.
+            // earlier is answered as soon as its bytes exist, and ends with them: the next part
+            // of a multi-range answer must not wait for the rest of the fill.
             (_, Some(end)) if Some(end) == p.total => (p.written.min(end.saturating_sub(1)), false),
-            (_, Some(end)) => (p.written.min(end), false),
+            (_, Some(end)) => (p.written.min(end), p.written >= end),
             (_, None) => (p.written, false),
         })
     }
