@@ -143,6 +143,14 @@ pub struct CacheConfig {
     /// The most parts a `206 multipart/byteranges` blob answer may have, after overlapping and
     /// adjacent ranges are merged; a request for more gets the whole blob (200).
     pub max_range_parts: usize,
+    /// A range of a blob being filled that the fill reaches within this time, at its rate so
+    /// far, is served from the fill; one further ahead is fetched from the upstream on its own.
+    #[serde(with = "humantime_serde")]
+    pub range_lookahead: Duration,
+    /// The longest range fetched on its own; longer ones are served from the fill.
+    pub side_fetch_max: Size,
+    /// Side fetches of one blob in flight at once; more ranges wait for the fill. 0: never.
+    pub side_fetches_per_blob: usize,
 }
 
 /// The highest `cache.max_range_parts` may be: each part costs a reader and a few hundred
@@ -202,6 +210,12 @@ pub struct UpstreamConfig {
     /// more resets the count. 0: a broken body fails the fill.
     #[serde(default = "defaults::resume_attempts")]
     pub resume_attempts: u32,
+    /// A blob of `segment_threshold` bytes or more is fetched as this many ranged GETs at once
+    /// into the one fill (still hashed in order and verified before commit). 1: one GET.
+    #[serde(default = "defaults::segments")]
+    pub segments: usize,
+    #[serde(default = "defaults::segment_threshold")]
+    pub segment_threshold: Size,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -220,9 +234,16 @@ impl fmt::Debug for UpstreamConfig {
             .field("confirm_access", &self.confirm_access)
             .field("max_bandwidth", &self.max_bandwidth)
             .field("resume_attempts", &self.resume_attempts)
+            .field("segments", &self.segments)
+            .field("segment_threshold", &self.segment_threshold)
             .finish_non_exhaustive()
     }
 }
+
+/// The most ranged GETs one blob is fetched with at once.
+pub const MAX_SEGMENTS: usize = 16;
+/// Blobs smaller than this are never split: a request costs more than it saves.
+const MIN_SEGMENTED: u64 = 1024 * 1024;
 
 mod defaults {
     use std::time::Duration;
@@ -241,6 +262,14 @@ mod defaults {
 
     pub fn resume_attempts() -> u32 {
         5
+    }
+
+    pub fn segments() -> usize {
+        4
+    }
+
+    pub fn segment_threshold() -> super::Size {
+        super::Size(64 * 1024 * 1024)
     }
 
     pub fn yes() -> bool {
@@ -273,6 +302,9 @@ impl Default for CacheConfig {
             serve_stale: true,
             listing_ttl: Duration::from_secs(30),
             max_range_parts: 128,
+            range_lookahead: Duration::from_secs(1),
+            side_fetch_max: Size(16 * 1024 * 1024),
+            side_fetches_per_blob: 8,
         }
     }
 }
@@ -305,6 +337,8 @@ impl UpstreamConfig {
             confirm_access: true,
             max_bandwidth: None,
             resume_attempts: defaults::resume_attempts(),
+            segments: defaults::segments(),
+            segment_threshold: defaults::segment_threshold(),
         }
     }
 }
@@ -420,6 +454,13 @@ impl Config {
         if self.cache.max_size.bytes() == 0 {
             return invalid("cache.max_size must be greater than zero".into());
         }
+        if self.cache.side_fetch_max.bytes() == 0 {
+            return invalid(
+                "cache.side_fetch_max must be greater than zero; set side_fetches_per_blob = 0 \
+                 for no side fetches"
+                    .into(),
+            );
+        }
         if self.cache.max_idle.is_zero() {
             return invalid("cache.max_idle must be greater than zero".into());
         }
@@ -518,6 +559,16 @@ impl UpstreamConfig {
         }
         if u.connect_timeout.is_zero() || u.read_timeout.is_zero() {
             return invalid(format!("upstream[{i}]: timeouts must be greater than zero"));
+        }
+        if !(1..=MAX_SEGMENTS).contains(&u.segments) {
+            return invalid(format!(
+                "upstream[{i}].segments must be 1 (one GET per blob) to {MAX_SEGMENTS}"
+            ));
+        }
+        if u.segment_threshold.bytes() < MIN_SEGMENTED {
+            return invalid(format!(
+                "upstream[{i}].segment_threshold must be at least 1MiB"
+            ));
         }
         Ok(())
     }

@@ -29,6 +29,8 @@ pub struct Collectors {
     pub upstream_requests: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
     pub upstream_resumes: IntCounterVec,
+    pub side_fetches: IntCounterVec,
+    pub side_fetch_bytes: IntCounter,
     pub served_bytes: IntCounterVec,
     pub file_range_bytes: IntCounterVec,
     pub fills_in_flight: IntGauge,
@@ -170,6 +172,14 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     c
 }
 
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
     registry
@@ -196,14 +206,11 @@ impl Metrics {
         registry
             .register(Box::new(http_request_duration.clone()))
             .expect("unique metric");
-        let digest_mismatches = IntCounter::new(
+        let digest_mismatches = counter(
+            &registry,
             "wharf_digest_mismatches_total",
             "Upstream bodies whose digest or length did not match; never cached",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(digest_mismatches.clone()))
-            .expect("unique metric");
+        );
         Metrics(Arc::new(Collectors {
             http_requests: counter_vec(
                 &registry,
@@ -235,6 +242,17 @@ impl Metrics {
                 "wharf_upstream_resumes_total",
                 "Blob bodies that broke and were asked for again from where they broke (resumed), or not (gave_up)",
                 &["upstream", "result"],
+            ),
+            side_fetches: counter_vec(
+                &registry,
+                "wharf_side_fetches_total",
+                "Ranges far ahead of a fill: fetched upstream on their own (fetched), served from the fill after the upstream failed them (fell_back), or left to the fill because the blob had its most in flight (bounded)",
+                &["result"],
+            ),
+            side_fetch_bytes: counter(
+                &registry,
+                "wharf_side_fetch_bytes_total",
+                "Bytes sent to clients from side fetches (never cached)",
             ),
             served_bytes: counter_vec(
                 &registry,
@@ -328,6 +346,11 @@ impl Metrics {
         self.cache_evicted_bytes
             .with_label_values(&[reason])
             .inc_by(bytes);
+    }
+
+    /// A range far ahead of a fill: `fetched`, `fell_back` or `bounded`.
+    pub fn side_fetch(&self, result: &'static str) {
+        self.side_fetches.with_label_values(&[result]).inc();
     }
 
     pub fn bypassed(&self, reason: BypassReason) {

@@ -14,6 +14,8 @@ pub enum Error {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("length mismatch: upstream declared {declared} bytes, sent {received}")]
     LengthMismatch { declared: u64, received: u64 },
+    #[error("the fill ended with bytes missing after byte {contiguous}")]
+    Gaps { contiguous: u64 },
     #[error("cache write failed: {0}")]
     Write(#[source] Arc<io::Error>),
     #[error("reading the cache: {0}")]
@@ -54,7 +56,7 @@ impl Error {
     pub fn is_verification_failure(&self) -> bool {
         matches!(
             self,
-            Error::DigestMismatch { .. } | Error::LengthMismatch { .. }
+            Error::DigestMismatch { .. } | Error::LengthMismatch { .. } | Error::Gaps { .. }
         )
     }
 }

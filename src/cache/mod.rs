@@ -24,7 +24,7 @@ use crate::oci::media::Accept;
 use crate::oci::{Digest, RawManifest};
 pub use error::{check_blob, Error, SourceFailure};
 use fill::Fills;
-pub use fill::{BlobLookup, BlobReader, CachedBlob, Fill, FillWriter};
+pub use fill::{BlobLookup, BlobReader, CachedBlob, Fill, FillPosition, FillWriter, SegmentWriter};
 use memory::HotManifests;
 pub use store::Condition;
 use store::{EntryKey, Store};

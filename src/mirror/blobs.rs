@@ -7,13 +7,16 @@ use bytes::Bytes;
 
 use super::access::Content;
 use super::passthrough::Passthrough;
+use super::side::{SideBody, SideSource};
 use super::state::Mirror;
 use crate::body::Chunk;
-use crate::cache::{BlobHeld, BlobLookup, BlobReader, CachedBlob, Fill, FillWriter, SourceFailure};
+use crate::cache::{
+    BlobHeld, BlobLookup, BlobReader, CachedBlob, Fill, FillWriter, SegmentWriter, SourceFailure,
+};
 use crate::error::{ClientError, Error};
 use crate::metrics::{BypassReason, CacheResult, ContentKind};
 use crate::oci::{Digest, RepoName};
-use crate::upstream::{Span, Upstream, UpstreamError};
+use crate::upstream::{BlobStream, Span, Upstream, UpstreamError};
 
 /// A blob ready to be read: committed, a fill that has its upstream answer, or an upstream
 /// response to pass through.
@@ -38,16 +41,21 @@ pub struct RangedBlob(Ranged);
 
 enum Ranged {
     Cached(CachedBlob),
-    Filling(Arc<Fill>),
+    /// Boxed: what a side fetch needs is much larger than a committed blob.
+    Filling(Arc<Fill>, Box<SideSource>),
 }
 
 impl RangedBlob {
     /// The body of `start..end` (`end` exclusive; `None` = to the end). Each call reads on its
     /// own, so the parts of one response are asked for one after the other, as they are sent.
+    /// A span of a fill that the fill will not reach soon is fetched upstream on its own.
     pub fn part(&self, start: u64, end: Option<u64>) -> BlobBody {
         match &self.0 {
             Ranged::Cached(blob) => BlobBody::Cache(blob.reader(start, end)),
-            Ranged::Filling(fill) => BlobBody::Cache(fill.reader(start, end)),
+            Ranged::Filling(fill, side) => match side.ahead_of(fill, start, end) {
+                Some(side) => BlobBody::Side(Box::new(side)),
+                None => BlobBody::Cache(fill.reader(start, end)),
+            },
         }
     }
 }
@@ -55,6 +63,8 @@ impl RangedBlob {
 /// The bytes of a blob answer, a piece at a time.
 pub enum BlobBody {
     Cache(BlobReader),
+    /// A range fetched upstream on its own, ahead of the fill.
+    Side(Box<SideBody>),
     Upstream(Box<Passthrough>),
 }
 
@@ -64,6 +74,7 @@ impl BlobBody {
     pub async fn next_bytes(&mut self) -> Result<Option<Bytes>, Error> {
         match self {
             BlobBody::Cache(reader) => Ok(reader.next_chunk().await?),
+            BlobBody::Side(side) => Ok(side.next_chunk().await?),
             BlobBody::Upstream(passthrough) => passthrough.next_chunk().await,
         }
     }
@@ -73,11 +84,72 @@ impl BlobBody {
     pub async fn next_piece(&mut self, max: usize) -> Result<Option<Chunk>, Error> {
         match self {
             BlobBody::Cache(reader) => Ok(reader.next_piece(max).await?),
+            BlobBody::Side(side) => Ok(side.next_chunk().await?.map(Chunk::Bytes)),
             BlobBody::Upstream(passthrough) => {
                 Ok(passthrough.next_chunk().await?.map(Chunk::Bytes))
             }
         }
     }
+}
+
+/// Why feeding a fill stopped: the source failed (the fill must be told), or the cache did (it
+/// knows).
+enum Fed {
+    Source(UpstreamError),
+    Cache(crate::cache::Error),
+}
+
+/// Copies a stream into the fill from its start.
+async fn copy(stream: &mut BlobStream, writer: &mut FillWriter) -> Result<(), Fed> {
+    while let Some(chunk) = stream.next_chunk().await.map_err(Fed::Source)? {
+        writer.write(chunk).await.map_err(Fed::Cache)?;
+    }
+    Ok(())
+}
+
+/// Copies a segment's stream into its piece of the fill.
+async fn copy_segment(stream: &mut BlobStream, piece: &mut SegmentWriter) -> Result<(), Fed> {
+    while let Some(chunk) = stream.next_chunk().await.map_err(Fed::Source)? {
+        piece.write(chunk).await.map_err(Fed::Cache)?;
+    }
+    Ok(())
+}
+
+/// Opens a ranged GET for every segment after the first, `(span, stream)` in order; or none,
+/// when the upstream cannot serve them (an error, or ranges ignored): the first GET then
+/// carries the whole blob as usual.
+async fn open_segments(
+    upstream: &Arc<Upstream>,
+    repo: &RepoName,
+    digest: &Digest,
+    spans: &[(u64, u64)],
+) -> Vec<((u64, u64), BlobStream)> {
+    let opens = spans[1..].iter().map(|&(start, end)| {
+        let span = Span {
+            start,
+            end: Some(end),
+        };
+        async move { upstream.blob(repo, digest, span).await }
+    });
+    let mut streams = Vec::new();
+    for (result, &span) in futures_util::future::join_all(opens)
+        .await
+        .into_iter()
+        .zip(&spans[1..])
+    {
+        match result {
+            Ok(stream) if !stream.starts_before_span() => streams.push((span, stream)),
+            Ok(_) => {
+                tracing::debug!(upstream = upstream.name(), %digest, "the upstream ignores ranges; one GET");
+                return Vec::new();
+            }
+            Err(e) => {
+                tracing::debug!(upstream = upstream.name(), %digest, error = %e, "a segment could not be opened; one GET");
+                return Vec::new();
+            }
+        }
+    }
+    streams
 }
 
 fn not_found_is_blob_unknown(e: Error) -> Error {
@@ -129,21 +201,26 @@ impl Mirror {
         };
         self.metrics.cache_result(ContentKind::Blob, result);
         match fill.started().await.map_err(Error::from) {
-            // An empty body has no last byte to hold back, and HTTP completes an empty response
-            // without reading it: answer only once the fill is verified.
-            Ok(Some(0)) => {
-                fill.verdict().await?;
+            Ok(size) => {
+                // An empty body has no last byte to hold back, and HTTP completes an empty
+                // response without reading it: answer only once the fill is verified.
+                if size == Some(0) {
+                    fill.verdict().await?;
+                }
+                let side = SideSource {
+                    upstream: upstream.clone(),
+                    repo: repo.clone(),
+                    digest: digest.clone(),
+                    policy: self.side_policy,
+                    fetches: self.side_fetches.clone(),
+                    metrics: self.metrics.clone(),
+                };
                 Ok(BlobAnswer {
-                    size: Some(0),
+                    size,
                     result,
-                    bytes: BlobBytes::Ranged(RangedBlob(Ranged::Filling(fill))),
+                    bytes: BlobBytes::Ranged(RangedBlob(Ranged::Filling(fill, Box::new(side)))),
                 })
             }
-            Ok(size) => Ok(BlobAnswer {
-                size,
-                result,
-                bytes: BlobBytes::Ranged(RangedBlob(Ranged::Filling(fill))),
-            }),
             // The disk could not take it before any byte was sent: serve it anyway.
             Err(Error::Cache(e)) if e.is_unwritable() => {
                 self.passthrough(upstream, repo, digest).await
@@ -201,13 +278,14 @@ impl Mirror {
     }
 
     /// Feeds the fill from the upstream's body until the end, or the first failure the stream
-    /// could not resume from (which the fill's readers see too).
+    /// could not resume from (which the fill's readers see too). A large blob is fetched in
+    /// segments at once, when the upstream serves ranges.
     async fn feed_fill(
         &self,
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
-        writer: FillWriter,
+        mut writer: FillWriter,
     ) -> Result<(), Error> {
         let mut stream = match upstream.blob(repo, digest, Span::WHOLE).await {
             Ok(stream) => stream,
@@ -218,19 +296,39 @@ impl Mirror {
             }
         };
         self.access.record(upstream, repo, digest);
-        writer.start(stream.length()).await;
-        loop {
-            match stream.next_chunk().await {
-                Ok(Some(chunk)) => writer.write(chunk).await?,
-                Ok(None) => return Ok(writer.finish().await?),
-                Err(e) => {
-                    writer.fail(SourceFailure::new(e.clone())).await;
-                    return Err(e.into());
-                }
+        writer.start(stream.total()).await;
+        let segments = match stream.total().and_then(|total| upstream.segments_of(total)) {
+            Some(spans) => open_segments(upstream, repo, digest, &spans).await,
+            None => Vec::new(),
+        };
+        let fed = if segments.is_empty() {
+            copy(&mut stream, &mut writer).await
+        } else {
+            // The first GET carries the first segment, up to where the second starts; the
+            // others come alongside.
+            let ((second_start, _), _) = segments[0];
+            stream.stop_at(second_start);
+            let rest: Vec<_> = segments
+                .into_iter()
+                .map(|((start, _), mut segment)| {
+                    let mut piece = writer.segment(start);
+                    async move { copy_segment(&mut segment, &mut piece).await }
+                })
+                .collect();
+            let first = copy(&mut stream, &mut writer);
+            futures_util::future::try_join(first, futures_util::future::try_join_all(rest))
+                .await
+                .map(drop)
+        };
+        match fed {
+            Ok(()) => Ok(writer.finish().await?),
+            Err(Fed::Source(e)) => {
+                writer.fail(SourceFailure::new(e.clone())).await;
+                Err(e.into())
             }
+            Err(Fed::Cache(e)) => Err(e.into()),
         }
     }
-
     /// A blob's size for `HEAD`, without starting a fill on a miss.
     pub async fn blob_size(
         &self,

@@ -8,6 +8,7 @@ mod blobs;
 mod flights;
 mod manifests;
 mod passthrough;
+mod side;
 mod state;
 
 pub use blobs::{BlobAnswer, BlobBody, BlobBytes, RangedBlob};

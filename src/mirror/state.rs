@@ -8,6 +8,7 @@ use moka::future::Cache as ListingCache;
 
 use super::access::ConfirmedAccess;
 use super::flights::Flights;
+use super::side::{SideFetches, SidePolicy};
 use crate::cache::{Cache, Condition};
 use crate::clock::Clock;
 use crate::config::CacheConfig;
@@ -31,6 +32,9 @@ pub struct Mirror {
     /// `listing_ttl`.
     listings: ListingCache<ListingKey, (SystemTime, Arc<ListingPage>)>,
     pub(super) access: ConfirmedAccess,
+    /// Ranges fetched ahead of fills, and when they are.
+    pub(super) side_fetches: Arc<SideFetches>,
+    pub(super) side_policy: SidePolicy,
     pub(super) config: CacheConfig,
     pub(super) metrics: Metrics,
     /// What tag freshness and listing reuse are decided on.
@@ -68,6 +72,8 @@ impl Mirror {
                 .time_to_live(config.listing_ttl.max(Duration::from_secs(60)))
                 .build(),
             access: ConfirmedAccess::default(),
+            side_fetches: Arc::default(),
+            side_policy: SidePolicy::new(&config),
             config,
             metrics,
             clock,

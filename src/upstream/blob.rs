@@ -10,8 +10,9 @@ use reqwest::header::CONTENT_RANGE;
 use reqwest::{Method, StatusCode};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::client::{header, Client, Kind};
 use super::error::classify;
-use super::{header, Kind, Upstream, UpstreamError};
+use super::error::UpstreamError;
 use crate::oci::{Digest, RepoName};
 
 /// A resumed body that brings at least this much resets the count of resumes in a row, so a
@@ -55,7 +56,7 @@ struct Body {
 /// A blob body being received from the upstream: the bytes of its span, in order, however many
 /// requests that takes.
 pub struct BlobStream {
-    upstream: Arc<Upstream>,
+    upstream: Arc<Client>,
     repo: RepoName,
     digest: Digest,
     span: Span,
@@ -75,7 +76,7 @@ pub struct BlobStream {
 impl BlobStream {
     /// Sends the first request for `span`.
     pub(super) async fn open(
-        upstream: Arc<Upstream>,
+        upstream: Arc<Client>,
         repo: &RepoName,
         digest: &Digest,
         span: Span,
@@ -99,6 +100,20 @@ impl BlobStream {
     /// The whole blob's length, if the upstream declared it.
     pub fn total(&self) -> Option<u64> {
         self.total
+    }
+
+    /// Ends the stream at `end` (when that is before where it would end): the rest of the blob
+    /// is being fetched another way.
+    pub fn stop_at(&mut self, end: u64) {
+        if self.end().map_or(true, |e| end < e) {
+            self.span.end = Some(end.max(self.next));
+        }
+    }
+
+    /// Whether the upstream answered with bytes from before the span (it ignored the range and
+    /// sent the whole blob), which are skipped as they come. Meaningful until the first read.
+    pub fn starts_before_span(&self) -> bool {
+        self.skip > 0
     }
 
     /// The length of this stream's span, when it is known.

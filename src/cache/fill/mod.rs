@@ -8,6 +8,7 @@
 //! even when every client has gone. The last byte of a response is released only once the
 //! whole blob has been verified, so a failed fill can still abort every response in flight.
 
+mod assembly;
 mod buffers;
 mod progress;
 mod reader;
@@ -27,7 +28,7 @@ use buffers::BufferPool;
 use progress::{FillState, Progress};
 pub use reader::BlobReader;
 use window::NewestBytes;
-pub use writer::FillWriter;
+pub use writer::{FillWriter, SegmentWriter};
 use writer::{Leave, WriteJob};
 
 /// One blob being filled, as its readers see it.
@@ -82,6 +83,21 @@ impl Fill {
         }
     }
 
+    /// How far the fill has got, and how fast it goes.
+    pub fn position(&self) -> FillPosition {
+        let p = self.progress.borrow();
+        let elapsed = p.streaming_since.map(|since| since.elapsed().as_secs_f64());
+        FillPosition {
+            written: p.written,
+            total: p.total,
+            // Bytes over time since the source answered; too early to tell in the first
+            // moments, when one chunk more or less changes the rate tenfold.
+            bytes_per_second: elapsed
+                .filter(|&secs| secs >= MEASURED_AFTER.as_secs_f64())
+                .map(|secs| p.written as f64 / secs),
+        }
+    }
+
     /// A reader of bytes `start..end` (`end` = `None`: to the end of the blob).
     pub fn reader(&self, start: u64, end: Option<u64>) -> BlobReader {
         BlobReader::following(
@@ -92,6 +108,32 @@ impl Fill {
             start,
             end,
         )
+    }
+}
+
+/// A fill's rate is estimated only after it has run this long.
+const MEASURED_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Where a fill is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FillPosition {
+    /// Bytes readable now.
+    pub written: u64,
+    /// The blob's length, if the source declared it.
+    pub total: Option<u64>,
+    /// How fast bytes have come so far; `None` until that can be told.
+    pub bytes_per_second: Option<f64>,
+}
+
+impl FillPosition {
+    /// Whether the fill will have written up to `offset` within `within`, at the rate it has
+    /// gone so far (with no rate yet: whether it lies within `floor` bytes of what is written).
+    pub fn reaches(&self, offset: u64, within: std::time::Duration, floor: u64) -> bool {
+        let ahead = offset.saturating_sub(self.written);
+        let window = self
+            .bytes_per_second
+            .map_or(0.0, |rate| rate * within.as_secs_f64());
+        ahead as f64 <= window.max(floor as f64)
     }
 }
 

@@ -1,5 +1,7 @@
 //! What a fill publishes to its readers on a `watch` channel: how far it got, and its verdict.
 
+use std::time::Instant;
+
 use crate::cache::error::Error;
 
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ pub struct Progress {
     /// Bytes on disk and readable.
     pub written: u64,
     pub state: FillState,
+    /// When the first byte could arrive: how fast the fill goes is measured from here.
+    pub streaming_since: Option<Instant>,
 }
 
 impl Progress {
@@ -35,6 +39,7 @@ impl Progress {
             total: None,
             written: 0,
             state: FillState::Connecting,
+            streaming_since: None,
         }
     }
 }

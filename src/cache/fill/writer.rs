@@ -2,7 +2,7 @@
 //! to the temp file, hashes, publishes progress, verifies and commits.
 
 use std::fs::File;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
+use super::assembly::Assembly;
 use super::progress::{FillState, Progress};
 use super::window::NewestBytes;
 use crate::cache::error::{check_blob, Error, SourceFailure};
@@ -29,26 +30,23 @@ const PUBLISH_LINGER: Duration = Duration::from_millis(2);
 
 enum Message {
     Start(Option<u64>),
-    /// A chunk and its share of the byte budget, given back once it is on disk.
-    Chunk(Bytes, OwnedSemaphorePermit),
+    /// A chunk, where it goes in the blob, and its share of the byte budget, given back once
+    /// it is on disk.
+    Chunk(u64, Bytes, OwnedSemaphorePermit),
     Finish(oneshot::Sender<Result<(), Error>>),
     Fail(SourceFailure),
 }
 
-/// The feeding end of a fill, held by whoever fetches the bytes.
-pub struct FillWriter {
+/// Sends chunks to the writer thread, within the byte budget.
+#[derive(Clone)]
+struct ChunkSender {
     tx: mpsc::Sender<Message>,
     budget: Arc<Semaphore>,
 }
 
-impl FillWriter {
-    /// The source answered; `total` is its declared length.
-    pub async fn start(&self, total: Option<u64>) {
-        let _ = self.tx.send(Message::Start(total)).await;
-    }
-
-    /// Appends a chunk; waits when the disk is behind.
-    pub async fn write(&self, chunk: Bytes) -> Result<(), Error> {
+impl ChunkSender {
+    /// Sends `chunk` to be written at `offset`; waits when the disk is behind.
+    async fn send(&self, offset: u64, chunk: Bytes) -> Result<(), Error> {
         // A chunk larger than the whole budget takes all of it.
         let share = chunk.len().clamp(1, WRITE_BUDGET) as u32;
         let permit = self
@@ -58,15 +56,47 @@ impl FillWriter {
             .await
             .map_err(|_| writer_stopped())?;
         self.tx
-            .send(Message::Chunk(chunk, permit))
+            .send(Message::Chunk(offset, chunk, permit))
             .await
             .map_err(|_| writer_stopped())
+    }
+}
+
+/// The feeding end of a fill, held by whoever fetches the bytes: it writes the blob from its
+/// start, and may hand out [`SegmentWriter`]s for pieces further on, fetched alongside.
+pub struct FillWriter {
+    chunks: ChunkSender,
+    /// Where the next chunk goes.
+    next: u64,
+}
+
+impl FillWriter {
+    /// The source answered; `total` is its declared length.
+    pub async fn start(&self, total: Option<u64>) {
+        let _ = self.chunks.tx.send(Message::Start(total)).await;
+    }
+
+    /// Appends a chunk; waits when the disk is behind.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), Error> {
+        let len = chunk.len() as u64;
+        self.chunks.send(self.next, chunk).await?;
+        self.next += len;
+        Ok(())
+    }
+
+    /// A writer of the piece of the blob from `start`, fed alongside this one. Every piece
+    /// must have been written before [`Self::finish`].
+    pub fn segment(&self, start: u64) -> SegmentWriter {
+        SegmentWriter {
+            chunks: self.chunks.clone(),
+            next: start,
+        }
     }
 
     /// Verifies length and digest and commits the blob.
     pub async fn finish(self) -> Result<(), Error> {
         let (reply, verdict) = oneshot::channel();
-        if self.tx.send(Message::Finish(reply)).await.is_err() {
+        if self.chunks.tx.send(Message::Finish(reply)).await.is_err() {
             return Err(writer_stopped());
         }
         verdict.await.unwrap_or(Err(Error::Abandoned))
@@ -74,7 +104,23 @@ impl FillWriter {
 
     /// The source failed; readers see `error`.
     pub async fn fail(self, error: SourceFailure) {
-        let _ = self.tx.send(Message::Fail(error)).await;
+        let _ = self.chunks.tx.send(Message::Fail(error)).await;
+    }
+}
+
+/// Writes one piece of a fill, from where it starts, in order.
+pub struct SegmentWriter {
+    chunks: ChunkSender,
+    next: u64,
+}
+
+impl SegmentWriter {
+    /// Writes the piece's next chunk; waits when the disk is behind.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), Error> {
+        let len = chunk.len() as u64;
+        self.chunks.send(self.next, chunk).await?;
+        self.next += len;
+        Ok(())
     }
 }
 
@@ -140,8 +186,11 @@ impl WriteJob {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::task::spawn_blocking(move || self.run(rx));
         FillWriter {
-            tx,
-            budget: Arc::new(Semaphore::new(WRITE_BUDGET)),
+            chunks: ChunkSender {
+                tx,
+                budget: Arc::new(Semaphore::new(WRITE_BUDGET)),
+            },
+            next: 0,
         }
     }
 
@@ -184,20 +233,19 @@ impl WriteJob {
         )>,
         Error,
     > {
-        let mut verifier = Verifier::new(self.digest.algorithm());
-        let mut written = 0u64;
+        let mut assembly = Assembly::new(Verifier::new(self.digest.algorithm()));
         let mut published = 0u64;
         let mut total = None;
         let runtime = tokio::runtime::Handle::current();
         loop {
             // Bytes not yet published wait at most PUBLISH_LINGER for more to join them: a
             // fast upstream is published in PUBLISH_EVERY steps, a trickle promptly.
-            let message = if written > published {
+            let message = if assembly.prefix() > published {
                 match runtime.block_on(tokio::time::timeout(PUBLISH_LINGER, rx.recv())) {
                     Ok(message) => message,
                     Err(_) => {
-                        published = written;
-                        self.progress.send_modify(|p| p.written = written);
+                        published = assembly.prefix();
+                        self.progress.send_modify(|p| p.written = published);
                         continue;
                     }
                 }
@@ -209,23 +257,32 @@ impl WriteJob {
                     self.start(declared)?;
                     total = declared;
                 }
-                Some(Message::Chunk(chunk, _budget)) => {
-                    if let Err(e) = (&*self.file).write_all(&chunk) {
-                        // Stop now: the readers are waiting for bytes that will not come.
-                        self.store.write_failed(&e);
-                        return Err(Error::write(e));
+                Some(Message::Chunk(offset, chunk, _budget)) => {
+                    let written = self
+                        .file
+                        .write_all_at(&chunk, offset)
+                        .and_then(|()| assembly.add(offset, &chunk, &self.file));
+                    match written {
+                        // At the end of the prefix: the readers at the head want it next.
+                        Ok(true) => self.newest.push(offset, chunk),
+                        Ok(false) => {}
+                        Err(e) => {
+                            // Stop now: the readers are waiting for bytes that will not come.
+                            self.store.write_failed(&e);
+                            return Err(Error::write(e));
+                        }
                     }
-                    verifier.update(&chunk);
-                    let offset = written;
-                    written += chunk.len() as u64;
-                    self.newest.push(offset, chunk);
-                    if written >= published + PUBLISH_EVERY {
-                        published = written;
-                        self.progress.send_modify(|p| p.written = written);
+                    if assembly.prefix() >= published + PUBLISH_EVERY {
+                        published = assembly.prefix();
+                        self.progress.send_modify(|p| p.written = published);
                     }
                 }
                 Some(Message::Finish(reply)) => {
-                    self.progress.send_modify(|p| p.written = written);
+                    let prefix = assembly.prefix();
+                    self.progress.send_modify(|p| p.written = prefix);
+                    let Some((verifier, written)) = assembly.finish() else {
+                        return Err(Error::Gaps { contiguous: prefix });
+                    };
                     return Ok(Some((verifier, written, total, reply)));
                 }
                 Some(Message::Fail(e)) => return Err(Error::Source(e)),
@@ -247,6 +304,7 @@ impl WriteJob {
         self.progress.send_modify(|p| {
             p.total = declared;
             p.state = FillState::Streaming;
+            p.streaming_since = Some(std::time::Instant::now());
         });
         Ok(())
     }

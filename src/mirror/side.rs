@@ -1,0 +1,217 @@
+//! Side fetches: a range far ahead of a running fill is fetched from the upstream on its own, so
+//! a lazy puller's footer, TOC and file chunks come at the speed of the link instead of waiting
+//! for the fill to get there. The fill carries on and stays the only thing verified and cached;
+//! side-fetched bytes go to the one client that asked and nowhere else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::cache::{BlobReader, Error as CacheError, Fill};
+use crate::config::CacheConfig;
+use crate::metrics::Metrics;
+use crate::oci::{Digest, RepoName};
+use crate::upstream::{BlobStream, Span, Upstream};
+
+/// Side fetches ask for whole blocks of this size (clipped to the blob), which CDNs and the
+/// upstream's own caches serve best, and which keeps a lazy puller's neighbouring reads on the
+/// same boundaries.
+const BLOCK: u64 = 64 * 1024;
+/// With no rate measured yet, a range within this much of what the fill has written is left
+/// to the fill.
+const NEAR: u64 = 1024 * 1024;
+
+/// When a range is fetched on its own, from `[cache]`.
+#[derive(Debug, Clone, Copy)]
+pub struct SidePolicy {
+    /// A range the fill reaches within this time (at its rate so far) waits for the fill.
+    pub lookahead: Duration,
+    /// Longer ranges are served from the fill.
+    pub max_len: u64,
+    /// Side fetches of one blob in flight at once; more are served from the fill.
+    pub per_blob: usize,
+}
+
+impl SidePolicy {
+    pub fn new(config: &CacheConfig) -> SidePolicy {
+        SidePolicy {
+            lookahead: config.range_lookahead,
+            max_len: config.side_fetch_max.bytes(),
+            per_blob: config.side_fetches_per_blob,
+        }
+    }
+}
+
+/// The side fetches in flight, counted per blob.
+#[derive(Default)]
+pub struct SideFetches {
+    per_blob: Arc<Mutex<HashMap<Digest, usize>>>,
+}
+
+impl SideFetches {
+    /// A place for one more side fetch of `digest`, if it has fewer than `bound` already.
+    fn place(&self, digest: &Digest, bound: usize) -> Option<Place> {
+        let mut per_blob = self.per_blob.lock().expect("lock poisoned");
+        let count = per_blob.entry(digest.clone()).or_default();
+        if *count >= bound {
+            return None;
+        }
+        *count += 1;
+        Some(Place {
+            per_blob: self.per_blob.clone(),
+            digest: digest.clone(),
+        })
+    }
+}
+
+/// One side fetch's place among its blob's, given back when it is dropped.
+struct Place {
+    per_blob: Arc<Mutex<HashMap<Digest, usize>>>,
+    digest: Digest,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Ok(mut per_blob) = self.per_blob.lock() {
+            if let Some(count) = per_blob.get_mut(&self.digest) {
+                *count -= 1;
+                if *count == 0 {
+                    per_blob.remove(&self.digest);
+                }
+            }
+        }
+    }
+}
+
+/// What a fill's answer needs to fetch one of its ranges on its own.
+pub struct SideSource {
+    pub upstream: Arc<Upstream>,
+    pub repo: RepoName,
+    pub digest: Digest,
+    pub policy: SidePolicy,
+    pub fetches: Arc<SideFetches>,
+    pub metrics: Metrics,
+}
+
+impl SideSource {
+    /// The body of `start..end` fetched on its own, when the fill will not reach it soon, the
+    /// range is short enough and the blob has a place left; `None`: read it from the fill.
+    pub fn ahead_of(&self, fill: &Arc<Fill>, start: u64, end: Option<u64>) -> Option<SideBody> {
+        let position = fill.position();
+        // Without the blob's length there is no block to clip to and no total to check.
+        let total = position.total?;
+        let end = end.unwrap_or(total).min(total);
+        if end <= start
+            || end - start > self.policy.max_len
+            || position.reaches(start, self.policy.lookahead, NEAR)
+        {
+            return None;
+        }
+        let Some(place) = self.fetches.place(&self.digest, self.policy.per_blob) else {
+            self.metrics.side_fetch("bounded");
+            return None;
+        };
+        let block_start = start - start % BLOCK;
+        let block_end = end.div_ceil(BLOCK).saturating_mul(BLOCK).min(total);
+        Some(SideBody {
+            state: State::Opening(Span {
+                start: block_start,
+                end: Some(block_end),
+            }),
+            upstream: self.upstream.clone(),
+            repo: self.repo.clone(),
+            digest: self.digest.clone(),
+            fill: fill.clone(),
+            next: start,
+            end,
+            metrics: self.metrics.clone(),
+            _place: place,
+        })
+    }
+}
+
+enum State {
+    /// Not asked for yet: the request goes out when the body is first read.
+    Opening(Span),
+    /// The upstream's answer, and where its next byte lies.
+    Streaming(BlobStream, u64),
+    /// The upstream could not give the range: the rest comes from the fill.
+    Fill(BlobReader),
+}
+
+/// The bytes of one range, fetched on its own; where the upstream fails, the rest of the range
+/// is read from the fill instead, so a side fetch never fails a response the fill could serve.
+pub struct SideBody {
+    state: State,
+    upstream: Arc<Upstream>,
+    repo: RepoName,
+    digest: Digest,
+    fill: Arc<Fill>,
+    /// The next byte to hand out, and the end of the range (exclusive).
+    next: u64,
+    end: u64,
+    metrics: Metrics,
+    _place: Place,
+}
+
+impl SideBody {
+    /// The next chunk; `Ok(None)` at the end of the range.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, CacheError> {
+        loop {
+            if self.next >= self.end {
+                return Ok(None);
+            }
+            match &mut self.state {
+                State::Opening(span) => {
+                    let span = *span;
+                    match self.upstream.blob(&self.repo, &self.digest, span).await {
+                        // An upstream that ignores ranges would send the whole blob up to
+                        // the range: the fill gets there no later.
+                        Ok(stream) if !stream.starts_before_span() => {
+                            self.metrics.side_fetch("fetched");
+                            self.state = State::Streaming(stream, span.start);
+                        }
+                        Ok(_) => self.fall_back("the upstream ignores ranges"),
+                        Err(e) => self.fall_back(&e.to_string()),
+                    }
+                }
+                State::Streaming(stream, at) => match stream.next_chunk().await {
+                    Ok(Some(mut chunk)) => {
+                        // Cut the block down to the range.
+                        let chunk_start = *at;
+                        *at += chunk.len() as u64;
+                        let skip = self
+                            .next
+                            .saturating_sub(chunk_start)
+                            .min(chunk.len() as u64);
+                        chunk = chunk.slice(skip as usize..);
+                        chunk.truncate((self.end - self.next).min(chunk.len() as u64) as usize);
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        self.next += chunk.len() as u64;
+                        self.metrics.side_fetch_bytes.inc_by(chunk.len() as u64);
+                        return Ok(Some(chunk));
+                    }
+                    Ok(None) => self.fall_back("the upstream's answer ended early"),
+                    Err(e) => self.fall_back(&e.to_string()),
+                },
+                State::Fill(reader) => {
+                    let chunk = reader.next_chunk().await?;
+                    if let Some(chunk) = &chunk {
+                        self.next += chunk.len() as u64;
+                    }
+                    return Ok(chunk);
+                }
+            }
+        }
+    }
+
+    fn fall_back(&mut self, why: &str) {
+        tracing::info!(upstream = self.upstream.name(), repo = %self.repo, digest = %self.digest, at = self.next, reason = why, "side fetch failed; serving the range from the fill");
+        self.metrics.side_fetch("fell_back");
+        self.state = State::Fill(self.fill.reader(self.next, Some(self.end)));
+    }
+}
