@@ -44,8 +44,11 @@ ACCEPT = ("application/vnd.docker.distribution.manifest.v2+json, "
           "application/vnd.oci.image.index.v1+json, "
           "application/vnd.oci.image.manifest.v1+json")
 MIRRORS = ["wharf", "distribution", "nginx"]
-TESTS = ["ttfb", "fanin", "warm", "wrk", "skopeo", "slow"]
+TESTS = ["ttfb", "fanin", "warm", "wrk", "skopeo", "slow", "cold", "lazy", "resume", "segments"]
 TTFB_PAIRS = 12  # cold layers per mirror for the time-to-first-byte test
+COLD_BLOBS = 5  # fresh 256 MiB blobs per mirror for the cold single-stream test
+LAZY_CHUNK = 50_000  # stargz's chunk size: its footer read is the blob's last such chunk
+LAZY_READS = 8  # scattered file-chunk reads of a lazy pull, after the footer and the TOC
 
 
 def log(*args):
@@ -468,11 +471,14 @@ http {{
 
 class Throttle:
     """A TCP proxy in a background thread that sends upstream bytes downstream at `rate` bytes/s
-    per connection, and counts them."""
+    per connection (None: as fast as they come), and counts them; with `cut_every`, it closes a
+    connection once that many bytes went down it, as a WAN link that breaks does."""
 
-    def __init__(self, port, upstream_port, rate):
+    def __init__(self, port, upstream_port, rate, cut_every=None):
         self.port, self.upstream_port, self.rate = port, upstream_port, rate
+        self.cut_every = cut_every
         self.sent = 0
+        self.cuts = 0
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         threading.Thread(target=self._run, args=(ready,), daemon=True).start()
@@ -491,23 +497,31 @@ class Throttle:
         except OSError:
             client_w.close()
             return
-        await asyncio.gather(self._pipe(client_r, up_w, None), self._pipe(up_r, client_w, self.rate),
+        await asyncio.gather(self._pipe(client_r, up_w, False), self._pipe(up_r, client_w, True),
                              return_exceptions=True)
 
-    async def _pipe(self, reader, writer, rate):
+    async def _pipe(self, reader, writer, downstream):
         started, moved = time.monotonic(), 0
         try:
             while data := await reader.read(64 * KIB):
+                if downstream and self.cut_every and moved + len(data) > self.cut_every:
+                    data = data[:self.cut_every - moved]
+                    writer.write(data)
+                    self.sent += len(data)
+                    self.cuts += 1
+                    writer.transport.abort()
+                    return
                 writer.write(data)
                 await writer.drain()
-                if rate:
+                if downstream:
                     self.sent += len(data)
                     moved += len(data)
-                    ahead = moved / rate - (time.monotonic() - started)
+                    ahead = moved / self.rate - (time.monotonic() - started) if self.rate else 0
                     if ahead > 0:
                         await asyncio.sleep(ahead)
         finally:
             writer.close()
+
 
 
 # ---- measurements ------------------------------------------------------------------------------
@@ -779,6 +793,8 @@ def run(args, work, procs, record):
             if name == "direct":
                 break
 
+    cold_paths(args, work, procs, record, upstream, mirrors, big, slow)
+
     # 5. Slow upstream: ~8 MiB/s per connection, 8 clients on one uncached 64 MiB blob, each
     # mirror a fresh instance behind the throttle.
     if "slow" not in args.tests:
@@ -805,6 +821,143 @@ def run(args, work, procs, record):
         procs.stop(m.proc)
 
 
+def behind(procs, work, names, args, tag, throttle):
+    """Fresh instances of the mirrors `names` (empty caches) whose upstream is `throttle`."""
+    starters = {
+        "wharf": lambda port: start_wharf(procs, work, args.wharf, f"wharf-{tag}", port,
+                                          f"http://127.0.0.1:{throttle.port}"),
+        "distribution": lambda port: start_distribution(procs, work, f"distribution-{tag}", port,
+                                                        f"http://127.0.0.1:{throttle.port}"),
+        "nginx": lambda port: start_nginx_proxy(procs, work, f"nginx-{tag}", port, throttle.port),
+    }
+    started = {name: starters[name](port) for name, port in zip(names, free_ports(len(names)))}
+    for m in started.values():
+        if not wait_http(m.port, "/v2/"):
+            sys.exit(f"{m.name} did not start; see {procs.logs}")
+    return started
+
+
+def settled_upstream(throttle, timeout=300):
+    """The throttle's byte count once it has stopped moving for a second (a mirror's fill may go
+    on after the client is done)."""
+    deadline = time.monotonic() + timeout
+    last = throttle.sent
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        if throttle.sent == last:
+            return last
+        last = throttle.sent
+    return last
+
+
+def lazy_pull(port, path, size):
+    """What stargz-snapshotter does on a cold layer: the last 50,000-byte chunk (the footer), the
+    TOC before it, then scattered file chunks, one Range GET each. The footer's first byte, the
+    whole sequence's time, and the statuses."""
+    footer = size - (size % LAZY_CHUNK or LAZY_CHUNK)
+    toc = max(0, footer - MIB)
+    reads = [(footer, size), (toc, footer)]
+    reads += [((size * (k + 1)) // (LAZY_READS + 2), (size * (k + 1)) // (LAZY_READS + 2) + 256 * KIB)
+              for k in range(LAZY_READS)]
+    started = time.perf_counter()
+    statuses, footer_ttfb = [], None
+    for start, end in reads:
+        r = http_get(port, path, [("Range", f"bytes={start}-{end - 1}")])
+        footer_ttfb = r.ttfb if footer_ttfb is None else footer_ttfb
+        statuses.append(r.status)
+    return footer_ttfb, time.perf_counter() - started, statuses
+
+
+def cold_paths(args, work, procs, record, upstream, mirrors, big, slow):
+    """The cold-path rows: a single cold stream from a fast upstream, a lazy pull, a fill whose
+    upstream connection breaks, and a segmented fill from a per-connection-limited upstream."""
+    # 8. Cold single stream from the local registry (its page cache warm: each blob is read
+    # directly first), fresh 256 MiB blobs for every mirror; the mirror's CPU per GiB.
+    if "cold" in args.tests:
+        log(f"seeding {COLD_BLOBS} x 256 MiB per mirror")
+        cold = seed(work, upstream, "bench/cold", ",".join(["256M"] * COLD_BLOBS * len(mirrors)))
+        for i, name in enumerate(mirrors):
+            m = mirrors[name]
+            direct, through, cpu, size = [], [], 0.0, 0
+            for d, size in cold["layers"][i * COLD_BLOBS:(i + 1) * COLD_BLOBS]:
+                path = blob_path(cold, d)
+                r = http_get(upstream.port, path)
+                direct.append(size / r.elapsed)
+                cpu0 = cpu_seconds(m.pids())
+                r = http_get(m.port, path)
+                assert r.status == 200 and r.length == size, (name, r.status, r.length)
+                through.append(size / r.elapsed)
+                time.sleep(0.5)  # the fill's commit comes just after the last byte
+                cpu += cpu_seconds(m.pids()) - cpu0
+            record("cold_256m", name, statistics.median(through) / 1e6, "MB/s",
+                   runs=[round(x / 1e6) for x in through])
+            record("cold_256m", "direct", statistics.median(direct) / 1e6, "MB/s",
+                   paired_with=name, runs=[round(x / 1e6) for x in direct])
+            record("cold_256m_ratio", name, statistics.median(through) / statistics.median(direct),
+                   "x")
+            record("cold_cpu_per_gib", name, cpu / (COLD_BLOBS * size / GIB), "s/GiB")
+
+    # 9. Lazy pull, cold, from an upstream limited to 16 MiB/s per connection (each range asked
+    # directly gets its own 16 MiB/s). 64 MiB for every mirror, 1 GiB for wharf (the others fetch
+    # the whole blob before they answer a range: minutes per read at this rate).
+    if "lazy" in args.tests:
+        throttle = Throttle(free_ports(1)[0], upstream.port, 16 * MIB)
+        for blob, label, names in [(slow, "64m", list(mirrors)),
+                                   (big, "1g", [n for n in mirrors if n == "wharf"])]:
+            digest, size = blob["layers"][0]
+            path = blob_path(blob, digest)
+            fresh = behind(procs, work, names, args, f"lazy-{label}", throttle)
+            for name in ["direct", *names]:
+                port = throttle.port if name == "direct" else fresh[name].port
+                log(f"lazy pull of a cold {label} blob at 16 MiB/s: {name}")
+                sent0 = throttle.sent
+                ttfb, seconds, statuses = lazy_pull(port, path, size)
+                record(f"lazy_{label}_footer_ttfb", name, ttfb * 1000, "ms")
+                record(f"lazy_{label}_sequence", name, seconds, "s", statuses=statuses)
+                record(f"lazy_{label}_upstream", name, (settled_upstream(throttle) - sent0) / size,
+                       "x")
+            for m in fresh.values():
+                procs.stop(m.proc)
+
+    # 10. Resume: 4 clients on a cold 1 GiB blob whose upstream connection is cut every
+    # 128 MiB. Direct, each client would fail at the first cut.
+    if "resume" in args.tests:
+        throttle = Throttle(free_ports(1)[0], upstream.port, None, cut_every=128 * MIB)
+        digest, size = big["layers"][0]
+        fresh = behind(procs, work, list(mirrors), args, "resume", throttle)
+        for name, m in fresh.items():
+            log(f"resume: 4 x 1 GiB, the upstream connection cut every 128 MiB: {name}")
+            sent0 = throttle.sent
+            results = parallel_gets(4, m.port, blob_path(big, digest))
+            ok = sum(1 for r in results if not isinstance(r, Exception)
+                     and r.status == 200 and r.length == size)
+            record("resume_complete_clients", name, ok, "of 4")
+            record("resume_upstream", name, (settled_upstream(throttle) - sent0) / size, "x")
+            procs.stop(m.proc)
+
+    # 11. Segmented fill: one client, a cold 256 MiB blob, the upstream limited to 8 MiB/s per
+    # connection (as registries' CDNs limit each one).
+    if "segments" in args.tests and "wharf" in mirrors:
+        seg = seed(work, upstream, "bench/segments", "256M")
+        digest, size = seg["layers"][0]
+        path = blob_path(seg, digest)
+        throttle = Throttle(free_ports(1)[0], upstream.port, 8 * MIB)
+        log("segmented fill, 256 MiB at 8 MiB/s per connection: direct")
+        direct = http_get(throttle.port, path)
+        fresh = behind(procs, work, ["wharf"], args, "segments", throttle)["wharf"]
+        reset_peak_rss(fresh.pids())
+        sent0 = throttle.sent
+        log("segmented fill, 256 MiB at 8 MiB/s per connection: wharf")
+        through = http_get(fresh.port, path)
+        assert through.status == 200 and through.length == size
+        record("segments_256m", "direct", direct.elapsed, "s")
+        record("segments_256m", "wharf", through.elapsed, "s")
+        record("segments_speedup", "wharf", direct.elapsed / through.elapsed, "x")
+        record("segments_upstream", "wharf", (settled_upstream(throttle) - sent0) / size, "x")
+        record("segments_peak_rss", "wharf", peak_rss(fresh.pids()) / 1e6, "MB")
+        procs.stop(fresh.proc)
+
+
 # ---- the report ----------------------------------------------------------------------------------
 
 # metric, label, whether higher is better
@@ -826,6 +979,21 @@ ROWS = [
     ("slow_amplification", "slow upstream 8 x 64 MiB, amplification (x)", False),
     ("slow_finish_spread", "  last / first client done (x)", False),
     ("cold_ttfb", "cold blob time to first byte (ms)", False),
+    ("cold_256m", "cold 256 MiB single stream, fast upstream (MB/s)", True),
+    ("cold_256m_ratio", "  through / direct (x)", True),
+    ("cold_cpu_per_gib", "  mirror CPU per GiB (s)", False),
+    ("lazy_64m_footer_ttfb", "lazy pull 64 MiB at 16 MiB/s: footer first byte (ms)", False),
+    ("lazy_64m_sequence", "  footer, TOC, 8 chunks (s)", False),
+    ("lazy_64m_upstream", "  upstream bytes / blob (x)", False),
+    ("lazy_1g_footer_ttfb", "lazy pull 1 GiB at 16 MiB/s: footer first byte (ms)", False),
+    ("lazy_1g_sequence", "  footer, TOC, 8 chunks (s)", False),
+    ("lazy_1g_upstream", "  upstream bytes / blob (x)", False),
+    ("resume_complete_clients", "resume: 4 x 1 GiB cut every 128 MiB, clients complete", True),
+    ("resume_upstream", "  upstream bytes / blob (x)", False),
+    ("segments_256m", "segmented fill 256 MiB at 8 MiB/s per connection (s)", False),
+    ("segments_speedup", "  direct / through (x)", True),
+    ("segments_upstream", "  upstream bytes / blob (x)", False),
+    ("segments_peak_rss", "  peak RSS (MB)", False),
     ("cold_ttfb_overhead", "  overhead over direct, paired median (ms)", False),
     ("skopeo_cold", "skopeo copy 8 layers, cold (s)", False),
     ("skopeo_warm", "skopeo copy 8 layers, warm (s)", False),

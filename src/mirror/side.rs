@@ -103,6 +103,7 @@ impl SideSource {
         // Without the blob's length there is no block to clip to and no total to check.
         let total = position.total?;
         let end = end.unwrap_or(total).min(total);
+        // Left to the fill: a range too long to fetch twice, and one the fill gets to soon.
         if end <= start
             || end - start > self.policy.max_len
             || position.reaches(start, self.policy.lookahead, NEAR)

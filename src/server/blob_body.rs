@@ -73,8 +73,15 @@ pub fn multipart(
     parts: Vec<Span>,
     delivery: Delivery,
 ) -> Body {
+    // Where each part comes from is decided now, for all of them, against where the fill is
+    // now: decided part by part as the answer goes out, every part a little ahead of the fill
+    // would be left to it in turn, and the answer would wait for the fill to reach the last.
+    // A part fetched on its own asks the upstream only when it is read.
+    let parts = parts
+        .into_iter()
+        .map(|span| (span, blob.part(span.start, Some(span.end))))
+        .collect();
     let body = Parts {
-        blob,
         layout,
         parts,
         next: 0,
@@ -95,9 +102,9 @@ pub fn multipart(
 
 /// Where a multipart body is: reading a part, or between parts.
 struct Parts {
-    blob: RangedBlob,
     layout: Multipart,
-    parts: Vec<Span>,
+    /// The parts not started yet, in order.
+    parts: std::collections::VecDeque<(Span, BlobBody)>,
     /// The index of the next part to start.
     next: usize,
     /// The part being sent, once its head went out.
@@ -115,12 +122,10 @@ impl Parts {
                 None => self.reading = None,
             }
         }
-        match self.parts.get(self.next) {
-            Some(&span) => {
+        match self.parts.pop_front() {
+            Some((span, body)) => {
                 let head = self.layout.head(self.next, span);
-                // Only now that the part before has ended: a part may cost a fetch of its own
-                // (a span far ahead of a fill), which must not start before it is needed.
-                self.reading = Some(self.blob.part(span.start, Some(span.end)));
+                self.reading = Some(body);
                 self.next += 1;
                 Ok(Some(head))
             }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
+use prometheus::IntCounter;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE};
 use reqwest::{Method, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -90,6 +91,9 @@ pub(super) struct Client {
     /// How many times in a row a broken blob body is asked for again from where it broke.
     pub(super) resume_attempts: u32,
     pub(super) metrics: Metrics,
+    /// This upstream's series of `wharf_upstream_bytes_total`, looked up once: it is counted
+    /// for every chunk of every body.
+    bytes_received: IntCounter,
 }
 
 impl Client {
@@ -151,6 +155,7 @@ impl Client {
                 .max_bandwidth
                 .map(|rate| Arc::new(Bandwidth::new(rate.bytes()))),
             resume_attempts: config.resume_attempts,
+            bytes_received: metrics.upstream_bytes.with_label_values(&[&config.name]),
             fetch_slots: (config.max_fetches > 0)
                 .then(|| Arc::new(Semaphore::new(config.max_fetches))),
             metrics,
@@ -393,10 +398,7 @@ impl Client {
     /// Counts `len` body bytes received, and waits as long as the bandwidth cap asks: reading
     /// no faster than the cap lets TCP slow the upstream down.
     pub(super) async fn received(&self, len: usize) {
-        self.metrics
-            .upstream_bytes
-            .with_label_values(&[&self.name])
-            .inc_by(len as u64);
+        self.bytes_received.inc_by(len as u64);
         if let Some(bandwidth) = &self.bandwidth {
             let wait = bandwidth.take(len as u64);
             if !wait.is_zero() {

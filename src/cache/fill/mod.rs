@@ -262,7 +262,7 @@ impl Fills {
             newest,
             leave,
         );
-        let writer = job.spawn();
+        let writer = job.spawn(self.buffers.clone());
         BlobLookup::Started(fill, writer)
     }
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::assembly::Assembly;
+use super::buffers::{BufferPool, CHUNK};
 use super::progress::{FillState, Progress};
 use super::window::NewestBytes;
 use crate::cache::error::{check_blob, Error, SourceFailure};
@@ -42,23 +43,39 @@ enum Message {
 struct ChunkSender {
     tx: mpsc::Sender<Message>,
     budget: Arc<Semaphore>,
+    buffers: BufferPool,
 }
 
 impl ChunkSender {
     /// Sends `chunk` to be written at `offset`; waits when the disk is behind.
+    ///
+    /// The bytes are copied into recycled buffers first, and the source's chunk dropped at
+    /// once: it lives in the HTTP client's read buffer, which can then take the next bytes in
+    /// place. Kept (by the writer's queue and the window of newest bytes), it would make the
+    /// client allocate fresh memory for every read, and the kernel fault in every page of it:
+    /// that costs more than the copy.
     async fn send(&self, offset: u64, chunk: Bytes) -> Result<(), Error> {
-        // A chunk larger than the whole budget takes all of it.
-        let share = chunk.len().clamp(1, WRITE_BUDGET) as u32;
-        let permit = self
-            .budget
-            .clone()
-            .acquire_many_owned(share)
-            .await
-            .map_err(|_| writer_stopped())?;
-        self.tx
-            .send(Message::Chunk(offset, chunk, permit))
-            .await
-            .map_err(|_| writer_stopped())
+        let mut at = 0;
+        while at < chunk.len() {
+            let len = (chunk.len() - at).min(CHUNK);
+            let mut buf = self.buffers.take();
+            buf[..len].copy_from_slice(&chunk[at..at + len]);
+            let piece = self.buffers.freeze(buf, len);
+            // A piece larger than the whole budget takes all of it.
+            let share = len.clamp(1, WRITE_BUDGET) as u32;
+            let permit = self
+                .budget
+                .clone()
+                .acquire_many_owned(share)
+                .await
+                .map_err(|_| writer_stopped())?;
+            self.tx
+                .send(Message::Chunk(offset + at as u64, piece, permit))
+                .await
+                .map_err(|_| writer_stopped())?;
+            at += len;
+        }
+        Ok(())
     }
 }
 
@@ -181,14 +198,15 @@ impl WriteJob {
         }
     }
 
-    /// Starts the writer thread; the returned writer feeds it.
-    pub fn spawn(self) -> FillWriter {
+    /// Starts the writer thread; the returned writer feeds it, through buffers from `buffers`.
+    pub fn spawn(self, buffers: BufferPool) -> FillWriter {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::task::spawn_blocking(move || self.run(rx));
         FillWriter {
             chunks: ChunkSender {
                 tx,
                 budget: Arc::new(Semaphore::new(WRITE_BUDGET)),
+                buffers,
             },
             next: 0,
         }
@@ -299,6 +317,17 @@ impl WriteJob {
             self.room = self.store.claim_room(needed);
             if self.room.is_none() {
                 return Err(Error::NoSpace(needed));
+            }
+            // The filesystem allocates the whole blob at once, instead of a few pages at every
+            // write; where it cannot (tmpfs on old kernels, some network filesystems), the
+            // writes allocate as they go, as before.
+            if needed > 0 {
+                let _ = rustix::fs::fallocate(
+                    &*self.file,
+                    rustix::fs::FallocateFlags::empty(),
+                    0,
+                    needed,
+                );
             }
         }
         self.progress.send_modify(|p| {
