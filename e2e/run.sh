@@ -12,7 +12,8 @@
 # log, which must show no request from a client, only from wharf.
 #
 # Files: lib.sh (check bookkeeping, processes, metrics), mkimage.py (offline images), clients.sh
-# (the pulls), checks.sh (the protocol, caching, outage and timings).
+# (the pulls), checks.sh (the protocol, caching, outage and timings), lazy.sh (an eStargz lazy
+# pull, replayed by lazypull.py over throttle.py's slow link).
 #
 # Must run as root (private dockerd and containerd). Environment:
 #   KEEP_WORKDIR=1   keep the scratch directory (logs, configs, caches) for inspection
@@ -328,6 +329,8 @@ source "$HERE/tls.sh"
 source "$HERE/tiers.sh"
 # shellcheck source=auth.sh
 source "$HERE/auth.sh"
+# shellcheck source=lazy.sh
+source "$HERE/lazy.sh"
 
 # ---- main ------------------------------------------------------------------------------------
 
@@ -351,7 +354,7 @@ main() {
     start_wharf wharf "$WHARF" "$WORK/cache"
 
     local phase phases=(test_skopeo test_dockerd test_containerd test_podman test_protocol
-        test_repull test_single_fetch test_fan_in test_hang_up measure_timings test_tls test_tiers
+        test_repull test_single_fetch test_fan_in test_hang_up test_lazy measure_timings test_tls test_tiers
         test_auth test_disk_full test_read_only test_churn
         test_upstream_outage) # the outage comes last: it stops the upstream
     if [[ -n ${E2E_PHASES:-} ]]; then
