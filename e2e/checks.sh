@@ -110,12 +110,12 @@ test_repull() {
         "$(($(wmetric wharf_cache_results_total kind=blob result=hit) - hits_before))" -gt 0
 }
 
-# Across every client and shape, wharf fetched each blob from the upstream at most once.
+# Across every client and shape, wharf fetched each blob from the upstream at most once: no
+# blob's bytes left the upstream twice (however many ranged requests carried them).
 test_single_fetch() {
     local repeats
-    repeats=$(upstream_since "$SEED_MARK" |
-        grep -oE '"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]{64}' | grep -oE 'sha256:[0-9a-f]{64}' |
-        sort | uniq -c | awk '$1 > 1 {print $1 "x " $2}' || true)
+    repeats=$(blob_copies "$UPSTREAM_ACCESS_LOG" "$SEED_MARK" "$UPSTREAM_DATA" |
+        awk '$1 != 1 {print $1 "x " $2}')
     if [[ -z $repeats ]]; then
         pass "every blob was fetched from the upstream at most once over the whole run"
     else
@@ -138,9 +138,6 @@ test_single_fetch() {
 # The layer digests of REPO:TAG, largest first.
 layer_digests() { jq -r '.layers | sort_by(-.size) | .[].digest' "$(manifest_file "$1")"; }
 
-# blob_gets_since MARK DIGEST — how many times the upstream was asked for that blob.
-blob_gets_since() { upstream_since "$1" | grep -cE "\"GET /v2/[^ ]+/blobs/$2[ ?]" || true; }
-
 test_fan_in() {
     local blob n=8 i ok=0 mark d=$WORK/fanin pids=()
     mkdir -p "$d"
@@ -160,18 +157,16 @@ test_fan_in() {
         [[ -f $d/$i && $(digest_of_stdin <"$d/$i") == "$blob" ]] && ok=$((ok + 1))
     done
     expect_eq "fan-in: $n concurrent GETs of one uncached blob all get its exact bytes" "$n" "$ok"
-    expect_eq "fan-in: the upstream was asked for that blob once" 1 "$(blob_gets_since "$mark" "$blob")"
+    log_barrier "fan-in" "$UPSTREAM_ACCESS_LOG" "http://$UP" || true
+    expect_eq "fan-in: the upstream sent that blob once" 1 "$(upstream_copies_since "$mark" "$blob")"
     info "fan-in cache results: miss +$(($(wmetric wharf_cache_results_total kind=blob result=miss) - miss0))," \
         "coalesced +$(($(wmetric wharf_cache_results_total kind=blob result=coalesced) - coalesced0))," \
         "hit +$(($(wmetric wharf_cache_results_total kind=blob result=hit) - hit0))"
 }
 
-# upstream_sent_whole MARK DIGEST SIZE — whether, after MARK, the upstream logged a blob GET of
-# DIGEST answered 200 with all SIZE bytes. (Not a pipe: under pipefail, grep -q leaving early
-# could fail it through the writer's SIGPIPE.)
-upstream_sent_whole() {
-    grep -qE "\"GET /v2/[^ ]+/blobs/$2[ ?][^\"]*\" 200 $3 " < <(upstream_since "$1")
-}
+# upstream_sent_whole MARK DIGEST SIZE — whether, after MARK, the upstream logged answers to
+# GETs of DIGEST that carry at least its SIZE bytes (in one answer or in several ranged ones).
+upstream_sent_whole() { (($(upstream_bytes_since "$1" "$2") >= $3)); }
 
 # A client that hangs up does not cancel the fill: the upstream sends the whole blob once, and the
 # next client is served without a second upstream fetch.
@@ -198,7 +193,8 @@ test_hang_up() {
     fi
     expect_eq "hang-up: the next GET gets the exact bytes" "200 $blob" \
         "$(http_get "$WHARF_URL/v2/library/e2e-fanin/blobs/$blob")"
-    expect_eq "hang-up: the upstream was asked for that blob once" 1 "$(blob_gets_since "$mark" "$blob")"
+    log_barrier "hang-up" "$UPSTREAM_ACCESS_LOG" "http://$UP" || true
+    expect_eq "hang-up: the upstream sent that blob once" 1 "$(upstream_copies_since "$mark" "$blob")"
 }
 
 # ---- timings (printed, not asserted) ---------------------------------------------------------

@@ -7,6 +7,7 @@ PACKAGES=(
     skopeo          # pushes the seed images; a client under test
     docker.io       # dockerd + docker CLI: a client under test (registry-mirrors)
     containerd      # containerd + ctr: a client under test (hosts.toml, ?ns=)
+    stargz-snapshotter # ctr-remote: converts an image to eStargz for the lazy-pull checks
     runc            # runtime the daemons expect to find, even when only pulling
     podman          # a client under test (registries.conf mirrors)
     umoci           # cross-checks that the images built offline are valid
@@ -31,7 +32,7 @@ export DEBIAN_FRONTEND=noninteractive
 # Recommends are not needed: nothing here runs a container, the suite only pulls and unpacks.
 "${SUDO[@]}" apt-get install -y --no-install-recommends "${PACKAGES[@]}"
 
-for tool in docker-registry skopeo dockerd docker containerd ctr podman umoci python3 jq curl openssl promtool htpasswd; do
+for tool in docker-registry skopeo dockerd docker containerd ctr ctr-remote podman umoci python3 jq curl openssl promtool htpasswd; do
     command -v "$tool" >/dev/null || { echo "install.sh: $tool is still missing" >&2; exit 1; }
 done
 echo "e2e dependencies installed"

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Write a small but real container image into an OCI image layout, offline.
 
-Each layer is a gzip tar holding a text file and a file of random bytes, so every run makes
+Each layer is a gzip tar holding a text file and files of random bytes, so every run makes
 images with fresh digests and nothing can be answered from a stale cache. The config carries
 rootfs.diff_ids (sha256 of the uncompressed tars), architecture and os, which is what docker,
 podman and containerd check before they unpack.
 
     mkimage.py LAYOUT TAG --name NAME --layers 4M,1M --platform linux/amd64 [--platform linux/arm64]
+
+Layers are separated by commas; a layer given as sizes joined by "+" (e.g. 3M+1M+4K) holds one
+random file per size, the shape of a real filesystem layer that a lazy puller reads file by file.
 
 One --platform writes an image manifest; several write an image index over one manifest each.
 """
@@ -67,8 +70,9 @@ class Layout:
             json.dump(index, f, indent=2)
 
 
-def layer_tar(name, number, size):
-    """An uncompressed tar with a directory, a readable marker file and `size` random bytes."""
+def layer_tar(name, number, sizes):
+    """An uncompressed tar with a directory, a readable marker file and one file of random bytes
+    per entry of `sizes` (random, so that no compressor can shrink them)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         def add(path, data=None):
@@ -83,14 +87,20 @@ def layer_tar(name, number, size):
 
         add("e2e")
         add(f"e2e/layer-{number}.txt", f"{name} layer {number}\n".encode())
-        add(f"e2e/layer-{number}.bin", os.urandom(size))
+        if len(sizes) == 1:
+            add(f"e2e/layer-{number}.bin", os.urandom(sizes[0]))
+        else:
+            add(f"e2e/layer-{number}")
+            for part, size in enumerate(sizes, start=1):
+                add(f"e2e/layer-{number}/file-{part}.bin", os.urandom(size))
     return buf.getvalue()
 
 
 def write_image(layout, name, sizes, os_name, arch, variant, compress=True):
     layers, diff_ids, history = [], [], []
-    for number, size in enumerate(sizes, start=1):
-        tar = layer_tar(name, number, size)
+    for number, files in enumerate(sizes, start=1):
+        tar = layer_tar(name, number, files)
+        size = sum(files)
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
         if compress:
             # mtime=0 keeps the gzip header free of the wall clock.
@@ -127,14 +137,15 @@ def main():
     parser.add_argument("layout")
     parser.add_argument("tag")
     parser.add_argument("--name", required=True, help="written into the image, for humans")
-    parser.add_argument("--layers", required=True, help="comma-separated random-byte sizes, e.g. 8M,2M,4K")
+    parser.add_argument("--layers", required=True,
+                        help="comma-separated random-byte sizes, e.g. 8M,2M,4K; one layer's files joined by +")
     parser.add_argument("--platform", action="append", required=True, help="os/arch[/variant]")
     parser.add_argument("--uncompressed", action="store_true",
                         help="plain tar layers (fast to build when size, not realism, matters)")
     args = parser.parse_args()
 
     layout = Layout(args.layout)
-    sizes = [parse_size(s) for s in args.layers.split(",")]
+    sizes = [[parse_size(f) for f in layer.split("+")] for layer in args.layers.split(",")]
     entries = []
     for platform in args.platform:
         os_name, arch, *variant = platform.split("/")

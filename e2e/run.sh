@@ -12,7 +12,8 @@
 # log, which must show no request from a client, only from wharf.
 #
 # Files: lib.sh (check bookkeeping, processes, metrics), mkimage.py (offline images), clients.sh
-# (the pulls), checks.sh (the protocol, caching, outage and timings).
+# (the pulls), checks.sh (the protocol, caching, outage and timings), lazy.sh (an eStargz lazy
+# pull, replayed by lazypull.py over throttle.py's slow link).
 #
 # Must run as root (private dockerd and containerd). Environment:
 #   KEEP_WORKDIR=1   keep the scratch directory (logs, configs, caches) for inspection
@@ -113,7 +114,8 @@ ACCEPT='application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manif
 # ---- upstream registry -----------------------------------------------------------------------
 
 start_upstream() {
-    registry_config "$WORK/registry.yml" "$UP" "$WORK/registry-data"
+    UPSTREAM_DATA=$WORK/registry-data
+    registry_config "$WORK/registry.yml" "$UP" "$UPSTREAM_DATA"
     # The access log (one Apache-style line per request, with the user agent) goes to stdout.
     start_bg upstream /usr/bin/docker-registry serve "$WORK/registry.yml"
     UPSTREAM_PID=$STARTED_PID
@@ -134,6 +136,56 @@ upstream_since() { tail -n +"$(($1 + 1))" "$UPSTREAM_ACCESS_LOG"; }
 # Blob GETs the upstream answered after MARK.
 upstream_blob_gets_since() {
     upstream_since "$1" | grep -cE '"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]{64}[^ ]* HTTP' || true
+}
+
+# ---- what left a registry, blob by blob ------------------------------------------------------
+#
+# Bytes, not requests, say how many times a blob left a registry: a fill may take one blob in
+# several ranged GETs (segments of a large blob, a resume after a break), and a range far ahead
+# of a fill is fetched on its own; each is one request more, but no copy more.
+
+# blob_bytes LOG MARK — "DIGEST BYTES" for every blob that the registry whose access log is LOG
+# sent after line MARK: the bytes of all its 2xx GET answers for that blob, added up.
+blob_bytes() {
+    tail -n +"$(($2 + 1))" "$1" |
+        sed -nE 's#.*"GET /v2/[^ ]+/blobs/(sha256:[0-9a-f]{64})[^"]*" 2[0-9][0-9] ([0-9]+) .*#\1 \2#p' |
+        awk '{sent[$1] += $2} END {for (d in sent) print d, sent[d]}'
+}
+
+# registry_blob_size DATA DIGEST — the size of a blob in the storage directory DATA of a CNCF
+# distribution registry (its own copy: an independent witness of the length).
+registry_blob_size() {
+    local hex=${2#sha256:}
+    stat -c %s "$1/docker/registry/v2/blobs/sha256/${hex:0:2}/$hex/data"
+}
+
+# blob_copies LOG MARK DATA — "COPIES DIGEST" for every blob the registry (access log LOG,
+# storage DATA) sent after line MARK, COPIES being how many times its bytes went out: the bytes
+# sent over the blob's size, rounded up past a 5% allowance for the few bytes sent twice where
+# a broken answer is resumed. "?" when the blob's size cannot be read; an empty blob, whose
+# copies weigh nothing, counts once.
+blob_copies() {
+    local digest bytes size
+    while read -r digest bytes; do
+        size=$(registry_blob_size "$3" "$digest" 2>/dev/null) || size='?'
+        awk -v b="$bytes" -v s="$size" -v d="$digest" 'BEGIN {
+            if (s !~ /^[0-9]+$/) { print "?", d; exit }
+            if (s == 0) { print 1, d; exit }
+            c = b / s - 0.05; n = int(c); if (n < c) n++; if (n < 1) n = 1
+            print n, d }'
+    done < <(blob_bytes "$1" "$2")
+}
+
+# upstream_copies_since MARK DIGEST — how many times the suite's upstream sent that blob after
+# MARK (0: not at all).
+upstream_copies_since() {
+    blob_copies "$UPSTREAM_ACCESS_LOG" "$1" "$UPSTREAM_DATA" |
+        awk -v d="$2" '$2 == d {n = $1} END {print n + 0}'
+}
+
+# upstream_bytes_since MARK DIGEST — the bytes of that blob the suite's upstream sent after MARK.
+upstream_bytes_since() {
+    blob_bytes "$UPSTREAM_ACCESS_LOG" "$1" | awk -v d="$2" '$1 == d {n = $2} END {print n + 0}'
 }
 
 # bypassers LOG MARK — user agents (with counts) of the requests in the access log LOG after
@@ -277,6 +329,8 @@ source "$HERE/tls.sh"
 source "$HERE/tiers.sh"
 # shellcheck source=auth.sh
 source "$HERE/auth.sh"
+# shellcheck source=lazy.sh
+source "$HERE/lazy.sh"
 
 # ---- main ------------------------------------------------------------------------------------
 
@@ -300,7 +354,7 @@ main() {
     start_wharf wharf "$WHARF" "$WORK/cache"
 
     local phase phases=(test_skopeo test_dockerd test_containerd test_podman test_protocol
-        test_repull test_single_fetch test_fan_in test_hang_up measure_timings test_tls test_tiers
+        test_repull test_single_fetch test_fan_in test_hang_up test_lazy measure_timings test_tls test_tiers
         test_auth test_disk_full test_read_only test_churn
         test_upstream_outage) # the outage comes last: it stops the upstream
     if [[ -n ${E2E_PHASES:-} ]]; then

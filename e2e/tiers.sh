@@ -10,19 +10,20 @@ REGIONAL=127.0.0.1:$REGIONAL_PORT
 EDGE=127.0.0.1:$EDGE_PORT
 EDGE2=127.0.0.1:$EDGE2_PORT
 TWO_NAME=registry.two.test
+UP2_DATA=$WORK/registry2-data
 
 start_second_registry() {
-    registry_config "$WORK/registry2.yml" "$UP2" "$WORK/registry2-data"
+    registry_config "$WORK/registry2.yml" "$UP2" "$UP2_DATA"
     start_bg upstream2 /usr/bin/docker-registry serve "$WORK/registry2.yml"
     wait_until 30 curl -fsS --max-time 2 "http://$UP2/v2/"
 }
 
-# blob_fetches LOG MARK — "DISTINCT MOST": how many distinct blobs the registry whose access log
-# is LOG sent after line MARK, and the most times any one of them was sent.
+# blob_fetches LOG MARK DATA — "DISTINCT MOST": how many distinct blobs the registry whose
+# access log is LOG (and storage DATA) sent after line MARK, and the most times the bytes of any
+# one of them were sent (see blob_copies: bytes, not requests).
 blob_fetches() {
-    tail -n +"$(($2 + 1))" "$1" |
-        grep -oE '"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]{64}' | grep -oE 'sha256:[0-9a-f]{64}' |
-        sort | uniq -c | awk '{n++; if ($1 > m) m = $1} END {print n + 0, m + 0}'
+    blob_copies "$1" "$2" "$3" |
+        awk '{n++; if ($1 == "?") q = 1; else if ($1 + 0 > m) m = $1 + 0} END {print n + 0, q ? "?" : m + 0}'
 }
 
 # The digests of every blob (config and layers) of a single-platform image's manifest file.
@@ -105,10 +106,10 @@ test_tiers() {
     two_blobs=$(image_blobs "$two_manifest" | wc -l)
     # dockerd skips layers it still has, so the first count may be lower; never higher.
     local most
-    read -r _ most <<<"$(blob_fetches "$UPSTREAM_ACCESS_LOG" "$mark1")"
+    read -r _ most <<<"$(blob_fetches "$UPSTREAM_ACCESS_LOG" "$mark1" "$UPSTREAM_DATA")"
     expect_cmp "tiers: docker.io registry sent no blob twice" "$most" -le 1
     expect_eq "tiers: $TWO_NAME sent each e2e-two blob once" "$two_blobs 1" \
-        "$(blob_fetches "$two_log" "$mark2")"
+        "$(blob_fetches "$two_log" "$mark2" "$UP2_DATA")"
     expect_eq "tiers: only wharf reached $TWO_NAME" "" "$(bypassers "$two_log" "$mark2")"
     expect_cmp "tiers: regional fetched under the name the edge passed on (?ns=$TWO_NAME)" \
         "$(metric "http://$REGIONAL" wharf_upstream_requests_total upstream="$TWO_NAME" kind=blob)" -ge "$two_blobs"
@@ -124,6 +125,6 @@ test_tiers() {
     log_barrier "tiers: second edge, $TWO_NAME" "$two_log" "http://$UP2" || true
     expect_eq "tiers: across both edges, each blob left its registry exactly once" \
         "$multi_blobs 1 $two_blobs 1" \
-        "$(blob_fetches "$UPSTREAM_ACCESS_LOG" "$mark1") $(blob_fetches "$two_log" "$mark2")"
+        "$(blob_fetches "$UPSTREAM_ACCESS_LOG" "$mark1" "$UPSTREAM_DATA") $(blob_fetches "$two_log" "$mark2" "$UP2_DATA")"
     read_metrics_of "$WHARF_URL"
 }
