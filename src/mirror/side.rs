@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::task::JoinHandle;
 
 use crate::cache::{BlobReader, Error as CacheError, Fill};
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
-use crate::upstream::{BlobStream, Span, Upstream};
+use crate::upstream::{BlobStream, Span, Upstream, UpstreamError};
 
 /// Side fetches ask for whole blocks of this size (clipped to the blob), which CDNs and the
 /// upstream's own caches serve best, and which keeps a lazy puller's neighbouring reads on the
@@ -114,13 +115,24 @@ impl SideSource {
             self.metrics.side_fetch("bounded");
             return None;
         };
-        let block_start = start - start % BLOCK;
-        let block_end = end.div_ceil(BLOCK).saturating_mul(BLOCK).min(total);
+        let span = Span {
+            start: start - start % BLOCK,
+            end: Some(end.div_ceil(BLOCK).saturating_mul(BLOCK).min(total)),
+        };
+        // Asked for now, not when the body is first read: the side-fetched parts of a
+        // multi-range answer then come in at once, each while those before it are sent, and
+        // each no further than its connection's receive window until it is read. Dropping the
+        // body (the client went away) cancels the request.
+        let opening = tokio::spawn({
+            let (upstream, repo, digest) = (
+                self.upstream.clone(),
+                self.repo.clone(),
+                self.digest.clone(),
+            );
+            async move { upstream.blob(&repo, &digest, span).await }
+        });
         Some(SideBody {
-            state: State::Opening(Span {
-                start: block_start,
-                end: Some(block_end),
-            }),
+            state: State::Opening(span.start, opening),
             upstream: self.upstream.clone(),
             repo: self.repo.clone(),
             digest: self.digest.clone(),
@@ -134,12 +146,20 @@ impl SideSource {
 }
 
 enum State {
-    /// Not asked for yet: the request goes out when the body is first read.
-    Opening(Span),
+    /// Asked for, from this offset: the upstream's answer is on its way.
+    Opening(u64, JoinHandle<Result<BlobStream, UpstreamError>>),
     /// The upstream's answer, and where its next byte lies.
     Streaming(BlobStream, u64),
     /// The upstream could not give the range: the rest comes from the fill.
     Fill(BlobReader),
+}
+
+impl Drop for SideBody {
+    fn drop(&mut self) {
+        if let State::Opening(_, opening) = &self.state {
+            opening.abort();
+        }
+    }
 }
 
 /// The bytes of one range, fetched on its own; where the upstream fails, the rest of the range
@@ -165,16 +185,17 @@ impl SideBody {
                 return Ok(None);
             }
             match &mut self.state {
-                State::Opening(span) => {
-                    let span = *span;
-                    match self.upstream.blob(&self.repo, &self.digest, span).await {
+                State::Opening(from, opening) => {
+                    let from = *from;
+                    match opening.await {
                         // An upstream that ignores ranges would send the whole blob up to
                         // the range: the fill gets there no later.
-                        Ok(stream) if !stream.starts_before_span() => {
+                        Ok(Ok(stream)) if !stream.starts_before_span() => {
                             self.metrics.side_fetch("fetched");
-                            self.state = State::Streaming(stream, span.start);
+                            self.state = State::Streaming(stream, from);
                         }
-                        Ok(_) => self.fall_back("the upstream ignores ranges"),
+                        Ok(Ok(_)) => self.fall_back("the upstream ignores ranges"),
+                        Ok(Err(e)) => self.fall_back(&e.to_string()),
                         Err(e) => self.fall_back(&e.to_string()),
                     }
                 }
