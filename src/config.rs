@@ -302,7 +302,7 @@ impl Default for CacheConfig {
             serve_stale: true,
             listing_ttl: Duration::from_secs(30),
             max_range_parts: 128,
-            range_lookahead: Duration::from_secs(1),
+            range_lookahead: Duration::from_millis(100),
             side_fetch_max: Size(16 * 1024 * 1024),
             side_fetches_per_blob: 8,
         }

@@ -22,7 +22,7 @@ use crate::upstream::{BlobStream, Span, Upstream, UpstreamError};
 const BLOCK: u64 = 64 * 1024;
 /// With no rate measured yet, a range within this much of what the fill has written is left
 /// to the fill.
-const NEAR: u64 = 1024 * 1024;
+const NEAR: u64 = 256 * 1024;
 
 /// When a range is fetched on its own, from `[cache]`.
 #[derive(Debug, Clone, Copy)]
