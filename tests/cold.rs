@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use crate::common::{
     each_upstream, eventually, multipart, random_bytes, sha256, FakeRegistry, Hold, Wharf, MIB,
 };
@@ -101,6 +103,14 @@ async fn a_range_the_fill_has_reached_is_served_from_the_fill() {
     upstream.faults().hold = Some(hold.clone());
     let wharf = Wharf::start(&upstream, |_| {}).await;
 
+    // A client of the whole blob starts the fill; once it has received the bytes of the
+    // range, the fill has written them.
+    let whole = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
+    let mut body = whole.bytes_stream();
+    let mut received = 0;
+    while received < MIB + 100_000 {
+        received += body.next().await.unwrap().unwrap().len();
+    }
     let r = get_range(&wharf, &digest, "bytes=1048576-1148575").await;
     assert_eq!(r.bytes().await.unwrap(), blob.slice(MIB..MIB + 100_000));
     assert!(ranged_gets(&upstream).is_empty(), "no side fetch");
