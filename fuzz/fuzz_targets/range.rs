@@ -23,7 +23,10 @@ fuzz_target!(|input: &str| {
     };
     let wanted: Vec<Span> = set.specs().iter().filter_map(|r| r.span(size)).collect();
     for spec in &wanted {
-        assert!(spec.start < spec.end && spec.end <= size, "{header:?} of {size}: {spec:?}");
+        assert!(
+            spec.start < spec.end && spec.end <= size,
+            "{header:?} of {size}: {spec:?}"
+        );
     }
     let merged = match set.resolve(size, usize::MAX) {
         Resolved::Parts(parts) => parts,
@@ -40,11 +43,20 @@ fuzz_target!(|input: &str| {
             "{header:?} of {size}: {part:?}"
         );
         if i > 0 {
-            assert!(merged[i - 1].end < part.start, "{header:?} of {size}: {merged:?}");
+            assert!(
+                merged[i - 1].end < part.start,
+                "{header:?} of {size}: {merged:?}"
+            );
         }
         // Every part begins and ends where some spec does: it selects nothing around them.
-        assert!(wanted.iter().any(|s| s.start == part.start), "{header:?}: {part:?}");
-        assert!(wanted.iter().any(|s| s.end == part.end), "{header:?}: {part:?}");
+        assert!(
+            wanted.iter().any(|s| s.start == part.start),
+            "{header:?}: {part:?}"
+        );
+        assert!(
+            wanted.iter().any(|s| s.end == part.end),
+            "{header:?}: {part:?}"
+        );
     }
     // Every spec lies inside one part: nothing asked for is left out.
     for spec in &wanted {
