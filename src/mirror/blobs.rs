@@ -46,9 +46,9 @@ enum Ranged {
 }
 
 impl RangedBlob {
-    /// The body of `start..end` (`end` exclusive; `None` = to the end). Each call reads on its
-    /// own, so the parts of one response are asked for one after the other, as they are sent.
-    /// A span of a fill that the fill will not reach soon is fetched upstream on its own.
+    /// The body of `start..end` (`end` exclusive; `None` = to the end), read on its own. A span
+    /// of a fill that the fill will not reach soon is fetched upstream on its own, asked for at
+    /// once.
     pub fn part(&self, start: u64, end: Option<u64>) -> BlobBody {
         match &self.0 {
             Ranged::Cached(blob) => BlobBody::Cache(blob.reader(start, end)),
