@@ -99,16 +99,8 @@ enum Fed {
     Cache(crate::cache::Error),
 }
 
-/// Copies a stream into the fill from its start.
-async fn copy(stream: &mut BlobStream, writer: &mut FillWriter) -> Result<(), Fed> {
-    while let Some(chunk) = stream.next_chunk().await.map_err(Fed::Source)? {
-        writer.write(chunk).await.map_err(Fed::Cache)?;
-    }
-    Ok(())
-}
-
-/// Copies a segment's stream into its piece of the fill.
-async fn copy_segment(stream: &mut BlobStream, piece: &mut SegmentWriter) -> Result<(), Fed> {
+/// Copies a stream into its piece of the fill.
+async fn copy(stream: &mut BlobStream, piece: &mut SegmentWriter) -> Result<(), Fed> {
     while let Some(chunk) = stream.next_chunk().await.map_err(Fed::Source)? {
         piece.write(chunk).await.map_err(Fed::Cache)?;
     }
@@ -285,7 +277,7 @@ impl Mirror {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
-        mut writer: FillWriter,
+        writer: FillWriter,
     ) -> Result<(), Error> {
         let mut stream = match upstream.blob(repo, digest, Span::WHOLE).await {
             Ok(stream) => stream,
@@ -302,7 +294,7 @@ impl Mirror {
             None => Vec::new(),
         };
         let fed = if segments.is_empty() {
-            copy(&mut stream, &mut writer).await
+            copy(&mut stream, &mut writer.segment(0)).await
         } else {
             // The first GET carries the first segment, up to where the second starts; the
             // others come alongside.
@@ -312,10 +304,11 @@ impl Mirror {
                 .into_iter()
                 .map(|((start, _), mut segment)| {
                     let mut piece = writer.segment(start);
-                    async move { copy_segment(&mut segment, &mut piece).await }
+                    async move { copy(&mut segment, &mut piece).await }
                 })
                 .collect();
-            let first = copy(&mut stream, &mut writer);
+            let mut head = writer.segment(0);
+            let first = copy(&mut stream, &mut head);
             futures_util::future::try_join(first, futures_util::future::try_join_all(rest))
                 .await
                 .map(drop)

@@ -82,30 +82,26 @@ impl ChunkSender {
 /// The feeding end of a fill, held by whoever fetches the bytes: it writes the blob from its
 /// start, and may hand out [`SegmentWriter`]s for pieces further on, fetched alongside.
 pub struct FillWriter {
-    chunks: ChunkSender,
-    /// Where the next chunk goes.
-    next: u64,
+    /// The piece from the blob's start.
+    head: SegmentWriter,
 }
 
 impl FillWriter {
     /// The source answered; `total` is its declared length.
     pub async fn start(&self, total: Option<u64>) {
-        let _ = self.chunks.tx.send(Message::Start(total)).await;
+        let _ = self.head.chunks.tx.send(Message::Start(total)).await;
     }
 
     /// Appends a chunk; waits when the disk is behind.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), Error> {
-        let len = chunk.len() as u64;
-        self.chunks.send(self.next, chunk).await?;
-        self.next += len;
-        Ok(())
+        self.head.write(chunk).await
     }
 
     /// A writer of the piece of the blob from `start`, fed alongside this one. Every piece
     /// must have been written before [`Self::finish`].
     pub fn segment(&self, start: u64) -> SegmentWriter {
         SegmentWriter {
-            chunks: self.chunks.clone(),
+            chunks: self.head.chunks.clone(),
             next: start,
         }
     }
@@ -113,7 +109,14 @@ impl FillWriter {
     /// Verifies length and digest and commits the blob.
     pub async fn finish(self) -> Result<(), Error> {
         let (reply, verdict) = oneshot::channel();
-        if self.chunks.tx.send(Message::Finish(reply)).await.is_err() {
+        if self
+            .head
+            .chunks
+            .tx
+            .send(Message::Finish(reply))
+            .await
+            .is_err()
+        {
             return Err(writer_stopped());
         }
         verdict.await.unwrap_or(Err(Error::Abandoned))
@@ -121,7 +124,7 @@ impl FillWriter {
 
     /// The source failed; readers see `error`.
     pub async fn fail(self, error: SourceFailure) {
-        let _ = self.chunks.tx.send(Message::Fail(error)).await;
+        let _ = self.head.chunks.tx.send(Message::Fail(error)).await;
     }
 }
 
@@ -203,12 +206,14 @@ impl WriteJob {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::task::spawn_blocking(move || self.run(rx));
         FillWriter {
-            chunks: ChunkSender {
-                tx,
-                budget: Arc::new(Semaphore::new(WRITE_BUDGET)),
-                buffers,
+            head: SegmentWriter {
+                chunks: ChunkSender {
+                    tx,
+                    budget: Arc::new(Semaphore::new(WRITE_BUDGET)),
+                    buffers,
+                },
+                next: 0,
             },
-            next: 0,
         }
     }
 
