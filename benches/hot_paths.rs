@@ -113,11 +113,13 @@ fn cache_hits(c: &mut Criterion) {
     let bytes = bytes::Bytes::from(vec![7u8; 1 << 20]);
     let digest = Digest::sha256_of(&bytes);
     runtime.block_on(async {
-        let BlobLookup::Started(_, mut writer) = cache.blob(&digest).await else {
+        let BlobLookup::Started(_, writer) = cache.blob(&digest).await else {
             panic!("a new cache holds nothing")
         };
         writer.start(Some(bytes.len() as u64)).await;
-        writer.write(bytes.clone()).await.unwrap();
+        let mut piece = writer.segment(0);
+        piece.write(&bytes).await.unwrap();
+        piece.flush().await.unwrap();
         writer.finish().await.unwrap();
     });
     c.bench_function("blob hit (index, open, size check)", |b| {

@@ -34,6 +34,7 @@ pub struct Collectors {
     pub served_bytes: IntCounterVec,
     pub file_range_bytes: IntCounterVec,
     pub fills_in_flight: IntGauge,
+    pub fill_buffer_bytes: IntGauge,
     pub digest_mismatches: IntCounter,
     pub cache_size_bytes: IntGauge,
     pub cache_entries: IntGauge,
@@ -271,6 +272,11 @@ impl Metrics {
                 &registry,
                 "wharf_fills_in_flight",
                 "Blob downloads from upstream in progress",
+            ),
+            fill_buffer_bytes: gauge(
+                &registry,
+                "wharf_fill_buffer_bytes",
+                "Bytes of memory held by the buffers of fills and blob readers (in use and spare)",
             ),
             digest_mismatches,
             cache_size_bytes: gauge(

@@ -13,6 +13,7 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod manifests;
+mod memory;
 mod process;
 mod properties;
 mod security;

@@ -78,7 +78,7 @@ impl Cache {
     /// previous run left behind, and rebuilds the index from file metadata (a blocking walk,
     /// run off the async workers).
     pub async fn open(config: &CacheConfig, metrics: &Metrics) -> Result<Cache, Error> {
-        let (dir, max_size, metrics) =
+        let (dir, max_size, store_metrics) =
             (config.dir.clone(), config.max_size.bytes(), metrics.clone());
         let started = Instant::now();
         let open_error = |dir: &std::path::Path, e| Error::Open {
@@ -86,7 +86,8 @@ impl Cache {
             source: Arc::new(e),
         };
         let opened = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&dir, max_size, metrics).map_err(|e| open_error(&dir, e))?;
+            let store =
+                Store::open(&dir, max_size, store_metrics).map_err(|e| open_error(&dir, e))?;
             let tags = TagTable::open(&dir).map_err(|e| open_error(&dir, e))?;
             Ok::<_, Error>((store, tags))
         })
@@ -95,7 +96,7 @@ impl Cache {
         let (store, tags) = opened;
         let store = Arc::new(store);
         let cache = Cache {
-            fills: Fills::new(store.clone()),
+            fills: Fills::new(store.clone(), metrics.fill_buffer_bytes.clone()),
             store,
             memory: HotManifests::default(),
             tags,

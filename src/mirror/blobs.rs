@@ -1,7 +1,10 @@
 //! Blobs: from the cache, from a fill already running, from a new fill fed from the upstream,
 //! or (when the cache takes no writes) straight from the upstream.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -99,12 +102,35 @@ enum Fed {
     Cache(crate::cache::Error),
 }
 
+/// Bytes gathered for the fill wait at most this long for more: as long as the source keeps
+/// sending they go to the fill a buffer at a time; once it pauses, its readers get what came.
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
+
 /// Copies a stream into its piece of the fill.
 async fn copy(stream: &mut BlobStream, piece: &mut SegmentWriter) -> Result<(), Fed> {
-    while let Some(chunk) = stream.next_chunk().await.map_err(Fed::Source)? {
-        piece.write(chunk).await.map_err(Fed::Cache)?;
+    loop {
+        let next = stream.next_chunk();
+        tokio::pin!(next);
+        // A chunk ready now costs no timer; a pause longer than FLUSH_AFTER flushes.
+        let chunk = match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
+            Poll::Ready(chunk) => chunk,
+            Poll::Pending if piece.holds_bytes() => {
+                tokio::select! {
+                    biased;
+                    chunk = &mut next => chunk,
+                    () = tokio::time::sleep(FLUSH_AFTER) => {
+                        piece.flush().await.map_err(Fed::Cache)?;
+                        next.await
+                    }
+                }
+            }
+            Poll::Pending => next.await,
+        };
+        match chunk.map_err(Fed::Source)? {
+            Some(chunk) => piece.write(&chunk).await.map_err(Fed::Cache)?,
+            None => return piece.flush().await.map_err(Fed::Cache),
+        }
     }
-    Ok(())
 }
 
 /// Opens a ranged GET for every segment after the first, `(span, stream)` in order; or none,

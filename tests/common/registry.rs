@@ -42,6 +42,9 @@ pub struct Faults {
     pub flip_byte: bool,
     /// Blob bodies: pause this long between 64 KiB chunks.
     pub chunk_delay: Option<Duration>,
+    /// Blob bodies: send chunks of sizes from this range (inclusive, varying from chunk to
+    /// chunk) instead of 64 KiB, as HTTP/2 DATA frames and CDNs do.
+    pub chunk_sizes: Option<(usize, usize)>,
     /// Blob bodies: at this byte, keep the connection open and send nothing more.
     pub stall: Option<Break>,
     /// Blob bodies: send some bytes, then wait until the test opens the gate.
@@ -192,6 +195,7 @@ pub struct Seen {
     pub authorization: Option<String>,
     pub accept: Option<String>,
     pub range: Option<String>,
+    pub version: http::Version,
 }
 
 #[derive(Default)]
@@ -429,6 +433,7 @@ async fn respond(state: State, req: Request<Incoming>) -> Response<Body> {
         authorization: header("authorization"),
         accept: header("accept"),
         range: header("range"),
+        version: req.version(),
     });
     let faults = state.faults.lock().unwrap().clone();
     if path == "/token" {
@@ -643,6 +648,7 @@ fn stream_blob(
         .clone()
         .filter(|h| h.applies_to(digest) && span.start < h.after.max(1));
     const CHUNK: usize = 64 * 1024;
+    let chunk_sizes = faults.chunk_sizes.unwrap_or((CHUNK, CHUNK));
     let streaming = Streaming::new(&faults.blob_streams);
     let start = Sending {
         pos: span.start,
@@ -672,7 +678,10 @@ fn stream_blob(
             if stall_at.is_some_and(|at| s.pos >= at) {
                 std::future::pending::<()>().await;
             }
-            let mut end = (s.pos + CHUNK).min(send_len);
+            // Sizes vary with the position, the same for every body of the blob.
+            let (least, most) = chunk_sizes;
+            let size = least + (s.pos.wrapping_mul(2_654_435_761) >> 7) % (most - least + 1);
+            let mut end = (s.pos + size).min(send_len);
             if let Some(hold) = hold.filter(|h| !s.released && h.after > s.pos) {
                 // Exactly `after` bytes go out before the hold.
                 end = end.min(hold.after);

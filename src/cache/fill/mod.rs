@@ -184,10 +184,11 @@ pub struct Fills {
 }
 
 impl Fills {
-    pub fn new(store: Arc<Store>) -> Fills {
+    /// Fills into `store`, their buffers counted in `buffer_bytes`.
+    pub fn new(store: Arc<Store>, buffer_bytes: prometheus::IntGauge) -> Fills {
         Fills {
             store,
-            buffers: BufferPool::default(),
+            buffers: BufferPool::new(buffer_bytes),
             in_flight: Arc::default(),
         }
     }

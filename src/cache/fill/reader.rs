@@ -117,13 +117,14 @@ impl BlobReader {
             return Ok(Next::Read(Read::Ready(bytes)));
         }
         let len = (to - self.pos).min(CHUNK as u64) as usize;
-        let (pos, mut buf) = (self.pos, self.buffers.take());
+        // A few bytes of a fill that is trickling in get a buffer of their size.
+        let (pos, mut buf) = (self.pos, self.buffers.take_for(len));
         self.pos += len as u64;
         let cached = read_cached(&self.file, &mut buf[..len], pos);
         if cached == len {
-            return Ok(Next::Read(Read::Ready(self.buffers.freeze(buf, len))));
+            return Ok(Next::Read(Read::Ready(buf.freeze(len))));
         }
-        let (file, buffers) = (self.file.clone(), self.buffers.clone());
+        let file = self.file.clone();
         Ok(Next::Read(Read::FromDisk(tokio::task::spawn_blocking(
             move || {
                 let rest = pos + cached as u64;
@@ -134,7 +135,7 @@ impl BlobReader {
                         }
                         _ => e,
                     })?;
-                Ok(buffers.freeze(buf, len))
+                Ok(buf.freeze(len))
             },
         ))))
     }

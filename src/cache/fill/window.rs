@@ -1,15 +1,16 @@
 //! The newest bytes of a fill, kept in memory for a moment. Readers at the head of a fill take
 //! them from here (a reference, no copy) instead of reading back from the temp file what just
 //! passed through wharf. The file stays the source of truth: a reader that falls behind this
-//! window reads the file, so memory per fill stays bounded however many clients wait on it.
+//! window reads the file, so memory per fill stays bounded however many clients wait on it. The
+//! window is bounded by the buffer memory its chunks hold, not by their payload.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use bytes::Bytes;
 
-/// Bytes of a fill kept in memory, shared by all its readers.
-const KEEP: u64 = 4 * 1024 * 1024;
+/// Bytes of buffer memory a fill's window may hold, shared by all its readers.
+const KEEP: usize = 4 * 1024 * 1024;
 
 #[derive(Default)]
 pub struct NewestBytes {
@@ -18,23 +19,25 @@ pub struct NewestBytes {
 
 #[derive(Default)]
 struct Window {
-    /// (offset in the blob, bytes), in order and contiguous.
-    chunks: VecDeque<(u64, Bytes)>,
-    bytes: u64,
+    /// (offset in the blob, bytes, the buffer memory they hold), in order and contiguous.
+    chunks: VecDeque<(u64, Bytes, usize)>,
+    /// The memory all of them hold.
+    held: usize,
 }
 
 impl NewestBytes {
-    /// Adds the chunk written at `offset`, forgetting the oldest beyond the window.
-    pub fn push(&self, offset: u64, chunk: Bytes) {
+    /// Adds the chunk written at `offset`, which holds `held` bytes of memory, forgetting the
+    /// oldest beyond the window.
+    pub fn push(&self, offset: u64, chunk: Bytes, held: usize) {
         if chunk.is_empty() {
             return;
         }
         let mut w = self.window.lock().expect("lock poisoned");
-        w.bytes += chunk.len() as u64;
-        w.chunks.push_back((offset, chunk));
-        while w.bytes > KEEP && w.chunks.len() > 1 {
-            let (_, old) = w.chunks.pop_front().expect("more than one chunk");
-            w.bytes -= old.len() as u64;
+        w.held += held;
+        w.chunks.push_back((offset, chunk, held));
+        while w.held > KEEP && w.chunks.len() > 1 {
+            let (_, _, old) = w.chunks.pop_front().expect("more than one chunk");
+            w.held -= old;
         }
     }
 
@@ -42,14 +45,14 @@ impl NewestBytes {
     pub fn clear(&self) {
         let mut w = self.window.lock().expect("lock poisoned");
         w.chunks.clear();
-        w.bytes = 0;
+        w.held = 0;
     }
 
     /// The bytes from `pos` (up to `to`, exclusive) that the window holds in one piece, if any.
     pub fn get(&self, pos: u64, to: u64) -> Option<Bytes> {
         let w = self.window.lock().expect("lock poisoned");
-        let i = w.chunks.partition_point(|(offset, _)| *offset <= pos);
-        let (offset, chunk) = w.chunks.get(i.checked_sub(1)?)?;
+        let i = w.chunks.partition_point(|(offset, _, _)| *offset <= pos);
+        let (offset, chunk, _) = w.chunks.get(i.checked_sub(1)?)?;
         let (start, end) = (pos - offset, (to - offset).min(chunk.len() as u64));
         (start < end).then(|| chunk.slice(start as usize..end as usize))
     }
@@ -62,8 +65,8 @@ mod tests {
     #[test]
     fn serves_slices_of_what_it_holds() {
         let recent = NewestBytes::default();
-        recent.push(0, Bytes::from_static(b"hello "));
-        recent.push(6, Bytes::from_static(b"world"));
+        recent.push(0, Bytes::from_static(b"hello "), 6);
+        recent.push(6, Bytes::from_static(b"world"), 5);
         assert_eq!(recent.get(0, 11).unwrap(), "hello ");
         assert_eq!(recent.get(3, 11).unwrap(), "lo ");
         assert_eq!(recent.get(6, 8).unwrap(), "wo", "never past `to`");
@@ -75,7 +78,7 @@ mod tests {
         let recent = NewestBytes::default();
         let chunk = Bytes::from(vec![0u8; 1024 * 1024]);
         for n in 0..6u64 {
-            recent.push(n << 20, chunk.clone());
+            recent.push(n << 20, chunk.clone(), 1 << 20);
         }
         assert_eq!(
             recent.get(0, 1),
@@ -84,5 +87,17 @@ mod tests {
         );
         assert!(recent.get(2 << 20, 3 << 20).is_some());
         assert_eq!(recent.get(5 << 20, 6 << 20).unwrap().len(), 1 << 20);
+    }
+
+    #[test]
+    fn is_bounded_by_the_memory_its_chunks_hold() {
+        let recent = NewestBytes::default();
+        // Small payloads in large buffers: the buffers count.
+        for n in 0..16u64 {
+            recent.push(n * 1024, Bytes::from(vec![0u8; 1024]), 512 * 1024);
+        }
+        let w = recent.window.lock().unwrap();
+        assert_eq!(w.chunks.len(), 8);
+        assert_eq!(w.held, KEEP);
     }
 }

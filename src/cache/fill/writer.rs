@@ -11,15 +11,16 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::assembly::Assembly;
-use super::buffers::{BufferPool, CHUNK};
+use super::buffers::{Buffer, BufferPool, CHUNK};
 use super::progress::{FillState, Progress};
 use super::window::NewestBytes;
 use crate::cache::error::{check_blob, Error, SourceFailure};
 use crate::cache::store::{Committed, EntryKey, RoomClaim, Store};
 use crate::oci::{Digest, Verifier};
 
-/// Bytes queued for the writer thread before the feeder waits for the disk. Bounded in bytes,
-/// not chunks: an upstream chunk can be anything from a few KiB to hundreds.
+/// Buffer memory queued for the writer thread before the feeder waits for the disk. Counted in
+/// the memory the queued pieces hold, not their payload: a source's chunk can be anything from
+/// a few KiB (an HTTP/2 DATA frame) to hundreds.
 const WRITE_BUDGET: usize = 2 * 1024 * 1024;
 /// Messages in the writer's queue (the byte budget is what really bounds it).
 const WRITE_QUEUE: usize = 1024;
@@ -31,92 +32,81 @@ const PUBLISH_LINGER: Duration = Duration::from_millis(2);
 
 enum Message {
     Start(Option<u64>),
-    /// A chunk, where it goes in the blob, and its share of the byte budget, given back once
-    /// it is on disk.
-    Chunk(u64, Bytes, OwnedSemaphorePermit),
+    Piece(Piece),
     Finish(oneshot::Sender<Result<(), Error>>),
     Fail(SourceFailure),
 }
 
-/// Sends chunks to the writer thread, within the byte budget.
+/// Bytes for the writer thread: where they go in the blob, the buffer memory they hold, and
+/// that memory's share of the write budget, given back once they are on disk.
+struct Piece {
+    offset: u64,
+    bytes: Bytes,
+    held: usize,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// Sends pieces to the writer thread, within the byte budget.
 #[derive(Clone)]
-struct ChunkSender {
+struct PieceSender {
     tx: mpsc::Sender<Message>,
     budget: Arc<Semaphore>,
     buffers: BufferPool,
 }
 
-impl ChunkSender {
-    /// Sends `chunk` to be written at `offset`; waits when the disk is behind.
-    ///
-    /// The bytes are copied into recycled buffers first, and the source's chunk dropped at
-    /// once: it lives in the HTTP client's read buffer, which can then take the next bytes in
-    /// place. Kept (by the writer's queue and the window of newest bytes), it would make the
-    /// client allocate fresh memory for every read, and the kernel fault in every page of it:
-    /// that costs more than the copy.
-    async fn send(&self, offset: u64, chunk: Bytes) -> Result<(), Error> {
-        let mut at = 0;
-        while at < chunk.len() {
-            let len = (chunk.len() - at).min(CHUNK);
-            let mut buf = self.buffers.take();
-            buf[..len].copy_from_slice(&chunk[at..at + len]);
-            let piece = self.buffers.freeze(buf, len);
-            // A piece larger than the whole budget takes all of it.
-            let share = len.clamp(1, WRITE_BUDGET) as u32;
-            let permit = self
-                .budget
-                .clone()
-                .acquire_many_owned(share)
-                .await
-                .map_err(|_| writer_stopped())?;
-            self.tx
-                .send(Message::Chunk(offset + at as u64, piece, permit))
-                .await
-                .map_err(|_| writer_stopped())?;
-            at += len;
-        }
-        Ok(())
+impl PieceSender {
+    /// Sends `bytes`, which hold `held` bytes of memory, to be written at `offset`; waits while
+    /// the disk is behind.
+    async fn send(&self, offset: u64, bytes: Bytes, held: usize) -> Result<(), Error> {
+        // A piece larger than the whole budget takes all of it.
+        let share = held.clamp(1, WRITE_BUDGET) as u32;
+        let budget = self
+            .budget
+            .clone()
+            .acquire_many_owned(share)
+            .await
+            .map_err(|_| writer_stopped())?;
+        let piece = Piece {
+            offset,
+            bytes,
+            held,
+            _budget: budget,
+        };
+        self.tx
+            .send(Message::Piece(piece))
+            .await
+            .map_err(|_| writer_stopped())
     }
 }
 
-/// The feeding end of a fill, held by whoever fetches the bytes: it writes the blob from its
-/// start, and may hand out [`SegmentWriter`]s for pieces further on, fetched alongside.
+/// The feeding end of a fill, held by whoever fetches the bytes: it hands out a
+/// [`SegmentWriter`] for each piece of the blob fetched on its own (one from the start, and
+/// perhaps others further on, fed alongside).
 pub struct FillWriter {
-    /// The piece from the blob's start.
-    head: SegmentWriter,
+    pieces: PieceSender,
 }
 
 impl FillWriter {
     /// The source answered; `total` is its declared length.
     pub async fn start(&self, total: Option<u64>) {
-        let _ = self.head.chunks.tx.send(Message::Start(total)).await;
+        let _ = self.pieces.tx.send(Message::Start(total)).await;
     }
 
-    /// Appends a chunk; waits when the disk is behind.
-    pub async fn write(&mut self, chunk: Bytes) -> Result<(), Error> {
-        self.head.write(chunk).await
-    }
-
-    /// A writer of the piece of the blob from `start`, fed alongside this one. Every piece
-    /// must have been written before [`Self::finish`].
+    /// A writer of the piece of the blob from `start`. Every piece must have been written and
+    /// flushed before [`Self::finish`].
     pub fn segment(&self, start: u64) -> SegmentWriter {
         SegmentWriter {
-            chunks: self.head.chunks.clone(),
+            pieces: self.pieces.clone(),
             next: start,
+            filling: None,
+            filled: 0,
         }
     }
 
     /// Verifies length and digest and commits the blob.
     pub async fn finish(self) -> Result<(), Error> {
         let (reply, verdict) = oneshot::channel();
-        if self
-            .head
-            .chunks
-            .tx
-            .send(Message::Finish(reply))
-            .await
-            .is_err()
-        {
+        if self.pieces.tx.send(Message::Finish(reply)).await.is_err() {
             return Err(writer_stopped());
         }
         verdict.await.unwrap_or(Err(Error::Abandoned))
@@ -124,22 +114,80 @@ impl FillWriter {
 
     /// The source failed; readers see `error`.
     pub async fn fail(self, error: SourceFailure) {
-        let _ = self.head.chunks.tx.send(Message::Fail(error)).await;
+        let _ = self.pieces.tx.send(Message::Fail(error)).await;
     }
 }
 
 /// Writes one piece of a fill, from where it starts, in order.
+///
+/// The source's chunks are gathered into one recycled [`CHUNK`] buffer, sent to the writer when
+/// it is full or when the feeder [`flush`](Self::flush)es: an upstream sending 16 KiB HTTP/2
+/// frames then costs one buffer per 512 KiB, not one per frame. The source's own chunks are
+/// dropped at once, so the HTTP client reads into the same memory again instead of fresh pages.
 pub struct SegmentWriter {
-    chunks: ChunkSender,
+    pieces: PieceSender,
+    /// Where the first byte of `filling` goes in the blob.
     next: u64,
+    /// The buffer being filled, and how much of it is.
+    filling: Option<Buffer>,
+    filled: usize,
 }
 
 impl SegmentWriter {
-    /// Writes the piece's next chunk; waits when the disk is behind.
-    pub async fn write(&mut self, chunk: Bytes) -> Result<(), Error> {
-        let len = chunk.len() as u64;
-        self.chunks.send(self.next, chunk).await?;
-        self.next += len;
+    /// Adds the piece's next bytes; waits when the disk is behind.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        let mut at = 0;
+        while at < chunk.len() {
+            let buf = self
+                .filling
+                .get_or_insert_with(|| self.pieces.buffers.take());
+            let len = (CHUNK - self.filled).min(chunk.len() - at);
+            buf[self.filled..self.filled + len].copy_from_slice(&chunk[at..at + len]);
+            self.filled += len;
+            at += len;
+            if self.filled == CHUNK {
+                self.send_filling().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether bytes wait in the buffer for more to join them.
+    pub fn holds_bytes(&self) -> bool {
+        self.filled > 0
+    }
+
+    /// Sends the bytes gathered so far, for when the source pauses (readers should not wait for
+    /// a buffer to fill) or ends. Fewer than half a buffer's worth are copied into a buffer of
+    /// their size, and the large one is kept for what comes next, so a trickle never holds a
+    /// large buffer per few bytes.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        let Some(filling) = &self.filling else {
+            return Ok(());
+        };
+        if self.filled >= CHUNK / 2 {
+            return self.send_filling().await;
+        }
+        if self.filled == 0 {
+            return Ok(());
+        }
+        let mut small = self.pieces.buffers.take_for(self.filled);
+        small.copy_from_slice(&filling[..self.filled]);
+        let (len, held) = (self.filled, small.held());
+        self.pieces.send(self.next, small.freeze(len), held).await?;
+        self.next += len as u64;
+        self.filled = 0;
+        Ok(())
+    }
+
+    async fn send_filling(&mut self) -> Result<(), Error> {
+        let Some(buf) = self.filling.take() else {
+            return Ok(());
+        };
+        let (len, held) = (self.filled, buf.held());
+        self.filled = 0;
+        self.pieces.send(self.next, buf.freeze(len), held).await?;
+        self.next += len as u64;
         Ok(())
     }
 }
@@ -206,13 +254,10 @@ impl WriteJob {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::task::spawn_blocking(move || self.run(rx));
         FillWriter {
-            head: SegmentWriter {
-                chunks: ChunkSender {
-                    tx,
-                    budget: Arc::new(Semaphore::new(WRITE_BUDGET)),
-                    buffers,
-                },
-                next: 0,
+            pieces: PieceSender {
+                tx,
+                budget: Arc::new(Semaphore::new(WRITE_BUDGET)),
+                buffers,
             },
         }
     }
@@ -280,14 +325,15 @@ impl WriteJob {
                     self.start(declared)?;
                     total = declared;
                 }
-                Some(Message::Chunk(offset, chunk, _budget)) => {
+                Some(Message::Piece(piece)) => {
+                    let offset = piece.offset;
                     let written = self
                         .file
-                        .write_all_at(&chunk, offset)
-                        .and_then(|()| assembly.add(offset, &chunk, &self.file));
+                        .write_all_at(&piece.bytes, offset)
+                        .and_then(|()| assembly.add(offset, &piece.bytes, &self.file));
                     match written {
                         // At the end of the prefix: the readers at the head want it next.
-                        Ok(true) => self.newest.push(offset, chunk),
+                        Ok(true) => self.newest.push(offset, piece.bytes, piece.held),
                         Ok(false) => {}
                         Err(e) => {
                             // Stop now: the readers are waiting for bytes that will not come.
