@@ -92,8 +92,8 @@ trap 'exit 130' INT TERM
 # to a public registry (Docker Hub for dockerd, say) can neither leave the machine nor succeed.
 # Go and curl never proxy loopback addresses, and NO_PROXY says so again.
 read -r UP_PORT WHARF_PORT TTL_PORT DEAD_PORT T1_PORT T2_PORT T3_PORT DISK_PORT CHURN_PORT \
-    TLS_PORT UP2_PORT REGIONAL_PORT EDGE_PORT EDGE2_PORT AUTH_PORT AUTH_OPS_PORT \
-    <<<"$(free_ports 16)"
+    TLS_PORT UP2_PORT REGIONAL_PORT EDGE_PORT EDGE2_PORT AUTH_PORT AUTH_OPS_PORT UP_TLS_PORT \
+    HTTPS_UP_WHARF_PORT <<<"$(free_ports 18)"
 TIMING_PORTS=("$T1_PORT" "$T2_PORT" "$T3_PORT")
 export HTTP_PROXY=http://127.0.0.1:$DEAD_PORT HTTPS_PROXY=http://127.0.0.1:$DEAD_PORT
 export http_proxy=$HTTP_PROXY https_proxy=$HTTPS_PROXY
@@ -354,7 +354,8 @@ main() {
     start_wharf wharf "$WHARF" "$WORK/cache"
 
     local phase phases=(test_skopeo test_dockerd test_containerd test_podman test_protocol
-        test_repull test_single_fetch test_fan_in test_hang_up test_lazy measure_timings test_tls test_tiers
+        test_repull test_single_fetch test_fan_in test_hang_up test_lazy measure_timings test_tls
+        test_https_upstream test_tiers
         test_auth test_disk_full test_read_only test_churn
         test_upstream_outage) # the outage comes last: it stops the upstream
     if [[ -n ${E2E_PHASES:-} ]]; then

@@ -63,3 +63,46 @@ EOF
     read_metrics_of "$WHARF_URL"
     tls_cleanup
 }
+
+# wharf in front of an HTTPS upstream: the suite's registry storage served by a second CNCF
+# distribution with http.tls (Go's server then speaks HTTP/2, as registries and their CDNs do),
+# its private CA handed to wharf with ca_file; skopeo pulls through it. Each blob leaves the
+# upstream once, over HTTP/2, and what the fills held in buffers is in wharf's metrics.
+test_https_upstream() {
+    local pki=$WORK/pki-upstream up=127.0.0.1:$UP_TLS_PORT listen=127.0.0.1:$HTTPS_UP_WHARF_PORT
+    local log=$LOGS/upstream-tls.out out=$WORK/skopeo-https-upstream
+    check "HTTPS upstream: make a CA and a certificate for 127.0.0.1 (openssl)" make_ca "$pki"
+    registry_config "$WORK/registry-tls.yml" "$up" "$UPSTREAM_DATA"
+    printf '  tls:\n    certificate: %s\n    key: %s\n' "$pki/tls.crt" "$pki/tls.key" \
+        >>"$WORK/registry-tls.yml"
+    start_bg upstream-tls /usr/bin/docker-registry serve "$WORK/registry-tls.yml"
+    local registry_pid=$STARTED_PID
+    if ! wait_until 30 curl -fsS --max-time 2 --cacert "$pki/ca.crt" "https://$up/v2/"; then
+        fail "HTTPS upstream: the registry with http.tls answers on $up" \
+            "$(tail -n 5 "$LOGS/upstream-tls.err")"
+        stop_pid "$registry_pid"
+        return
+    fi
+    expect_eq "HTTPS upstream: the registry speaks HTTP/2" 2 \
+        "$(curl -sS --max-time 5 --cacert "$pki/ca.crt" -o /dev/null -w '%{http_version}' "https://$up/v2/")"
+    printf '[server]\nlisten = "%s"\n\n[cache]\ndir = "%s"\n\n[[upstream]]\nname = "docker.io"\nurl = "https://%s"\nca_file = "%s"\n' \
+        "$listen" "$WORK/cache-https-upstream" "$up" "$pki/ca.crt" >"$WORK/wharf-https-upstream.toml"
+    launch_wharf wharf-https-upstream "$WORK/wharf-https-upstream.toml" "http://$listen"
+    local mark gets
+    mark=$(wc -l <"$log")
+    check "HTTPS upstream: skopeo pull library/e2e-multi through wharf" \
+        timeout "$CLIENT_TIMEOUT" "${SKOPEO[@]}" copy -q --src-tls-verify=false \
+        "docker://$listen/library/e2e-multi:$TAG" "dir:$out"
+    expect_eq "HTTPS upstream: e2e-multi digest matches upstream" \
+        "${DIGEST[library/e2e-multi]}" "$(dir_digest "$out")"
+    CURL_CA_BUNDLE=$pki/ca.crt log_barrier "HTTPS upstream" "$log" "https://$up" || true
+    gets=$(tail -n +"$((mark + 1))" "$log" | grep -E '"GET /v2/[^ ]+/blobs/sha256:' || true)
+    expect_cmp "HTTPS upstream: wharf fetched the image's blobs from it" "$(grep -c . <<<"$gets")" -ge 5
+    expect_eq "HTTPS upstream: every blob GET went over HTTP/2" 0 "$(grep -vc 'HTTP/2.0"' <<<"$gets")"
+    expect_eq "HTTPS upstream: each blob left the upstream once" 1 \
+        "$(blob_copies "$log" "$mark" "$UPSTREAM_DATA" | awk '{print $1}' | sort -u | paste -sd,)"
+    expect_cmp "HTTPS upstream: wharf reports its fill buffers (wharf_fill_buffer_bytes)" \
+        "$(curl -fsS --max-time 5 "http://$listen/metrics" | grep -c '^wharf_fill_buffer_bytes ')" -eq 1
+    stop_pid "${WHARF_PIDS[wharf-https-upstream]}"
+    stop_pid "$registry_pid"
+}
