@@ -12,9 +12,9 @@ use crate::common::{
 };
 
 /// What wharf may hold in fill and reader buffers per fill in flight: the writer's budget
-/// (2 MiB), the window of newest bytes (4 MiB), the buffer being filled, and a reader's two
-/// buffers; plus the pool's spares (8 MiB) once.
-const PER_FILL: usize = 8 * MIB;
+/// (2 MiB), the window of newest bytes (1 MiB), the buffer being filled (512 KiB), and a
+/// reader's two buffers; plus the pool's spares (8 MiB) once.
+const PER_FILL: usize = 5 * MIB;
 const SPARES: usize = 8 * MIB;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

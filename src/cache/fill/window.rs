@@ -9,8 +9,10 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-/// Bytes of buffer memory a fill's window may hold, shared by all its readers.
-const KEEP: usize = 4 * 1024 * 1024;
+/// Bytes of buffer memory a fill's window may hold, shared by all its readers: two of the
+/// writer's buffers. A reader further behind sends from the page cache instead (`sendfile`
+/// where it can), which costs a lookup, not memory held for every fill.
+const KEEP: usize = 1024 * 1024;
 
 #[derive(Default)]
 pub struct NewestBytes {
@@ -76,28 +78,32 @@ mod tests {
     #[test]
     fn forgets_the_oldest_beyond_the_window() {
         let recent = NewestBytes::default();
-        let chunk = Bytes::from(vec![0u8; 1024 * 1024]);
+        // Six chunks of a quarter of the window each: the first two fall out.
+        let len = KEEP as u64 / 4;
+        let chunk = Bytes::from(vec![0u8; len as usize]);
         for n in 0..6u64 {
-            recent.push(n << 20, chunk.clone(), 1 << 20);
+            recent.push(n * len, chunk.clone(), len as usize);
         }
         assert_eq!(
             recent.get(0, 1),
             None,
             "fell out of the window: read the file"
         );
-        assert!(recent.get(2 << 20, 3 << 20).is_some());
-        assert_eq!(recent.get(5 << 20, 6 << 20).unwrap().len(), 1 << 20);
+        assert_eq!(recent.get(len, 2 * len), None);
+        assert!(recent.get(2 * len, 3 * len).is_some());
+        assert_eq!(recent.get(5 * len, 6 * len).unwrap().len() as u64, len);
     }
 
     #[test]
     fn is_bounded_by_the_memory_its_chunks_hold() {
         let recent = NewestBytes::default();
         // Small payloads in large buffers: the buffers count.
+        let buffer = KEEP / 4;
         for n in 0..16u64 {
-            recent.push(n * 1024, Bytes::from(vec![0u8; 1024]), 512 * 1024);
+            recent.push(n * 1024, Bytes::from(vec![0u8; 1024]), buffer);
         }
         let w = recent.window.lock().unwrap();
-        assert_eq!(w.chunks.len(), 8);
+        assert_eq!(w.chunks.len(), 4);
         assert_eq!(w.held, KEEP);
     }
 }
