@@ -247,7 +247,7 @@ impl Metrics {
             side_fetches: counter_vec(
                 &registry,
                 "wharf_side_fetches_total",
-                "Ranges far ahead of a fill: fetched upstream on their own (fetched), served from the fill after the upstream failed them (fell_back), or left to the fill because the blob had its most in flight (bounded)",
+                "Ranges far ahead of a fill: fetched upstream on their own (fetched), served from the fill after the upstream failed them (fell_back), or left to the fill because the blob had its most in flight (bounded) or the upstream no place free under max_fetches (no_place)",
                 &["result"],
             ),
             side_fetch_bytes: counter(

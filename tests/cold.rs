@@ -11,7 +11,7 @@ use crate::common::{
 };
 
 /// The ranged blob GETs the upstream saw, in order.
-fn ranged_gets(upstream: &FakeRegistry) -> Vec<String> {
+pub fn ranged_gets(upstream: &FakeRegistry) -> Vec<String> {
     upstream
         .seen()
         .into_iter()
@@ -20,7 +20,7 @@ fn ranged_gets(upstream: &FakeRegistry) -> Vec<String> {
         .collect()
 }
 
-async fn get_range(wharf: &Wharf, digest: &str, range: &str) -> reqwest::Response {
+pub async fn get_range(wharf: &Wharf, digest: &str, range: &str) -> reqwest::Response {
     wharf
         .client
         .get(wharf.url(&format!("/v2/library/x/blobs/{digest}")))
@@ -184,34 +184,59 @@ async fn an_upstream_that_ignores_ranges_leaves_the_range_to_the_fill() {
     assert!(wharf.settled(&digest).await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_large_blob_is_fetched_in_segments_and_verified_in_order() {
-    let upstream = FakeRegistry::start().await;
-    let blob = random_bytes(8 * MIB, 25);
-    let digest = upstream.add_blob(blob.clone());
-    // The first GET stops at 1 MiB until the test lets it go on, while the other segments
-    // arrive: readers wait for the contiguous prefix.
-    let hold = Hold::after(MIB);
-    upstream.faults().hold = Some(hold.clone());
-    let wharf = Wharf::start(&upstream, |c| {
+/// The segments a fill adds while its first GET is held at 1 MiB of an 8 MiB blob: a quarter
+/// second in, the first GET looks slow, and the rest (7 MiB) is split at 5 MiB; the next look,
+/// what the first GET has left (4 MiB) is split at 3 MiB; then 2 MiB is too little to split.
+pub const ADDED_SEGMENTS: [&str; 2] = ["bytes=3145728-5242879", "bytes=5242880-8388607"];
+
+/// A wharf that fetches blobs of 1 MiB or more in up to 4 segments.
+pub async fn segmenting(upstream: &FakeRegistry, max_fetches: usize) -> Wharf {
+    Wharf::start(upstream, |c| {
         c.cache.side_fetches_per_blob = 0;
         each_upstream(c, |u| {
             u.segments = 4;
             u.segment_threshold = wharf::config::Size(MIB as u64);
+            u.max_fetches = max_fetches;
         })
     })
-    .await;
+    .await
+}
+
+/// The ranged GETs the upstream saw, once there are `n` of them, sorted.
+pub async fn added_segments(upstream: &FakeRegistry, n: usize) -> Vec<String> {
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ranged_gets(upstream).len() >= n
+        })
+        .await,
+        "{n} segments were added to the slow fill: {:?}",
+        ranged_gets(upstream)
+    );
+    let mut ranges = ranged_gets(upstream);
+    ranges.sort();
+    ranges
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_fill_of_a_large_blob_adds_segments_and_is_verified_in_order() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(8 * MIB, 25);
+    let digest = upstream.add_blob(blob.clone());
+    // The first GET stops at 1 MiB until the test lets it go on: slow, as a GET through a
+    // CDN that limits each connection is. Readers wait for the contiguous prefix.
+    let hold = Hold::after(MIB);
+    upstream.faults().hold = Some(hold.clone());
+    let wharf = segmenting(&upstream, 0).await;
     let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
     let whole = tokio::spawn({
         let (client, url) = (wharf.client.clone(), url.clone());
         async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
     });
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            upstream.blob_streams().now() == 1 && ranged_gets(&upstream).len() == 3
-        })
-        .await,
-        "the three later segments came while the first is held"
+    assert_eq!(added_segments(&upstream, 2).await, ADDED_SEGMENTS);
+    assert_eq!(
+        upstream.blob_streams().now(),
+        1,
+        "only the first GET is held"
     );
     let middle = tokio::spawn({
         let (client, url) = (wharf.client.clone(), url.clone());
@@ -228,17 +253,8 @@ async fn a_large_blob_is_fetched_in_segments_and_verified_in_order() {
     hold.open();
     assert_eq!(sha256(&whole.await.unwrap()), digest);
     assert_eq!(middle.await.unwrap(), blob.slice(5_000_000..5_100_000));
-    let mut ranges = ranged_gets(&upstream);
-    ranges.sort();
-    assert_eq!(
-        ranges,
-        [
-            "bytes=2097152-4194303",
-            "bytes=4194304-6291455",
-            "bytes=6291456-8388607"
-        ]
-    );
-    assert_eq!(upstream.count("GET", "/blobs/"), 4);
+    assert_eq!(ranged_gets(&upstream).len(), 2, "no more segments");
+    assert_eq!(upstream.count("GET", "/blobs/"), 3);
     let upstream_bytes = wharf.metric("wharf_upstream_bytes_total", &[]).await;
     assert!(
         upstream_bytes <= (blob.len() + MIB) as f64,
@@ -251,17 +267,19 @@ async fn a_large_blob_is_fetched_in_segments_and_verified_in_order() {
 async fn a_bad_byte_in_a_later_segment_fails_the_whole_fill() {
     let upstream = FakeRegistry::start().await;
     let digest = upstream.add_blob(random_bytes(8 * MIB, 26));
-    // The byte in the middle is the first of the third segment.
+    // The byte in the middle (4 MiB) is in the segment from 3 MiB.
     upstream.faults().flip_byte = true;
-    let wharf = Wharf::start(&upstream, |c| {
-        each_upstream(c, |u| {
-            u.segments = 4;
-            u.segment_threshold = wharf::config::Size(MIB as u64);
-        })
-    })
-    .await;
-    let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
-    assert!(r.bytes().await.is_err(), "the response is cut");
+    let hold = Hold::after(MIB);
+    upstream.faults().hold = Some(hold.clone());
+    let wharf = segmenting(&upstream, 0).await;
+    let r = tokio::spawn({
+        let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
+        let client = wharf.client.clone();
+        async move { client.get(url).send().await.unwrap().bytes().await }
+    });
+    assert_eq!(added_segments(&upstream, 2).await, ADDED_SEGMENTS);
+    hold.open();
+    assert!(r.await.unwrap().is_err(), "the response is cut");
     assert!(
         wharf
             .metric_reaches("wharf_digest_mismatches_total", &[], 1.0)
@@ -269,7 +287,7 @@ async fn a_bad_byte_in_a_later_segment_fails_the_whole_fill() {
     );
     assert!(wharf.fills_done().await);
     assert!(!wharf.has_blob(&digest));
-    assert_eq!(upstream.count("GET", "/blobs/"), 4);
+    assert_eq!(upstream.count("GET", "/blobs/"), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

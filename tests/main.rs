@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod manifests;
 mod memory;
+mod places;
 mod process;
 mod properties;
 mod security;

@@ -1,10 +1,7 @@
 //! Blobs: from the cache, from a fill already running, from a new fill fed from the upstream,
 //! or (when the cache takes no writes) straight from the upstream.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
-use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -13,13 +10,11 @@ use super::passthrough::Passthrough;
 use super::side::{SideBody, SideSource};
 use super::state::Mirror;
 use crate::body::Chunk;
-use crate::cache::{
-    BlobHeld, BlobLookup, BlobReader, CachedBlob, Fill, FillWriter, SegmentWriter, SourceFailure,
-};
+use crate::cache::{BlobHeld, BlobLookup, BlobReader, CachedBlob, Fill, FillWriter, SourceFailure};
 use crate::error::{ClientError, Error};
 use crate::metrics::{BypassReason, CacheResult, ContentKind};
 use crate::oci::{Digest, RepoName};
-use crate::upstream::{BlobStream, Span, Upstream, UpstreamError};
+use crate::upstream::{Span, Upstream, UpstreamError};
 
 /// A blob ready to be read: committed, a fill that has its upstream answer, or an upstream
 /// response to pass through.
@@ -97,77 +92,9 @@ impl BlobBody {
 
 /// Why feeding a fill stopped: the source failed (the fill must be told), or the cache did (it
 /// knows).
-enum Fed {
+pub(super) enum Fed {
     Source(UpstreamError),
     Cache(crate::cache::Error),
-}
-
-/// Bytes gathered for the fill wait at most this long for more: as long as the source keeps
-/// sending they go to the fill a buffer at a time; once it pauses, its readers get what came.
-const FLUSH_AFTER: Duration = Duration::from_millis(1);
-
-/// Copies a stream into its piece of the fill.
-async fn copy(stream: &mut BlobStream, piece: &mut SegmentWriter) -> Result<(), Fed> {
-    loop {
-        let next = stream.next_chunk();
-        tokio::pin!(next);
-        // A chunk ready now costs no timer; a pause longer than FLUSH_AFTER flushes.
-        let chunk = match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
-            Poll::Ready(chunk) => chunk,
-            Poll::Pending if piece.holds_bytes() => {
-                tokio::select! {
-                    biased;
-                    chunk = &mut next => chunk,
-                    () = tokio::time::sleep(FLUSH_AFTER) => {
-                        piece.flush().await.map_err(Fed::Cache)?;
-                        next.await
-                    }
-                }
-            }
-            Poll::Pending => next.await,
-        };
-        match chunk.map_err(Fed::Source)? {
-            Some(chunk) => piece.write(&chunk).await.map_err(Fed::Cache)?,
-            None => return piece.flush().await.map_err(Fed::Cache),
-        }
-    }
-}
-
-/// Opens a ranged GET for every segment after the first, `(span, stream)` in order; or none,
-/// when the upstream cannot serve them (an error, or ranges ignored): the first GET then
-/// carries the whole blob as usual.
-async fn open_segments(
-    upstream: &Arc<Upstream>,
-    repo: &RepoName,
-    digest: &Digest,
-    spans: &[(u64, u64)],
-) -> Vec<((u64, u64), BlobStream)> {
-    let opens = spans[1..].iter().map(|&(start, end)| {
-        let span = Span {
-            start,
-            end: Some(end),
-        };
-        async move { upstream.blob(repo, digest, span).await }
-    });
-    let mut streams = Vec::new();
-    for (result, &span) in futures_util::future::join_all(opens)
-        .await
-        .into_iter()
-        .zip(&spans[1..])
-    {
-        match result {
-            Ok(stream) if !stream.starts_before_span() => streams.push((span, stream)),
-            Ok(_) => {
-                tracing::debug!(upstream = upstream.name(), %digest, "the upstream ignores ranges; one GET");
-                return Vec::new();
-            }
-            Err(e) => {
-                tracing::debug!(upstream = upstream.name(), %digest, error = %e, "a segment could not be opened; one GET");
-                return Vec::new();
-            }
-        }
-    }
-    streams
 }
 
 fn not_found_is_blob_unknown(e: Error) -> Error {
@@ -296,8 +223,8 @@ impl Mirror {
     }
 
     /// Feeds the fill from the upstream's body until the end, or the first failure the stream
-    /// could not resume from (which the fill's readers see too). A large blob is fetched in
-    /// segments at once, when the upstream serves ranges.
+    /// could not resume from (which the fill's readers see too). A large blob from a slow
+    /// upstream is fetched in segments at once, when the upstream serves ranges.
     async fn feed_fill(
         &self,
         upstream: &Arc<Upstream>,
@@ -305,7 +232,7 @@ impl Mirror {
         digest: &Digest,
         writer: FillWriter,
     ) -> Result<(), Error> {
-        let mut stream = match upstream.blob(repo, digest, Span::WHOLE).await {
+        let stream = match upstream.blob(repo, digest, Span::WHOLE).await {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::info!(upstream = upstream.name(), %repo, %digest, error = %e, "blob fetch failed");
@@ -315,30 +242,7 @@ impl Mirror {
         };
         self.access.record(upstream, repo, digest);
         writer.start(stream.total()).await;
-        let segments = match stream.total().and_then(|total| upstream.segments_of(total)) {
-            Some(spans) => open_segments(upstream, repo, digest, &spans).await,
-            None => Vec::new(),
-        };
-        let fed = if segments.is_empty() {
-            copy(&mut stream, &mut writer.segment(0)).await
-        } else {
-            // The first GET carries the first segment, up to where the second starts; the
-            // others come alongside.
-            let ((second_start, _), _) = segments[0];
-            stream.stop_at(second_start);
-            let rest: Vec<_> = segments
-                .into_iter()
-                .map(|((start, _), mut segment)| {
-                    let mut piece = writer.segment(start);
-                    async move { copy(&mut segment, &mut piece).await }
-                })
-                .collect();
-            let mut head = writer.segment(0);
-            let first = copy(&mut stream, &mut head);
-            futures_util::future::try_join(first, futures_util::future::try_join_all(rest))
-                .await
-                .map(drop)
-        };
+        let fed = super::feed::feed(upstream, repo, digest, stream, &writer).await;
         match fed {
             Ok(()) => Ok(writer.finish().await?),
             Err(Fed::Source(e)) => {

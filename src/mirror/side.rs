@@ -8,13 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::task::JoinHandle;
 
 use crate::cache::{BlobReader, Error as CacheError, Fill};
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
-use crate::upstream::{BlobStream, Span, Upstream, UpstreamError};
+use crate::upstream::{BlobStream, Span, Upstream};
 
 /// Side fetches ask for whole blocks of this size (clipped to the blob), which CDNs and the
 /// upstream's own caches serve best, and which keeps a lazy puller's neighbouring reads on the
@@ -55,11 +54,11 @@ impl SideFetches {
     /// A place for one more side fetch of `digest`, if it has fewer than `bound` already.
     fn place(&self, digest: &Digest, bound: usize) -> Option<Place> {
         let mut per_blob = self.per_blob.lock().expect("lock poisoned");
-        let count = per_blob.entry(digest.clone()).or_default();
-        if *count >= bound {
+        // Looked at before an entry is made, so a refusal leaves none behind.
+        if per_blob.get(digest).is_some_and(|&count| count >= bound) || bound == 0 {
             return None;
         }
-        *count += 1;
+        *per_blob.entry(digest.clone()).or_default() += 1;
         Some(Place {
             per_blob: self.per_blob.clone(),
             digest: digest.clone(),
@@ -119,20 +118,8 @@ impl SideSource {
             start: start - start % BLOCK,
             end: Some(end.div_ceil(BLOCK).saturating_mul(BLOCK).min(total)),
         };
-        // Asked for now, not when the body is first read: the side-fetched parts of a
-        // multi-range answer then come in at once, each while those before it are sent, and
-        // each no further than its connection's receive window until it is read. Dropping the
-        // body (the client went away) cancels the request.
-        let opening = tokio::spawn({
-            let (upstream, repo, digest) = (
-                self.upstream.clone(),
-                self.repo.clone(),
-                self.digest.clone(),
-            );
-            async move { upstream.blob(&repo, &digest, span).await }
-        });
         Some(SideBody {
-            state: State::Opening(span.start, opening),
+            state: State::Unasked(span),
             upstream: self.upstream.clone(),
             repo: self.repo.clone(),
             digest: self.digest.clone(),
@@ -146,20 +133,14 @@ impl SideSource {
 }
 
 enum State {
-    /// Asked for, from this offset: the upstream's answer is on its way.
-    Opening(u64, JoinHandle<Result<BlobStream, UpstreamError>>),
+    /// Not asked for yet: the upstream is asked when the body is first read, so that a place
+    /// under `max_fetches` is taken only when the bytes are about to be sent (not while the
+    /// parts before it in a multi-range answer are).
+    Unasked(Span),
     /// The upstream's answer, and where its next byte lies.
     Streaming(BlobStream, u64),
     /// The upstream could not give the range: the rest comes from the fill.
     Fill(BlobReader),
-}
-
-impl Drop for SideBody {
-    fn drop(&mut self) {
-        if let State::Opening(_, opening) = &self.state {
-            opening.abort();
-        }
-    }
 }
 
 /// The bytes of one range, fetched on its own; where the upstream fails, the rest of the range
@@ -185,18 +166,27 @@ impl SideBody {
                 return Ok(None);
             }
             match &mut self.state {
-                State::Opening(from, opening) => {
-                    let from = *from;
-                    match opening.await {
+                State::Unasked(span) => {
+                    let span = *span;
+                    // Never waits for a place: a request that held one while it waited could
+                    // hold up the fill it would otherwise be served from.
+                    match self
+                        .upstream
+                        .blob_if_free(&self.repo, &self.digest, span)
+                        .await
+                    {
                         // An upstream that ignores ranges would send the whole blob up to
                         // the range: the fill gets there no later.
-                        Ok(Ok(stream)) if !stream.starts_before_span() => {
+                        Some(Ok(stream)) if !stream.starts_before_span() => {
                             self.metrics.side_fetch("fetched");
-                            self.state = State::Streaming(stream, from);
+                            self.state = State::Streaming(stream, span.start);
                         }
-                        Ok(Ok(_)) => self.fall_back("the upstream ignores ranges"),
-                        Ok(Err(e)) => self.fall_back(&e.to_string()),
-                        Err(e) => self.fall_back(&e.to_string()),
+                        Some(Ok(_)) => self.fall_back("the upstream ignores ranges"),
+                        Some(Err(e)) => self.fall_back(&e.to_string()),
+                        None => {
+                            self.metrics.side_fetch("no_place");
+                            self.state = State::Fill(self.fill.reader(self.next, Some(self.end)));
+                        }
                     }
                 }
                 State::Streaming(stream, at) => match stream.next_chunk().await {

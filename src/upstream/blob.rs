@@ -46,13 +46,6 @@ impl Span {
     }
 }
 
-/// One response's body and its place under the upstream's `max_fetches`, held together so the
-/// place is given back when the body is dropped.
-struct Body {
-    response: reqwest::Response,
-    _slot: Option<OwnedSemaphorePermit>,
-}
-
 /// A blob body being received from the upstream: the bytes of its span, in order, however many
 /// requests that takes.
 pub struct BlobStream {
@@ -60,7 +53,11 @@ pub struct BlobStream {
     repo: RepoName,
     digest: Digest,
     span: Span,
-    body: Option<Body>,
+    body: Option<reqwest::Response>,
+    /// The stream's place under the upstream's `max_fetches`, from its first request until its
+    /// last byte: a resume asks again in the place it already holds, so it never queues behind
+    /// requests that came later (nor waits for a place while holding one).
+    slot: Slot,
     /// The blob's whole length, when the upstream declared it.
     total: Option<u64>,
     /// Where the next byte handed out lies in the blob.
@@ -73,13 +70,45 @@ pub struct BlobStream {
     resumed_at: u64,
 }
 
+/// Where a stream stands under `max_fetches`.
+enum Slot {
+    /// No place yet: the first request waits for one.
+    Wanted,
+    /// A place (`None`: the upstream has no bound, or the stream is done).
+    Held {
+        _place: Option<OwnedSemaphorePermit>,
+    },
+}
+
 impl BlobStream {
-    /// Sends the first request for `span`.
+    /// Sends the first request for `span`, once a place under `max_fetches` is free.
     pub(super) async fn open(
         upstream: Arc<Client>,
         repo: &RepoName,
         digest: &Digest,
         span: Span,
+    ) -> Result<BlobStream, UpstreamError> {
+        Self::open_in(upstream, repo, digest, span, Slot::Wanted).await
+    }
+
+    /// Sends the first request for `span` if a place under `max_fetches` is free now; `None`
+    /// if none is.
+    pub(super) async fn open_if_free(
+        upstream: Arc<Client>,
+        repo: &RepoName,
+        digest: &Digest,
+        span: Span,
+    ) -> Option<Result<BlobStream, UpstreamError>> {
+        let slot = upstream.free_slot()?;
+        Some(Self::open_in(upstream, repo, digest, span, Slot::Held { _place: slot }).await)
+    }
+
+    async fn open_in(
+        upstream: Arc<Client>,
+        repo: &RepoName,
+        digest: &Digest,
+        span: Span,
+        slot: Slot,
     ) -> Result<BlobStream, UpstreamError> {
         let mut stream = BlobStream {
             upstream,
@@ -87,6 +116,7 @@ impl BlobStream {
             digest: digest.clone(),
             span,
             body: None,
+            slot,
             total: None,
             next: span.start,
             skip: 0,
@@ -134,13 +164,13 @@ impl BlobStream {
             if self.end().is_some_and(|end| self.next >= end) {
                 // Done; the connection goes back to the pool only once its body is read to
                 // the end, which a range cut out of a whole-blob answer never is.
-                self.body = None;
+                self.finished();
                 return Ok(None);
             }
             let Some(body) = self.body.as_mut() else {
                 return Ok(None);
             };
-            let broke = match body.response.chunk().await {
+            let broke = match body.chunk().await {
                 Ok(Some(chunk)) => {
                     self.upstream.received(chunk.len()).await;
                     match self.take(chunk) {
@@ -150,7 +180,7 @@ impl BlobStream {
                 }
                 // Ended where it should have ended (or with no length to check against).
                 Ok(None) if self.end().is_none() => {
-                    self.body = None;
+                    self.finished();
                     return Ok(None);
                 }
                 Ok(None) => UpstreamError::Unreachable {
@@ -165,6 +195,12 @@ impl BlobStream {
             };
             self.resume(broke).await?;
         }
+    }
+
+    /// Lets go of the body and the place: nothing more is asked for.
+    fn finished(&mut self) {
+        self.body = None;
+        self.slot = Slot::Held { _place: None };
     }
 
     /// Cuts a chunk of the current body to what the span still wants: `None` when all of it
@@ -199,6 +235,7 @@ impl BlobStream {
             let upstream = self.upstream.clone();
             if !error.is_transient() || self.attempts >= upstream.resume_attempts {
                 upstream.count_resume("gave_up");
+                self.finished();
                 tracing::warn!(upstream = %upstream.name, repo = %self.repo, digest = %self.digest, at = self.next, %error, "upstream body broke; not resuming");
                 return Err(error);
             }
@@ -225,7 +262,11 @@ impl BlobStream {
         let upstream = self.upstream.clone();
         let url = upstream.url(&self.repo, &format!("blobs/{}", self.digest), &[]);
         let range = self.span.range_header(self.next);
-        let slot = upstream.fetch_slot().await;
+        if let Slot::Wanted = self.slot {
+            self.slot = Slot::Held {
+                _place: upstream.fetch_slot().await,
+            };
+        }
         let response = upstream
             .send(
                 Kind::Blob,
@@ -268,10 +309,7 @@ impl BlobStream {
             _ => {}
         }
         self.skip = self.next - starts_at;
-        self.body = Some(Body {
-            response,
-            _slot: slot,
-        });
+        self.body = Some(response);
         Ok(())
     }
 }

@@ -169,6 +169,15 @@ impl Client {
         Some(slots.acquire_owned().await.expect("never closed"))
     }
 
+    /// A place under `max_fetches` if one is free now (`Some(None)`: there is no bound), never
+    /// waited for: for a request made by someone who already holds a place.
+    pub(super) fn free_slot(&self) -> Option<Option<OwnedSemaphorePermit>> {
+        match self.fetch_slots.clone() {
+            None => Some(None),
+            Some(slots) => slots.try_acquire_owned().ok().map(Some),
+        }
+    }
+
     /// `<base>/v2/<repo>/<path>?<query>`, plus `ns=` for an upstream that mirrors several
     /// registries.
     pub(super) fn url(&self, repo: &RepoName, path: &str, query: &[(&str, &str)]) -> Url {

@@ -154,21 +154,26 @@ impl Upstream {
         BlobStream::open(self.client.clone(), repo, digest, span).await
     }
 
-    /// How a blob of `total` bytes is split into segments fetched at once (`start..end`, in
-    /// order, covering it), or `None` to fetch it with one GET.
-    pub fn segments_of(&self, total: u64) -> Option<Vec<(u64, u64)>> {
-        if self.segments < 2 || total < self.segment_threshold {
-            return None;
+    /// [`Self::blob`] if a place under `max_fetches` is free now, never waiting for one:
+    /// `None` if none is. For whoever already holds a place (a fill adding a segment) or must
+    /// not hold one while waiting (a side fetch, which the fill can serve instead).
+    pub async fn blob_if_free(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        span: Span,
+    ) -> Option<Result<BlobStream, UpstreamError>> {
+        BlobStream::open_if_free(self.client.clone(), repo, digest, span).await
+    }
+
+    /// The most GETs a blob of `total` bytes may be fetched with at once: `segments` from
+    /// `segment_threshold` on, else one.
+    pub fn segments_for(&self, total: u64) -> usize {
+        if total < self.segment_threshold {
+            1
+        } else {
+            self.segments.max(1)
         }
-        // Whole MiBs, so that segment boundaries fall on the blocks CDNs cache.
-        const ALIGN: u64 = 1024 * 1024;
-        let length = total.div_ceil(self.segments as u64).div_ceil(ALIGN) * ALIGN;
-        Some(
-            (0..total)
-                .step_by(length as usize)
-                .map(|start| (start, (start + length).min(total)))
-                .collect(),
-        )
     }
 
     /// `HEAD` a blob: its length, if the upstream has it.
