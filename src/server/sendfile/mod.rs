@@ -64,7 +64,9 @@ struct Pending {
     sent: usize,
     /// Where its placeholder starts in the region.
     start: usize,
-    /// Set once `sendfile` refused the file: the rest goes by read and send.
+    /// Set once `sendfile` refused the file: the rest goes by read and send...
+    copy_only: bool,
+    /// ...a piece at a time: the piece being read or sent.
     copying: Option<Copying>,
 }
 
@@ -86,6 +88,9 @@ pub struct FileRangeCounters {
 struct Queue {
     pending: VecDeque<Pending>,
     made: usize,
+    /// Every range is copied, as if `sendfile` refused each file: the fallback, tested on
+    /// any file.
+    copy_only: bool,
 }
 
 /// The file ranges a connection's placeholders stand for, in the order hyper will write them.
@@ -95,6 +100,14 @@ pub struct FileRanges {
 }
 
 impl FileRanges {
+    /// Ranges that are copied, never spliced (the fallback's path, for its tests).
+    #[cfg(test)]
+    fn copy_only() -> FileRanges {
+        let ranges = FileRanges::default();
+        ranges.queue.lock().unwrap().copy_only = true;
+        ranges
+    }
+
     /// A body chunk that stands for a file range (of at most [`MAX_RANGE`] bytes). The one
     /// place a [`FileRange`] is opened up.
     pub fn placeholder(&self, range: FileRange) -> Bytes {
@@ -106,12 +119,14 @@ impl FileRanges {
         let mut queue = self.queue.lock().expect("lock poisoned");
         let start = queue.made % (MAX_RANGE / STAGGER) * STAGGER;
         queue.made += 1;
+        let copy_only = queue.copy_only;
         queue.pending.push_back(Pending {
             file,
             offset,
             len,
             sent: 0,
             start,
+            copy_only,
             copying: None,
         });
         Bytes::from_static(&PLACEHOLDER[start..start + len])
@@ -154,6 +169,10 @@ impl SendfileSocket {
         }
         loop {
             let sent = match &mut range.copying {
+                None if range.copy_only => {
+                    range.copying = Some(read_on_the_side(range));
+                    continue;
+                }
                 None => {
                     ready!(self.stream.poll_write_ready(cx))?;
                     let offset = range.offset + range.sent as u64;
@@ -164,7 +183,7 @@ impl SendfileSocket {
                     });
                     match sent {
                         Err(e) if cannot_splice(&e) => {
-                            range.copying = Some(read_on_the_side(range, offset));
+                            range.copy_only = true;
                             continue;
                         }
                         Ok(n) => {
@@ -199,9 +218,8 @@ impl SendfileSocket {
                     };
                     *sent += n;
                     if *sent == bytes.len() {
-                        let offset = range.offset + (range.sent + n) as u64;
-                        range.copying =
-                            (range.sent + n < range.len).then(|| read_on_the_side(range, offset));
+                        // The next piece is read once `range.sent` counts this one (below).
+                        range.copying = None;
                     }
                     self.counters.copied.inc_by(n as u64);
                     n
@@ -213,15 +231,18 @@ impl SendfileSocket {
             range.sent += sent;
             if range.sent == range.len {
                 queue.pending.pop_front();
+            } else if range.copy_only && range.copying.is_none() {
+                range.copying = Some(read_on_the_side(range));
             }
             return Poll::Ready(Ok(sent));
         }
     }
 }
 
-/// Starts reading the next piece of `range` from `offset` on the blocking pool.
-fn read_on_the_side(range: &Pending, offset: u64) -> Copying {
+/// Starts reading the next piece of `range` (from what it has sent) on the blocking pool.
+fn read_on_the_side(range: &Pending) -> Copying {
     use std::os::unix::fs::FileExt;
+    let offset = range.offset + range.sent as u64;
     let (file, len) = (range.file.clone(), (range.len - range.sent).min(COPY_CHUNK));
     Copying::Reading(tokio::task::spawn_blocking(move || {
         let mut buf = vec![0; len];
@@ -334,142 +355,4 @@ impl AsyncWrite for SendfileSocket {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    async fn pair() -> (SendfileSocket, FileRanges, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap());
-        let (client, accepted) = tokio::join!(client, listener.accept());
-        let (socket, ranges) = SendfileSocket::new(accepted.unwrap().0, counters());
-        (socket, ranges, client.unwrap())
-    }
-
-    fn counters() -> FileRangeCounters {
-        FileRangeCounters {
-            sendfile: IntCounter::new("sendfile", "sendfile").unwrap(),
-            copied: IntCounter::new("copied", "copied").unwrap(),
-        }
-    }
-
-    fn file_of(bytes: &[u8]) -> Arc<File> {
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(bytes).unwrap();
-        Arc::new(file)
-    }
-
-    #[tokio::test]
-    async fn placeholders_become_their_file_ranges_between_ordinary_bytes() {
-        let (mut socket, ranges, mut client) = pair().await;
-        let content: Vec<u8> = (0..3 * MAX_RANGE as u32).map(|i| (i % 251) as u8).collect();
-        let file = file_of(&content);
-        let a = ranges.placeholder(FileRange::new(file.clone(), 10, MAX_RANGE));
-        let b = ranges.placeholder(FileRange::new(file.clone(), 2 * MAX_RANGE as u64, 1000));
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            client.read_to_end(&mut got).await.unwrap();
-            got
-        });
-        // Written as hyper does: vectored, advancing past what each call took.
-        let slices: Vec<&[u8]> = vec![b"head", &a, b"mid", &b, b"tail"];
-        let mut queue: VecDeque<&[u8]> = slices.into_iter().collect();
-        while let Some(front) = queue.pop_front() {
-            let mut io: Vec<IoSlice> = vec![IoSlice::new(front)];
-            io.extend(queue.iter().map(|s| IoSlice::new(s)));
-            let n = std::future::poll_fn(|cx| Pin::new(&mut socket).poll_write_vectored(cx, &io))
-                .await
-                .unwrap();
-            if n < front.len() {
-                queue.push_front(&front[n..]);
-                continue;
-            }
-            let mut rest = n - front.len();
-            while rest > 0 {
-                let next = queue.pop_front().unwrap();
-                let took = rest.min(next.len());
-                rest -= took;
-                if took < next.len() {
-                    queue.push_front(&next[took..]);
-                }
-            }
-        }
-        socket.shutdown().await.unwrap();
-        assert_eq!(
-            socket.counters.sendfile.get(),
-            (MAX_RANGE + 1000) as u64,
-            "both ranges went by sendfile"
-        );
-        drop(socket);
-        let got = reader.await.unwrap();
-        let mut want = b"head".to_vec();
-        want.extend_from_slice(&content[10..10 + MAX_RANGE]);
-        want.extend_from_slice(b"mid");
-        want.extend_from_slice(&content[2 * MAX_RANGE..2 * MAX_RANGE + 1000]);
-        want.extend_from_slice(b"tail");
-        assert_eq!(got.len(), want.len());
-        assert!(got == want);
-    }
-
-    #[tokio::test]
-    async fn a_placeholder_out_of_step_cuts_the_connection() {
-        let (mut socket, ranges, _client) = pair().await;
-        let file = file_of(b"0123456789");
-        let placeholder = ranges.placeholder(FileRange::new(file.clone(), 0, 10));
-        // Half of it, as if hyper had skipped bytes: refused.
-        let r = socket.write(&placeholder[5..]).await;
-        assert!(r.is_err());
-        // A placeholder with nothing queued: refused.
-        let (mut socket, _ranges, _client) = pair().await;
-        assert!(socket.write(&placeholder).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn a_skipped_placeholder_cannot_pass_for_the_next_one() {
-        let (mut socket, ranges, _client) = pair().await;
-        let file = file_of(&[7u8; 100]);
-        let first = ranges.placeholder(FileRange::new(file.clone(), 0, 100));
-        let second = ranges.placeholder(FileRange::new(file, 0, 100));
-        assert_ne!(first.as_ptr(), second.as_ptr());
-        // As if hyper had dropped the first without writing it.
-        assert!(socket.write(&second).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn a_file_that_cannot_be_spliced_is_copied() {
-        // Files of /proc often refuse splice (EINVAL): the bytes must come through all the same.
-        let path = "/proc/self/mountinfo";
-        let content = std::fs::read(path).unwrap();
-        let len = content.len().min(4096);
-        let (mut socket, ranges, mut client) = pair().await;
-        let placeholder =
-            ranges.placeholder(FileRange::new(Arc::new(File::open(path).unwrap()), 0, len));
-        let mut sent = 0;
-        while sent < len {
-            sent += socket.write(&placeholder[sent..]).await.unwrap();
-        }
-        socket.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        // The file is read twice and may change in between; its start is stable.
-        assert_eq!(got[..64], content[..64]);
-        assert_eq!(got.len(), len);
-    }
-
-    #[tokio::test]
-    async fn a_file_shorter_than_its_range_cuts_the_connection() {
-        let (mut socket, ranges, _client) = pair().await;
-        let placeholder = ranges.placeholder(FileRange::new(file_of(b"short"), 0, 100));
-        let mut sent = 0;
-        let err = loop {
-            match socket.write(&placeholder[sent..]).await {
-                Ok(n) => sent += n,
-                Err(e) => break e,
-            }
-        };
-        assert_eq!(sent, 5);
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-    }
-}
+mod tests;
