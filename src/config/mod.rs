@@ -1,0 +1,14 @@
+//! The configuration tree read from `mirror.toml`: every key has a built-in default, unknown keys
+//! are errors (a typo must not silently fall back to a default), and `validate` checks what serde
+//! cannot. Knows nothing of the rest of wharf.
+
+mod size;
+mod tree;
+mod validate;
+
+pub use size::Size;
+pub use tree::*;
+pub use validate::ConfigError;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+//! What `mirror.toml` may say, and what `validate` refuses.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn shipped_mirror_toml_parses_to_the_defaults() {
+    let text = include_str!("../../mirror.toml");
+    assert_eq!(Config::parse(text).unwrap(), Config::default());
+}
+
+#[test]
+fn empty_file_means_defaults() {
+    assert_eq!(Config::parse("").unwrap(), Config::default());
+}
+
+#[test]
+fn human_sizes_and_durations() {
+    let c = Config::parse(
+        "[cache]\nmax_size = \"1.5 GiB\"\ntag_ttl = \"90s\"\n[server]\nshutdown_grace = \"2m\"",
+    )
+    .unwrap();
+    assert_eq!(c.cache.max_size.bytes(), 1024 * 1024 * 1024 * 3 / 2);
+    assert_eq!(c.cache.tag_ttl, Duration::from_secs(90));
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(120));
+    let c = Config::parse("[cache]\nmax_size = 1000").unwrap();
+    assert_eq!(c.cache.max_size.bytes(), 1000);
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let err = Config::parse("[cache]\ndir = \"x\"\nmax_sise = \"1GiB\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_sise"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+}
+
+#[test]
+fn bad_values_are_refused() {
+    assert!(Config::parse("[cache]\nmax_size = \"lots\"").is_err());
+    assert!(Config::parse("[cache]\ntag_ttl = \"soon\"").is_err());
+    for parts in [0, MAX_RANGE_PARTS_LIMIT + 1] {
+        let err = Config::parse(&format!("[cache]\nmax_range_parts = {parts}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache.max_range_parts"), "{err}");
+    }
+    let c = Config::parse("[cache]\nmax_range_parts = 1").unwrap();
+    assert_eq!(c.cache.max_range_parts, 1);
+    assert!(Config::parse("[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"").is_err());
+    assert!(Config::parse("[[upstream]]\nname = \"a/b\"\nurl = \"http://x\"").is_err());
+    let twice = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n\
+                 [[upstream]]\nname = \"a\"\nurl = \"http://y\"";
+    assert!(Config::parse(twice).is_err());
+    let half_credentials = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nusername = \"u\"";
+    assert!(Config::parse(half_credentials).is_err());
+}
+
+#[test]
+fn upstream_list_replaces_the_default() {
+    let c = Config::parse(
+        "[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\n\
+         [[upstream]]\nname = \"127.0.0.1:5001\"\nurl = \"http://127.0.0.1:5001\"",
+    )
+    .unwrap();
+    let names: Vec<_> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["ghcr.io", "127.0.0.1:5001"]);
+    assert_eq!(c.upstreams[0].connect_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn tls_and_upstream_trust_settings() {
+    let c = Config::parse(
+        "[server.tls]\ncert = \"/etc/wharf/tls.crt\"\nkey = \"/etc/wharf/tls.key\"\n\
+         [[upstream]]\nname = \"docker.io\"\nurl = \"https://regional:5000\"\n\
+         ca_file = \"/etc/wharf/regional-ca.pem\"\npass_ns = true",
+    )
+    .unwrap();
+    let tls = c.server.tls.as_ref().unwrap();
+    assert_eq!(tls.cert, PathBuf::from("/etc/wharf/tls.crt"));
+    assert!(c.upstreams[0].pass_ns && !c.upstreams[0].insecure);
+    assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+    assert!(
+        Config::parse("[server.tls]\ncert = \"/x\"").is_err(),
+        "a key is required"
+    );
+}
+
+#[test]
+fn repository_allow_lists() {
+    let c = Config::parse(
+        "[[upstream]]\nname = \"docker.io\"\nurl = \"https://r\"\n\
+         repositories = [\"library/*\", \"myorg/app\"]",
+    )
+    .unwrap();
+    let patterns = c.upstreams[0].repositories.as_ref().unwrap();
+    assert_eq!(patterns.len(), 2);
+    assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+    let bad = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nrepositories = [\"Lib/*\"]";
+    assert!(Config::parse(bad)
+        .unwrap_err()
+        .to_string()
+        .contains("Lib/*"));
+    let empty = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nrepositories = []";
+    assert!(Config::parse(empty).is_err());
+}
+
+#[test]
+fn client_authentication_files() {
+    let c = Config::parse("[server.auth]\ntokens = \"/etc/wharf/tokens\"").unwrap();
+    let auth = c.server.auth.as_ref().unwrap();
+    assert_eq!(auth.tokens.as_deref(), Some(Path::new("/etc/wharf/tokens")));
+    assert!(auth.htpasswd.is_none());
+    assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+    assert!(Config::parse("[server.auth]\npasswords = \"/x\"").is_err());
+}
+
+#[test]
+fn effective_config_round_trips() {
+    let c = Config::default();
+    assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+}
