@@ -133,7 +133,7 @@ impl Mirror {
         key: &TagKey,
         accept: &Accept,
     ) -> Result<Result<ManifestAnswer, Cached>, Error> {
-        let Some(variant) = self.cache.tag(key, accept) else {
+        let Some(variant) = self.cache.tag(key, accept).await else {
             return Ok(Err(Cached::Nothing));
         };
         let Some(manifest) = self.cache.manifest(&variant.digest).await? else {

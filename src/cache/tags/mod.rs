@@ -2,62 +2,120 @@
 //! client that does not accept an index with a single-platform manifest, so what a tag "is"
 //! depends on the client's `Accept`. Each variant remembers the `Accept` it was fetched with, so
 //! an answer is reused only for clients the upstream would have given it to. Freshness is
-//! decided here from `fetched_at`, on wharf's own clock. The table is kept in memory and, when
-//! opened on a cache directory, on disk too, so it outlives restarts.
+//! decided here from `fetched_at`, on wharf's own clock. The table is kept on disk, when opened on
+//! a cache directory, so it outlives restarts; memory holds the tags in use, a bounded number
+//! (the least recently used, and those unused for an hour, are read from disk again when asked).
 
 mod files;
 mod variant;
 
-use std::collections::HashMap;
 use std::io;
+use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use lru::LruCache;
 
 use crate::oci::media::{is_index, Accept};
 use crate::oci::Digest;
 use files::TagFiles;
 pub use variant::{TagKey, Variant};
 
-#[derive(Default)]
+/// Tags held in memory at most: each costs a few hundred bytes; a client asking for a million
+/// distinct tags must not grow wharf by as many.
+const IN_MEMORY: usize = 16_384;
+/// A tag unused this long leaves memory (it stays on disk).
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// The tags in memory, least recently used first.
+type Known = LruCache<TagKey, Held>;
+
+struct Held {
+    variants: Vec<Variant>,
+    used: Instant,
+}
+
 pub struct TagTable {
-    /// Every tag looked up or recorded since start-up; a tag absent here is read from disk.
-    tags: Mutex<HashMap<TagKey, Vec<Variant>>>,
-    files: Option<TagFiles>,
+    /// The tags in use; a tag absent here is read from disk.
+    tags: Mutex<Known>,
+    files: Option<Arc<TagFiles>>,
     /// Held while writing a tag's file, so the newest state is the one written last.
     writing: Mutex<()>,
 }
 
 impl TagTable {
+    fn new(files: Option<Arc<TagFiles>>, capacity: usize) -> Self {
+        TagTable {
+            tags: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity).expect("a table holds a tag"),
+            )),
+            files,
+            writing: Mutex::default(),
+        }
+    }
+
     /// A table that lives in memory only.
     #[cfg(test)]
     pub fn in_memory() -> Self {
-        TagTable::default()
+        TagTable::new(None, IN_MEMORY)
     }
 
     /// A table kept under `<root>/tags` as well.
     pub fn open(root: &Path) -> io::Result<Self> {
-        Ok(TagTable {
-            files: Some(TagFiles::open(root)?),
-            ..TagTable::default()
-        })
+        Ok(TagTable::new(
+            Some(Arc::new(TagFiles::open(root)?)),
+            IN_MEMORY,
+        ))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TagKey, Vec<Variant>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
         self.tags.lock().expect("lock poisoned")
     }
 
     /// Runs `f` on the variants of `key`, loading them from disk on first use.
     fn with_variants<R>(&self, key: &TagKey, f: impl FnOnce(&mut Vec<Variant>) -> R) -> R {
-        if let Some(variants) = self.lock().get_mut(key) {
-            return f(variants);
+        if let Some(held) = self.lock().get_mut(key) {
+            held.used = Instant::now();
+            return f(&mut held.variants);
         }
         // Read outside the lock; if another request loaded it meanwhile, its copy wins.
         let loaded = self.files.as_ref().map(|files| files.load(key));
+        self.learn(key, loaded.unwrap_or_default());
         let mut tags = self.lock();
-        f(tags
-            .entry(key.clone())
-            .or_insert_with(|| loaded.unwrap_or_default()))
+        let held = tags.get_or_insert_mut(key.clone(), || Held {
+            variants: Vec::new(),
+            used: Instant::now(),
+        });
+        f(&mut held.variants)
+    }
+
+    /// Whether `key`'s variants are in memory: the answer to `accept` if they are.
+    pub fn choose_known(&self, key: &TagKey, accept: &Accept) -> Option<Option<Variant>> {
+        let known = self.lock().contains(key);
+        known.then(|| self.choose(key, accept))
+    }
+
+    /// Where `key`'s variants are read from, when they are not in memory: for a caller that
+    /// reads them off the async workers and hands them to [`Self::learn`].
+    pub fn files(&self) -> Option<Arc<TagFiles>> {
+        self.files.clone()
+    }
+
+    /// Takes `key`'s variants as read from disk, unless the table learned of them meanwhile.
+    pub fn learn(&self, key: &TagKey, variants: Vec<Variant>) {
+        let now = Instant::now();
+        let mut tags = self.lock();
+        forget_idle(&mut tags, now);
+        if !tags.contains(key) {
+            tags.put(
+                key.clone(),
+                Held {
+                    variants,
+                    used: now,
+                },
+            );
+        }
     }
 
     /// Writes the current variants of `key` to disk, if this table is kept there.
@@ -66,7 +124,11 @@ impl TagTable {
             return;
         };
         let _writing = self.writing.lock().expect("lock poisoned");
-        let variants = self.lock().get(key).cloned().unwrap_or_default();
+        let variants = self
+            .lock()
+            .peek(key)
+            .map(|held| held.variants.clone())
+            .unwrap_or_default();
         if let Err(e) = files.store(key, &variants) {
             tracing::debug!(tag = %key.tag, error = %e, "tag not written to disk");
         }
@@ -133,7 +195,7 @@ impl TagTable {
 
     /// Forgets a tag the upstream no longer has.
     pub fn forget(&self, key: &TagKey) {
-        self.lock().insert(key.clone(), Vec::new());
+        self.with_variants(key, Vec::clear);
         self.persist(key);
     }
 
@@ -153,184 +215,15 @@ impl TagTable {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::oci::media::{DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
-
-    fn key() -> TagKey {
-        TagKey {
-            upstream: "docker.io".into(),
-            repo: "library/alpine".parse().unwrap(),
-            tag: "3.20".parse().unwrap(),
-        }
-    }
-
-    fn variant(body: &[u8], media_type: &str, secs: u64) -> Variant {
-        asked(body, media_type, secs, Accept::parse([]))
-    }
-
-    fn asked(body: &[u8], media_type: &str, secs: u64, asked_with: Accept) -> Variant {
-        Variant {
-            digest: Digest::sha256_of(body),
-            media_type: media_type.into(),
-            asked_with,
-            fetched_at: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
-            revalidate_after: None,
-        }
-    }
-
-    #[test]
-    fn freshness_is_age_against_ttl() {
-        let v = variant(b"a", OCI_MANIFEST, 100);
-        let ttl = Duration::from_secs(60);
-        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-        assert!(v.is_fresh(at(159), ttl));
-        assert!(!v.is_fresh(at(160), ttl));
-        assert!(v.is_fresh(at(50), ttl), "clock went backwards");
-    }
-
-    #[test]
-    fn index_wins_when_accepted_otherwise_the_single_manifest() {
-        let table = TagTable::in_memory();
-        let single_only = Accept::parse([DOCKER_MANIFEST]);
-        table.record(key(), variant(b"index", OCI_INDEX, 1), None);
-        table.record(
-            key(),
-            asked(b"amd64", DOCKER_MANIFEST, 2, single_only.clone()),
-            None,
-        );
-        let everything = Accept::parse([]);
-        assert_eq!(
-            table.choose(&key(), &everything).unwrap().media_type,
-            OCI_INDEX
-        );
-        assert_eq!(
-            table.choose(&key(), &single_only).unwrap().media_type,
-            DOCKER_MANIFEST
-        );
-        let oci_manifest_only = Accept::parse([OCI_MANIFEST]);
-        assert_eq!(table.choose(&key(), &oci_manifest_only), None);
-    }
-
-    #[test]
-    fn a_fallback_manifest_is_not_served_to_clients_that_accept_indexes() {
-        let table = TagTable::in_memory();
-        // Only a single-platform client has asked so far: the tag may be an index.
-        let single_only = Accept::parse([DOCKER_MANIFEST]);
-        table.record(
-            key(),
-            asked(b"amd64", DOCKER_MANIFEST, 1, single_only),
-            None,
-        );
-        assert_eq!(table.choose(&key(), &Accept::parse([])), None);
-        let with_oci_index = Accept::parse([&format!("{DOCKER_MANIFEST}, {OCI_INDEX}") as &str]);
-        assert_eq!(table.choose(&key(), &with_oci_index), None);
-        // Asked by a client that accepts every index type, a single manifest is what the tag is.
-        let table = TagTable::in_memory();
-        table.record(key(), variant(b"amd64", DOCKER_MANIFEST, 1), None);
-        assert!(table.choose(&key(), &with_oci_index).is_some());
-    }
-
-    #[test]
-    fn the_same_question_gets_the_same_answer_even_of_an_unaccepted_type() {
-        let table = TagTable::in_memory();
-        // The upstream answered an OCI manifest to a client that asked only for Docker's.
-        let docker_only = Accept::parse([DOCKER_MANIFEST]);
-        table.record(
-            key(),
-            asked(b"oci", OCI_MANIFEST, 1, docker_only.clone()),
-            None,
-        );
-        assert!(table.choose(&key(), &docker_only).is_some());
-        assert_eq!(table.choose(&key(), &Accept::parse([OCI_INDEX])), None);
-    }
-
-    #[test]
-    fn a_new_answer_replaces_the_superseded_variant() {
-        let table = TagTable::in_memory();
-        let old = variant(b"old", OCI_INDEX, 1);
-        table.record(key(), old.clone(), None);
-        // The tag moved from an index to a single manifest.
-        table.record(key(), variant(b"new", OCI_MANIFEST, 2), Some(&old.digest));
-        let chosen = table.choose(&key(), &Accept::parse([])).unwrap();
-        assert_eq!(chosen.digest, Digest::sha256_of(b"new"));
-    }
-
-    #[test]
-    fn touch_refreshes_and_forget_drops() {
-        let table = TagTable::in_memory();
-        let v = variant(b"x", OCI_MANIFEST, 1);
-        table.record(key(), v.clone(), None);
-        let later = SystemTime::UNIX_EPOCH + Duration::from_secs(500);
-        table.touch(&key(), &v.digest, later);
-        assert_eq!(
-            table.choose(&key(), &Accept::parse([])).unwrap().fetched_at,
-            later
-        );
-        table.forget(&key());
-        assert_eq!(table.choose(&key(), &Accept::parse([])), None);
-    }
-
-    #[test]
-    fn a_table_on_disk_outlives_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let table = TagTable::open(dir.path()).unwrap();
-        let single_only = Accept::parse([DOCKER_MANIFEST]);
-        let index = variant(b"index", OCI_INDEX, 1);
-        let single = asked(b"amd64", DOCKER_MANIFEST, 2, single_only.clone());
-        table.record(key(), index.clone(), None);
-        table.record(key(), single.clone(), None);
-        drop(table);
-
-        let table = TagTable::open(dir.path()).unwrap();
-        assert_eq!(table.choose(&key(), &Accept::parse([])), Some(index));
-        assert_eq!(table.choose(&key(), &single_only), Some(single));
-        table.forget(&key());
-        drop(table);
-        let table = TagTable::open(dir.path()).unwrap();
-        assert_eq!(table.choose(&key(), &Accept::parse([])), None);
-    }
-
-    #[test]
-    fn a_damaged_tag_file_is_treated_as_absent() {
-        let dir = tempfile::tempdir().unwrap();
-        let table = TagTable::open(dir.path()).unwrap();
-        table.record(key(), variant(b"x", OCI_MANIFEST, 1), None);
-        for fan in std::fs::read_dir(dir.path().join("tags")).unwrap() {
-            for file in std::fs::read_dir(fan.unwrap().path()).unwrap() {
-                std::fs::write(file.unwrap().path(), b"{ truncated").unwrap();
-            }
-        }
-        let table = TagTable::open(dir.path()).unwrap();
-        assert_eq!(table.choose(&key(), &Accept::parse([])), None);
-    }
-
-    #[test]
-    fn a_deferred_revalidation_lasts_until_its_time_or_a_confirmation() {
-        let table = TagTable::in_memory();
-        let v = variant(b"x", OCI_MANIFEST, 1);
-        table.record(key(), v.clone(), None);
-        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-        assert!(table.defer(&key(), &v.digest, at(10), at(100)));
-        assert!(
-            !table.defer(&key(), &v.digest, at(20), at(100)),
-            "already deferred"
-        );
-        let chosen = table.choose(&key(), &Accept::parse([])).unwrap();
-        assert!(chosen.revalidation_deferred(at(99)));
-        assert!(!chosen.revalidation_deferred(at(100)));
-        table.touch(&key(), &v.digest, at(50));
-        let chosen = table.choose(&key(), &Accept::parse([])).unwrap();
-        assert!(!chosen.revalidation_deferred(at(60)));
-    }
-
-    #[test]
-    fn an_older_answer_does_not_replace_a_newer_one() {
-        let table = TagTable::in_memory();
-        let newer = variant(b"new", OCI_MANIFEST, 20);
-        table.record(key(), newer.clone(), None);
-        table.record(key(), variant(b"old", OCI_MANIFEST, 10), None);
-        assert_eq!(table.choose(&key(), &Accept::parse([])), Some(newer));
+/// Lets go of the tags unused for [`IDLE`] at `now` (they stay on disk).
+fn forget_idle(tags: &mut Known, now: Instant) {
+    while tags
+        .peek_lru()
+        .is_some_and(|(_, held)| now.saturating_duration_since(held.used) >= IDLE)
+    {
+        tags.pop_lru();
     }
 }
+
+#[cfg(test)]
+mod tests;
