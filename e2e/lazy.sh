@@ -13,8 +13,8 @@ LAZY_FILES=3M+2M+1536K+1M+4K+300
 LAZY_CHUNK=1048576
 # The link between this phase's wharf and the upstream, in bytes per second (see throttle.py).
 # The local registry alone sends the layer in milliseconds, so no range could be ahead of the
-# fill; at 1 MiB/s, with range_lookahead = 1s, a range is side-fetched while it lies more than
-# ~1 MiB beyond what the fill has written. The footer, 7.5 MiB in, stays that far ahead for the
+# fill; at 1 MiB/s, with range_lookahead = 1s (set below; the default is 100ms), a range is
+# side-fetched while it lies more than ~1 MiB beyond what the fill has written. The footer, 7.5 MiB in, stays that far ahead for the
 # first ~6 s of the fill; lazypull.py asks for it within milliseconds of starting the fill.
 LAZY_RATE=1048576
 # The namespace of the private containerd where the image is converted; its images are removed
@@ -100,7 +100,8 @@ listen = "127.0.0.1:$port"
 
 [cache]
 dir = "$WORK/cache-lazy"
-# The window the timing above is worked out with (also the default).
+# The window the timing above is worked out with (longer than the default 100ms, so that the
+# check does not depend on how fast this machine is).
 range_lookahead = "1s"
 
 [[upstream]]

@@ -1,7 +1,8 @@
 //! wharf: a pull-through caching mirror for container registries.
 //!
 //! Dependencies point one way: `server → mirror → {cache, upstream} → oci`, with `body`,
-//! `config`, `metrics` and `error` as leaves (`.ci/layers.py` checks it).
+//! `config` and `metrics` as leaves, and `error`, which lifts the cache's and the upstream's
+//! errors, just above them (`.ci/layers.py` checks it).
 //! - [`server`]: the accept loops, pure routing, handlers, the one error → response mapping.
 //! - [`mirror`]: the pull-through use case; the only module that uses both cache and upstream.
 //! - [`cache`]: blobs and manifests on disk by digest, single-flight fills, the tag table,
@@ -9,7 +10,8 @@
 //! - [`upstream`]: the registry client (auth, tokens, timeouts, limits).
 //! - [`oci`]: the spec's vocabulary, pure values.
 //! - [`body`]: a piece of a blob response (bytes, or a range of a cached file).
-//! - [`config`], [`metrics`], [`telemetry`], [`error`]: leaves used by the above.
+//! - [`config`], [`metrics`], [`telemetry`]: leaves used by the above.
+//! - [`error`]: the crate's error, which the cache's and the upstream's errors lift into.
 //! - [`warm`]: `wharf warm`, a client of the pull API that fills a cache ahead of need.
 //!
 //! A blob GET, from accept to bytes on the socket:
