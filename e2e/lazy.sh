@@ -169,8 +169,9 @@ EOF
     side=$(($(metric "$url" wharf_side_fetches_total result=fetched) - fetched0 +
         $(metric "$url" wharf_side_fetches_total result=fell_back) - fell0))
     side_bytes=$(($(metric "$url" wharf_side_fetch_bytes_total) - side_bytes0))
-    # Each side fetch asks for whole 64 KiB blocks around its range: at most two blocks more.
-    bound=$((size + size / 20 + side_bytes + side * 2 * 65536))
+    # Each side fetch asks for exactly its range; the 5% allows for what a GET cut short (a
+    # client gone, a resume) sent that was not relayed.
+    bound=$((size + size / 20 + side_bytes))
     if ((sent >= size && sent <= bound)); then
         pass "lazy: the upstream sent the layer once (1.05 × its size), besides $side side-fetched ranges"
     else

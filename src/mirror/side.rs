@@ -15,10 +15,6 @@ use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{BlobStream, Span, Upstream};
 
-/// Side fetches ask for whole blocks of this size (clipped to the blob), which CDNs and the
-/// upstream's own caches serve best, and which keeps a lazy puller's neighbouring reads on the
-/// same boundaries.
-const BLOCK: u64 = 64 * 1024;
 /// With no rate measured yet, a range within this much of what the fill has written is left
 /// to the fill.
 const NEAR: u64 = 256 * 1024;
@@ -114,9 +110,11 @@ impl SideSource {
             self.metrics.side_fetch("bounded");
             return None;
         };
+        // Exactly the range: every byte more is a byte the upstream sends twice (the fill
+        // brings it too), and lazy pullers' reads are whole chunks already.
         let span = Span {
-            start: start - start % BLOCK,
-            end: Some(end.div_ceil(BLOCK).saturating_mul(BLOCK).min(total)),
+            start,
+            end: Some(end),
         };
         Some(SideBody {
             state: State::Unasked(span),
