@@ -340,23 +340,27 @@ class Mirror:
         return process_tree(self.proc.pid)
 
 
-def start_wharf(procs, work, binary, name, port, upstream_url):
+def start_wharf(procs, work, binary, name, port, upstream_url, max_size="100GiB", ca=None):
+    """wharf with an empty cache; `ca`: a private CA the upstream's certificate is checked with."""
     cache = work / f"{name}-cache"
     config = work / f"{name}.toml"
     config.write_text(f"""[server]
 listen = "127.0.0.1:{port}"
 [cache]
 dir = "{cache}"
-max_size = "100GiB"
+max_size = "{max_size}"
 [[upstream]]
 name = "docker.io"
 url = "{upstream_url}"
+{f'ca_file = "{ca}"' if ca else ''}
 """)
     proc = procs.start(name, [str(binary), "serve", "--config", str(config)])
     return Mirror(name, port, proc)
 
 
-def start_distribution(procs, work, name, port, upstream_url):
+def start_distribution(procs, work, name, port, upstream_url, ca=None):
+    """distribution's proxy with an empty store; `ca`: a private CA it trusts (Go reads
+    SSL_CERT_FILE)."""
     config = work / f"{name}.yml"
     config.write_text(f"""version: 0.1
 log: {{level: warn, formatter: text}}
@@ -366,7 +370,8 @@ storage:
 http: {{addr: 127.0.0.1:{port}}}
 proxy: {{remoteurl: "{upstream_url}"}}
 """)
-    proc = procs.start(name, ["docker-registry", "serve", str(config)])
+    env = {**os.environ, "SSL_CERT_FILE": str(ca)} if ca else None
+    proc = procs.start(name, ["docker-registry", "serve", str(config)], env=env)
     return Mirror(name, port, proc)
 
 

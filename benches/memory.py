@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import compare
-from compare import GIB, MIB, Processes, http_get, log, peak_rss, reset_peak_rss, seed, wait_http
+from compare import Processes, http_get, log, peak_rss, reset_peak_rss, seed, wait_http
 
 COLD_LAYERS = "4M,8M,16M,32M,64M,96M,128M,160M,256M,1G"
 CHURN_BLOBS = 48
@@ -78,32 +78,9 @@ http:
 def start_mirror(procs, work, binary, kind, name, upstream_url, ca=None, max_size="100GiB"):
     port = compare.free_ports(1)[0]
     if kind == "wharf":
-        config = work / f"{name}.toml"
-        config.write_text(f"""[server]
-listen = "127.0.0.1:{port}"
-[cache]
-dir = "{work / (name + '-cache')}"
-max_size = "{max_size}"
-[[upstream]]
-name = "docker.io"
-url = "{upstream_url}"
-{f'ca_file = "{ca}"' if ca else ''}
-""")
-        proc = procs.start(name, [str(binary), "serve", "--config", str(config)])
+        mirror = compare.start_wharf(procs, work, binary, name, port, upstream_url, max_size, ca)
     else:
-        config = work / f"{name}.yml"
-        config.write_text(f"""version: 0.1
-log: {{level: warn, formatter: text}}
-storage:
-  filesystem: {{rootdirectory: {work / (name + '-data')}}}
-  cache: {{blobdescriptor: inmemory}}
-http: {{addr: 127.0.0.1:{port}}}
-proxy: {{remoteurl: "{upstream_url}"}}
-""")
-        # Go trusts the private CA through SSL_CERT_FILE.
-        env = {"PATH": "/usr/bin:/bin", **({"SSL_CERT_FILE": str(ca)} if ca else {})}
-        proc = procs.start(name, ["docker-registry", "serve", str(config)], env=env)
-    mirror = compare.Mirror(name, port, proc)
+        mirror = compare.start_distribution(procs, work, name, port, upstream_url, ca)
     if not wait_http(port, "/v2/"):
         sys.exit(f"{name} did not start; see {procs.logs}")
     return mirror
