@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::access::Content;
+use super::feed::Fed;
 use super::passthrough::Passthrough;
 use super::side::{SideBody, SideSource};
 use super::state::Mirror;
@@ -88,13 +89,6 @@ impl BlobBody {
             }
         }
     }
-}
-
-/// Why feeding a fill stopped: the source failed (the fill must be told), or the cache did (it
-/// knows).
-pub(super) enum Fed {
-    Source(UpstreamError),
-    Cache(crate::cache::Error),
 }
 
 fn not_found_is_blob_unknown(e: Error) -> Error {

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 
-use super::blobs::Fed;
 use crate::cache::{FillWriter, SegmentWriter};
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{BlobStream, Span, Upstream, UpstreamError};
@@ -36,6 +35,13 @@ const SLOW: f64 = 48.0 * 1024.0 * 1024.0;
 const SPLIT_FROM: u64 = 4 * 1024 * 1024;
 /// Segments start on whole MiBs, the blocks CDNs cache.
 const ALIGN: u64 = 1024 * 1024;
+
+/// Why feeding a fill stopped: the source failed (the fill must be told), or the cache did (it
+/// knows).
+pub(super) enum Fed {
+    Source(UpstreamError),
+    Cache(crate::cache::Error),
+}
 
 /// What one GET still has to bring: `next..end` of the blob.
 struct Share {
