@@ -159,15 +159,7 @@ impl Cache {
     /// The variant of a tag to answer `accept` with, if one is known (fresh or not). A tag not
     /// in memory is read from disk on the blocking pool.
     pub async fn tag(&self, key: &TagKey, accept: &Accept) -> Option<Variant> {
-        if let Some(known) = self.tags.choose_known(key, accept) {
-            return known;
-        }
-        if let Some(files) = self.tags.files() {
-            let wanted = key.clone();
-            let read = tokio::task::spawn_blocking(move || files.load(&wanted));
-            self.tags.learn(key, read.await.unwrap_or_default());
-        }
-        self.tags.choose(key, accept)
+        self.tags.lookup(key, accept).await
     }
 
     /// Records what the upstream answered for a tag; `replaces` is the variant it supersedes.

@@ -79,43 +79,41 @@ impl TagTable {
             held.used = Instant::now();
             return f(&mut held.variants);
         }
-        // Read outside the lock; if another request loaded it meanwhile, its copy wins.
+        // Read outside the lock.
         let loaded = self.files.as_ref().map(|files| files.load(key));
-        self.learn(key, loaded.unwrap_or_default());
-        let mut tags = self.lock();
-        let held = tags.get_or_insert_mut(key.clone(), || Held {
-            variants: Vec::new(),
-            used: Instant::now(),
-        });
-        f(&mut held.variants)
+        self.learn(key, loaded.unwrap_or_default(), f)
     }
 
-    /// Whether `key`'s variants are in memory: the answer to `accept` if they are.
-    pub fn choose_known(&self, key: &TagKey, accept: &Accept) -> Option<Option<Variant>> {
-        let known = self.lock().contains(key);
-        known.then(|| self.choose(key, accept))
+    /// The variant to answer `accept` with, as [`Self::choose`], reading a tag that is not in
+    /// memory on the blocking pool instead of the calling (async) thread.
+    pub async fn lookup(&self, key: &TagKey, accept: &Accept) -> Option<Variant> {
+        let in_memory = self.lock().contains(key);
+        if let (false, Some(files)) = (in_memory, &self.files) {
+            let (files, wanted) = (files.clone(), key.clone());
+            let loaded = tokio::task::spawn_blocking(move || files.load(&wanted)).await;
+            self.learn(key, loaded.unwrap_or_default(), |_| ());
+        }
+        self.choose(key, accept)
     }
 
-    /// Where `key`'s variants are read from, when they are not in memory: for a caller that
-    /// reads them off the async workers and hands them to [`Self::learn`].
-    pub fn files(&self) -> Option<Arc<TagFiles>> {
-        self.files.clone()
-    }
-
-    /// Takes `key`'s variants as read from disk, unless the table learned of them meanwhile.
-    pub fn learn(&self, key: &TagKey, variants: Vec<Variant>) {
+    /// Runs `f` on `key`'s variants, made from `loaded` (as read from disk) unless the table
+    /// learned of them meanwhile, in which case that copy wins; tags idle for [`IDLE`] make
+    /// room first.
+    fn learn<R>(
+        &self,
+        key: &TagKey,
+        loaded: Vec<Variant>,
+        f: impl FnOnce(&mut Vec<Variant>) -> R,
+    ) -> R {
         let now = Instant::now();
         let mut tags = self.lock();
         forget_idle(&mut tags, now);
-        if !tags.contains(key) {
-            tags.put(
-                key.clone(),
-                Held {
-                    variants,
-                    used: now,
-                },
-            );
-        }
+        let held = tags.get_or_insert_mut(key.clone(), || Held {
+            variants: loaded,
+            used: now,
+        });
+        held.used = now;
+        f(&mut held.variants)
     }
 
     /// Writes the current variants of `key` to disk, if this table is kept there.
