@@ -106,7 +106,6 @@ pub(super) async fn feed(
                 match answer {
                     // No place free now: perhaps at the next look.
                     None => {}
-                    // Dropped unused if the share got past `at` meanwhile.
                     Some(Ok(stream))
                         if !stream.starts_before_span() && split(&segments[victim], at, end) =>
                     {
@@ -114,6 +113,7 @@ pub(super) async fn feed(
                         running.push(copy(stream, writer.segment(at), segment.share.clone()).boxed());
                         segments.push(segment);
                     }
+                    // The share got past `at` meanwhile: the answer is dropped unused.
                     Some(Ok(stream)) if !stream.starts_before_span() => {}
                     Some(Ok(_)) => {
                         tracing::debug!(upstream = upstream.name(), %digest, "the upstream ignores ranges; no segments");

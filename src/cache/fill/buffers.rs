@@ -31,8 +31,9 @@ struct Shared {
     held: IntGauge,
 }
 
+#[cfg(test)]
 impl Default for BufferPool {
-    /// A pool counting into a gauge of its own (for tests).
+    /// A pool counting into a gauge of its own.
     fn default() -> Self {
         BufferPool::new(IntGauge::new("buffer_bytes", "held").expect("valid gauge"))
     }

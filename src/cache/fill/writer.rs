@@ -162,14 +162,11 @@ impl SegmentWriter {
     /// their size, and the large one is kept for what comes next, so a trickle never holds a
     /// large buffer per few bytes.
     pub async fn flush(&mut self) -> Result<(), Error> {
-        let Some(filling) = &self.filling else {
+        let Some(filling) = self.filling.as_ref().filter(|_| self.filled > 0) else {
             return Ok(());
         };
         if self.filled >= CHUNK / 2 {
             return self.send_filling().await;
-        }
-        if self.filled == 0 {
-            return Ok(());
         }
         let mut small = self.pieces.buffers.take_for(self.filled);
         small.copy_from_slice(&filling[..self.filled]);
