@@ -188,6 +188,16 @@ async fn an_upstream_that_ignores_ranges_leaves_the_range_to_the_fill() {
 /// what the first GET has left (4 MiB) is split at 3 MiB; then 2 MiB is too little to split.
 pub const ADDED_SEGMENTS: [&str; 2] = ["bytes=3145728-5242879", "bytes=5242880-8388607"];
 
+/// A GET of a whole blob through `wharf`, running on its own: the body, or the error that cut it.
+pub fn get_whole(
+    wharf: &Wharf,
+    digest: &str,
+) -> tokio::task::JoinHandle<reqwest::Result<bytes::Bytes>> {
+    let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
+    let client = wharf.client.clone();
+    tokio::spawn(async move { client.get(url).send().await?.bytes().await })
+}
+
 /// A wharf that fetches blobs of 1 MiB or more in up to 4 segments.
 pub async fn segmenting(upstream: &FakeRegistry, max_fetches: usize) -> Wharf {
     Wharf::start(upstream, |c| {
@@ -227,10 +237,7 @@ async fn a_slow_fill_of_a_large_blob_adds_segments_and_is_verified_in_order() {
     upstream.faults().hold = Some(hold.clone());
     let wharf = segmenting(&upstream, 0).await;
     let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
-    let whole = tokio::spawn({
-        let (client, url) = (wharf.client.clone(), url.clone());
-        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
-    });
+    let whole = get_whole(&wharf, &digest);
     assert_eq!(added_segments(&upstream, 2).await, ADDED_SEGMENTS);
     assert_eq!(
         upstream.blob_streams().now(),
@@ -250,7 +257,7 @@ async fn a_slow_fill_of_a_large_blob_adds_segments_and_is_verified_in_order() {
         }
     });
     hold.open();
-    assert_eq!(sha256(&whole.await.unwrap()), digest);
+    assert_eq!(sha256(&whole.await.unwrap().unwrap()), digest);
     assert_eq!(middle.await.unwrap(), blob.slice(5_000_000..5_100_000));
     assert_eq!(ranged_gets(&upstream).len(), 2, "no more segments");
     assert_eq!(upstream.count("GET", "/blobs/"), 3);
@@ -271,11 +278,7 @@ async fn a_bad_byte_in_a_later_segment_fails_the_whole_fill() {
     let hold = Hold::after(MIB);
     upstream.faults().hold = Some(hold.clone());
     let wharf = segmenting(&upstream, 0).await;
-    let r = tokio::spawn({
-        let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
-        let client = wharf.client.clone();
-        async move { client.get(url).send().await.unwrap().bytes().await }
-    });
+    let r = get_whole(&wharf, &digest);
     assert_eq!(added_segments(&upstream, 2).await, ADDED_SEGMENTS);
     hold.open();
     assert!(r.await.unwrap().is_err(), "the response is cut");

@@ -58,29 +58,27 @@ async fn sixteen_fills_from_an_http2_upstream_of_tiny_frames_hold_a_bounded_memo
         hold.reached()
     );
 
-    // Sample the gauge while the fills stream, until every client has its blob.
-    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    // Sample the gauge back to back while the fills stream, until every client has its blob
+    // (the clients' two-minute deadline bounds the loop).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let sampler = tokio::spawn({
         let (client, url) = (wharf.client.clone(), wharf.url("/metrics"));
         async move {
             let (mut most, mut samples) = (0usize, 0usize);
-            loop {
+            while !*stopped.borrow() {
                 let text = client.get(&url).send().await.unwrap().text().await.unwrap();
                 let held = metric_in(&text, "wharf_fill_buffer_bytes", &[]) as usize;
                 most = most.max(held);
                 samples += 1;
-                tokio::select! {
-                    _ = &mut stopped => return (most, samples),
-                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
-                }
             }
+            (most, samples)
         }
     });
     hold.open();
     let bodies = tokio::time::timeout(Duration::from_secs(120), join_all(gets))
         .await
         .expect("sixteen 8 MiB blobs within two minutes");
-    let _ = stop.send(());
+    stop.send_replace(true);
     let (most, samples) = sampler.await.unwrap();
     for (body, digest) in bodies.into_iter().zip(&digests) {
         assert_eq!(&sha256(&body.unwrap()), digest, "the client got the blob");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
-use crate::cold::{added_segments, get_range, ranged_gets, segmenting, ADDED_SEGMENTS};
+use crate::cold::{added_segments, get_range, get_whole, ranged_gets, segmenting, ADDED_SEGMENTS};
 use crate::common::{
     each_upstream, multipart, random_bytes, sha256, Break, FakeRegistry, Hold, Wharf, MIB,
 };
@@ -20,11 +20,7 @@ async fn a_slow_large_fill_takes_only_the_places_that_are_free() {
         let hold = Hold::after(MIB);
         upstream.faults().hold = Some(hold.clone());
         let wharf = segmenting(&upstream, places).await;
-        let whole = tokio::spawn({
-            let url = wharf.url(&format!("/v2/library/x/blobs/{digest}"));
-            let client = wharf.client.clone();
-            async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
-        });
+        let whole = get_whole(&wharf, &digest);
         // With one place there is none for a segment; with two, one; with three, the two
         // the blob is worth.
         let segments = (places - 1).min(2);
@@ -41,6 +37,7 @@ async fn a_slow_large_fill_takes_only_the_places_that_are_free() {
         let body = tokio::time::timeout(Duration::from_secs(20), whole)
             .await
             .unwrap_or_else(|_| panic!("max_fetches = {places}: the blob within 20 s"))
+            .unwrap()
             .unwrap();
         assert_eq!(sha256(&body), digest, "max_fetches = {places}");
         assert_eq!(ranged_gets(&upstream).len(), segments);
