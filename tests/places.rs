@@ -121,3 +121,56 @@ async fn a_multi_range_answer_with_more_far_parts_than_places_survives_a_resume(
     assert!(wharf.settled(&digest).await);
     assert!(upstream.blob_streams().most() <= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_stops_reading_a_side_fetch_gives_its_place_back() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(128 * MIB, 29);
+    let digest = upstream.add_blob(blob.clone());
+    let other = random_bytes(2 * MIB, 30);
+    let other_digest = upstream.add_blob(other.clone());
+    // The large blob's fill is held at 1 MiB, its place taken all along.
+    let hold = Hold::after(MIB).only(&digest);
+    upstream.faults().hold = Some(hold.clone());
+    let wharf = Wharf::start(&upstream, |c| {
+        c.cache.side_fetch_max = wharf::config::Size(64 * MIB as u64);
+        each_upstream(c, |u| {
+            u.max_fetches = 2;
+            u.paused_client_timeout = Duration::from_secs(1);
+        });
+    })
+    .await;
+    let r = get_range(&wharf, &digest, "bytes=0-1").await;
+    assert_eq!(r.bytes().await.unwrap(), blob.slice(0..2));
+    // A far range is side-fetched in the second place; its client reads one chunk and stops,
+    // with 64 MiB still to come: more than the sockets between them buffer.
+    let (first, last) = (32 * MIB, 96 * MIB - 1);
+    let mut paused = get_range(&wharf, &digest, &format!("bytes={first}-{last}")).await;
+    assert_eq!(paused.status(), 206);
+    let mut received = paused.chunk().await.unwrap().unwrap().to_vec();
+    // Another blob needs a place: the paused client's comes back within the timeout (the
+    // idle watchdog would take 120 s).
+    let body = tokio::time::timeout(Duration::from_secs(15), get_whole(&wharf, &other_digest))
+        .await
+        .expect("the other blob within 15 s, while a client holds a side fetch unread")
+        .unwrap()
+        .unwrap();
+    assert_eq!(body, other);
+    assert_eq!(
+        wharf
+            .metric("wharf_upstream_paused_releases_total", &[])
+            .await,
+        1.0
+    );
+    // The paused client reads on: the rest of its range comes from the fill.
+    hold.open();
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(chunk) = paused.chunk().await.unwrap() {
+            received.extend_from_slice(&chunk);
+        }
+    });
+    rest.await.expect("the rest of the range within 30 s");
+    assert!(received == blob[first..=last]);
+    assert!(wharf.settled(&digest).await);
+    assert!(upstream.blob_streams().most() <= 2);
+}

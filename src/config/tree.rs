@@ -216,6 +216,11 @@ pub struct UpstreamConfig {
     pub segments: usize,
     #[serde(default = "defaults::segment_threshold")]
     pub segment_threshold: Size,
+    /// A side fetch or pass-through answer whose client reads nothing for this long gives its
+    /// place under `max_fetches` back (its request is closed); when the client reads on, the
+    /// rest comes from the fill or is asked for again.
+    #[serde(default = "defaults::paused_client_timeout", with = "humantime_serde")]
+    pub paused_client_timeout: Duration,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -236,6 +241,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("resume_attempts", &self.resume_attempts)
             .field("segments", &self.segments)
             .field("segment_threshold", &self.segment_threshold)
+            .field("paused_client_timeout", &self.paused_client_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -270,6 +276,10 @@ mod defaults {
 
     pub fn segment_threshold() -> super::Size {
         super::Size(64 * 1024 * 1024)
+    }
+
+    pub fn paused_client_timeout() -> Duration {
+        Duration::from_secs(5)
     }
 
     pub fn yes() -> bool {
@@ -339,6 +349,7 @@ impl UpstreamConfig {
             resume_attempts: defaults::resume_attempts(),
             segments: defaults::segments(),
             segment_threshold: defaults::segment_threshold(),
+            paused_client_timeout: defaults::paused_client_timeout(),
         }
     }
 }

@@ -166,7 +166,10 @@ impl UpstreamConfig {
                 "upstream[{i}].max_bandwidth must be more than 0; leave it out for no cap"
             ));
         }
-        if u.connect_timeout.is_zero() || u.read_timeout.is_zero() {
+        if u.connect_timeout.is_zero()
+            || u.read_timeout.is_zero()
+            || u.paused_client_timeout.is_zero()
+        {
             return invalid(format!("upstream[{i}]: timeouts must be greater than zero"));
         }
         if !(1..=MAX_SEGMENTS).contains(&u.segments) {

@@ -180,6 +180,7 @@ impl Mirror {
             .blob(repo, digest, Span::WHOLE)
             .await
             .map_err(|e| not_found_is_blob_unknown(e.into()))?;
+        stream.paced_by_client();
         let passthrough = Passthrough::new(stream, digest.clone(), self.metrics.clone());
         Ok(BlobAnswer {
             size: passthrough.length(),

@@ -176,6 +176,7 @@ impl SideBody {
                         // An upstream that ignores ranges would send the whole blob up to
                         // the range: the fill gets there no later.
                         Some(Ok(stream)) if !stream.starts_before_span() => {
+                            stream.paced_by_client();
                             self.metrics.side_fetch("fetched");
                             self.state = State::Streaming(stream, span.start);
                         }
@@ -186,6 +187,12 @@ impl SideBody {
                             self.state = State::Fill(self.fill.reader(self.next, Some(self.end)));
                         }
                     }
+                }
+                // The client paused and the place went back: the fill has the rest, or
+                // will, without asking the upstream for it twice.
+                State::Streaming(stream, _) if stream.was_let_go() => {
+                    self.metrics.side_fetch("paused");
+                    self.state = State::Fill(self.fill.reader(self.next, Some(self.end)));
                 }
                 State::Streaming(stream, at) => match stream.next_chunk().await {
                     Ok(Some(mut chunk)) => {

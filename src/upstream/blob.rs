@@ -2,13 +2,15 @@
 //! connection broke, so a reset or a stall in the middle of a long transfer costs a request, not
 //! the transfer.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::header::CONTENT_RANGE;
 use reqwest::{Method, StatusCode};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 
 use super::client::{header, Client, Kind};
 use super::error::classify;
@@ -53,11 +55,9 @@ pub struct BlobStream {
     repo: RepoName,
     digest: Digest,
     span: Span,
-    body: Option<reqwest::Response>,
-    /// The stream's place under the upstream's `max_fetches`, from its first request until its
-    /// last byte: a resume asks again in the place it already holds, so it never queues behind
-    /// requests that came later (nor waits for a place while holding one).
-    slot: Slot,
+    /// The body being read and the place it holds, shared with the watch that lets go of them
+    /// while a client stops reading (`paced_by_client`).
+    held: Arc<Held>,
     /// The blob's whole length, when the upstream declared it.
     total: Option<u64>,
     /// Where the next byte handed out lies in the blob.
@@ -70,14 +70,48 @@ pub struct BlobStream {
     resumed_at: u64,
 }
 
+/// What a stream holds of the upstream.
+struct Held {
+    /// Locked for each read, so a read under way is never let go of.
+    holding: tokio::sync::Mutex<Holding>,
+    /// When the last read ended.
+    last_read: Mutex<Instant>,
+    /// Set once the place was given back because the reader paused.
+    let_go: AtomicBool,
+}
+
+struct Holding {
+    /// The stream's place under the upstream's `max_fetches`, from its first request until its
+    /// last byte: a resume asks again in the place it already holds, so it never queues behind
+    /// requests that came later (nor waits for a place while holding one).
+    slot: Slot,
+    body: Option<reqwest::Response>,
+}
+
 /// Where a stream stands under `max_fetches`.
 enum Slot {
-    /// No place yet: the first request waits for one.
+    /// No place: the next request waits for one (the first, or the first after a pause).
     Wanted,
-    /// A place (`None`: the upstream has no bound, or the stream is done).
+    /// A place (`None`: the upstream has no bound).
     Held {
         _place: Option<OwnedSemaphorePermit>,
     },
+    /// Every byte was read, or the stream gave up: nothing more is asked for.
+    Done,
+}
+
+impl Held {
+    fn new(slot: Slot) -> Arc<Held> {
+        Arc::new(Held {
+            holding: tokio::sync::Mutex::new(Holding { slot, body: None }),
+            last_read: Mutex::new(Instant::now()),
+            let_go: AtomicBool::new(false),
+        })
+    }
+
+    fn last_read(&self) -> Instant {
+        *self.last_read.lock().expect("lock poisoned")
+    }
 }
 
 impl BlobStream {
@@ -115,16 +149,62 @@ impl BlobStream {
             repo: repo.clone(),
             digest: digest.clone(),
             span,
-            body: None,
-            slot,
+            held: Held::new(slot),
             total: None,
             next: span.start,
             skip: 0,
             attempts: 0,
             resumed_at: span.start,
         };
-        stream.request().await?;
+        let held = stream.held.clone();
+        stream.request(&mut *held.holding.lock().await).await?;
         Ok(stream)
+    }
+
+    /// Marks the stream as read at a client's pace (a side fetch, a pass-through answer): while
+    /// its client reads nothing for the upstream's `paused_client_timeout`, the stream gives
+    /// its place and its request back, so a paused client never holds up requests waiting for
+    /// a place; the next read asks again for the rest.
+    pub fn paced_by_client(&self) {
+        let after = self.upstream.paused_client_timeout;
+        let held = Arc::downgrade(&self.held);
+        let upstream = self.upstream.clone();
+        tokio::spawn(async move {
+            let mut wake = Instant::now() + after;
+            loop {
+                tokio::time::sleep_until(wake).await;
+                // Ends with the stream.
+                let Some(held) = held.upgrade() else { return };
+                let Ok(mut holding) = held.holding.try_lock() else {
+                    // A read is under way: the client is reading.
+                    wake = Instant::now() + after;
+                    continue;
+                };
+                let idle_until = held.last_read() + after;
+                if Instant::now() < idle_until {
+                    wake = idle_until;
+                    continue;
+                }
+                match holding.slot {
+                    Slot::Done => return,
+                    Slot::Held { .. } => {
+                        *holding = Holding {
+                            slot: Slot::Wanted,
+                            body: None,
+                        };
+                        held.let_go.store(true, Ordering::Relaxed);
+                        upstream.count_paused_release();
+                    }
+                    Slot::Wanted => {}
+                }
+                wake = Instant::now() + after;
+            }
+        });
+    }
+
+    /// Whether the stream gave its place back while its client paused (`paced_by_client`).
+    pub fn was_let_go(&self) -> bool {
+        self.held.let_go.load(Ordering::Relaxed)
     }
 
     /// The whole blob's length, if the upstream declared it.
@@ -160,15 +240,30 @@ impl BlobStream {
     /// The next chunk, or `None` at the end of the span. A body that breaks is asked for again
     /// from where it broke, up to the upstream's `resume_attempts` times in a row.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        let held = self.held.clone();
+        let mut holding = held.holding.lock().await;
+        let chunk = self.read(&mut holding).await;
+        *held.last_read.lock().expect("lock poisoned") = Instant::now();
+        chunk
+    }
+
+    async fn read(&mut self, holding: &mut Holding) -> Result<Option<Bytes>, UpstreamError> {
         loop {
             if self.end().is_some_and(|end| self.next >= end) {
                 // Done; the connection goes back to the pool only once its body is read to
                 // the end, which a range cut out of a whole-blob answer never is.
-                self.finished();
+                finished(holding);
                 return Ok(None);
             }
-            let Some(body) = self.body.as_mut() else {
+            if let Slot::Done = holding.slot {
                 return Ok(None);
+            }
+            let Some(body) = holding.body.as_mut() else {
+                // Let go of while the client paused: the rest is asked for again.
+                if let Err(e) = self.request(holding).await {
+                    self.resume(holding, e).await?;
+                }
+                continue;
             };
             let broke = match body.chunk().await {
                 Ok(Some(chunk)) => {
@@ -180,7 +275,7 @@ impl BlobStream {
                 }
                 // Ended where it should have ended (or with no length to check against).
                 Ok(None) if self.end().is_none() => {
-                    self.finished();
+                    finished(holding);
                     return Ok(None);
                 }
                 Ok(None) => UpstreamError::Unreachable {
@@ -193,14 +288,8 @@ impl BlobStream {
                 },
                 Err(e) => classify(&self.upstream.name, &e),
             };
-            self.resume(broke).await?;
+            self.resume(holding, broke).await?;
         }
-    }
-
-    /// Lets go of the body and the place: nothing more is asked for.
-    fn finished(&mut self) {
-        self.body = None;
-        self.slot = Slot::Held { _place: None };
     }
 
     /// Cuts a chunk of the current body to what the span still wants: `None` when all of it
@@ -228,14 +317,18 @@ impl BlobStream {
     /// Asks again for the rest of the span after the body broke with `broke`, waiting a little
     /// longer each time in a row; gives `broke` (or the request's own error) back once the
     /// attempts are spent or the upstream answers something a retry will not change.
-    async fn resume(&mut self, broke: UpstreamError) -> Result<(), UpstreamError> {
-        self.body = None;
+    async fn resume(
+        &mut self,
+        holding: &mut Holding,
+        broke: UpstreamError,
+    ) -> Result<(), UpstreamError> {
+        holding.body = None;
         let mut error = broke;
         loop {
             let upstream = self.upstream.clone();
             if !error.is_transient() || self.attempts >= upstream.resume_attempts {
                 upstream.count_resume("gave_up");
-                self.finished();
+                finished(holding);
                 tracing::warn!(upstream = %upstream.name, repo = %self.repo, digest = %self.digest, at = self.next, %error, "upstream body broke; not resuming");
                 return Err(error);
             }
@@ -246,7 +339,7 @@ impl BlobStream {
             tracing::info!(upstream = %upstream.name, repo = %self.repo, digest = %self.digest, at = self.next, attempt = self.attempts, %error, "upstream body broke; resuming");
             tokio::time::sleep(wait).await;
             self.resumed_at = self.next;
-            match self.request().await {
+            match self.request(holding).await {
                 Ok(()) => {
                     upstream.count_resume("resumed");
                     return Ok(());
@@ -258,12 +351,12 @@ impl BlobStream {
 
     /// Sends a request for the span from `next` and takes its body: a `206` must start there; a
     /// `200` (an upstream that ignores ranges) is skipped up to it.
-    async fn request(&mut self) -> Result<(), UpstreamError> {
+    async fn request(&mut self, holding: &mut Holding) -> Result<(), UpstreamError> {
         let upstream = self.upstream.clone();
         let url = upstream.url(&self.repo, &format!("blobs/{}", self.digest), &[]);
         let range = self.span.range_header(self.next);
-        if let Slot::Wanted = self.slot {
-            self.slot = Slot::Held {
+        if let Slot::Wanted = holding.slot {
+            holding.slot = Slot::Held {
                 _place: upstream.fetch_slot().await,
             };
         }
@@ -309,9 +402,17 @@ impl BlobStream {
             _ => {}
         }
         self.skip = self.next - starts_at;
-        self.body = Some(response);
+        holding.body = Some(response);
         Ok(())
     }
+}
+
+/// Lets go of the body and the place: nothing more is asked for.
+fn finished(holding: &mut Holding) {
+    *holding = Holding {
+        slot: Slot::Done,
+        body: None,
+    };
 }
 
 /// `Content-Range: bytes <first>-<last>/<total|*>` of a `206`.

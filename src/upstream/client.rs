@@ -90,6 +90,8 @@ pub(super) struct Client {
     bandwidth: Option<Arc<Bandwidth>>,
     /// How many times in a row a broken blob body is asked for again from where it broke.
     pub(super) resume_attempts: u32,
+    /// How long a client-paced blob body keeps its place while its client reads nothing.
+    pub(super) paused_client_timeout: Duration,
     pub(super) metrics: Metrics,
     /// This upstream's series of `wharf_upstream_bytes_total`, looked up once: it is counted
     /// for every chunk of every body.
@@ -155,6 +157,7 @@ impl Client {
                 .max_bandwidth
                 .map(|rate| Arc::new(Bandwidth::new(rate.bytes()))),
             resume_attempts: config.resume_attempts,
+            paused_client_timeout: config.paused_client_timeout,
             bytes_received: metrics.upstream_bytes.with_label_values(&[&config.name]),
             fetch_slots: (config.max_fetches > 0)
                 .then(|| Arc::new(Semaphore::new(config.max_fetches))),
@@ -414,6 +417,13 @@ impl Client {
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+
+    pub(super) fn count_paused_release(&self) {
+        self.metrics
+            .upstream_paused_releases
+            .with_label_values(&[&self.name])
+            .inc();
     }
 
     pub(super) fn count_resume(&self, result: &str) {

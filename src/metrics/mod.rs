@@ -2,12 +2,16 @@
 //! one process). Names carry the `wharf_` prefix and base units; label values come from enums or
 //! from the operator's config, never from request input.
 
+mod labels;
+
 use std::sync::Arc;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+
+pub use labels::{BypassReason, CacheResult, ContentKind, EvictionReason, RangeKind, Source};
 
 /// Cheap to clone (one reference count): every request's state holds one.
 #[derive(Clone)]
@@ -29,6 +33,7 @@ pub struct Collectors {
     pub upstream_requests: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
     pub upstream_resumes: IntCounterVec,
+    pub upstream_paused_releases: IntCounterVec,
     pub side_fetches: IntCounterVec,
     pub side_fetch_bytes: IntCounter,
     pub served_bytes: IntCounterVec,
@@ -46,123 +51,6 @@ pub struct Collectors {
     pub cache_write_errors: IntCounterVec,
     pub upstream_throttled: IntCounterVec,
     pub range_requests: IntCounterVec,
-}
-
-/// Why an entry left the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EvictionReason {
-    /// Room was needed under `max_size`.
-    Size,
-    /// Unused for `max_idle`.
-    Idle,
-    /// Its file no longer matched the index (removed or damaged outside wharf).
-    Invalid,
-    /// The filesystem ran short of space for a new entry.
-    DiskSpace,
-}
-
-impl EvictionReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EvictionReason::Size => "size",
-            EvictionReason::Idle => "idle",
-            EvictionReason::Invalid => "invalid",
-            EvictionReason::DiskSpace => "disk_space",
-        }
-    }
-}
-
-/// Why a blob was served without being cached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BypassReason {
-    /// Larger than the whole cache.
-    Oversize,
-    /// The cache directory could not take it (disk full, read-only).
-    Unwritable,
-}
-
-impl BypassReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BypassReason::Oversize => "oversize",
-            BypassReason::Unwritable => "unwritable",
-        }
-    }
-}
-
-/// What a cache lookup came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheResult {
-    Hit,
-    Miss,
-    Coalesced,
-    Stale,
-}
-
-impl CacheResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheResult::Hit => "hit",
-            CacheResult::Miss => "miss",
-            CacheResult::Coalesced => "coalesced",
-            CacheResult::Stale => "stale",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContentKind {
-    Blob,
-    Manifest,
-}
-
-impl ContentKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContentKind::Blob => "blob",
-            ContentKind::Manifest => "manifest",
-        }
-    }
-}
-
-/// What the `Range` header of a blob request came to, against the blob's size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RangeKind {
-    /// One span (perhaps several ranges merged): a plain 206.
-    Single,
-    /// Several spans: a 206 multipart/byteranges.
-    Multi,
-    /// More spans than `max_range_parts`: the whole blob instead.
-    TooManyParts,
-    /// No range inside the blob: 416.
-    Unsatisfiable,
-}
-
-impl RangeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RangeKind::Single => "single",
-            RangeKind::Multi => "multi",
-            RangeKind::TooManyParts => "too_many_parts",
-            RangeKind::Unsatisfiable => "unsatisfiable",
-        }
-    }
-}
-
-/// Where the bytes of a response came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Cache,
-    Upstream,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Cache => "cache",
-            Source::Upstream => "upstream",
-        }
-    }
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -244,10 +132,16 @@ impl Metrics {
                 "Blob bodies that broke and were asked for again from where they broke (resumed), or not (gave_up)",
                 &["upstream", "result"],
             ),
+            upstream_paused_releases: counter_vec(
+                &registry,
+                "wharf_upstream_paused_releases_total",
+                "Places under max_fetches given back, with their request, because the client reading a side fetch or pass-through answer read nothing for paused_client_timeout",
+                &["upstream"],
+            ),
             side_fetches: counter_vec(
                 &registry,
                 "wharf_side_fetches_total",
-                "Ranges far ahead of a fill: fetched upstream on their own (fetched), served from the fill after the upstream failed them (fell_back), or left to the fill because the blob had its most in flight (bounded) or the upstream no place free under max_fetches (no_place)",
+                "Ranges far ahead of a fill: fetched upstream on their own (fetched), served from the fill after the upstream failed them (fell_back), or left to the fill because the blob had its most in flight (bounded) or the upstream no place free under max_fetches (no_place), or served from the fill after the client paused and the place went back (paused)",
                 &["result"],
             ),
             side_fetch_bytes: counter(
