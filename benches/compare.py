@@ -49,6 +49,7 @@ TTFB_PAIRS = 12  # cold layers per mirror for the time-to-first-byte test
 COLD_BLOBS = 5  # fresh 256 MiB blobs per mirror for the cold single-stream test
 LAZY_CHUNK = 50_000  # stargz's chunk size: its footer read is the blob's last such chunk
 LAZY_READS = 8  # scattered file-chunk reads of a lazy pull, after the footer and the TOC
+LAZY_FOOTERS = 5  # footers asked direct and through a fresh wharf, for the footer's overhead
 
 
 def log(*args):
@@ -857,18 +858,18 @@ def settled_upstream(throttle, timeout=300):
     return last
 
 
-def lazy_pull(port, path, size):
+def lazy_pull(port, path, size, reads=2 + LAZY_READS):
     """What stargz-snapshotter does on a cold layer: the last 50,000-byte chunk (the footer), the
-    TOC before it, then scattered file chunks, one Range GET each. The footer's first byte, the
-    whole sequence's time, and the statuses."""
+    TOC before it, then scattered file chunks, one Range GET each (the first `reads` of these).
+    The footer's first byte, the whole sequence's time, and the statuses."""
     footer = size - (size % LAZY_CHUNK or LAZY_CHUNK)
     toc = max(0, footer - MIB)
-    reads = [(footer, size), (toc, footer)]
-    reads += [((size * (k + 1)) // (LAZY_READS + 2), (size * (k + 1)) // (LAZY_READS + 2) + 256 * KIB)
+    chunks = [(footer, size), (toc, footer)]
+    chunks += [((size * (k + 1)) // (LAZY_READS + 2), (size * (k + 1)) // (LAZY_READS + 2) + 256 * KIB)
               for k in range(LAZY_READS)]
     started = time.perf_counter()
     statuses, footer_ttfb = [], None
-    for start, end in reads:
+    for start, end in chunks[:reads]:
         r = http_get(port, path, [("Range", f"bytes={start}-{end - 1}")])
         footer_ttfb = r.ttfb if footer_ttfb is None else footer_ttfb
         statuses.append(r.status)
@@ -925,6 +926,20 @@ def cold_paths(args, work, procs, record, upstream, mirrors, big, slow):
                        "x")
             for m in fresh.values():
                 procs.stop(m.proc)
+            # One footer is one sample of a few milliseconds: the overhead is the median of
+            # LAZY_FOOTERS pairs, each a direct footer then one through a fresh wharf.
+            if "wharf" in names:
+                overheads = []
+                for k in range(LAZY_FOOTERS):
+                    tag = f"lazy-{label}-footer-{k}"
+                    direct = lazy_pull(throttle.port, path, size, reads=1)[0]
+                    m = behind(procs, work, ["wharf"], args, tag, throttle)["wharf"]
+                    through = lazy_pull(m.port, path, size, reads=1)[0]
+                    procs.stop(m.proc)
+                    shutil.rmtree(work / f"wharf-{tag}-cache", ignore_errors=True)
+                    overheads.append((through - direct) * 1000)
+                record(f"lazy_{label}_footer_overhead", "wharf", statistics.median(overheads),
+                       "ms", runs=[round(x, 2) for x in overheads])
 
     # 10. Resume: 4 clients on a cold 1 GiB blob whose upstream connection is cut every
     # 128 MiB. Direct, each client would fail at the first cut. A client that gets no byte for
@@ -992,9 +1007,11 @@ ROWS = [
     ("cold_256m_ratio", "  through / direct (x)", True),
     ("cold_cpu_per_gib", "  mirror CPU per GiB (s)", False),
     ("lazy_64m_footer_ttfb", "lazy pull 64 MiB at 16 MiB/s: footer first byte (ms)", False),
+    ("lazy_64m_footer_overhead", "  footer overhead over direct, median of 5 pairs (ms)", False),
     ("lazy_64m_sequence", "  footer, TOC, 8 chunks (s)", False),
     ("lazy_64m_upstream", "  upstream bytes / blob (x)", False),
     ("lazy_1g_footer_ttfb", "lazy pull 1 GiB at 16 MiB/s: footer first byte (ms)", False),
+    ("lazy_1g_footer_overhead", "  footer overhead over direct, median of 5 pairs (ms)", False),
     ("lazy_1g_sequence", "  footer, TOC, 8 chunks (s)", False),
     ("lazy_1g_upstream", "  upstream bytes / blob (x)", False),
     ("resume_complete_clients", "resume: 4 x 1 GiB cut every 128 MiB, clients complete", True),

@@ -94,6 +94,47 @@ async fn a_footer_far_ahead_of_the_fill_is_fetched_on_its_own_and_answered_first
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_footer_of_a_blob_not_here_is_asked_for_beside_the_fill_not_after_it() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(8 * MIB, 22);
+    let digest = upstream.add_blob(blob.clone());
+    // The fill's GET gets no answer, not even headers, until the test opens the gate: the
+    // blob's length can only come from the range's own answer.
+    let gate = Hold::after(0);
+    upstream.faults().hold_whole_answers = Some(gate.clone());
+    let wharf = Wharf::start(&upstream, |_| {}).await;
+    let (first, last) = (blob.len() - 50_000, blob.len() - 1);
+    let range = format!("bytes={first}-{last}");
+    let r = tokio::time::timeout(Duration::from_secs(10), get_range(&wharf, &digest, &range))
+        .await
+        .expect("the footer answered while the fill's GET has no answer");
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes {first}-{last}/{}", blob.len())
+    );
+    assert_eq!(r.bytes().await.unwrap(), blob.slice(first..));
+    // A range past the end is answered up to the end, as a 206 is.
+    let r = get_range(&wharf, &digest, &format!("bytes={first}-{}", last + 10)).await;
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes {first}-{last}/{}", blob.len())
+    );
+    assert_eq!(r.bytes().await.unwrap(), blob.slice(first..));
+    assert_eq!(gate.reached(), 1, "the fill's GET was sent, and is held");
+    assert_eq!(
+        ranged_gets(&upstream),
+        [
+            format!("bytes={first}-{last}"),
+            format!("bytes={first}-{}", last + 10)
+        ]
+    );
+    gate.open();
+    assert!(wharf.settled(&digest).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_range_the_fill_has_reached_is_served_from_the_fill() {
     let upstream = FakeRegistry::start().await;
     let blob = random_bytes(4 * MIB, 22);

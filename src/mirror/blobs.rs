@@ -1,9 +1,11 @@
 //! Blobs: from the cache, from a fill already running, from a new fill fed from the upstream,
 //! or (when the cache takes no writes) straight from the upstream.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 
 use super::access::Content;
 use super::feed::Fed;
@@ -99,12 +101,14 @@ fn not_found_is_blob_unknown(e: Error) -> Error {
 }
 
 impl Mirror {
-    /// A blob to stream.
+    /// A blob to stream. `wanted`: the one range the client asked for, when it named both
+    /// ends; far enough into a blob not yet here, it is asked for at once, beside the fill.
     pub async fn blob(
         self: &Arc<Self>,
         registry: Option<&str>,
         repo: &RepoName,
         digest: &Digest,
+        wanted: Option<Range<u64>>,
     ) -> Result<BlobAnswer, Error> {
         let upstream = self.upstream(registry, repo)?;
         let lookup = self.cache.blob(digest).await;
@@ -139,6 +143,27 @@ impl Mirror {
             }
         };
         self.metrics.cache_result(ContentKind::Blob, result);
+        let side = SideSource {
+            upstream: upstream.clone(),
+            repo: repo.clone(),
+            digest: digest.clone(),
+            policy: self.side_policy,
+            fetches: self.side_fetches.clone(),
+            metrics: self.metrics.clone(),
+            early: Default::default(),
+        };
+        // The fill's answer not in yet: a range asked for at once learns the blob's length
+        // from its own answer.
+        let waiting = fill.started().now_or_never().is_none();
+        if let Some(wanted) = wanted.filter(|_| waiting) {
+            if let Some(size) = side.open_early(&fill, wanted.start, wanted.end).await {
+                return Ok(BlobAnswer {
+                    size: Some(size),
+                    result,
+                    bytes: BlobBytes::Ranged(RangedBlob(Ranged::Filling(fill, Box::new(side)))),
+                });
+            }
+        }
         match fill.started().await.map_err(Error::from) {
             Ok(size) => {
                 // An empty body has no last byte to hold back, and HTTP completes an empty
@@ -146,14 +171,6 @@ impl Mirror {
                 if size == Some(0) {
                     fill.verdict().await?;
                 }
-                let side = SideSource {
-                    upstream: upstream.clone(),
-                    repo: repo.clone(),
-                    digest: digest.clone(),
-                    policy: self.side_policy,
-                    fetches: self.side_fetches.clone(),
-                    metrics: self.metrics.clone(),
-                };
                 Ok(BlobAnswer {
                     size,
                     result,

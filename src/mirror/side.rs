@@ -89,12 +89,60 @@ pub struct SideSource {
     pub policy: SidePolicy,
     pub fetches: Arc<SideFetches>,
     pub metrics: Metrics,
+    /// A range asked for before the fill's answer came (`open_early`), already streaming.
+    pub early: Mutex<Option<SideBody>>,
 }
 
 impl SideSource {
+    /// Asks the upstream for `start..end` at once, beside a fill that has no answer yet, when
+    /// the range is one a side fetch would take; the blob's length when it answered (from its
+    /// `Content-Range`), and the range is then ready for `ahead_of`. A lazy puller's footer is
+    /// so answered after one upstream round trip, not after the fill's and then its own.
+    pub async fn open_early(&self, fill: &Arc<Fill>, start: u64, end: u64) -> Option<u64> {
+        // What `ahead_of` decides for a fill at byte 0 with no rate measured yet.
+        if start <= NEAR || end <= start || end - start > self.policy.max_len {
+            return None;
+        }
+        // Not counted as bounded: `ahead_of` will decide again, and count.
+        let place = self.fetches.place(&self.digest, self.policy.per_blob)?;
+        let span = Span {
+            start,
+            end: Some(end),
+        };
+        let mut stream = match self
+            .upstream
+            .blob_if_free(&self.repo, &self.digest, span)
+            .await
+        {
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
+                tracing::debug!(upstream = self.upstream.name(), repo = %self.repo, digest = %self.digest, error = %e, "early side fetch failed; waiting for the fill");
+                return None;
+            }
+            // Not counted: `ahead_of` will try again when the range is sent.
+            None => return None,
+        };
+        // An upstream that ignores ranges leaves the range to the fill.
+        let total = stream.total()?;
+        if stream.starts_before_span() {
+            return None;
+        }
+        // A range past the end is answered up to the end, as the upstream did.
+        let end = end.min(total);
+        stream.stop_at(end);
+        let mut body = self.unasked(fill, start, end, place);
+        body.stream_from(stream, start);
+        *self.early.lock().expect("lock poisoned") = Some(body);
+        Some(total)
+    }
+
     /// The body of `start..end` fetched on its own, when the fill will not reach it soon, the
     /// range is short enough and the blob has a place left; `None`: read it from the fill.
     pub fn ahead_of(&self, fill: &Arc<Fill>, start: u64, end: Option<u64>) -> Option<SideBody> {
+        let early = self.early.lock().expect("lock poisoned").take();
+        if let Some(early) = early.filter(|b| b.next == start && Some(b.end) == end) {
+            return Some(early);
+        }
         let position = fill.position();
         // Without the blob's length there is no block to clip to and no total to check.
         let total = position.total?;
@@ -110,14 +158,18 @@ impl SideSource {
             self.metrics.side_fetch("bounded");
             return None;
         };
-        // Exactly the range: every byte more is a byte the upstream sends twice (the fill
-        // brings it too), and lazy pullers' reads are whole chunks already.
-        let span = Span {
-            start,
-            end: Some(end),
-        };
-        Some(SideBody {
-            state: State::Unasked(span),
+        Some(self.unasked(fill, start, end, place))
+    }
+
+    /// The body of `start..end`, not asked for yet. Exactly the range: every byte more is a
+    /// byte the upstream sends twice (the fill brings it too), and lazy pullers' reads are
+    /// whole chunks already.
+    fn unasked(&self, fill: &Arc<Fill>, start: u64, end: u64, place: Place) -> SideBody {
+        SideBody {
+            state: State::Unasked(Span {
+                start,
+                end: Some(end),
+            }),
             upstream: self.upstream.clone(),
             repo: self.repo.clone(),
             digest: self.digest.clone(),
@@ -126,7 +178,7 @@ impl SideSource {
             end,
             metrics: self.metrics.clone(),
             _place: place,
-        })
+        }
     }
 }
 
@@ -176,9 +228,7 @@ impl SideBody {
                         // An upstream that ignores ranges would send the whole blob up to
                         // the range: the fill gets there no later.
                         Some(Ok(stream)) if !stream.starts_before_span() => {
-                            stream.paced_by_client();
-                            self.metrics.side_fetch("fetched");
-                            self.state = State::Streaming(stream, span.start);
+                            self.stream_from(stream, span.start)
                         }
                         Some(Ok(_)) => self.fall_back("the upstream ignores ranges"),
                         Some(Err(e)) => self.fall_back(&e.to_string()),
@@ -224,6 +274,13 @@ impl SideBody {
                 }
             }
         }
+    }
+
+    /// Sends what the upstream answered for the range, from `at`.
+    fn stream_from(&mut self, stream: BlobStream, at: u64) {
+        stream.paced_by_client();
+        self.metrics.side_fetch("fetched");
+        self.state = State::Streaming(stream, at);
     }
 
     fn fall_back(&mut self, why: &str) {

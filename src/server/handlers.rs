@@ -8,7 +8,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::blob_body::{self, Delivery};
 use super::multipart::{Boundary, Multipart};
-use super::range::{self, RangeSet, Resolved, Span};
+use super::range::{self, ByteRange, RangeSet, Resolved, Span};
 use super::response::{empty, full, Body};
 use super::route::{Route, Target};
 use super::sendfile::FileRanges;
@@ -136,9 +136,19 @@ async fn blob_get(
     ranges: Option<RangeSet>,
     zero_copy: Option<FileRanges>,
 ) -> Result<Response<Body>, Error> {
+    // One range with both ends is what a lazy puller asks of a blob it may not have yet.
+    let wanted = match ranges.as_ref().map(RangeSet::specs) {
+        Some(
+            &[ByteRange::From {
+                start,
+                last: Some(last),
+            }],
+        ) => Some(start..last.saturating_add(1)),
+        _ => None,
+    };
     let answer: BlobAnswer = state
         .mirror
-        .blob(target.registry.as_deref(), &target.repo, digest)
+        .blob(target.registry.as_deref(), &target.repo, digest, wanted)
         .await?;
     let result = answer.result;
     let headers = |content_type: &str| {

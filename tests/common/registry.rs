@@ -49,6 +49,8 @@ pub struct Faults {
     pub stall: Option<Break>,
     /// Blob bodies: send some bytes, then wait until the test opens the gate.
     pub hold: Option<Hold>,
+    /// Blob GETs without `Range` (a fill's): wait at this gate before answering at all.
+    pub hold_whole_answers: Option<Hold>,
     /// Require `Authorization: Bearer <token>` from this realm (served by the fake itself).
     pub bearer: bool,
     /// Require this `Authorization: Basic ...` value.
@@ -493,6 +495,11 @@ async fn respond(state: State, req: Request<Incoming>) -> Response<Body> {
     if kind == "manifests" {
         if let Some(delay) = faults.manifest_delay {
             tokio::time::sleep(delay).await;
+        }
+    }
+    if let Some(gate) = faults.hold_whole_answers.as_ref() {
+        if kind == "blobs" && !head && header("range").is_none() {
+            gate.wait().await;
         }
     }
     let c = state.content.lock().unwrap();
