@@ -113,7 +113,7 @@ fn cache_hits(c: &mut Criterion) {
     let bytes = bytes::Bytes::from(vec![7u8; 1 << 20]);
     let digest = Digest::sha256_of(&bytes);
     runtime.block_on(async {
-        let BlobLookup::Started(_, writer) = cache.blob(&digest).await else {
+        let Ok(BlobLookup::Started(_, writer)) = cache.blob(&digest).await else {
             panic!("a new cache holds nothing")
         };
         writer.start(Some(bytes.len() as u64)).await;
@@ -124,7 +124,7 @@ fn cache_hits(c: &mut Criterion) {
     });
     c.bench_function("blob hit (index, open, size check)", |b| {
         b.iter(|| match cache.blob(&digest).now_or_never() {
-            Some(BlobLookup::Cached(blob)) => blob.size(),
+            Some(Ok(BlobLookup::Cached(blob))) => blob.size(),
             _ => panic!("committed"),
         })
     });

@@ -53,6 +53,8 @@ pub enum Failure<'a> {
     UpstreamTimedOut,
     /// The upstream answered with an error, or sent what failed verification.
     BadGateway,
+    /// wharf is short of descriptors or memory for a moment; worth trying again soon.
+    Busy,
     /// wharf itself failed.
     Internal,
 }
@@ -76,6 +78,7 @@ impl Error {
                 UpstreamError::Status { .. } | UpstreamError::Invalid { .. } => Failure::BadGateway,
             },
             Error::Cache(e) if e.is_verification_failure() => Failure::BadGateway,
+            Error::Cache(cache::Error::Busy(_)) => Failure::Busy,
             Error::Cache(_) | Error::Panicked(_) => Failure::Internal,
         }
     }

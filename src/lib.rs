@@ -21,7 +21,7 @@
 //! 3. The handler asks [`mirror::Mirror::blob`] by registry, repository and digest.
 //! 4. The mirror picks the upstream and asks [`cache::Cache::blob`]: committed on disk, a fill
 //!    already running to join, or a new fill that the mirror feeds from
-//!    [`upstream::Upstream::blob`]. The fill's writer thread hashes what it writes and commits
+//!    [`upstream::Upstream::blob`]. The fill's writer hashes what it writes and commits
 //!    the blob only once its digest and length match.
 //! 5. Each client reads through its own [`cache::BlobReader`] at its own pace: the committed
 //!    file, or the fill's temp file up to what is written (its newest bytes from memory).

@@ -15,6 +15,7 @@ mod limits;
 mod manifests;
 mod memory;
 mod places;
+mod pressure;
 mod process;
 mod properties;
 mod security;

@@ -4,146 +4,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use wharf::config::AuthConfig;
-use wharf::Config;
 
+use crate::common::child::Process;
 use crate::common::disk::{self, temp_files};
 use crate::common::{
-    config, each_upstream, eventually, metric_in, pki, random_bytes, sha256, FakeRegistry, Hold,
-    MIB, OCI_MANIFEST, TOKEN, WHARF,
+    config, each_upstream, eventually, pki, random_bytes, sha256, FakeRegistry, Hold, MIB,
+    OCI_MANIFEST, TOKEN, WHARF,
 };
-
-/// A wharf process, killed by PID when dropped whatever happened.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    /// Starts `wharf serve` with `config` (on 127.0.0.1:0, with `grace` to shut down), written
-    /// to `dir/mirror.toml`, and waits until it serves.
-    fn start(dir: &Path, config: &Config, grace: Duration) -> Process {
-        Self::start_logging(dir, config, grace, "info")
-    }
-
-    /// [`Process::start`] with `RUST_LOG` set to `filter`.
-    fn start_logging(dir: &Path, config: &Config, grace: Duration, filter: &str) -> Process {
-        static STARTS: AtomicUsize = AtomicUsize::new(0);
-        let mut config = config.clone();
-        config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.server.shutdown_grace = grace;
-        let config_path = dir.join("mirror.toml");
-        fs::write(&config_path, config.to_toml()).unwrap();
-        let log = dir.join(format!(
-            "wharf-{}.log",
-            STARTS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let child = Command::new(WHARF)
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", filter)
-            .stderr(fs::File::create(&log).unwrap())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Guarded from here on: a failed start-up still kills and reaps the child.
-        let mut process = Process {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = process.log_text();
-            let addr = text.lines().find_map(|l| {
-                let at = l.find("wharf is serving")?;
-                let rest = &l[at..];
-                let listen = &rest[rest.find("listen=")? + 7..];
-                listen.split_whitespace().next()?.parse().ok()
-            });
-            if let Some(addr) = addr {
-                process.addr = addr;
-                return process;
-            }
-            assert!(Instant::now() < deadline, "wharf did not start:\n{text}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits (up to 10 s) until the log has a line containing `fragment`.
-    fn wait_for_log(&self, fragment: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.log_text().contains(fragment) {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
-    }
-
-    /// One series of the process's `/metrics`, as [`metric_in`] reads it.
-    async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
-        let text = reqwest::get(self.url("/metrics")).await.unwrap();
-        metric_in(&text.text().await.unwrap(), name, labels)
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn sigterm(&self) {
-        self.signal("-TERM");
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit on its own; its status.
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wharf did not exit within {limit:?}:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
 
 /// The digests the committed blobs are named by (read while wharf runs, so not hashed: a file
 /// may be evicted at any moment).

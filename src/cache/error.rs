@@ -22,6 +22,10 @@ pub enum Error {
     Read(#[source] Arc<io::Error>),
     #[error("not enough free disk space to cache {0} bytes")]
     NoSpace(u64),
+    /// Out of file descriptors or memory for a moment: nothing is wrong with the cache, and
+    /// the request may be tried again shortly.
+    #[error("the cache is short of resources for the moment: {0}")]
+    Busy(#[source] Arc<io::Error>),
     #[error("the fill was abandoned before it finished")]
     Abandoned,
     #[error("the fill stopped without a verdict")]
@@ -44,6 +48,21 @@ impl Error {
 
     pub(crate) fn read(e: io::Error) -> Error {
         Error::Read(Arc::new(e))
+    }
+
+    /// An error opening or creating a cache file: `Busy` when it is a passing shortage.
+    pub(crate) fn opening(e: io::Error) -> Error {
+        if super::store::is_transient(&e) {
+            Error::Busy(Arc::new(e))
+        } else {
+            Error::Read(Arc::new(e))
+        }
+    }
+
+    /// The cache could not give the bytes it holds (as opposed to not holding them): they can
+    /// still be streamed from the upstream.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(self, Error::Read(_))
     }
 
     /// The cache could not take the bytes (as opposed to the bytes being wrong): the blob can

@@ -45,7 +45,7 @@ pub use tags::{TagKey, Variant};
 ///    what no tier holds. Neither the mirror nor the server changes for it.
 ///
 /// Whoever brings bytes in does not vouch for them: every fill is hashed as it is written and
-/// committed only once its digest and length match (the fill's writer thread does that), and
+/// committed only once its digest and length match (the fill's writer does that), and
 /// a manifest is stored only once the caller has checked its digest. What a tier below hands
 /// up is checked the same way before it is committed here, and what this cache commits is
 /// what it may hand to a tier below.
@@ -112,16 +112,16 @@ impl Cache {
     }
 
     /// The blob if it is cached, else the fill of it to join or to start.
-    pub async fn blob(&self, digest: &Digest) -> BlobLookup {
+    pub async fn blob(&self, digest: &Digest) -> Result<BlobLookup, Error> {
         self.fills.join(digest)
     }
 
     /// What the cache holds of a blob, without starting a fill (for `HEAD`).
-    pub async fn blob_held(&self, digest: &Digest) -> Option<BlobHeld> {
-        if let Some(blob) = self.fills.cached(digest) {
-            return Some(BlobHeld::Cached(blob));
+    pub async fn blob_held(&self, digest: &Digest) -> Result<Option<BlobHeld>, Error> {
+        if let Some(blob) = self.fills.cached(digest)? {
+            return Ok(Some(BlobHeld::Cached(blob)));
         }
-        self.fills.running(digest).map(BlobHeld::Filling)
+        Ok(self.fills.running(digest).map(BlobHeld::Filling))
     }
 
     /// A cached manifest, from memory or from disk (re-checked against its digest there).

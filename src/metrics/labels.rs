@@ -31,6 +31,8 @@ pub enum BypassReason {
     Oversize,
     /// The cache directory could not take it (disk full, read-only).
     Unwritable,
+    /// Cached, but its file could not be opened (the entry is kept).
+    Unreadable,
 }
 
 impl BypassReason {
@@ -38,6 +40,7 @@ impl BypassReason {
         match self {
             BypassReason::Oversize => "oversize",
             BypassReason::Unwritable => "unwritable",
+            BypassReason::Unreadable => "unreadable",
         }
     }
 }

@@ -49,6 +49,7 @@ pub struct Collectors {
     pub cache_bypass: IntCounterVec,
     pub cache_writable: IntGauge,
     pub cache_write_errors: IntCounterVec,
+    pub cache_open_errors: IntCounterVec,
     pub upstream_throttled: IntCounterVec,
     pub range_requests: IntCounterVec,
 }
@@ -210,6 +211,12 @@ impl Metrics {
                 &registry,
                 "wharf_cache_writable",
                 "1 while the cache directory takes writes, 0 while caching is suspended",
+            ),
+            cache_open_errors: counter_vec(
+                &registry,
+                "wharf_cache_open_errors_total",
+                "Cached files that could not be opened for a reason that proves nothing about them (transient: out of descriptors or memory, answered 503; other: served from the upstream); their entries are kept",
+                &["kind"],
             ),
             cache_write_errors: counter_vec(
                 &registry,

@@ -111,7 +111,18 @@ impl Mirror {
         wanted: Option<Range<u64>>,
     ) -> Result<BlobAnswer, Error> {
         let upstream = self.upstream(registry, repo)?;
-        let lookup = self.cache.blob(digest).await;
+        let lookup = match self.cache.blob(digest).await {
+            Ok(lookup) => lookup,
+            // Cached, but its file cannot be opened now (the entry is kept): the upstream has it.
+            Err(e) if e.is_unreadable() => {
+                self.metrics
+                    .cache_result(ContentKind::Blob, CacheResult::Miss);
+                return self
+                    .passthrough(upstream, repo, digest, BypassReason::Unreadable)
+                    .await;
+            }
+            Err(e) => return Err(e.into()),
+        };
         // Content already here came through some repository; a private upstream must confirm
         // that this one may read it too. A fill started here asks the upstream itself.
         if matches!(lookup, BlobLookup::Cached(_) | BlobLookup::Coalesced(_)) {
@@ -132,7 +143,9 @@ impl Mirror {
             BlobLookup::NoWrites => {
                 self.metrics
                     .cache_result(ContentKind::Blob, CacheResult::Miss);
-                return self.passthrough(upstream, repo, digest).await;
+                return self
+                    .passthrough(upstream, repo, digest, BypassReason::Unwritable)
+                    .await;
             }
             BlobLookup::Coalesced(fill) => (fill, CacheResult::Coalesced),
             BlobLookup::Started(fill, writer) => {
@@ -179,7 +192,8 @@ impl Mirror {
             }
             // The disk could not take it before any byte was sent: serve it anyway.
             Err(Error::Cache(e)) if e.is_unwritable() => {
-                self.passthrough(upstream, repo, digest).await
+                self.passthrough(upstream, repo, digest, BypassReason::Unwritable)
+                    .await
             }
             Err(e) => Err(not_found_is_blob_unknown(e)),
         }
@@ -191,8 +205,9 @@ impl Mirror {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
+        why: BypassReason,
     ) -> Result<BlobAnswer, Error> {
-        self.metrics.bypassed(BypassReason::Unwritable);
+        self.metrics.bypassed(why);
         let stream = upstream
             .blob(repo, digest, Span::WHOLE)
             .await
@@ -272,7 +287,13 @@ impl Mirror {
         digest: &Digest,
     ) -> Result<(Option<u64>, CacheResult), Error> {
         let upstream = self.upstream(registry, repo)?;
-        match self.cache.blob_held(digest).await {
+        let held = match self.cache.blob_held(digest).await {
+            Ok(held) => held,
+            // Cached, but its file cannot be opened now: the upstream knows the size too.
+            Err(e) if e.is_unreadable() => None,
+            Err(e) => return Err(e.into()),
+        };
+        match held {
             Some(BlobHeld::Cached(blob)) => {
                 self.access
                     .confirm(upstream, repo, digest, Content::Blob)

@@ -21,6 +21,8 @@ pub enum ErrorCode {
     /// Not in the spec's table, which only covers client mistakes; clients treat unknown codes
     /// as opaque, and an operator reading a 502 body learns which side failed.
     UpstreamUnavailable,
+    /// Also not in the spec's table: the mirror itself is short of resources for a moment.
+    Unavailable,
     InternalError,
 }
 

@@ -14,6 +14,9 @@ use http_body_util::{BodyExt, Empty, Full};
 use crate::error::{ClientError, Error, Failure};
 use crate::oci::{ErrorBody, ErrorCode, ReferenceError};
 
+/// What a request refused for a passing shortage (descriptors, memory) is told to wait.
+const BUSY_RETRY_AFTER_SECS: u32 = 1;
+
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BodyError>;
 
@@ -69,6 +72,7 @@ fn status_and_code(failure: Failure<'_>) -> (StatusCode, ErrorCode) {
         Failure::UpstreamUnreachable => (S::SERVICE_UNAVAILABLE, ErrorCode::UpstreamUnavailable),
         Failure::UpstreamTimedOut => (S::GATEWAY_TIMEOUT, ErrorCode::UpstreamUnavailable),
         Failure::BadGateway => (S::BAD_GATEWAY, ErrorCode::UpstreamUnavailable),
+        Failure::Busy => (S::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
         Failure::Internal => (S::INTERNAL_SERVER_ERROR, ErrorCode::InternalError),
     }
 }
@@ -99,6 +103,9 @@ pub fn error_response(error: &Error, head: bool) -> Response<Body> {
         }
         Failure::Client(ClientError::TooManyRequests { retry_after_secs }) => {
             response = response.header(RETRY_AFTER, *retry_after_secs);
+        }
+        Failure::Busy => {
+            response = response.header(RETRY_AFTER, BUSY_RETRY_AFTER_SECS);
         }
         Failure::Client(ClientError::Unauthenticated) => {
             response = response.header(WWW_AUTHENTICATE, super::auth::CHALLENGE);

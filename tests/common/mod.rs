@@ -1,9 +1,10 @@
 //! The test harness: a fake upstream registry with fault switches and request counters
-//! (`registry`), the real wharf started on 127.0.0.1:0 from a config built in Rust (`app`), what
-//! a cache directory holds on disk (`disk`), certificates (`pki`), captured logs (`logs`), and a
-//! reader of multipart/byteranges bodies (`multipart`).
+//! (`registry`), the real wharf started on 127.0.0.1:0 from a config built in Rust (`app`) or as
+//! a child process (`child`), what a cache directory holds on disk (`disk`), certificates
+//! (`pki`), captured logs (`logs`), and a reader of multipart/byteranges bodies (`multipart`).
 
 pub mod app;
+pub mod child;
 pub mod disk;
 pub mod logs;
 pub mod multipart;

@@ -1,7 +1,7 @@
 //! Single-flight fills, teed through disk.
 //!
 //! The first request for a missing blob starts one fill: its caller feeds the source's bytes to
-//! a [`FillWriter`], whose writer thread appends them to a temp file, hashes them, and publishes
+//! a [`FillWriter`], whose writer task appends them to a temp file, hashes them, and publishes
 //! progress on a `watch` channel. Every request for that digest, the first included, is a
 //! [`BlobReader`] that reads the temp file up to the published length at its own pace, so one
 //! slow client never holds back the fill or the others, and the fill finishes (and is cached)
@@ -10,6 +10,7 @@
 
 mod assembly;
 mod buffers;
+mod feeding;
 mod progress;
 mod reader;
 mod window;
@@ -22,13 +23,13 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::error::Error;
-use super::store::{CommittedFile, Store};
+use super::store::{self, CommittedFile, Store};
 use crate::oci::Digest;
 use buffers::BufferPool;
+pub use feeding::{FillWriter, SegmentWriter};
 use progress::{FillState, Progress};
 pub use reader::BlobReader;
 use window::NewestBytes;
-pub use writer::{FillWriter, SegmentWriter};
 use writer::{Leave, WriteJob};
 
 /// One blob being filled, as its readers see it.
@@ -194,11 +195,12 @@ impl Fills {
     }
 
     /// The committed blob, opened (and its use counted), if there is one.
-    pub fn cached(&self, digest: &Digest) -> Option<CachedBlob> {
-        self.store.open_blob(digest).map(|committed| CachedBlob {
+    pub fn cached(&self, digest: &Digest) -> Result<Option<CachedBlob>, Error> {
+        let committed = self.store.open_blob(digest).map_err(Error::opening)?;
+        Ok(committed.map(|committed| CachedBlob {
             committed,
             buffers: self.buffers.clone(),
-        })
+        }))
     }
 
     /// The fill of `digest` in progress, if any.
@@ -214,32 +216,36 @@ impl Fills {
         self.in_flight.lock().expect("lock poisoned").len()
     }
 
-    /// The committed blob, the running fill, or a new fill for `digest`.
-    pub fn join(&self, digest: &Digest) -> BlobLookup {
+    /// The committed blob, the running fill, or a new fill for `digest`. Fails when the blob
+    /// is cached but its file cannot be opened (the entry is kept), or a fill's temp file
+    /// cannot be made for want of descriptors or memory.
+    pub fn join(&self, digest: &Digest) -> Result<BlobLookup, Error> {
         // Hits take no lock.
-        if let Some(blob) = self.cached(digest) {
-            return BlobLookup::Cached(blob);
+        if let Some(blob) = self.cached(digest)? {
+            return Ok(BlobLookup::Cached(blob));
         }
         if let Some(fill) = self.running(digest) {
-            return BlobLookup::Coalesced(fill);
+            return Ok(BlobLookup::Coalesced(fill));
         }
         // May probe the disk: outside the lock, so a slow disk holds up no other request.
         let writable = self.store.caching_allowed();
         let mut in_flight = self.in_flight.lock().expect("lock poisoned");
         if let Some(fill) = in_flight.get(digest) {
-            return BlobLookup::Coalesced(fill.clone());
+            return Ok(BlobLookup::Coalesced(fill.clone()));
         }
         // A fill removes itself only after its rename, under this lock: look again so a fill
         // that finished since the first look is not repeated.
-        if let Some(blob) = self.cached(digest) {
-            return BlobLookup::Cached(blob);
+        if let Some(blob) = self.cached(digest)? {
+            return Ok(BlobLookup::Cached(blob));
         }
         if !writable {
-            return BlobLookup::NoWrites;
+            return Ok(BlobLookup::NoWrites);
         }
-        let Ok((temp_path, file)) = self.store.temp_file() else {
+        let (temp_path, file) = match self.store.temp_file() {
+            Ok(temp) => temp,
+            Err(e) if store::is_transient(&e) => return Err(Error::opening(e)),
             // The store has recorded why (logged once per condition).
-            return BlobLookup::NoWrites;
+            Err(_) => return Ok(BlobLookup::NoWrites),
         };
         let file = Arc::new(file);
         let (progress_tx, progress_rx) = watch::channel(Progress::connecting());
@@ -264,7 +270,7 @@ impl Fills {
             leave,
         );
         let writer = job.spawn(self.buffers.clone());
-        BlobLookup::Started(fill, writer)
+        Ok(BlobLookup::Started(fill, writer))
     }
 }
 

@@ -1,5 +1,8 @@
-//! The writing end of a fill: the feeder's [`FillWriter`], and the writer thread that appends
-//! to the temp file, hashes, publishes progress, verifies and commits.
+//! The writer of a fill: a task that appends what the feeder sends to the temp file, hashes it,
+//! publishes progress, verifies and commits. It borrows a blocking thread for each step that
+//! touches the disk (a batch of pieces, the start, the commit) and holds none while the fill
+//! waits for its source, so fills waiting on a slow or stalled upstream never take the threads
+//! warm hits, logins and manifest commits need.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -7,21 +10,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use super::assembly::Assembly;
-use super::buffers::{Buffer, BufferPool, CHUNK};
+use super::buffers::BufferPool;
+use super::feeding::{FillWriter, Message, Piece, PieceSender, WRITE_BUDGET};
 use super::progress::{FillState, Progress};
 use super::window::NewestBytes;
-use crate::cache::error::{check_blob, Error, SourceFailure};
+use crate::cache::error::{check_blob, Error};
 use crate::cache::store::{Committed, EntryKey, RoomClaim, Store};
 use crate::oci::{Digest, Verifier};
 
-/// Buffer memory queued for the writer thread before the feeder waits for the disk. Counted in
-/// the memory the queued pieces hold, not their payload: a source's chunk can be anything from
-/// a few KiB (an HTTP/2 DATA frame) to hundreds.
-const WRITE_BUDGET: usize = 2 * 1024 * 1024;
 /// Messages in the writer's queue (the byte budget is what really bounds it).
 const WRITE_QUEUE: usize = 1024;
 /// Progress is published to readers at least this many bytes at a time (and at the end), so
@@ -29,169 +28,6 @@ const WRITE_QUEUE: usize = 1024;
 const PUBLISH_EVERY: u64 = 256 * 1024;
 /// ...or when no more bytes came for this long, so a slow upstream still reaches them promptly.
 const PUBLISH_LINGER: Duration = Duration::from_millis(2);
-
-enum Message {
-    Start(Option<u64>),
-    Piece(Piece),
-    Finish(oneshot::Sender<Result<(), Error>>),
-    Fail(SourceFailure),
-}
-
-/// Bytes for the writer thread: where they go in the blob, the buffer memory they hold, and
-/// that memory's share of the write budget, given back once they are on disk.
-struct Piece {
-    offset: u64,
-    bytes: Bytes,
-    held: usize,
-    _budget: OwnedSemaphorePermit,
-}
-
-/// Sends pieces to the writer thread, within the byte budget.
-#[derive(Clone)]
-struct PieceSender {
-    tx: mpsc::Sender<Message>,
-    budget: Arc<Semaphore>,
-    buffers: BufferPool,
-}
-
-impl PieceSender {
-    /// Sends `bytes`, which hold `held` bytes of memory, to be written at `offset`; waits while
-    /// the disk is behind.
-    async fn send(&self, offset: u64, bytes: Bytes, held: usize) -> Result<(), Error> {
-        // A piece larger than the whole budget takes all of it.
-        let share = held.clamp(1, WRITE_BUDGET) as u32;
-        let budget = self
-            .budget
-            .clone()
-            .acquire_many_owned(share)
-            .await
-            .map_err(|_| writer_stopped())?;
-        let piece = Piece {
-            offset,
-            bytes,
-            held,
-            _budget: budget,
-        };
-        self.tx
-            .send(Message::Piece(piece))
-            .await
-            .map_err(|_| writer_stopped())
-    }
-}
-
-/// The feeding end of a fill, held by whoever fetches the bytes: it hands out a
-/// [`SegmentWriter`] for each piece of the blob fetched on its own (one from the start, and
-/// perhaps others further on, fed alongside).
-pub struct FillWriter {
-    pieces: PieceSender,
-}
-
-impl FillWriter {
-    /// The source answered; `total` is its declared length.
-    pub async fn start(&self, total: Option<u64>) {
-        let _ = self.pieces.tx.send(Message::Start(total)).await;
-    }
-
-    /// A writer of the piece of the blob from `start`. Every piece must have been written and
-    /// flushed before [`Self::finish`].
-    pub fn segment(&self, start: u64) -> SegmentWriter {
-        SegmentWriter {
-            pieces: self.pieces.clone(),
-            next: start,
-            filling: None,
-            filled: 0,
-        }
-    }
-
-    /// Verifies length and digest and commits the blob.
-    pub async fn finish(self) -> Result<(), Error> {
-        let (reply, verdict) = oneshot::channel();
-        if self.pieces.tx.send(Message::Finish(reply)).await.is_err() {
-            return Err(writer_stopped());
-        }
-        verdict.await.unwrap_or(Err(Error::Abandoned))
-    }
-
-    /// The source failed; readers see `error`.
-    pub async fn fail(self, error: SourceFailure) {
-        let _ = self.pieces.tx.send(Message::Fail(error)).await;
-    }
-}
-
-/// Writes one piece of a fill, from where it starts, in order.
-///
-/// The source's chunks are gathered into one recycled [`CHUNK`] buffer, sent to the writer when
-/// it is full or when the feeder [`flush`](Self::flush)es: an upstream sending 16 KiB HTTP/2
-/// frames then costs one buffer per 512 KiB, not one per frame. The source's own chunks are
-/// dropped at once, so the HTTP client reads into the same memory again instead of fresh pages.
-pub struct SegmentWriter {
-    pieces: PieceSender,
-    /// Where the first byte of `filling` goes in the blob.
-    next: u64,
-    /// The buffer being filled, and how much of it is.
-    filling: Option<Buffer>,
-    filled: usize,
-}
-
-impl SegmentWriter {
-    /// Adds the piece's next bytes; waits when the disk is behind.
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), Error> {
-        let mut at = 0;
-        while at < chunk.len() {
-            let buf = self
-                .filling
-                .get_or_insert_with(|| self.pieces.buffers.take());
-            let len = (CHUNK - self.filled).min(chunk.len() - at);
-            buf[self.filled..self.filled + len].copy_from_slice(&chunk[at..at + len]);
-            self.filled += len;
-            at += len;
-            if self.filled == CHUNK {
-                self.send_filling().await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether bytes wait in the buffer for more to join them.
-    pub fn holds_bytes(&self) -> bool {
-        self.filled > 0
-    }
-
-    /// Sends the bytes gathered so far, for when the source pauses (readers should not wait for
-    /// a buffer to fill) or ends. Fewer than half a buffer's worth are copied into a buffer of
-    /// their size, and the large one is kept for what comes next, so a trickle never holds a
-    /// large buffer per few bytes.
-    pub async fn flush(&mut self) -> Result<(), Error> {
-        let Some(filling) = self.filling.as_ref().filter(|_| self.filled > 0) else {
-            return Ok(());
-        };
-        if self.filled >= CHUNK / 2 {
-            return self.send_filling().await;
-        }
-        let mut small = self.pieces.buffers.take_for(self.filled);
-        small.copy_from_slice(&filling[..self.filled]);
-        let (len, held) = (self.filled, small.held());
-        self.pieces.send(self.next, small.freeze(len), held).await?;
-        self.next += len as u64;
-        self.filled = 0;
-        Ok(())
-    }
-
-    async fn send_filling(&mut self) -> Result<(), Error> {
-        let Some(buf) = self.filling.take() else {
-            return Ok(());
-        };
-        let (len, held) = (self.filled, buf.held());
-        self.filled = 0;
-        self.pieces.send(self.next, buf.freeze(len), held).await?;
-        self.next += len as u64;
-        Ok(())
-    }
-}
-
-fn writer_stopped() -> Error {
-    Error::write(std::io::Error::other("the cache writer stopped"))
-}
 
 /// Runs once, when a fill leaves the table of fills in flight.
 pub struct Leave(Option<Box<dyn FnOnce() + Send>>);
@@ -246,10 +82,18 @@ impl WriteJob {
         }
     }
 
-    /// Starts the writer thread; the returned writer feeds it, through buffers from `buffers`.
+    /// Starts the writer task; the returned writer feeds it, through buffers from `buffers`.
     pub fn spawn(self, buffers: BufferPool) -> FillWriter {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        tokio::task::spawn_blocking(move || self.run(rx));
+        let writing = Writing {
+            progressing: Progressing {
+                assembly: Assembly::new(Verifier::new(self.digest.algorithm())),
+                published: 0,
+            },
+            job: self,
+            total: None,
+        };
+        tokio::spawn(writing.run(rx));
         FillWriter {
             pieces: PieceSender {
                 tx,
@@ -259,11 +103,17 @@ impl WriteJob {
         }
     }
 
-    /// The writer thread: owns the temp file until it is committed or removed.
-    fn run(mut self, rx: mpsc::Receiver<Message>) {
-        let (result, reply) = match self.receive(rx) {
-            Ok(Some((verifier, written, total, reply))) => {
-                let result = check_blob(&self.digest, verifier, written, total).and_then(|()| {
+    /// Verifies what was written and commits it, or cleans up after a failure; the verdict
+    /// goes to the feeder when it asked for one.
+    fn conclude(mut self, received: Received) {
+        let (result, reply) = match received {
+            Received::Finished {
+                verifier,
+                written,
+                total,
+                reply,
+            } => {
+                let result = check_blob(&self.digest, *verifier, written, total).and_then(|()| {
                     // Readers may finish as soon as the bytes are known good; the commit is
                     // only for the cache.
                     self.progress.send_modify(|p| p.state = FillState::Verified);
@@ -271,9 +121,8 @@ impl WriteJob {
                 });
                 (result, Some(reply))
             }
-            // The feeder went away without finishing.
-            Ok(None) => (Err(Error::Abandoned), None),
-            Err(e) => (Err(e), None),
+            Received::Abandoned => (Err(Error::Abandoned), None),
+            Received::Failed(e) => (Err(e), None),
         };
         if let Err(e) = &result {
             self.end(e.clone());
@@ -283,78 +132,37 @@ impl WriteJob {
         }
     }
 
-    /// Writes what the feeder sends until it finishes (the hash so far, the length written,
-    /// the declared length, and where the verdict goes), fails, or goes away.
-    #[allow(clippy::type_complexity)]
-    fn receive(
-        &mut self,
-        mut rx: mpsc::Receiver<Message>,
-    ) -> Result<
-        Option<(
-            Verifier,
-            u64,
-            Option<u64>,
-            oneshot::Sender<Result<(), Error>>,
-        )>,
-        Error,
-    > {
-        let mut assembly = Assembly::new(Verifier::new(self.digest.algorithm()));
-        let mut published = 0u64;
-        let mut total = None;
-        let runtime = tokio::runtime::Handle::current();
-        loop {
-            // Bytes not yet published wait at most PUBLISH_LINGER for more to join them: a
-            // fast upstream is published in PUBLISH_EVERY steps, a trickle promptly.
-            let message = if assembly.prefix() > published {
-                match runtime.block_on(tokio::time::timeout(PUBLISH_LINGER, rx.recv())) {
-                    Ok(message) => message,
-                    Err(_) => {
-                        published = assembly.prefix();
-                        self.progress.send_modify(|p| p.written = published);
-                        continue;
-                    }
+    /// Writes `pieces` and hashes what became contiguous, telling the readers every
+    /// `PUBLISH_EVERY` bytes of prefix.
+    fn write(&mut self, writing: &mut Progressing, pieces: Vec<Piece>) -> Result<(), Error> {
+        for piece in pieces {
+            let offset = piece.offset;
+            let written = self
+                .file
+                .write_all_at(&piece.bytes, offset)
+                .and_then(|()| writing.assembly.add(offset, &piece.bytes, &self.file));
+            match written {
+                // At the end of the prefix: the readers at the head want it next.
+                Ok(true) => self.newest.push(offset, piece.bytes, piece.held),
+                Ok(false) => {}
+                Err(e) => {
+                    // Stop now: the readers are waiting for bytes that will not come.
+                    self.store.write_failed(&e);
+                    return Err(Error::write(e));
                 }
-            } else {
-                rx.blocking_recv()
-            };
-            match message {
-                Some(Message::Start(declared)) => {
-                    self.start(declared)?;
-                    total = declared;
-                }
-                Some(Message::Piece(piece)) => {
-                    let offset = piece.offset;
-                    let written = self
-                        .file
-                        .write_all_at(&piece.bytes, offset)
-                        .and_then(|()| assembly.add(offset, &piece.bytes, &self.file));
-                    match written {
-                        // At the end of the prefix: the readers at the head want it next.
-                        Ok(true) => self.newest.push(offset, piece.bytes, piece.held),
-                        Ok(false) => {}
-                        Err(e) => {
-                            // Stop now: the readers are waiting for bytes that will not come.
-                            self.store.write_failed(&e);
-                            return Err(Error::write(e));
-                        }
-                    }
-                    if assembly.prefix() >= published + PUBLISH_EVERY {
-                        published = assembly.prefix();
-                        self.progress.send_modify(|p| p.written = published);
-                    }
-                }
-                Some(Message::Finish(reply)) => {
-                    let prefix = assembly.prefix();
-                    self.progress.send_modify(|p| p.written = prefix);
-                    let Some((verifier, written)) = assembly.finish() else {
-                        return Err(Error::Gaps { contiguous: prefix });
-                    };
-                    return Ok(Some((verifier, written, total, reply)));
-                }
-                Some(Message::Fail(e)) => return Err(Error::Source(e)),
-                None => return Ok(None),
+            }
+            if writing.assembly.prefix() >= writing.published + PUBLISH_EVERY {
+                self.publish(writing);
             }
         }
+        Ok(())
+    }
+
+    /// Tells the readers how much of the blob they may read.
+    fn publish(&self, writing: &mut Progressing) {
+        writing.published = writing.assembly.prefix();
+        let published = writing.published;
+        self.progress.send_modify(|p| p.written = published);
     }
 
     /// The source answered: claims room for the declared length and tells the readers.
@@ -403,7 +211,7 @@ impl WriteJob {
     /// Ends the fill without a commit: publishes `failure` (unless the bytes were already
     /// verified: then the readers' bytes were right, and only the cache copy is lost) and
     /// drops the temp file. The one clean-up, whichever way the fill fails: an error, or the
-    /// writer thread unwinding (through `Drop`).
+    /// writer unwinding (through `Drop`).
     fn end(&mut self, failure: Error) {
         self.ended = true;
         // Leave the table before announcing the failure, so a request that arrives in
@@ -420,12 +228,155 @@ impl WriteJob {
 }
 
 impl Drop for WriteJob {
-    /// Should the writer thread panic, its fill must not stay in the table (every later request
+    /// Should the writer panic, its fill must not stay in the table (every later request
     /// for the digest would join a fill that never ends), and its readers, even those still
     /// waiting for the source's answer, must see it failed.
     fn drop(&mut self) {
         if !self.ended {
             self.end(Error::Abandoned);
+        }
+    }
+}
+
+/// How the feeder's messages ended.
+enum Received {
+    /// Every piece is in: the hash of the whole, its length, the declared length, and where
+    /// the verdict goes.
+    Finished {
+        verifier: Box<Verifier>,
+        written: u64,
+        total: Option<u64>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// The feeder went away without finishing.
+    Abandoned,
+    Failed(Error),
+}
+
+/// Pieces written in one go on a blocking thread, when the feeder has queued several.
+const BATCH: usize = 16;
+
+/// The blob as assembled so far and what the readers were told of it.
+struct Progressing {
+    assembly: Assembly,
+    /// The prefix length the readers were last told of.
+    published: u64,
+}
+
+/// What the writer task holds between messages: handed to a blocking thread for each step that
+/// touches the disk, and back.
+struct Writing {
+    job: WriteJob,
+    progressing: Progressing,
+    /// The length the source declared.
+    total: Option<u64>,
+}
+
+impl Writing {
+    /// The writer task: owns the temp file until it is committed or removed.
+    async fn run(self, mut rx: mpsc::Receiver<Message>) {
+        let Some((job, received)) = self.receive(&mut rx).await else {
+            return;
+        };
+        // Nothing more is taken from the feeder: its later sends fail at once.
+        drop(rx);
+        let _ = tokio::task::spawn_blocking(move || job.conclude(received)).await;
+    }
+
+    /// Writes what the feeder sends until it finishes, fails or goes away; `None` when the
+    /// runtime shut down under it.
+    async fn receive(mut self, rx: &mut mpsc::Receiver<Message>) -> Option<(WriteJob, Received)> {
+        // A message taken from the queue while gathering a batch of pieces.
+        let mut next = None;
+        loop {
+            let unpublished = self.progressing.assembly.prefix() > self.progressing.published;
+            let message = match next.take() {
+                Some(message) => Some(message),
+                // Bytes not yet published wait at most PUBLISH_LINGER for more to join them:
+                // a fast upstream is published in PUBLISH_EVERY steps, a trickle promptly.
+                None if unpublished => {
+                    match tokio::time::timeout(PUBLISH_LINGER, rx.recv()).await {
+                        Ok(message) => message,
+                        Err(_) => {
+                            self.job.publish(&mut self.progressing);
+                            continue;
+                        }
+                    }
+                }
+                None => rx.recv().await,
+            };
+            match message {
+                Some(Message::Start(declared)) => {
+                    let started;
+                    (self, started) = self.on_disk(move |w| w.job.start(declared)).await?;
+                    if let Err(e) = started {
+                        return Some((self.job, Received::Failed(e)));
+                    }
+                    self.total = declared;
+                }
+                Some(Message::Piece(piece)) => {
+                    let mut pieces = vec![piece];
+                    while pieces.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(Message::Piece(piece)) => pieces.push(piece),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let written;
+                    (self, written) = self
+                        .on_disk(move |w| w.job.write(&mut w.progressing, pieces))
+                        .await?;
+                    if let Err(e) = written {
+                        return Some((self.job, Received::Failed(e)));
+                    }
+                }
+                Some(Message::Finish(reply)) => {
+                    let Writing {
+                        job,
+                        mut progressing,
+                        total,
+                    } = self;
+                    job.publish(&mut progressing);
+                    let contiguous = progressing.assembly.prefix();
+                    let received = match progressing.assembly.finish() {
+                        Some((verifier, written)) => Received::Finished {
+                            verifier: Box::new(verifier),
+                            written,
+                            total,
+                            reply,
+                        },
+                        None => Received::Failed(Error::Gaps { contiguous }),
+                    };
+                    return Some((job, received));
+                }
+                Some(Message::Fail(e)) => {
+                    return Some((self.job, Received::Failed(Error::Source(e))))
+                }
+                None => return Some((self.job, Received::Abandoned)),
+            }
+        }
+    }
+
+    /// Runs `step` on a blocking thread, and hands this back with its outcome; `None` when the
+    /// runtime shut down before the step ran (the job was dropped, which cleans up).
+    async fn on_disk<T: Send + 'static>(
+        self,
+        step: impl FnOnce(&mut Writing) -> T + Send + 'static,
+    ) -> Option<(Writing, T)> {
+        let done = tokio::task::spawn_blocking(move || {
+            let mut writing = self;
+            let outcome = step(&mut writing);
+            (writing, outcome)
+        })
+        .await;
+        match done {
+            Ok(done) => Some(done),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
         }
     }
 }

@@ -10,6 +10,7 @@ mod index;
 mod layout;
 mod ledger;
 pub mod manifest_file;
+mod pressure;
 pub mod scan;
 #[cfg(test)]
 mod tests;
@@ -31,6 +32,8 @@ use layout::Layout;
 pub use layout::{entry_path, EntryKey, EntryKind};
 pub use ledger::Usage;
 use ledger::{Ledger, Room, Victims};
+pub use pressure::is_transient;
+use pressure::OpenFailures;
 
 /// Free space a probe wants to see before caching resumes after the disk was full.
 const PROBE_MIN_FREE: u64 = 1024 * 1024;
@@ -41,6 +44,7 @@ pub struct Store {
     ledger: Ledger,
     promises: RoomPromises,
     health: Health,
+    open_failures: OpenFailures,
     metrics: Metrics,
     /// Held for the store's lifetime: one wharf per directory.
     _lock: File,
@@ -84,6 +88,7 @@ impl Store {
             ledger: Ledger::new(index, max_size, metrics.clone()),
             promises: RoomPromises::default(),
             health: Health::new(metrics.clone()),
+            open_failures: OpenFailures::new(metrics.clone()),
             metrics,
             _lock: lock,
         };
@@ -107,10 +112,13 @@ impl Store {
         self.layout.path(key)
     }
 
-    /// Creates a new, empty temp file for a fill or a manifest.
+    /// Creates a new, empty temp file for a fill or a manifest. A shortage of descriptors or
+    /// memory fails this one request; anything else suspends caching until a probe succeeds.
     pub fn temp_file(&self) -> io::Result<(PathBuf, File)> {
         self.layout.temp_file().inspect_err(|e| {
-            self.health.failed(e);
+            if !is_transient(e) {
+                self.health.failed(e);
+            }
         })
     }
 
@@ -157,38 +165,43 @@ impl Store {
         Ok(Committed::Stored)
     }
 
-    /// Opens a committed blob and counts the use. A file that is missing, unreadable, or whose
-    /// size does not match the index (changed outside wharf) is dropped, never served: the
-    /// request becomes a miss.
-    pub fn open_blob(&self, digest: &Digest) -> Option<CommittedFile> {
+    /// Opens a committed blob and counts the use; `Ok(None)` when it is not cached. Only proof
+    /// that the entry is gone or damaged removes it: a missing file, or a size that does not
+    /// match the index (changed outside wharf); the request then becomes a miss. Any other
+    /// failure to open it (out of descriptors, a permission changed) keeps the entry and is the
+    /// caller's error to answer.
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<CommittedFile>> {
         let key = EntryKey::blob(digest);
         let now = SystemTime::now();
-        let used = self.ledger.touch(&key, now)?;
+        let Some(used) = self.ledger.touch(&key, now) else {
+            return Ok(None);
+        };
         let opened =
             File::open(self.path(&key)).and_then(|file| Ok((file.metadata()?.len(), file)));
         let (size, file) = match opened {
             Ok(opened) => opened,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.drop_invalid(&key, "its file is gone");
-                return None;
+                return Ok(None);
             }
             Err(e) => {
-                self.drop_invalid(&key, &format!("its file cannot be read: {e}"));
-                return None;
+                self.open_failures.failed(&e);
+                return Err(e);
             }
         };
+        self.open_failures.succeeded();
         if size != used.size {
             self.drop_invalid(&key, "its size on disk does not match the index");
-            return None;
+            return Ok(None);
         }
         if used.persist {
             // Best effort: a file owned by someone else keeps its old recency.
             let _ = file.set_modified(now);
         }
-        Some(CommittedFile {
+        Ok(Some(CommittedFile {
             file: Arc::new(file),
             size,
-        })
+        }))
     }
 
     /// Counts a use of an entry served without opening its file (a manifest held in memory).

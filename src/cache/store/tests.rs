@@ -33,7 +33,7 @@ fn commit_moves_into_place_and_reopen_totals_it() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path(), 1000);
     let digest = put(&s, b"hello");
-    assert_eq!(s.open_blob(&digest).unwrap().size, 5);
+    assert_eq!(s.open_blob(&digest).unwrap().unwrap().size, 5);
     assert_eq!((s.usage().bytes, s.usage().entries), (5, 1));
 
     let (leftover, _) = s.temp_file().unwrap();
@@ -50,12 +50,15 @@ fn committed_bytes_stay_under_max_size_least_recently_used_going_first() {
     let a = put(&s, &[b'a'; 10]);
     let b = put(&s, &[b'b'; 10]);
     let c = put(&s, &[b'c'; 10]);
-    assert!(s.open_blob(&a).is_some(), "a hit is a use");
+    assert!(s.open_blob(&a).unwrap().is_some(), "a hit is a use");
     let d = put(&s, &[b'd'; 10]);
-    assert!(s.open_blob(&b).is_none(), "b was least recently used");
+    assert!(
+        s.open_blob(&b).unwrap().is_none(),
+        "b was least recently used"
+    );
     assert!(!s.path(&EntryKey::blob(&b)).exists());
     for kept in [&a, &c, &d] {
-        assert!(s.open_blob(kept).is_some());
+        assert!(s.open_blob(kept).unwrap().is_some());
     }
     assert_eq!(s.usage().bytes, 30);
 }
@@ -74,8 +77,8 @@ fn an_entry_larger_than_the_cache_is_not_stored_and_evicts_nothing() {
         Committed::TooLarge
     );
     assert!(!temp.exists());
-    assert!(s.open_blob(&a).is_some());
-    assert!(s.open_blob(&digest).is_none());
+    assert!(s.open_blob(&a).unwrap().is_some());
+    assert!(s.open_blob(&digest).unwrap().is_none());
 }
 
 #[test]
@@ -84,7 +87,7 @@ fn an_evicted_blob_stays_readable_to_its_reader() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path(), 10);
     let a = put(&s, &[b'a'; 10]);
-    let open = s.open_blob(&a).unwrap();
+    let open = s.open_blob(&a).unwrap().unwrap();
     put(&s, &[b'b'; 10]);
     assert!(!s.path(&EntryKey::blob(&a)).exists(), "evicted");
     let mut buf = [0u8; 10];
@@ -98,11 +101,11 @@ fn a_file_changed_outside_wharf_is_never_served() {
     let s = store(dir.path(), 1000);
     let a = put(&s, b"original");
     fs::write(s.path(&EntryKey::blob(&a)), b"truncated").unwrap();
-    assert!(s.open_blob(&a).is_none());
+    assert!(s.open_blob(&a).unwrap().is_none());
     assert!(!s.path(&EntryKey::blob(&a)).exists());
     let b = put(&s, b"removed");
     fs::remove_file(s.path(&EntryKey::blob(&b))).unwrap();
-    assert!(s.open_blob(&b).is_none());
+    assert!(s.open_blob(&b).unwrap().is_none());
     assert_eq!(s.usage().entries, 0);
 }
 
@@ -121,9 +124,12 @@ fn recency_survives_a_restart() {
     drop(s);
     let s = store(dir.path(), 30);
     put(&s, &[b'd'; 10]);
-    assert!(s.open_blob(&b).is_none(), "b was least recently used");
-    assert!(s.open_blob(&a).is_some());
-    assert!(s.open_blob(&c).is_some());
+    assert!(
+        s.open_blob(&b).unwrap().is_none(),
+        "b was least recently used"
+    );
+    assert!(s.open_blob(&a).unwrap().is_some());
+    assert!(s.open_blob(&c).unwrap().is_some());
 }
 
 #[test]
@@ -135,7 +141,7 @@ fn a_hit_is_written_to_disk_as_the_files_mtime() {
     set_used(&s, &a, SystemTime::UNIX_EPOCH);
     drop(s);
     let s = store(dir.path(), 30);
-    s.open_blob(&a).unwrap();
+    s.open_blob(&a).unwrap().unwrap();
     let mtime = fs::metadata(&path).unwrap().modified().unwrap();
     assert!(mtime > SystemTime::now() - Duration::from_secs(60));
 }
@@ -165,7 +171,7 @@ fn idle_entries_are_evicted() {
     let new = put(&s, b"new");
     s.evict_idle(Duration::from_secs(60));
     assert!(!path.exists());
-    assert!(s.open_blob(&new).is_some());
+    assert!(s.open_blob(&new).unwrap().is_some());
 }
 
 #[test]
