@@ -1,8 +1,8 @@
 //! The writer of a fill: a task that appends what the feeder sends to the temp file, hashes it,
-//! publishes progress, verifies and commits. It borrows a blocking thread for each step that
-//! touches the disk (a batch of pieces, the start, the commit) and holds none while the fill
-//! waits for its source, so fills waiting on a slow or stalled upstream never take the threads
-//! warm hits, logins and manifest commits need.
+//! publishes progress, verifies and commits. It works on a blocking thread while pieces keep
+//! coming (and for the start and the commit), and gives the thread back once its source has
+//! sent nothing for `IDLE`, so fills waiting on a slow or stalled upstream never take the
+//! threads warm hits, logins and manifest commits need.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -91,9 +91,10 @@ impl WriteJob {
                 published: 0,
             },
             job: self,
+            rx,
             total: None,
         };
-        tokio::spawn(writing.run(rx));
+        tokio::spawn(writing.run());
         FillWriter {
             pieces: PieceSender {
                 tx,
@@ -132,28 +133,26 @@ impl WriteJob {
         }
     }
 
-    /// Writes `pieces` and hashes what became contiguous, telling the readers every
+    /// Writes `piece` and hashes what became contiguous, telling the readers every
     /// `PUBLISH_EVERY` bytes of prefix.
-    fn write(&mut self, writing: &mut Progressing, pieces: Vec<Piece>) -> Result<(), Error> {
-        for piece in pieces {
-            let offset = piece.offset;
-            let written = self
-                .file
-                .write_all_at(&piece.bytes, offset)
-                .and_then(|()| writing.assembly.add(offset, &piece.bytes, &self.file));
-            match written {
-                // At the end of the prefix: the readers at the head want it next.
-                Ok(true) => self.newest.push(offset, piece.bytes, piece.held),
-                Ok(false) => {}
-                Err(e) => {
-                    // Stop now: the readers are waiting for bytes that will not come.
-                    self.store.write_failed(&e);
-                    return Err(Error::write(e));
-                }
+    fn write(&mut self, writing: &mut Progressing, piece: Piece) -> Result<(), Error> {
+        let offset = piece.offset;
+        let written = self
+            .file
+            .write_all_at(&piece.bytes, offset)
+            .and_then(|()| writing.assembly.add(offset, &piece.bytes, &self.file));
+        match written {
+            // At the end of the prefix: the readers at the head want it next.
+            Ok(true) => self.newest.push(offset, piece.bytes, piece.held),
+            Ok(false) => {}
+            Err(e) => {
+                // Stop now: the readers are waiting for bytes that will not come.
+                self.store.write_failed(&e);
+                return Err(Error::write(e));
             }
-            if writing.assembly.prefix() >= writing.published + PUBLISH_EVERY {
-                self.publish(writing);
-            }
+        }
+        if writing.assembly.prefix() >= writing.published + PUBLISH_EVERY {
+            self.publish(writing);
         }
         Ok(())
     }
@@ -253,8 +252,17 @@ enum Received {
     Failed(Error),
 }
 
-/// Pieces written in one go on a blocking thread, when the feeder has queued several.
-const BATCH: usize = 16;
+/// A writer whose source sends nothing for this long gives its blocking thread back, so fills
+/// waiting on slow or stalled sources hold none.
+const IDLE: Duration = Duration::from_millis(20);
+
+/// Why the writer left its blocking thread.
+enum Pause {
+    /// Nothing came for `IDLE`.
+    Idle,
+    /// A message other than a piece came (`None`: the feeder went away).
+    Next(Option<Message>),
+}
 
 /// The blob as assembled so far and what the readers were told of it.
 struct Progressing {
@@ -267,6 +275,7 @@ struct Progressing {
 /// touches the disk, and back.
 struct Writing {
     job: WriteJob,
+    rx: mpsc::Receiver<Message>,
     progressing: Progressing,
     /// The length the source declared.
     total: Option<u64>,
@@ -274,36 +283,22 @@ struct Writing {
 
 impl Writing {
     /// The writer task: owns the temp file until it is committed or removed.
-    async fn run(self, mut rx: mpsc::Receiver<Message>) {
-        let Some((job, received)) = self.receive(&mut rx).await else {
+    async fn run(self) {
+        let Some((job, received)) = self.receive().await else {
             return;
         };
-        // Nothing more is taken from the feeder: its later sends fail at once.
-        drop(rx);
         let _ = tokio::task::spawn_blocking(move || job.conclude(received)).await;
     }
 
     /// Writes what the feeder sends until it finishes, fails or goes away; `None` when the
-    /// runtime shut down under it.
-    async fn receive(mut self, rx: &mut mpsc::Receiver<Message>) -> Option<(WriteJob, Received)> {
-        // A message taken from the queue while gathering a batch of pieces.
+    /// runtime shut down under it. Holds no thread while nothing comes.
+    async fn receive(mut self) -> Option<(WriteJob, Received)> {
+        // A message the blocking side took from the queue and handed back.
         let mut next = None;
         loop {
-            let unpublished = self.progressing.assembly.prefix() > self.progressing.published;
             let message = match next.take() {
-                Some(message) => Some(message),
-                // Bytes not yet published wait at most PUBLISH_LINGER for more to join them:
-                // a fast upstream is published in PUBLISH_EVERY steps, a trickle promptly.
-                None if unpublished => {
-                    match tokio::time::timeout(PUBLISH_LINGER, rx.recv()).await {
-                        Ok(message) => message,
-                        Err(_) => {
-                            self.job.publish(&mut self.progressing);
-                            continue;
-                        }
-                    }
-                }
-                None => rx.recv().await,
+                Some(message) => message,
+                None => self.rx.recv().await,
             };
             match message {
                 Some(Message::Start(declared)) => {
@@ -315,33 +310,23 @@ impl Writing {
                     self.total = declared;
                 }
                 Some(Message::Piece(piece)) => {
-                    let mut pieces = vec![piece];
-                    while pieces.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(Message::Piece(piece)) => pieces.push(piece),
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
                     let written;
-                    (self, written) = self
-                        .on_disk(move |w| w.job.write(&mut w.progressing, pieces))
-                        .await?;
-                    if let Err(e) = written {
-                        return Some((self.job, Received::Failed(e)));
+                    (self, written) = self.on_disk(move |w| w.write_while_busy(piece)).await?;
+                    match written {
+                        Ok(Pause::Idle) => {}
+                        Ok(Pause::Next(message)) => next = Some(message),
+                        Err(e) => return Some((self.job, Received::Failed(e))),
                     }
                 }
                 Some(Message::Finish(reply)) => {
+                    self.job.publish(&mut self.progressing);
+                    let contiguous = self.progressing.assembly.prefix();
                     let Writing {
                         job,
-                        mut progressing,
+                        progressing,
                         total,
+                        ..
                     } = self;
-                    job.publish(&mut progressing);
-                    let contiguous = progressing.assembly.prefix();
                     let received = match progressing.assembly.finish() {
                         Some((verifier, written)) => Received::Finished {
                             verifier: Box::new(verifier),
@@ -357,6 +342,31 @@ impl Writing {
                     return Some((self.job, Received::Failed(Error::Source(e))))
                 }
                 None => return Some((self.job, Received::Abandoned)),
+            }
+        }
+    }
+
+    /// On a blocking thread: writes `first` and every piece that follows while they keep
+    /// coming, and gives the thread back once none came for `IDLE`, or another message did.
+    /// Bytes not yet published wait at most `PUBLISH_LINGER` for more to join them: a fast
+    /// source is published in `PUBLISH_EVERY` steps, a trickle promptly.
+    fn write_while_busy(&mut self, first: Piece) -> Result<Pause, Error> {
+        let runtime = tokio::runtime::Handle::current();
+        let mut piece = first;
+        loop {
+            self.job.write(&mut self.progressing, piece)?;
+            let message = loop {
+                let unpublished = self.progressing.assembly.prefix() > self.progressing.published;
+                let wait = if unpublished { PUBLISH_LINGER } else { IDLE };
+                match runtime.block_on(tokio::time::timeout(wait, self.rx.recv())) {
+                    Ok(message) => break message,
+                    Err(_) if unpublished => self.job.publish(&mut self.progressing),
+                    Err(_) => return Ok(Pause::Idle),
+                }
+            };
+            match message {
+                Some(Message::Piece(next)) => piece = next,
+                other => return Ok(Pause::Next(other)),
             }
         }
     }
