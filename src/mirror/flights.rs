@@ -118,6 +118,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn finished_and_failed_flights_leave_no_entry_behind() {
+        let flights = Flights::<u32, u32>::default();
+        for key in 0..100 {
+            flights.run(key, || async move { key }).await;
+        }
+        flights
+            .run(100, || async { panic!("the work failed") })
+            .await;
+        // A key is forgotten as its task ends, just after its callers got the value.
+        for _ in 0..100 {
+            if flights.running.lock().unwrap().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "flights left behind: {}",
+            flights.running.lock().unwrap().len()
+        );
+    }
+
+    #[tokio::test]
     async fn a_flight_whose_work_panics_does_not_block_its_key() {
         let flights = Flights::<&'static str, usize>::default();
         let (value, _) = flights

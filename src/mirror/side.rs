@@ -289,3 +289,22 @@ impl SideBody {
         self.state = State::Fill(self.fill.reader(self.next, Some(self.end)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn side_fetch_places_leave_no_entry_behind() {
+        let fetches = SideFetches::default();
+        let digest = Digest::sha256_of(b"blob");
+        // Side fetches turned off: refused, and nothing recorded.
+        assert!(fetches.place(&digest, 0).is_none());
+        assert!(fetches.per_blob.lock().unwrap().is_empty());
+        let places: Vec<_> = (0..2).filter_map(|_| fetches.place(&digest, 2)).collect();
+        assert_eq!(places.len(), 2);
+        assert!(fetches.place(&digest, 2).is_none(), "the bound holds");
+        drop(places);
+        assert!(fetches.per_blob.lock().unwrap().is_empty());
+    }
+}

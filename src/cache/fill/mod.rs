@@ -288,3 +288,56 @@ fn leave_table(table: Table, digest: Digest, fill: Arc<Fill>) -> Leave {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cache::error::SourceFailure;
+    use crate::metrics::Metrics;
+
+    async fn left_the_table(fills: &Fills) -> bool {
+        for _ in 0..500 {
+            if fills.in_flight() == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_fill_leaves_the_table_however_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 1 << 30, Metrics::default()).unwrap());
+        let fills = Fills::new(store, prometheus::IntGauge::new("g", "g").unwrap());
+        let blob = b"a blob".to_vec();
+        let started = |digest: &Digest| match fills.join(digest).unwrap() {
+            BlobLookup::Started(_, writer) => writer,
+            _ => panic!("a new digest starts a fill"),
+        };
+
+        // Committed.
+        let digest = Digest::sha256_of(&blob);
+        let writer = started(&digest);
+        writer.start(Some(blob.len() as u64)).await;
+        let mut segment = writer.segment(0);
+        segment.write(&blob).await.unwrap();
+        segment.flush().await.unwrap();
+        writer.finish().await.unwrap();
+        assert!(left_the_table(&fills).await, "after a commit");
+        assert!(matches!(fills.join(&digest), Ok(BlobLookup::Cached(_))));
+
+        // Failed by its source.
+        let writer = started(&Digest::sha256_of(b"failed"));
+        writer
+            .fail(SourceFailure::new(std::io::Error::other("gone")))
+            .await;
+        assert!(left_the_table(&fills).await, "after a failure");
+
+        // Abandoned by its feeder.
+        drop(started(&Digest::sha256_of(b"abandoned")));
+        assert!(left_the_table(&fills).await, "after its feeder went away");
+    }
+}
