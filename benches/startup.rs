@@ -69,7 +69,7 @@ fn main() {
         let (cache, elapsed) = open(&runtime, dir.path());
         let stats = region.change();
         let live = stats.bytes_allocated as f64 - stats.bytes_deallocated as f64;
-        assert_eq!(cache.health().entries, entries as u64);
+        assert_eq!(runtime.block_on(cache.health()).entries, entries as u64);
         bytes_per_entry = live / entries as f64;
         times.push(elapsed);
         drop(cache);

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::child::Process;
-use crate::common::disk::{assert_blobs_whole, has_blob};
+use crate::common::disk::{assert_blobs_whole, blob_path, has_blob};
 use crate::common::{
     config, each_upstream, eventually, random_bytes, sha256, FakeRegistry, Hold, Wharf, WHARF,
 };
@@ -252,5 +252,113 @@ async fn a_thousand_stalled_fills_hold_no_thread_a_login_needs() {
             .unwrap()
             .unwrap();
         assert_eq!(&sha256(&body), digest);
+    }
+}
+
+/// Threads of process `pid` asleep in `open` of a FIFO, waiting for its other end.
+fn threads_waiting_on_a_fifo(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("wchan")).ok())
+        .filter(|wchan| wchan.contains("wait_for_partner"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_file_whose_open_blocks_holds_up_only_its_own_request() {
+    const STUCK: usize = 6;
+    let upstream = FakeRegistry::start().await;
+    let blobs: Vec<(String, Bytes)> = (0..STUCK)
+        .map(|n| {
+            let blob = random_bytes(64 * 1024, 500 + n as u64);
+            (upstream.add_blob(blob.clone()), blob)
+        })
+        .collect();
+    let other = random_bytes(64 * 1024, 510);
+    let other_digest = upstream.add_blob(other.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    // Its own process: its async workers are its own, as many as this machine has cores.
+    let wharf = Process::start(
+        dir.path(),
+        &config(&upstream, &cache),
+        Duration::from_secs(5),
+    );
+    let client = reqwest::Client::new();
+    let get = |digest: &str| {
+        client
+            .get(wharf.url(&format!("/v2/library/x/blobs/{digest}")))
+            .send()
+    };
+    for (digest, blob) in &blobs {
+        assert_eq!(get(digest).await.unwrap().bytes().await.unwrap(), blob);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            blobs.iter().all(|(digest, _)| has_blob(&cache, digest))
+        })
+        .await
+    );
+    // Each cached file becomes a FIFO, whose open blocks until a writer comes: a filesystem
+    // that hangs, as a network one can.
+    for (digest, _) in &blobs {
+        let path = blob_path(&cache, digest);
+        std::fs::remove_file(&path).unwrap();
+        assert!(Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let stuck: Vec<_> = blobs
+        .iter()
+        .map(|(digest, _)| {
+            let pull = get(digest);
+            tokio::spawn(async move { pull.await?.bytes().await })
+        })
+        .collect();
+    let pid = wharf.child.id();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            threads_waiting_on_a_fifo(pid) == STUCK
+        })
+        .await,
+        "every request is stuck in its open, each on a thread of its own ({} are)",
+        threads_waiting_on_a_fifo(pid)
+    );
+
+    // The workers are free: readiness and another blob are answered.
+    let ready = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.get(wharf.url("/readyz")).send(),
+    )
+    .await
+    .expect("/readyz within 10 s while opens hang")
+    .unwrap();
+    assert_eq!(ready.status(), 200);
+    let r = tokio::time::timeout(Duration::from_secs(10), get(&other_digest))
+        .await
+        .expect("another blob within 10 s while opens hang")
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), other);
+
+    // The other ends come: a FIFO is no blob of the size the index holds, so each entry is
+    // dropped and fetched again.
+    for (digest, _) in &blobs {
+        drop(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(blob_path(&cache, digest)),
+        );
+    }
+    for (pull, (_, blob)) in stuck.into_iter().zip(&blobs) {
+        let body = tokio::time::timeout(Duration::from_secs(20), pull)
+            .await
+            .expect("each stuck request ends once its open returns")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&body, blob);
     }
 }

@@ -51,7 +51,7 @@ pub use tags::{TagKey, Variant};
 /// what it may hand to a tier below.
 pub struct Cache {
     store: Arc<Store>,
-    fills: Fills,
+    fills: Arc<Fills>,
     memory: HotManifests,
     tags: TagTable,
 }
@@ -96,7 +96,7 @@ impl Cache {
         let (store, tags) = opened;
         let store = Arc::new(store);
         let cache = Cache {
-            fills: Fills::new(store.clone(), metrics.fill_buffer_bytes.clone()),
+            fills: Arc::new(Fills::new(store.clone(), metrics.fill_buffer_bytes.clone())),
             store,
             memory: HotManifests::default(),
             tags,
@@ -111,14 +111,18 @@ impl Cache {
         Ok(cache)
     }
 
-    /// The blob if it is cached, else the fill of it to join or to start.
+    /// The blob if it is cached, else the fill of it to join or to start. The opening, the
+    /// temp file and a probe of the disk run on the blocking pool: a slow filesystem holds up
+    /// this request, never the async workers.
     pub async fn blob(&self, digest: &Digest) -> Result<BlobLookup, Error> {
-        self.fills.join(digest)
+        let (fills, digest) = (self.fills.clone(), digest.clone());
+        off_the_workers(move || fills.join(&digest)).await?
     }
 
     /// What the cache holds of a blob, without starting a fill (for `HEAD`).
     pub async fn blob_held(&self, digest: &Digest) -> Result<Option<BlobHeld>, Error> {
-        if let Some(blob) = self.fills.cached(digest)? {
+        let (fills, wanted) = (self.fills.clone(), digest.clone());
+        if let Some(blob) = off_the_workers(move || fills.cached(&wanted)).await?? {
             return Ok(Some(BlobHeld::Cached(blob)));
         }
         Ok(self.fills.running(digest).map(BlobHeld::Filling))
@@ -127,13 +131,18 @@ impl Cache {
     /// A cached manifest, from memory or from disk (re-checked against its digest there).
     pub async fn manifest(&self, digest: &Digest) -> Result<Option<Arc<RawManifest>>, Error> {
         if let Some(found) = self.memory.get(digest) {
-            // A use of the disk entry too, for eviction (the memory copy outlives an eviction).
+            // A use of the disk entry too, for eviction (the memory copy outlives an eviction);
+            // written to the file at most once a second, off the workers.
             if found.record_use {
-                self.store.touch(&EntryKey::manifest(digest));
+                if let Some(Some(persist)) = self.store.note_use(&EntryKey::manifest(digest)) {
+                    tokio::task::spawn_blocking(move || persist.run());
+                }
             }
             return Ok(Some(found.manifest));
         }
-        let Some(manifest) = self.store.read_manifest(digest).map_err(Error::read)? else {
+        let (store, wanted) = (self.store.clone(), digest.clone());
+        let read = off_the_workers(move || store.read_manifest(&wanted)).await?;
+        let Some(manifest) = read.map_err(Error::read)? else {
             return Ok(None);
         };
         let manifest = Arc::new(manifest);
@@ -191,8 +200,10 @@ impl Cache {
     /// Whether the cache takes writes, its size, and its fills in flight. Probes an unwritable
     /// directory (at most every few seconds), so the answer is current even when no request
     /// has needed the cache lately.
-    pub fn health(&self) -> Health {
-        self.store.caching_allowed();
+    pub async fn health(&self) -> Health {
+        let store = self.store.clone();
+        // The probe writes to the disk: off the workers.
+        let _ = off_the_workers(move || store.caching_allowed()).await;
         let usage = self.store.usage();
         Health {
             unwritable: self.store.unwritable(),
@@ -219,4 +230,13 @@ impl Cache {
             .await;
         }
     }
+}
+
+/// Runs `work`, which touches the disk, on the blocking pool.
+async fn off_the_workers<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::read(std::io::Error::other(e)))
 }

@@ -107,8 +107,8 @@ impl Mirror {
     }
 
     /// Whether the cache takes writes, and its size, for `/readyz`.
-    pub fn readiness(&self) -> Readiness {
-        let health = self.cache.health();
+    pub async fn readiness(&self) -> Readiness {
+        let health = self.cache.health().await;
         Readiness {
             unwritable: health
                 .unwritable

@@ -41,7 +41,7 @@ pub async fn handle(
             .body(full(state.metrics.render()))
             .expect("static headers")),
         Route::Health => Ok(Response::new(full("ok\n"))),
-        Route::Ready => Ok(ready(state)),
+        Route::Ready => Ok(ready(state).await),
         Route::Manifest { target, reference } => {
             manifest(state, headers, &target, &reference, head).await
         }
@@ -283,8 +283,8 @@ async fn listing_page(
 
 /// Ready while the process serves; the detail tells an operator whether the cache takes writes
 /// (wharf keeps serving from the upstream when it does not).
-fn ready(state: &AppState) -> Response<Body> {
-    let ready = state.mirror.readiness();
+async fn ready(state: &AppState) -> Response<Body> {
+    let ready = state.mirror.readiness().await;
     let detail = serde_json::json!({
         "status": "ready",
         "cache": {

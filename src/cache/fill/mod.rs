@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::error::Error;
-use super::store::{self, CommittedFile, Store};
+use super::store::{self, CommittedFile, EntryKey, Store};
 use crate::oci::Digest;
 use buffers::BufferPool;
 pub use feeding::{FillWriter, SegmentWriter};
@@ -177,6 +177,9 @@ pub enum BlobLookup {
 
 type Table = Arc<Mutex<HashMap<Digest, Arc<Fill>>>>;
 
+/// How many times a lookup looks again when the blob was committed, or evicted, while it looked.
+const LOOKS: usize = 3;
+
 /// The fills in flight, by digest.
 pub struct Fills {
     store: Arc<Store>,
@@ -218,35 +221,56 @@ impl Fills {
 
     /// The committed blob, the running fill, or a new fill for `digest`. Fails when the blob
     /// is cached but its file cannot be opened (the entry is kept), or a fill's temp file
-    /// cannot be made for want of descriptors or memory.
+    /// cannot be made for want of descriptors or memory. Blocks on the disk, never while
+    /// holding the table's lock: a slow open holds up only its own request.
     pub fn join(&self, digest: &Digest) -> Result<BlobLookup, Error> {
-        // Hits take no lock.
-        if let Some(blob) = self.cached(digest)? {
-            return Ok(BlobLookup::Cached(blob));
+        let key = EntryKey::blob(digest);
+        // A blob committed between two looks is opened on the next one: its fill leaves the
+        // table only after its rename.
+        for _ in 0..LOOKS {
+            if let Some(blob) = self.cached(digest)? {
+                return Ok(BlobLookup::Cached(blob));
+            }
+            if let Some(fill) = self.running(digest) {
+                return Ok(BlobLookup::Coalesced(fill));
+            }
+            if !self.store.caching_allowed() {
+                return Ok(BlobLookup::NoWrites);
+            }
+            // Made before the lock is taken, and removed if another request started the
+            // fill meanwhile.
+            let (temp_path, file) = match self.store.temp_file() {
+                Ok(temp) => temp,
+                Err(e) if store::is_transient(&e) => return Err(Error::opening(e)),
+                // The store has recorded why (logged once per condition).
+                Err(_) => return Ok(BlobLookup::NoWrites),
+            };
+            let in_flight = self.in_flight.lock().expect("lock poisoned");
+            let raced = if let Some(fill) = in_flight.get(digest) {
+                Some(BlobLookup::Coalesced(fill.clone()))
+            } else if self.store.contains(&key) {
+                None
+            } else {
+                return Ok(self.start(digest, in_flight, temp_path, file));
+            };
+            drop(in_flight);
+            let _ = std::fs::remove_file(&temp_path);
+            if let Some(lookup) = raced {
+                return Ok(lookup);
+            }
         }
-        if let Some(fill) = self.running(digest) {
-            return Ok(BlobLookup::Coalesced(fill));
-        }
-        // May probe the disk: outside the lock, so a slow disk holds up no other request.
-        let writable = self.store.caching_allowed();
-        let mut in_flight = self.in_flight.lock().expect("lock poisoned");
-        if let Some(fill) = in_flight.get(digest) {
-            return Ok(BlobLookup::Coalesced(fill.clone()));
-        }
-        // A fill removes itself only after its rename, under this lock: look again so a fill
-        // that finished since the first look is not repeated.
-        if let Some(blob) = self.cached(digest)? {
-            return Ok(BlobLookup::Cached(blob));
-        }
-        if !writable {
-            return Ok(BlobLookup::NoWrites);
-        }
-        let (temp_path, file) = match self.store.temp_file() {
-            Ok(temp) => temp,
-            Err(e) if store::is_transient(&e) => return Err(Error::opening(e)),
-            // The store has recorded why (logged once per condition).
-            Err(_) => return Ok(BlobLookup::NoWrites),
-        };
+        // An entry that keeps appearing and vanishing: served without caching this time.
+        Ok(BlobLookup::NoWrites)
+    }
+
+    /// Starts the fill of `digest` into the temp file, entering it in the table.
+    fn start(
+        &self,
+        digest: &Digest,
+        mut in_flight: std::sync::MutexGuard<'_, HashMap<Digest, Arc<Fill>>>,
+        temp_path: std::path::PathBuf,
+        file: File,
+    ) -> BlobLookup {
         let file = Arc::new(file);
         let (progress_tx, progress_rx) = watch::channel(Progress::connecting());
         let newest = Arc::new(NewestBytes::default());
@@ -270,7 +294,7 @@ impl Fills {
             leave,
         );
         let writer = job.spawn(self.buffers.clone());
-        Ok(BlobLookup::Started(fill, writer))
+        BlobLookup::Started(fill, writer)
     }
 }
 

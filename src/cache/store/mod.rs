@@ -57,6 +57,19 @@ pub struct CommittedFile {
     pub size: u64,
 }
 
+/// A use of an entry to record in its file's mtime (its recency across restarts).
+pub struct PersistUse {
+    path: PathBuf,
+    at: SystemTime,
+}
+
+impl PersistUse {
+    /// Best effort: a file owned by someone else keeps its old recency.
+    pub fn run(self) {
+        let _ = File::open(&self.path).and_then(|f| f.set_modified(self.at));
+    }
+}
+
 /// What a commit came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Committed {
@@ -207,14 +220,26 @@ impl Store {
     /// Counts a use of an entry served without opening its file (a manifest held in memory).
     /// Returns whether the entry is still cached.
     pub fn touch(&self, key: &EntryKey) -> bool {
-        let now = SystemTime::now();
-        let Some(used) = self.ledger.touch(key, now) else {
-            return false;
-        };
-        if used.persist {
-            let _ = File::open(self.path(key)).and_then(|f| f.set_modified(now));
+        match self.note_use(key) {
+            Some(Some(persist)) => {
+                persist.run();
+                true
+            }
+            Some(None) => true,
+            None => false,
         }
-        true
+    }
+
+    /// Counts a use in the index; `None` when the entry is not cached, else the write that
+    /// records the use on disk when one is due (at most once a second per entry), for the
+    /// caller to run where blocking is allowed.
+    pub fn note_use(&self, key: &EntryKey) -> Option<Option<PersistUse>> {
+        let now = SystemTime::now();
+        let used = self.ledger.touch(key, now)?;
+        Some(used.persist.then(|| PersistUse {
+            path: self.path(key),
+            at: now,
+        }))
     }
 
     pub fn contains(&self, key: &EntryKey) -> bool {
