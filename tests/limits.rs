@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{each_upstream, error_code, eventually, random_bytes, FakeRegistry, Wharf};
+use crate::common::{
+    each_upstream, error_code, eventually, random_bytes, FakeRegistry, Hold, Wharf,
+};
 
 /// Reads until the server closes the connection; how long that took, or `None` if it stayed
 /// open past `limit`.
@@ -197,6 +199,45 @@ async fn an_idle_connection_is_closed_but_a_slow_download_is_not() {
     let body = r.bytes().await.expect("the slow download completes");
     assert_eq!(body, blob);
     assert!(started.elapsed() > Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_on_wharf_is_not_idle() {
+    let upstream = FakeRegistry::start().await;
+    let unanswered = random_bytes(256 * 1024, 8);
+    let unanswered_digest = upstream.add_blob(unanswered.clone());
+    let held = random_bytes(256 * 1024, 9);
+    let held_digest = upstream.add_blob(held.clone());
+    // One blob's GET gets no answer from the upstream, the other's body stops at 64 KiB.
+    let no_answer = Hold::after(0).only(&unanswered_digest);
+    upstream.faults().hold_whole_answers = Some(no_answer.clone());
+    let no_bytes = Hold::after(64 * 1024).only(&held_digest);
+    upstream.faults().hold = Some(no_bytes.clone());
+    let wharf = Wharf::start(&upstream, |c| {
+        c.server.limits.idle_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let pull = |digest: &str| {
+        let get = wharf
+            .client
+            .get(wharf.url(&format!("/v2/library/x/blobs/{digest}")));
+        tokio::spawn(async move { get.send().await?.bytes().await })
+    };
+    let waiting_for_headers = pull(&unanswered_digest);
+    let waiting_for_bytes = pull(&held_digest);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            no_answer.reached() == 1 && no_bytes.reached() == 1
+        })
+        .await
+    );
+    // Well past idle_timeout and the 5 s a connection asked to close is given: neither client
+    // is idle, wharf is.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    no_answer.open();
+    no_bytes.open();
+    assert_eq!(waiting_for_headers.await.unwrap().unwrap(), unanswered);
+    assert_eq!(waiting_for_bytes.await.unwrap().unwrap(), held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

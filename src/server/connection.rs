@@ -2,24 +2,23 @@
 //! shuts down. The limits guard against clients that hold a connection without using it:
 //! one that never completes its first request is cut after `header_timeout` (hyper's own
 //! timer covers later HTTP/1 requests, but not the protocol sniffing before the first one, nor
-//! HTTP/2), and one on which no byte moves for `idle_timeout` is closed gracefully.
+//! HTTP/2), and one on which no byte moves for `idle_timeout` while wharf is not working for
+//! it is closed gracefully.
 
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
+use super::activity::{Activity, IdleClock, Watched};
 use super::request::serve_request;
 use super::sendfile::FileRanges;
 use super::state::{AppState, Client, Surface};
@@ -63,12 +62,17 @@ impl Connection {
         let activity = Activity::default();
         let first_request = Arc::new(AtomicBool::new(false));
         let service = {
-            let first_request = first_request.clone();
+            let (first_request, activity) = (first_request.clone(), activity.clone());
             service_fn(move |request| {
                 first_request.store(true, Ordering::Relaxed);
                 let (state, file_ranges) = (state.clone(), file_ranges.clone());
+                let activity = activity.clone();
                 async move {
-                    Ok::<_, Infallible>(serve_request(state, request, client, file_ranges).await)
+                    // Waiting on wharf (an upstream place, a fill) is not idling.
+                    let working = activity.working();
+                    let response = serve_request(state, request, client, file_ranges).await;
+                    drop(working);
+                    Ok::<_, Infallible>(response.map(|body| activity.watch_body(body)))
                 }
             })
         };
@@ -199,108 +203,6 @@ impl Watchdog {
     }
 }
 
-/// A count of the times bytes moved on a connection. Bumped on every read and write, so it
-/// costs one relaxed store, not a clock read; an [`IdleClock`] turns it into time.
-#[derive(Clone, Default)]
-struct Activity {
-    moves: Arc<AtomicU64>,
-}
-
-impl Activity {
-    fn moved(&self) {
-        // Only the connection's own task writes it.
-        let moves = self.moves.load(Ordering::Relaxed);
-        self.moves.store(moves.wrapping_add(1), Ordering::Relaxed);
-    }
-}
-
-/// How long a connection has been quiet, as seen at each check: the count of moves is compared
-/// with the last check's, so quiet time is measured from the first check that saw no change.
-struct IdleClock {
-    activity: Activity,
-    seen: u64,
-    since: Instant,
-}
-
-impl IdleClock {
-    fn new(activity: Activity, now: Instant) -> IdleClock {
-        IdleClock {
-            activity,
-            seen: 0,
-            since: now,
-        }
-    }
-
-    fn quiet_for(&mut self, now: Instant) -> Duration {
-        let moves = self.activity.moves.load(Ordering::Relaxed);
-        if moves != self.seen {
-            self.seen = moves;
-            self.since = now;
-        }
-        now - self.since
-    }
-}
-
-/// A transport that notes each time bytes move. Writes pass through untouched (vectored ones
-/// too), as the zero-copy placeholders must reach the socket as hyper wrote them.
-struct Watched<I> {
-    inner: I,
-    activity: Activity,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.moved();
-        }
-        polled
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.moved();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.moved();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,5 +253,27 @@ mod tests {
             Verdict::Wait { .. }
         ));
         assert!(matches!(dog.check(at + CLOSE_GRACE), Verdict::Drop(_)));
+    }
+
+    #[test]
+    fn a_connection_wharf_works_for_is_not_idle() {
+        let began = Instant::now();
+        let activity = Activity::default();
+        let first = Arc::new(AtomicBool::new(true));
+        let mut dog = Watchdog::new(&limits(1000, 400), began, first, activity.clone());
+        let working = activity.working();
+        for later in [300, 600, 900, 10_000] {
+            assert!(matches!(dog.check(began + ms(later)), Verdict::Wait { .. }));
+        }
+        // Done: quiet from the first check after.
+        drop(working);
+        assert!(matches!(
+            dog.check(began + ms(10_100)),
+            Verdict::Wait { .. }
+        ));
+        assert!(matches!(
+            dog.check(began + ms(10_500)),
+            Verdict::AskToClose { .. }
+        ));
     }
 }

@@ -2,6 +2,7 @@
 //! handlers, and the one error → response mapping. Asks the mirror for everything; knows
 //! neither the cache nor the upstream client.
 
+mod activity;
 pub mod auth;
 mod blob_body;
 mod connection;

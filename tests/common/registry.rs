@@ -498,7 +498,7 @@ async fn respond(state: State, req: Request<Incoming>) -> Response<Body> {
         }
     }
     if let Some(gate) = faults.hold_whole_answers.as_ref() {
-        if kind == "blobs" && !head && header("range").is_none() {
+        if kind == "blobs" && !head && header("range").is_none() && gate.applies_to(reference) {
             gate.wait().await;
         }
     }
