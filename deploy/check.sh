@@ -21,7 +21,7 @@ UNIT=deploy/systemd/wharf.service
 KUSTOMIZE_DIR=deploy/kubernetes
 DASHBOARD=deploy/grafana/wharf.json
 DOCKERFILE=deploy/docker/Dockerfile
-METRICS_RS=src/metrics.rs
+METRICS_RS=src/metrics/mod.rs
 
 failures=0
 skipped=0
@@ -186,7 +186,7 @@ check_configs() {
 
 # --- (c) Grafana -------------------------------------------------------------------------------
 
-# Metric names and label names in the dashboard's expressions must be ones src/metrics.rs
+# Metric names and label names in the dashboard's expressions must be ones src/metrics/mod.rs
 # registers (plus Prometheus' own instance and job, and le on histogram buckets).
 DASHBOARD_CHECK=$(cat <<'PY'
 import json, re, sys
