@@ -362,3 +362,98 @@ async fn a_cache_file_whose_open_blocks_holds_up_only_its_own_request() {
         assert_eq!(&body, blob);
     }
 }
+
+/// A tmpfs of a known size, mounted on a new directory for one test and unmounted after it.
+struct SizedDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SizedDisk {
+    /// `None` where mounting is not allowed (not root, or in a container without the right).
+    fn mount(size: &str) -> Option<SizedDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then_some(SizedDisk { dir })
+    }
+
+    fn free(&self) -> u64 {
+        let stat = rustix::fs::statvfs(self.dir.path()).unwrap();
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for SizedDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fills_starting_together_on_a_small_disk_evict_nothing_while_it_has_room() {
+    let Some(disk) = SizedDisk::mount("64m") else {
+        eprintln!("skipped: a tmpfs cannot be mounted here (the test needs root)");
+        return;
+    };
+    let upstream = FakeRegistry::start().await;
+    let cached: Vec<(String, Bytes)> = (0..10)
+        .map(|n| {
+            let blob = random_bytes(4 * 1024 * 1024, 600 + n);
+            (upstream.add_blob(blob.clone()), blob)
+        })
+        .collect();
+    let cache = tempfile::tempdir_in(disk.dir.path()).unwrap();
+    // A max_size larger than the disk: the filesystem is what runs short.
+    let wharf = Wharf::start_in(&upstream, cache, |c| {
+        c.cache.max_size = wharf::config::Size(1 << 30);
+    })
+    .await;
+    for (digest, blob) in &cached {
+        let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
+        assert_eq!(r.bytes().await.unwrap(), blob);
+        assert!(wharf.settled(digest).await);
+    }
+    // Three fills that fit in what is left, together, with a quarter of it to spare.
+    let size = (disk.free() / 4) as usize;
+    let fills: Vec<(String, Bytes)> = (0..3)
+        .map(|n| {
+            let blob = random_bytes(size, 700 + n);
+            (upstream.add_blob(blob.clone()), blob)
+        })
+        .collect();
+    let hold = Hold::after(64 * 1024);
+    upstream.faults().hold = Some(hold.clone());
+    let pulls: Vec<_> = fills
+        .iter()
+        .map(|(digest, _)| {
+            let get = wharf
+                .client
+                .get(wharf.url(&format!("/v2/library/x/blobs/{digest}")));
+            tokio::spawn(async move { get.send().await?.bytes().await })
+        })
+        .collect();
+    // Every fill has claimed its room and waits for its bytes.
+    assert!(eventually(Duration::from_secs(10), || async { hold.reached() == 3 }).await);
+    let evicted = || wharf.metric("wharf_cache_evictions_total", &["reason=\"disk_space\""]);
+    assert_eq!(
+        evicted().await,
+        0.0,
+        "nothing evicted while the disk has room"
+    );
+    assert!(cached.iter().all(|(digest, _)| wharf.has_blob(digest)));
+    hold.open();
+    for (pull, (digest, blob)) in pulls.into_iter().zip(&fills) {
+        assert_eq!(&pull.await.unwrap().unwrap(), blob);
+        assert!(wharf.settled(digest).await);
+    }
+    assert_eq!(evicted().await, 0.0);
+    assert!(cached.iter().all(|(digest, _)| wharf.has_blob(digest)));
+    drop(wharf);
+}

@@ -168,21 +168,12 @@ impl WriteJob {
     fn start(&mut self, declared: Option<u64>) -> Result<(), Error> {
         // Refuse before the first byte, while every reader can still be served another way,
         // rather than fail half-way when the disk runs out.
+        // The filesystem allocates the whole blob at once, instead of a few pages at every
+        // write; where it cannot (some network filesystems), the writes allocate as they go.
         if let Some(needed) = declared {
-            self.room = self.store.claim_room(needed);
+            self.room = self.store.claim_room(needed, &self.file);
             if self.room.is_none() {
                 return Err(Error::NoSpace(needed));
-            }
-            // The filesystem allocates the whole blob at once, instead of a few pages at every
-            // write; where it cannot (tmpfs on old kernels, some network filesystems), the
-            // writes allocate as they go, as before.
-            if needed > 0 {
-                let _ = rustix::fs::fallocate(
-                    &*self.file,
-                    rustix::fs::FallocateFlags::empty(),
-                    0,
-                    needed,
-                );
             }
         }
         self.progress.send_modify(|p| {

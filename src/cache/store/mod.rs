@@ -18,7 +18,7 @@ mod tests;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::metrics::{BypassReason, EvictionReason, Metrics};
@@ -43,6 +43,8 @@ pub struct Store {
     layout: Layout,
     ledger: Ledger,
     promises: RoomPromises,
+    /// Held while room is claimed: a claim measures free space, then allocates.
+    claiming: Mutex<()>,
     health: Health,
     open_failures: OpenFailures,
     metrics: Metrics,
@@ -100,6 +102,7 @@ impl Store {
             layout,
             ledger: Ledger::new(index, max_size, metrics.clone()),
             promises: RoomPromises::default(),
+            claiming: Mutex::new(()),
             health: Health::new(metrics.clone()),
             open_failures: OpenFailures::new(metrics.clone()),
             metrics,
@@ -339,18 +342,25 @@ impl Store {
 
     // ---- the disk ----------------------------------------------------------------------------
 
-    /// Claims room on the filesystem for a fill of `bytes`, evicting least recently used entries
-    /// while the disk is short and the cache can cover the shortfall. `None` when there is no
-    /// room: for an entry the cache could hold, caching is then suspended until that much is
-    /// free.
-    pub fn claim_room(&self, bytes: u64) -> Option<RoomClaim> {
+    /// Makes room on the filesystem for a fill of `bytes` into `file` and allocates them there
+    /// at once, evicting least recently used entries while the filesystem is short (a
+    /// `max_size` larger than the disk still works); `None` when even that cannot make room (for
+    /// an entry the cache could hold, caching is then suspended until that much is free).
+    /// Space `fallocate` took is already gone from the free space every later claim sees, so
+    /// only what it could not allocate (a filesystem without it) stays promised until the fill
+    /// ends. Claims are made one at a time, so none sees another half done.
+    pub fn claim_room(&self, bytes: u64, file: &File) -> Option<RoomClaim> {
+        let _one_at_a_time = self.claiming.lock().expect("lock poisoned");
         loop {
             let Some((free, total)) = disk::space(self.root()) else {
                 return Some(self.promises.claim(bytes));
             };
             let available = free.saturating_sub(self.promises.total());
             if available >= bytes {
-                return Some(self.promises.claim(bytes));
+                let allocated = bytes > 0
+                    && rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, bytes)
+                        .is_ok();
+                return Some(self.promises.claim(if allocated { 0 } else { bytes }));
             }
             // Measured again after each round: an evicted file frees nothing while a reader
             // still has it open, or if it was already removed behind wharf's back. Each round
