@@ -2,7 +2,6 @@
 //! max_idle, recency kept across restarts, damage never served, maintenance while serving.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -10,8 +9,9 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use wharf::Config;
 
+use crate::common::child::cache_command;
 use crate::common::disk::{self, blob_path};
-use crate::common::{eventually, random_bytes, sha256, FakeRegistry, Wharf, MIB, WHARF};
+use crate::common::{eventually, random_bytes, sha256, FakeRegistry, Wharf, MIB};
 
 fn max_size(size: &str) -> impl Fn(&mut Config) + '_ {
     move |c| c.cache.max_size = size.parse().unwrap()
@@ -216,20 +216,6 @@ async fn a_cached_blob_changed_on_disk_is_never_served() {
         1.0
     );
     assert!(wharf.settled(&d).await);
-}
-
-/// Runs `wharf cache ARGS --dir CACHE`: its exit code, and what it printed.
-fn cache_command(cache: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(WHARF)
-        .arg("cache")
-        .args(args)
-        .arg("--dir")
-        .arg(cache)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
 }
 
 #[tokio::test]

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::common::child::Process;
 use crate::common::{
-    each_upstream, error_code, eventually, random_bytes, FakeRegistry, Hold, Wharf,
+    config, each_upstream, error_code, eventually, random_bytes, FakeRegistry, Hold, Wharf,
 };
 
 /// Reads until the server closes the connection; how long that took, or `None` if it stayed
@@ -208,19 +209,30 @@ async fn a_request_waiting_on_wharf_is_not_idle() {
     let unanswered_digest = upstream.add_blob(unanswered.clone());
     let held = random_bytes(256 * 1024, 9);
     let held_digest = upstream.add_blob(held.clone());
+    let large = random_bytes(16 * 1024 * 1024, 10);
+    let large_digest = upstream.add_blob(large.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&upstream, &dir.path().join("cache"));
+    config.server.limits.idle_timeout = Duration::from_millis(200);
+    // Its own process and log, where the watchdog says whom it cut.
+    let wharf = Process::start_logging(
+        dir.path(),
+        &config,
+        Duration::from_secs(5),
+        "info,wharf::server::connection=debug",
+    );
+    let path = |digest: &str| wharf.url(&format!("/v2/library/x/blobs/{digest}"));
+    let client = reqwest::Client::new();
+    let r = client.get(path(&large_digest)).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap(), large);
+
     // One blob's GET gets no answer from the upstream, the other's body stops at 64 KiB.
     let no_answer = Hold::after(0).only(&unanswered_digest);
     upstream.faults().hold_whole_answers = Some(no_answer.clone());
     let no_bytes = Hold::after(64 * 1024).only(&held_digest);
     upstream.faults().hold = Some(no_bytes.clone());
-    let wharf = Wharf::start(&upstream, |c| {
-        c.server.limits.idle_timeout = Duration::from_millis(200);
-    })
-    .await;
     let pull = |digest: &str| {
-        let get = wharf
-            .client
-            .get(wharf.url(&format!("/v2/library/x/blobs/{digest}")));
+        let get = client.get(path(digest));
         tokio::spawn(async move { get.send().await?.bytes().await })
     };
     let waiting_for_headers = pull(&unanswered_digest);
@@ -231,13 +243,26 @@ async fn a_request_waiting_on_wharf_is_not_idle() {
         })
         .await
     );
-    // Well past idle_timeout and the 5 s a connection asked to close is given: neither client
-    // is idle, wharf is.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // A client that is idle: it asks for the large cached blob and reads nothing. Quiet since
+    // after the two above, it is asked to close at idle_timeout and cut 5 s later; by then the
+    // two waiting on wharf would have been cut too, were waiting on wharf idling.
+    let mut stalled = TcpStream::connect(wharf.addr).await.unwrap();
+    let request = format!("GET /v2/library/x/blobs/{large_digest} HTTP/1.1\r\nHost: wharf\r\n\r\n");
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            wharf
+                .log_text()
+                .contains("still open after being asked to close; closing")
+        })
+        .await,
+        "the client that reads nothing is cut"
+    );
     no_answer.open();
     no_bytes.open();
     assert_eq!(waiting_for_headers.await.unwrap().unwrap(), unanswered);
     assert_eq!(waiting_for_bytes.await.unwrap().unwrap(), held);
+    drop(stalled);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,6 @@
 //! Under pressure the cache loses nothing and a warm request never waits behind cold fills: a
 //! shortage of file descriptors is not damage, and a fill waiting for its source holds no thread.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -9,10 +8,10 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::child::Process;
+use crate::common::child::{cache_command, Process};
 use crate::common::disk::{assert_blobs_whole, blob_path, has_blob};
 use crate::common::{
-    config, each_upstream, eventually, random_bytes, sha256, FakeRegistry, Hold, Wharf, WHARF,
+    config, each_upstream, eventually, random_bytes, sha256, FakeRegistry, Hold, Wharf,
 };
 use wharf::config::AuthConfig;
 
@@ -55,17 +54,6 @@ async fn get(conn: &mut TcpStream, path: &str) -> (u16, Option<String>, Bytes) {
     (status, header("retry-after"), Bytes::from(body))
 }
 
-fn verify(cache: &Path) -> (Option<i32>, String) {
-    let out = Command::new(WHARF)
-        .args(["cache", "verify", "--dir"])
-        .arg(cache)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_a_cached_blob_is_refused_for_now_and_kept() {
     let upstream = FakeRegistry::start().await;
@@ -100,7 +88,6 @@ async fn out_of_descriptors_a_cached_blob_is_refused_for_now_and_kept() {
             "wharf never ran out of descriptors"
         );
         held.push(TcpStream::connect(wharf.addr).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     for _ in 0..4 {
         held.push(TcpStream::connect(wharf.addr).await.unwrap());
@@ -150,7 +137,7 @@ async fn out_of_descriptors_a_cached_blob_is_refused_for_now_and_kept() {
     );
     drop(wharf);
     assert_eq!(assert_blobs_whole(&cache), blobs.len());
-    let (code, text) = verify(&cache);
+    let (code, text) = cache_command(&cache, &["verify"]);
     assert_eq!(code, Some(0), "nothing to remove: {text}");
 }
 

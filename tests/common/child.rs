@@ -160,3 +160,17 @@ impl Process {
         }
     }
 }
+
+/// Runs `wharf cache ARGS --dir CACHE`: its exit code, and what it printed.
+pub fn cache_command(cache: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(WHARF)
+        .arg("cache")
+        .args(args)
+        .arg("--dir")
+        .arg(cache)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
