@@ -8,6 +8,7 @@ mod api;
 mod blobs;
 mod cli;
 mod cold;
+mod disk_space;
 mod failures;
 mod hostile;
 mod lifecycle;

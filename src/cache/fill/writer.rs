@@ -18,7 +18,7 @@ use super::feeding::{FillWriter, Message, Piece, PieceSender, WRITE_BUDGET};
 use super::progress::{FillState, Progress};
 use super::window::NewestBytes;
 use crate::cache::error::{check_blob, Error};
-use crate::cache::store::{Committed, EntryKey, RoomClaim, Store};
+use crate::cache::store::{Committed, EntryKey, FillRoom, Store};
 use crate::oci::{Digest, Verifier};
 
 /// Messages in the writer's queue (the byte budget is what really bounds it).
@@ -51,8 +51,9 @@ pub struct WriteJob {
     file: Arc<File>,
     progress: watch::Sender<Progress>,
     newest: Arc<NewestBytes>,
-    /// Disk space held for the declared length until the fill ends.
-    room: Option<RoomClaim>,
+    /// Disk space held for the declared length until the fill ends (claimed in steps when
+    /// the filesystem is short).
+    room: Option<FillRoom>,
     leave: Leave,
     /// Whether the fill has ended (committed, or failed and cleaned up): then nothing is left
     /// for `Drop` to undo.
@@ -137,6 +138,11 @@ impl WriteJob {
     /// `PUBLISH_EVERY` bytes of prefix.
     fn write(&mut self, writing: &mut Progressing, piece: Piece) -> Result<(), Error> {
         let offset = piece.offset;
+        if let Some(room) = self.room.as_mut() {
+            if room.received(piece.bytes.len() as u64) && !self.store.grow_room(room, &self.file) {
+                return Err(Error::NoSpace(room.whole()));
+            }
+        }
         let written = self
             .file
             .write_all_at(&piece.bytes, offset)

@@ -12,19 +12,20 @@ mod ledger;
 pub mod manifest_file;
 mod pressure;
 pub mod scan;
+mod space;
 #[cfg(test)]
 mod tests;
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::metrics::{BypassReason, EvictionReason, Metrics};
 use crate::oci::{Digest, RawManifest};
-pub use disk::RoomClaim;
-use disk::RoomPromises;
+use disk::DiskRoom;
+pub use disk::FillRoom;
 pub use health::Condition;
 use health::Health;
 use index::Index;
@@ -35,16 +36,11 @@ use ledger::{Ledger, Room, Victims};
 pub use pressure::is_transient;
 use pressure::OpenFailures;
 
-/// Free space a probe wants to see before caching resumes after the disk was full.
-const PROBE_MIN_FREE: u64 = 1024 * 1024;
-
 /// The cache directory.
 pub struct Store {
     layout: Layout,
     ledger: Ledger,
-    promises: RoomPromises,
-    /// Held while room is claimed: a claim measures free space, then allocates.
-    claiming: Mutex<()>,
+    room: DiskRoom,
     health: Health,
     open_failures: OpenFailures,
     metrics: Metrics,
@@ -101,8 +97,7 @@ impl Store {
         let store = Store {
             layout,
             ledger: Ledger::new(index, max_size, metrics.clone()),
-            promises: RoomPromises::default(),
-            claiming: Mutex::new(()),
+            room: DiskRoom::new(root),
             health: Health::new(metrics.clone()),
             open_failures: OpenFailures::new(metrics.clone()),
             metrics,
@@ -338,74 +333,5 @@ impl Store {
             }
         }
         result
-    }
-
-    // ---- the disk ----------------------------------------------------------------------------
-
-    /// Makes room on the filesystem for a fill of `bytes` into `file` and allocates them there
-    /// at once, evicting least recently used entries while the filesystem is short (a
-    /// `max_size` larger than the disk still works); `None` when even that cannot make room (for
-    /// an entry the cache could hold, caching is then suspended until that much is free).
-    /// Space `fallocate` took is already gone from the free space every later claim sees, so
-    /// only what it could not allocate (a filesystem without it) stays promised until the fill
-    /// ends. Claims are made one at a time, so none sees another half done.
-    pub fn claim_room(&self, bytes: u64, file: &File) -> Option<RoomClaim> {
-        let _one_at_a_time = self.claiming.lock().expect("lock poisoned");
-        loop {
-            let Some((free, total)) = disk::space(self.root()) else {
-                return Some(self.promises.claim(bytes));
-            };
-            let available = free.saturating_sub(self.promises.total());
-            if available >= bytes {
-                let allocated = bytes > 0
-                    && rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, bytes)
-                        .is_ok();
-                return Some(self.promises.claim(if allocated { 0 } else { bytes }));
-            }
-            // Measured again after each round: an evicted file frees nothing while a reader
-            // still has it open, or if it was already removed behind wharf's back. Each round
-            // takes entries out of the index, so this ends.
-            let victims = self.ledger.at_least(bytes - available);
-            let evicted =
-                victims.is_some_and(|v| self.unlink(v, EvictionReason::DiskSpace).is_ok());
-            self.ledger.publish();
-            if !evicted {
-                // Only an entry the cache could ever hold makes the whole cache wait for room;
-                // a larger one is just served without caching.
-                if bytes <= self.ledger.max_size().min(total) {
-                    self.health.failed_needing(&disk::no_space(), bytes);
-                } else {
-                    self.metrics.bypassed(BypassReason::Oversize);
-                }
-                return None;
-            }
-        }
-    }
-
-    /// Whether a new fill or manifest may be written now. While the directory is unwritable,
-    /// this probes it every few seconds and resumes caching when the probe succeeds.
-    pub fn caching_allowed(&self) -> bool {
-        self.health.writable(|needed| self.probe(needed))
-    }
-
-    /// Records a failed write (logged once per condition).
-    pub fn write_failed(&self, error: &io::Error) -> Condition {
-        self.health.failed(error)
-    }
-
-    /// Why caching is suspended, and since when, if it is.
-    pub fn unwritable(&self) -> Option<(Condition, Duration)> {
-        self.health.condition()
-    }
-
-    fn probe(&self, needed: u64) -> io::Result<()> {
-        let wanted = needed.max(PROBE_MIN_FREE) + self.promises.total();
-        if disk::space(self.root()).is_some_and(|(free, _)| free < wanted) {
-            return Err(disk::no_space());
-        }
-        let (path, file) = self.temp_file()?;
-        let written = io::Write::write_all(&mut &file, &[0u8; 4096]);
-        let _ = fs::remove_file(path);
-        written
     }
 }
