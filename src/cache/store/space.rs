@@ -24,17 +24,7 @@ impl Store {
         let claimed = self.room.claim(whole, file, |now, rest| {
             self.evict_for_disk(now, rest, whole)
         });
-        match claimed {
-            Ok(room) => Some(room),
-            Err(short) => {
-                if whole <= self.ledger.max_size().min(short.total) {
-                    self.health.failed_needing(&disk::no_space(), whole);
-                } else {
-                    self.metrics.bypassed(BypassReason::Oversize);
-                }
-                None
-            }
-        }
+        claimed.map_err(|short| self.short_of(whole, short)).ok()
     }
 
     /// Claims a fill's next step of room (see `claim_room`); `false` when it cannot be made.
@@ -43,10 +33,17 @@ impl Store {
         let grown = self.room.grow(room, file, |now, rest| {
             self.evict_for_disk(now, rest, whole)
         });
-        if grown.is_err() {
+        grown.map_err(|short| self.short_of(whole, short)).is_ok()
+    }
+
+    /// The disk cannot hold a fill of `whole` bytes: only an entry the cache could ever hold
+    /// makes the whole cache wait for room; a larger one is just not cached.
+    fn short_of(&self, whole: u64, short: disk::Short) {
+        if whole <= self.ledger.max_size().min(short.total) {
             self.health.failed_needing(&disk::no_space(), whole);
+        } else {
+            self.metrics.bypassed(BypassReason::Oversize);
         }
-        grown.is_ok()
     }
 
     /// Evicts least recently used entries adding up to `now` bytes for a fill of `whole`
