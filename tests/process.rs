@@ -595,6 +595,8 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
             .unwrap();
         leaks(path, &text);
     }
+    // Lines reach the file in batches: the last request's line means the rest are there.
+    assert!(wharf.wait_for_log("path=\"/readyz\""));
     let log = wharf.log_text();
     assert!(log.contains("can be read by other users"));
     assert!(log.lines().count() > 20, "trace logging was not on");

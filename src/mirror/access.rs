@@ -64,17 +64,18 @@ impl ConfirmedAccess {
         if confirmed_at.is_some_and(|at| at.elapsed() < ACCESS_CONFIRMED_FOR) {
             return Ok(());
         }
+        // Boxed: the upstream round trip is the rare case, and would otherwise make every
+        // cache hit's future as large as its own.
         let asked = match content {
-            Content::Blob => upstream.blob_length(repo, digest).await.map(drop),
-            Content::Manifest => upstream
-                .manifest(
-                    repo,
-                    &Reference::Digest(digest.clone()),
-                    &Accept::all_manifests(),
-                    Verb::Head,
-                )
-                .await
-                .map(drop),
+            Content::Blob => Box::pin(upstream.blob_length(repo, digest)).await.map(drop),
+            Content::Manifest => Box::pin(upstream.manifest(
+                repo,
+                &Reference::Digest(digest.clone()),
+                &Accept::all_manifests(),
+                Verb::Head,
+            ))
+            .await
+            .map(drop),
         };
         match asked {
             Ok(()) => {

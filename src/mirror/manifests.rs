@@ -65,9 +65,9 @@ impl Mirror {
             });
         }
         let reference = Reference::Digest(digest.clone());
-        let (manifest, role) = self
-            .fetch_manifest(upstream, repo, &reference, &Accept::all_manifests())
-            .await;
+        let (manifest, role) =
+            Box::pin(self.fetch_manifest(upstream, repo, &reference, &Accept::all_manifests()))
+                .await;
         Ok(ManifestAnswer {
             manifest: manifest?,
             result: miss_or_coalesced(role),
@@ -94,9 +94,8 @@ impl Mirror {
         // Stamped when asked, so an answer that arrives late cannot pass for a newer one.
         let asked_at = self.clock.now();
         let reference = Reference::Tag(tag.clone());
-        let (fetched, role) = self
-            .fetch_manifest(upstream, repo, &reference, accept)
-            .await;
+        let (fetched, role) =
+            Box::pin(self.fetch_manifest(upstream, repo, &reference, accept)).await;
         let manifest = match (fetched, stale) {
             (Ok(m), stale) => {
                 let variant = Variant {
@@ -155,7 +154,7 @@ impl Mirror {
                 result: CacheResult::Stale,
             }));
         }
-        match self.revalidate(upstream, key, accept).await {
+        match Box::pin(self.revalidate(upstream, key, accept)).await {
             Ok(Some(current)) if current == variant.digest => {
                 self.cache.confirm_tag(key, &current, self.clock.now());
                 Ok(Ok(ManifestAnswer {

@@ -45,15 +45,22 @@ pub async fn handle(
         Route::Manifest { target, reference } => {
             manifest(state, headers, &target, &reference, head).await
         }
-        Route::Blob { target, digest } if head => blob_head(state, &target, &digest).await,
+        // Boxed: a future is as large as its largest branch, and every request's future is
+        // moved whole a few times on its way into hyper. Blob answers are rarer and larger
+        // than manifests, and an allocation is nothing beside their bytes.
+        Route::Blob { target, digest } if head => {
+            Box::pin(blob_head(state, &target, &digest)).await
+        }
         Route::Blob { target, digest } => {
             let ranges = headers
                 .get(RANGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(range::parse);
-            blob_get(state, &target, &digest, ranges, zero_copy).await
+            Box::pin(blob_get(state, &target, &digest, ranges, zero_copy)).await
         }
-        Route::Listing { target, listing } => listing_page(state, &target, &listing, head).await,
+        Route::Listing { target, listing } => {
+            Box::pin(listing_page(state, &target, &listing, head)).await
+        }
     }
 }
 

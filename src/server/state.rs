@@ -74,8 +74,8 @@ impl Access {
                 })?;
         }
         match &self.authenticator {
-            Some(authenticator) => authenticator
-                .authenticate(authorization)
+            // Boxed, so that every request's future is not as large as a login's.
+            Some(authenticator) => Box::pin(authenticator.authenticate(authorization))
                 .await
                 .map(Some)
                 .map_err(|e| match e {
