@@ -21,6 +21,7 @@ FORBIDDEN = {
     "mirror": {"server", "warm"},
     "cache": {"server", "mirror", "upstream", "warm"},
     "upstream": {"server", "mirror", "cache", "warm"},
+    "cluster": {"server", "mirror", "cache", "upstream", "warm"},
     "oci": {"server", "mirror", "cache", "upstream", "warm", "config", "metrics", "error"},
     "body": {"server", "mirror", "cache", "upstream", "warm", "error"},
     "config": {"server", "mirror", "cache", "upstream", "warm", "error"},

@@ -8,6 +8,7 @@
 //! - [`cache`]: blobs and manifests on disk by digest, single-flight fills, the tag table,
 //!   behind one front door, [`cache::Cache`].
 //! - [`upstream`]: the registry client (auth, tokens, timeouts, limits).
+//! - [`cluster`]: the other nodes of a datacenter, and which of them owns each digest.
 //! - [`oci`]: the spec's vocabulary, pure values.
 //! - [`body`]: a piece of a blob response (bytes, or a range of a cached file).
 //! - [`config`], [`metrics`], [`telemetry`]: leaves used by the above.
@@ -32,6 +33,7 @@
 pub mod body;
 pub mod cache;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -2,10 +2,12 @@
 //! are errors (a typo must not silently fall back to a default), and `validate` checks what serde
 //! cannot. Knows nothing of the rest of wharf.
 
+mod cluster;
 mod size;
 mod tree;
 mod validate;
 
+pub use cluster::{ClusterConfig, PeerConfig};
 pub use size::Size;
 pub use tree::*;
 pub use validate::ConfigError;

@@ -123,3 +123,66 @@ fn effective_config_round_trips() {
     let c = Config::default();
     assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
 }
+
+const CLUSTER: &str = r#"
+[cluster]
+node = "a"
+peer_token_file = "/etc/wharf/peer-token"
+[[cluster.peer]]
+name = "a"
+url = "http://10.0.0.1:5000"
+[[cluster.peer]]
+name = "b"
+url = "https://wharf-b.dc1.example:5000/"
+"#;
+
+#[test]
+fn a_cluster_lists_its_nodes() {
+    let c = Config::parse(CLUSTER).unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.node, "a");
+    assert_eq!(cluster.peer_token_file, Path::new("/etc/wharf/peer-token"));
+    let names: Vec<&str> = cluster.peers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(
+        cluster.peers[1].url.as_str(),
+        "https://wharf-b.dc1.example:5000/"
+    );
+}
+
+#[test]
+fn a_cluster_that_cannot_agree_on_owners_is_refused() {
+    for (change, named) in [
+        (("node = \"a\"", "node = \"z\""), "cluster.node \"z\""),
+        (("name = \"b\"", "name = \"a\""), "listed twice"),
+        (("name = \"b\"", "name = \"B\""), "a name is"),
+        (
+            ("https://wharf-b.dc1.example:5000/", "http://10.0.0.1:5000"),
+            "url is listed twice",
+        ),
+        (
+            ("https://wharf-b.dc1.example:5000/", "ftp://b"),
+            "http:// or https://",
+        ),
+        (
+            ("https://wharf-b.dc1.example:5000/", "http://u:p@b"),
+            "credentials",
+        ),
+        (
+            ("https://wharf-b.dc1.example:5000/", "http://b/v2/"),
+            "without a path",
+        ),
+    ] {
+        let text = CLUSTER.replace(change.0, change.1);
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains(named), "{change:?}: {err}");
+    }
+    let err = Config::parse("[cluster]\nnode = \"a\"\npeer_token_file = \"t\"\npeer = []")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least one"), "{err}");
+    let err = Config::parse("[cluster]\nnode = \"a\"\npeer = []")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("peer_token_file"), "{err}");
+}

@@ -10,6 +10,7 @@ use url::Url;
 
 use crate::oci::RepoPattern;
 
+use super::cluster::ClusterConfig;
 use super::size::Size;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +21,9 @@ pub struct Config {
     /// The registries wharf may contact; the first is the default upstream.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// The other wharf nodes of this datacenter; absent: this node is the whole mirror.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -325,6 +329,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             cache: CacheConfig::default(),
             upstreams: vec![UpstreamConfig::docker_hub()],
+            cluster: None,
         }
     }
 }

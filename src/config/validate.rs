@@ -60,6 +60,9 @@ impl Config {
             u.validate(i)?;
         }
         self.server.validate()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(ConfigError::Invalid)?;
+        }
         if self.cache.max_size.bytes() == 0 {
             return invalid("cache.max_size must be greater than zero".into());
         }
@@ -100,6 +103,12 @@ impl Config {
                     .iter()
                     .map(|t| ("server.tls.key".to_owned(), t.key.as_path())),
             )
+            .chain(self.cluster.iter().map(|c| {
+                (
+                    "cluster.peer_token_file".to_owned(),
+                    c.peer_token_file.as_path(),
+                )
+            }))
             .chain(self.server.auth.iter().flat_map(|a| {
                 let htpasswd = a.htpasswd.as_deref().map(|f| ("server.auth.htpasswd", f));
                 let tokens = a.tokens.as_deref().map(|f| ("server.auth.tokens", f));

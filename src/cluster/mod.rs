@@ -1,0 +1,4 @@
+//! The wharf nodes of one datacenter acting as one mirror: who they are, which of them owns
+//! each digest (the rendezvous ring), and which are up.
+
+pub mod ring;
