@@ -62,6 +62,8 @@ pub enum StartError {
     #[error(transparent)]
     Auth(#[from] server::auth::LoadError),
     #[error(transparent)]
+    Cluster(#[from] cluster::SetupError),
+    #[error(transparent)]
     Cache(#[from] cache::Error),
     #[error(transparent)]
     Upstream(#[from] upstream::SetupError),
@@ -133,6 +135,10 @@ async fn run_with(
         .as_ref()
         .map(server::auth::Authenticator::load)
         .transpose()?;
+    let peers = match &config.cluster {
+        Some(cluster) => Some(cluster::Peers::load(cluster).await?),
+        None => None,
+    };
     let metrics = metrics::Metrics::new();
     let cache = Arc::new(cache::Cache::open(&config.cache, &metrics).await?);
     let upstreams = upstream::Upstreams::new(&config.upstreams, &metrics)?;
@@ -151,6 +157,7 @@ async fn run_with(
             config.server.allow_from.clone(),
             &config.server.rate_limit,
             authenticator,
+            peers,
         )),
         max_range_parts: config.cache.max_range_parts,
     };

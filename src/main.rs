@@ -100,6 +100,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(auth) = &config.server.auth {
                 wharf::server::auth::Authenticator::load(auth)?;
             }
+            if let Some(cluster) = &config.cluster {
+                wharf::cluster::read_token(&cluster.peer_token_file)?;
+            }
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }

@@ -1,4 +1,7 @@
 //! The wharf nodes of one datacenter acting as one mirror: who they are, which of them owns
 //! each digest (the rendezvous ring), and which are up.
 
+pub mod peers;
 pub mod ring;
+
+pub use peers::{read_token, Peers, SetupError, PEER_HEADER};

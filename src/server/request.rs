@@ -10,6 +10,7 @@ use super::response::{self, Body};
 use super::sendfile::FileRanges;
 use super::state::{AppState, Client};
 use super::{handlers, route};
+use crate::cluster::PEER_HEADER;
 use crate::error::ClientError;
 
 /// Answers one request: route, handle, map any error, count and log it once. `file_ranges` is
@@ -31,9 +32,10 @@ pub(super) async fn serve_request(
         Ok(route) if !client.surface.serves(&route) => Err(ClientError::NotFound),
         Ok(route) => {
             let authorization = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+            let peer = request.headers().get(PEER_HEADER).map(|v| v.as_bytes());
             state
                 .access
-                .admits(client, &route, authorization)
+                .admits(client, &route, authorization, peer)
                 .await
                 .map(|who| {
                     user = who;

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::{auth, rate, route};
+use crate::cluster::Peers;
 use crate::error::ClientError;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
@@ -26,6 +27,8 @@ pub struct Access {
     rate: Option<rate::RateLimiter>,
     /// `None`: no credentials needed.
     pub(super) authenticator: Option<Arc<auth::Authenticator>>,
+    /// The other nodes of this node's cluster, if it is in one.
+    peers: Option<Arc<Peers>>,
 }
 
 impl Access {
@@ -33,11 +36,13 @@ impl Access {
         allow_from: Option<Vec<ipnet::IpNet>>,
         rate: &crate::config::RateLimit,
         authenticator: Option<auth::Authenticator>,
+        peers: Option<Peers>,
     ) -> Access {
         Access {
             allow_from,
             rate: rate::RateLimiter::new(rate),
             authenticator: authenticator.map(Arc::new),
+            peers: peers.map(Arc::new),
         }
     }
 
@@ -45,12 +50,15 @@ impl Access {
     /// checks answer everyone, so probes work from wherever they come; the operational listener
     /// is bound to an internal address by the operator and not filtered either. The address
     /// and the rate are checked before credentials, so that a refused or flooding client costs
-    /// no password hashing.
+    /// no password hashing. A request that names a peer node (`peer`) must be that peer's,
+    /// with the peer token and from its address; then neither the address list, the rate nor
+    /// client credentials apply (peers are the operator's own nodes).
     pub(super) async fn admits(
         &self,
         client: Client,
         route: &route::Route,
         authorization: Option<&[u8]>,
+        peer: Option<&[u8]>,
     ) -> Result<Option<Arc<str>>, ClientError> {
         if client.surface == Surface::Operations
             || matches!(route, route::Route::Health | route::Route::Ready)
@@ -59,6 +67,12 @@ impl Access {
         }
         // A v4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
         let ip: IpAddr = client.peer.ip().to_canonical();
+        if let (Some(peers), Some(name)) = (&self.peers, peer) {
+            return match peers.admit(name, authorization, ip) {
+                Some(name) => Ok(Some(format!("peer:{name}").into())),
+                None => Err(ClientError::Unauthenticated),
+            };
+        }
         let listed = self
             .allow_from
             .as_ref()
@@ -138,6 +152,7 @@ mod tests {
             Some(vec!["10.0.0.0/8".parse().unwrap()]),
             &RateLimit::default(),
             Some(auth::Authenticator::load(&files).unwrap()),
+            None,
         );
         let client = Client {
             peer: "127.0.0.1:40000".parse().unwrap(),
@@ -149,7 +164,7 @@ mod tests {
                 base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"))
             );
             let admitted = access
-                .admits(client, &route::Route::Base, Some(value.as_bytes()))
+                .admits(client, &route::Route::Base, Some(value.as_bytes()), None)
                 .await;
             assert!(
                 matches!(admitted, Err(ClientError::AddressNotAllowed)),
