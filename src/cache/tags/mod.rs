@@ -87,8 +87,12 @@ impl TagTable {
     /// The variant to answer `accept` with, as [`Self::choose`], reading a tag that is not in
     /// memory on the blocking pool instead of the calling (async) thread.
     pub async fn lookup(&self, key: &TagKey, accept: &Accept) -> Option<Variant> {
-        let in_memory = self.lock().contains(key);
-        if let (false, Some(files)) = (in_memory, &self.files) {
+        // The warm case under one lock: every warm pull by tag comes through here.
+        if let Some(held) = self.lock().get_mut(key) {
+            held.used = Instant::now();
+            return choose_among(&held.variants, accept);
+        }
+        if let Some(files) = &self.files {
             let (files, wanted) = (files.clone(), key.clone());
             let loaded = tokio::task::spawn_blocking(move || files.load(&wanted)).await;
             self.learn(key, loaded.unwrap_or_default(), |_| ());
@@ -135,13 +139,7 @@ impl TagTable {
     /// The variant to answer `accept` with: an index when the client takes one (as the
     /// registry would), else the newest acceptable manifest.
     pub fn choose(&self, key: &TagKey, accept: &Accept) -> Option<Variant> {
-        self.with_variants(key, |variants| {
-            variants
-                .iter()
-                .filter(|v| v.answers(accept))
-                .max_by_key(|v| (is_index(&v.media_type), v.fetched_at))
-                .cloned()
-        })
+        self.with_variants(key, |variants| choose_among(variants, accept))
     }
 
     /// Records what the upstream answered for a tag. `replaces` is the variant this answer
@@ -214,6 +212,15 @@ impl TagTable {
 }
 
 /// Lets go of the tags unused for [`IDLE`] at `now` (they stay on disk).
+/// Of a tag's variants, the one to answer `accept` with (see `choose`).
+fn choose_among(variants: &[Variant], accept: &Accept) -> Option<Variant> {
+    variants
+        .iter()
+        .filter(|v| v.answers(accept))
+        .max_by_key(|v| (is_index(&v.media_type), v.fetched_at))
+        .cloned()
+}
+
 fn forget_idle(tags: &mut Known, now: Instant) {
     while tags
         .peek_lru()
