@@ -225,3 +225,33 @@ async fn a_length_declared_but_not_sent_evicts_no_more_than_a_slice_past_what_ca
     drop(response);
     drop(wharf);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_the_disk_cannot_hold_is_served_whole_when_cached_files_went_behind_its_back() {
+    let Some(disk) = SizedDisk::mount("64m") else {
+        eprintln!("skipped: a tmpfs cannot be mounted here (the test needs root)");
+        return;
+    };
+    let upstream = FakeRegistry::start().await;
+    let (wharf, cached) = cache_filled(&upstream, &disk, 12).await;
+    // Another program removes the cached files (wharf's books still list them) and fills the
+    // disk: evicting what the books list would free nothing.
+    for (digest, _) in &cached {
+        std::fs::remove_file(crate::common::disk::blob_path(wharf.cache.path(), digest)).unwrap();
+    }
+    let filler = vec![0u8; (disk.free() - 8 * MIB) as usize];
+    std::fs::write(disk.dir.path().join("filler"), filler).unwrap();
+    let blob = random_bytes(16 * MIB as usize, 900);
+    let digest = upstream.add_blob(blob.clone());
+    // Refused before the first byte, so served from the upstream whole, not cut half-way.
+    let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), blob);
+    assert_eq!(
+        wharf
+            .metric("wharf_cache_bypass_total", &["reason=\"unwritable\""])
+            .await,
+        1.0
+    );
+    drop(wharf);
+}

@@ -66,15 +66,22 @@ impl DiskRoom {
     }
 
     /// Room for the first bytes of a fill of `whole` bytes into `file`: all of it where the
-    /// filesystem has it free, else a first slice, made by `evict` (which is asked to free a
-    /// number of bytes now, knowing how many the whole fill still lacks, and says whether it
-    /// freed anything).
+    /// filesystem has it free, else (if `can_make` says the bytes it lacks could be evicted for)
+    /// a first slice, made by `evict` (which is asked to free a number of bytes now, knowing
+    /// how many the whole fill still lacks, and says whether it freed anything).
     pub fn claim(
         &self,
         whole: u64,
         file: &File,
+        can_make: impl FnOnce(u64) -> bool,
         evict: impl FnMut(u64, u64) -> bool,
     ) -> Result<FillRoom, Short> {
+        if let Some((free, total)) = space(&self.root) {
+            let available = free.saturating_sub(self.promised());
+            if available < whole && !can_make(whole - available) {
+                return Err(Short { total });
+            }
+        }
         let mut room = FillRoom {
             whole,
             covered: 0,
@@ -108,7 +115,9 @@ impl DiskRoom {
             let step = if available >= rest {
                 rest
             } else {
-                room.whole.min(room.received + room.slice) - room.covered
+                room.whole
+                    .min(room.received + room.slice)
+                    .saturating_sub(room.covered)
             };
             if available >= step {
                 let allocated = step > 0
@@ -217,7 +226,12 @@ mod tests {
         let room = DiskRoom::new(dir.path());
         let file = File::create(dir.path().join("fill")).unwrap();
         let claim = room
-            .claim(1 << 20, &file, |_, _| panic!("nothing to evict"))
+            .claim(
+                1 << 20,
+                &file,
+                |_| panic!("nothing lacks"),
+                |_, _| panic!("nothing to evict"),
+            )
             .unwrap_or_else(|_| panic!("room for 1 MiB"));
         assert_eq!(claim.covered, 1 << 20);
         // Allocated, not promised: free space already shows it.

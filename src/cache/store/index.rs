@@ -157,6 +157,27 @@ impl Index {
         Some(victims)
     }
 
+    /// The least recently used entries adding up to at least `bytes`, left in place; `None` if
+    /// the index does not hold that much.
+    pub fn least_used_covering(&self, bytes: u64) -> Option<Vec<(EntryKey, u64)>> {
+        if self.bytes < bytes {
+            return None;
+        }
+        let mut covered = 0;
+        let entries = self
+            .lru
+            .iter()
+            .rev()
+            .take_while(|(_, entry)| {
+                let more = covered < bytes;
+                covered += entry.size;
+                more
+            })
+            .map(|(key, entry)| (key.clone(), entry.size))
+            .collect();
+        Some(entries)
+    }
+
     /// Puts back an entry that could not be removed after all, as least recently used.
     pub fn restore(&mut self, key: EntryKey, entry: Entry) {
         self.bytes += entry.size;

@@ -130,6 +130,11 @@ impl Ledger {
         self.lock().pop_idle(cutoff)
     }
 
+    /// The least recently used entries adding up to at least `bytes`, left in the books.
+    pub fn least_used_covering(&self, bytes: u64) -> Option<Vec<(EntryKey, u64)>> {
+        self.lock().least_used_covering(bytes)
+    }
+
     /// Takes out least recently used entries adding up to at least `bytes`, if the books hold
     /// that much; otherwise nothing.
     pub fn at_least(&self, bytes: u64) -> Option<Victims> {

@@ -21,9 +21,14 @@ impl Store {
     /// when the entry will not be cached anyway (larger than the cache or the disk) or the books
     /// cannot make that much room (then caching is suspended until that much is free).
     pub fn claim_room(&self, whole: u64, file: &File) -> Option<FillRoom> {
-        let claimed = self.room.claim(whole, file, |now, rest| {
-            self.evict_for_disk(now, rest, whole)
-        });
+        let claimed = self.room.claim(
+            whole,
+            file,
+            // Before the first byte, while its readers can still be served another way: the
+            // whole must be possible to make room for, not just the first slice.
+            |lacking| whole <= self.ledger.max_size() && self.could_evict(lacking),
+            |now, rest| self.evict_for_disk(now, rest, whole),
+        );
         claimed.map_err(|short| self.short_of(whole, short)).ok()
     }
 
@@ -44,6 +49,23 @@ impl Store {
         } else {
             self.metrics.bypassed(BypassReason::Oversize);
         }
+    }
+
+    /// Whether evicting least recently used entries would free `bytes` on the disk: their files
+    /// are there (one removed behind wharf's back frees nothing, and leaves the books).
+    fn could_evict(&self, bytes: u64) -> bool {
+        let Some(entries) = self.ledger.least_used_covering(bytes) else {
+            return false;
+        };
+        let mut there = 0;
+        for (key, size) in entries {
+            if fs::metadata(self.path(&key)).is_ok() {
+                there += size;
+            } else {
+                self.drop_invalid(&key, "its file is gone");
+            }
+        }
+        there >= bytes
     }
 
     /// Evicts least recently used entries adding up to `now` bytes for a fill of `whole`
