@@ -42,68 +42,6 @@ impl Drop for SizedDisk {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fills_starting_together_on_a_small_disk_evict_nothing_while_it_has_room() {
-    let Some(disk) = SizedDisk::mount("64m") else {
-        eprintln!("skipped: a tmpfs cannot be mounted here (the test needs root)");
-        return;
-    };
-    let upstream = FakeRegistry::start().await;
-    let cached: Vec<(String, Bytes)> = (0..10)
-        .map(|n| {
-            let blob = random_bytes(4 * 1024 * 1024, 600 + n);
-            (upstream.add_blob(blob.clone()), blob)
-        })
-        .collect();
-    let cache = tempfile::tempdir_in(disk.dir.path()).unwrap();
-    // A max_size larger than the disk: the filesystem is what runs short.
-    let wharf = Wharf::start_in(&upstream, cache, |c| {
-        c.cache.max_size = wharf::config::Size(1 << 30);
-    })
-    .await;
-    for (digest, blob) in &cached {
-        let r = wharf.get(&format!("/v2/library/x/blobs/{digest}")).await;
-        assert_eq!(r.bytes().await.unwrap(), blob);
-        assert!(wharf.settled(digest).await);
-    }
-    // Three fills that fit in what is left, together, with a quarter of it to spare.
-    let size = (disk.free() / 4) as usize;
-    let fills: Vec<(String, Bytes)> = (0..3)
-        .map(|n| {
-            let blob = random_bytes(size, 700 + n);
-            (upstream.add_blob(blob.clone()), blob)
-        })
-        .collect();
-    let hold = Hold::after(64 * 1024);
-    upstream.faults().hold = Some(hold.clone());
-    let pulls: Vec<_> = fills
-        .iter()
-        .map(|(digest, _)| {
-            let get = wharf
-                .client
-                .get(wharf.url(&format!("/v2/library/x/blobs/{digest}")));
-            tokio::spawn(async move { get.send().await?.bytes().await })
-        })
-        .collect();
-    // Every fill has claimed its room and waits for its bytes.
-    assert!(eventually(Duration::from_secs(10), || async { hold.reached() == 3 }).await);
-    let evicted = || wharf.metric("wharf_cache_evictions_total", &["reason=\"disk_space\""]);
-    assert_eq!(
-        evicted().await,
-        0.0,
-        "nothing evicted while the disk has room"
-    );
-    assert!(cached.iter().all(|(digest, _)| wharf.has_blob(digest)));
-    hold.open();
-    for (pull, (digest, blob)) in pulls.into_iter().zip(&fills) {
-        assert_eq!(&pull.await.unwrap().unwrap(), blob);
-        assert!(wharf.settled(digest).await);
-    }
-    assert_eq!(evicted().await, 0.0);
-    assert!(cached.iter().all(|(digest, _)| wharf.has_blob(digest)));
-    drop(wharf);
-}
-
 const MIB: u64 = 1 << 20;
 
 /// A wharf whose cache is on `disk` (with a `max_size` larger than the disk: the filesystem is
@@ -141,6 +79,69 @@ async fn evicted_bytes(wharf: &Wharf) -> f64 {
         .await
 }
 
+/// Three fills of `size` bytes each, started together; the upstream holds each after its first
+/// 64 KiB, by which time it has claimed its room.
+struct FillsHeld {
+    fills: Vec<(String, Bytes)>,
+    hold: Hold,
+    pulls: Vec<tokio::task::JoinHandle<reqwest::Result<Bytes>>>,
+}
+
+impl FillsHeld {
+    async fn start(upstream: &FakeRegistry, wharf: &Wharf, size: u64) -> FillsHeld {
+        let fills: Vec<(String, Bytes)> = (0..3)
+            .map(|n| {
+                let blob = random_bytes(size as usize, 700 + n);
+                (upstream.add_blob(blob.clone()), blob)
+            })
+            .collect();
+        let hold = Hold::after(64 * 1024);
+        upstream.faults().hold = Some(hold.clone());
+        let pulls = fills
+            .iter()
+            .map(|(digest, _)| {
+                let get = wharf
+                    .client
+                    .get(wharf.url(&format!("/v2/library/x/blobs/{digest}")));
+                tokio::spawn(async move { get.send().await?.bytes().await })
+            })
+            .collect();
+        assert!(eventually(Duration::from_secs(10), || async { hold.reached() == 3 }).await);
+        FillsHeld { fills, hold, pulls }
+    }
+
+    /// Lets the fills go on: each client gets its blob whole, and each blob is cached.
+    async fn finish(self, wharf: &Wharf) {
+        self.hold.open();
+        for (pull, (digest, blob)) in self.pulls.into_iter().zip(&self.fills) {
+            assert_eq!(&pull.await.unwrap().unwrap(), blob);
+            assert!(wharf.settled(digest).await, "every fill is cached");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fills_starting_together_on_a_small_disk_evict_nothing_while_it_has_room() {
+    let Some(disk) = SizedDisk::mount("64m") else {
+        eprintln!("skipped: a tmpfs cannot be mounted here (the test needs root)");
+        return;
+    };
+    let upstream = FakeRegistry::start().await;
+    let (wharf, cached) = cache_filled(&upstream, &disk, 10).await;
+    // Three fills that fit in what is left, together, with a quarter of it to spare.
+    let fills = FillsHeld::start(&upstream, &wharf, disk.free() / 4).await;
+    assert_eq!(
+        evicted_bytes(&wharf).await,
+        0.0,
+        "nothing evicted while the disk has room"
+    );
+    assert!(cached.iter().all(|(digest, _)| wharf.has_blob(digest)));
+    fills.finish(&wharf).await;
+    assert_eq!(evicted_bytes(&wharf).await, 0.0);
+    assert!(cached.iter().all(|(digest, _)| wharf.has_blob(digest)));
+    drop(wharf);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fills_starting_together_on_a_short_disk_evict_no_more_than_it_lacks() {
     let Some(disk) = SizedDisk::mount("64m") else {
@@ -153,29 +154,10 @@ async fn fills_starting_together_on_a_short_disk_evict_no_more_than_it_lacks() {
     let shortfall = 10 * MIB;
     let size = ((disk.free() + shortfall) / 3) & !4095;
     let shortfall = 3 * size - disk.free();
-    let fills: Vec<(String, Bytes)> = (0..3)
-        .map(|n| {
-            let blob = random_bytes(size as usize, 700 + n);
-            (upstream.add_blob(blob.clone()), blob)
-        })
-        .collect();
-    let hold = Hold::after(64 * 1024);
-    upstream.faults().hold = Some(hold.clone());
-    let pulls: Vec<_> = fills
-        .iter()
-        .map(|(digest, _)| {
-            let get = wharf
-                .client
-                .get(wharf.url(&format!("/v2/library/x/blobs/{digest}")));
-            tokio::spawn(async move { get.send().await?.bytes().await })
-        })
-        .collect();
-    assert!(eventually(Duration::from_secs(10), || async { hold.reached() == 3 }).await);
-    hold.open();
-    for (pull, (digest, blob)) in pulls.into_iter().zip(&fills) {
-        assert_eq!(&pull.await.unwrap().unwrap(), blob);
-        assert!(wharf.settled(digest).await, "every fill is cached");
-    }
+    FillsHeld::start(&upstream, &wharf, size)
+        .await
+        .finish(&wharf)
+        .await;
     // Entries go whole: the shortfall rounded up to the next 4 MiB entry, no more.
     let evicted = evicted_bytes(&wharf).await as u64;
     assert!(
