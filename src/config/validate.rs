@@ -2,6 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use url::Url;
+
+use super::cluster::ClusterConfig;
 use super::tree::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +64,7 @@ impl Config {
         }
         self.server.validate()?;
         if let Some(cluster) = &self.cluster {
-            cluster.validate().map_err(ConfigError::Invalid)?;
+            cluster.validate()?;
         }
         if self.cache.max_size.bytes() == 0 {
             return invalid("cache.max_size must be greater than zero".into());
@@ -153,7 +156,7 @@ impl UpstreamConfig {
                 u.name
             ));
         }
-        if !matches!(u.url.scheme(), "http" | "https") || u.url.host().is_none() {
+        if !is_http_with_host(&u.url) {
             return invalid(format!(
                 "upstream[{i}].url {} must be an http(s) URL with a host",
                 u.url
@@ -236,6 +239,66 @@ impl ServerConfig {
         }
         Ok(())
     }
+}
+
+/// The longest node name.
+const MAX_NAME: usize = 63;
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.peers.is_empty() {
+            return invalid("cluster: at least one [[cluster.peer]] is required".into());
+        }
+        for (i, peer) in self.peers.iter().enumerate() {
+            let named =
+                |what: &str| invalid(format!("cluster.peer[{i}] ({:?}): {what}", peer.name));
+            if !is_node_name(&peer.name) {
+                return named(&format!(
+                    "a name is 1 to {MAX_NAME} of a-z, 0-9, '.', '_' and '-'"
+                ));
+            }
+            if self.peers[..i].iter().any(|p| p.name == peer.name) {
+                return named("the name is listed twice");
+            }
+            if self.peers[..i].iter().any(|p| same_base(&p.url, &peer.url)) {
+                return named("the url is listed twice");
+            }
+            let url = &peer.url;
+            if !is_http_with_host(url) {
+                return named("the url must be http:// or https:// with a host");
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return named("the url must not hold credentials");
+            }
+            if url.query().is_some() || url.fragment().is_some() || url.path() != "/" {
+                return named("the url must be the node's base URL, without a path");
+            }
+        }
+        if !self.peers.iter().any(|p| p.name == self.node) {
+            return invalid(format!(
+                "cluster.node {:?} is not one of the [[cluster.peer]] names",
+                self.node
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_node_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+fn is_http_with_host(url: &Url) -> bool {
+    matches!(url.scheme(), "http" | "https") && url.host().is_some()
+}
+
+fn same_base(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host() == b.host()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 fn invalid(message: String) -> Result<(), ConfigError> {
