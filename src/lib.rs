@@ -142,10 +142,20 @@ async fn run_with(
     let metrics = metrics::Metrics::new();
     let cache = Arc::new(cache::Cache::open(&config.cache, &metrics).await?);
     let upstreams = upstream::Upstreams::new(&config.upstreams, &metrics)?;
+    let owners = match &config.cluster {
+        Some(cluster) => {
+            let token = cluster::read_token(&cluster.peer_token_file)?;
+            let owners = mirror::Owners::new(cluster, &token, &config.upstreams, &metrics)?;
+            Some(Arc::new(owners))
+        }
+        None => None,
+    };
+    let prober = owners.clone().map(|o| tokio::spawn(o.probe_forever()));
     let sweeper = tokio::spawn(cache.clone().sweep_idle(config.cache.max_idle));
     let mirror = mirror::Mirror::new(
         upstreams,
         cache,
+        owners,
         config.cache.clone(),
         metrics.clone(),
         clock,
@@ -192,5 +202,8 @@ async fn run_with(
     };
     server::serve(listener, operations, state, shutdown, listening, hangups).await;
     sweeper.abort();
+    if let Some(prober) = prober {
+        prober.abort();
+    }
     Ok(())
 }

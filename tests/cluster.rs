@@ -3,10 +3,13 @@
 //! apply; anything else naming a peer is refused like a client without credentials.
 
 use std::path::Path;
+use std::time::Duration;
 
+use futures_util::future::join_all;
+use tokio::net::TcpListener;
 use wharf::config::{ClusterConfig, PeerConfig};
 
-use crate::common::{random_bytes, FakeRegistry, Wharf};
+use crate::common::{config, eventually, random_bytes, FakeRegistry, Wharf};
 
 const TOKEN: &str = "peer-token-0123456789abcdef";
 
@@ -17,15 +20,228 @@ fn cluster(dir: &Path) -> ClusterConfig {
         name: name.into(),
         url: url.parse().unwrap(),
     };
-    ClusterConfig {
-        node: "a".into(),
+    ClusterConfig::new(
+        "a",
         peer_token_file,
-        peers: vec![
+        vec![
             peer("a", "http://127.0.0.1:1"),
             peer("b", "http://127.0.0.1:2"),
             peer("far", "http://10.9.9.9:5000"),
         ],
+    )
+}
+
+/// Nodes named `names`, each in front of `upstream`, one cluster on loopback; the directory
+/// holds their peer token.
+async fn start_cluster(upstream: &FakeRegistry, names: &[&str]) -> (Vec<Wharf>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let peer_token_file = dir.path().join("peer-token");
+    std::fs::write(&peer_token_file, format!("{TOKEN}\n")).unwrap();
+    let mut listeners = Vec::new();
+    for _ in names {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
     }
+    let peers: Vec<PeerConfig> = names
+        .iter()
+        .zip(&listeners)
+        .map(|(name, listener)| PeerConfig {
+            name: (*name).into(),
+            url: format!("http://{}", listener.local_addr().unwrap())
+                .parse()
+                .unwrap(),
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for (name, listener) in names.iter().zip(listeners) {
+        let cache = tempfile::tempdir().unwrap();
+        let mut config = config(upstream, cache.path());
+        config.cluster = Some(ClusterConfig::new(
+            name,
+            peer_token_file.clone(),
+            peers.clone(),
+        ));
+        nodes.push(Wharf::start_on(listener, config, cache, reqwest::Client::new()).await);
+    }
+    (nodes, dir)
+}
+
+/// The nodes of `names` in the order they own `digest`.
+fn owners(names: &[&str], digest: &str) -> Vec<usize> {
+    wharf::cluster::ring::order(names.iter().copied(), &digest.parse().unwrap())
+}
+
+/// Asks every node for every blob at once; each answer must be the blob.
+async fn pull_everywhere(nodes: &[&Wharf], blobs: &[(String, bytes::Bytes)]) {
+    let pulls = nodes.iter().flat_map(|node| {
+        blobs.iter().map(move |(digest, bytes)| async move {
+            let r = node.get(&format!("/v2/library/x/blobs/{digest}")).await;
+            assert_eq!(r.status(), 200, "{digest} from {}", node.addr);
+            assert_eq!(
+                r.bytes().await.unwrap(),
+                *bytes,
+                "{digest} from {}",
+                node.addr
+            );
+        })
+    });
+    join_all(pulls).await;
+}
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+#[tokio::test]
+async fn three_nodes_fetch_each_blob_from_the_upstream_once_through_its_owner() {
+    let upstream = FakeRegistry::start().await;
+    let blobs: Vec<_> = (0..12)
+        .map(|i| {
+            let bytes = random_bytes(256 * 1024 + i * 1000, 100 + i as u64);
+            (upstream.add_blob(bytes.clone()), bytes)
+        })
+        .collect();
+    let (nodes, _dir) = start_cluster(&upstream, &NAMES).await;
+    pull_everywhere(&nodes.iter().collect::<Vec<_>>(), &blobs).await;
+    for (digest, _) in &blobs {
+        assert_eq!(
+            upstream.count("GET", digest),
+            1,
+            "{digest}: one fetch for the cluster"
+        );
+    }
+    // Every node asked the owner of each blob it does not own, and no one else.
+    for (me, node) in nodes.iter().enumerate() {
+        for (other, name) in NAMES.iter().enumerate().filter(|(i, _)| *i != me) {
+            let owned = blobs
+                .iter()
+                .filter(|(d, _)| owners(&NAMES, d)[0] == other)
+                .count() as f64;
+            let asked = node
+                .metric(
+                    "wharf_peer_fetches_total",
+                    &[&format!("peer=\"{name}\""), "result=\"ok\""],
+                )
+                .await;
+            assert_eq!(asked, owned, "node {} asked {name}", NAMES[me]);
+        }
+        assert_eq!(node.metric("wharf_peer_fallbacks_total", &[]).await, 0.0);
+    }
+    // And each keeps its own copy: a second round is all hits, asking no one.
+    pull_everywhere(&nodes.iter().collect::<Vec<_>>(), &blobs).await;
+    for (digest, _) in &blobs {
+        assert_eq!(upstream.count("GET", digest), 1, "{digest}");
+    }
+    let ready: serde_json::Value = nodes[1].get("/readyz").await.json().await.unwrap();
+    let cluster = ready["cluster"].as_array().unwrap();
+    assert_eq!(cluster.len(), 3, "{ready}");
+    assert_eq!(cluster[1]["this_node"], true, "{ready}");
+    assert!(cluster.iter().all(|n| n["up"] == true), "{ready}");
+}
+
+#[tokio::test]
+async fn a_manifest_by_digest_comes_through_its_owner() {
+    let upstream = FakeRegistry::start().await;
+    let media_type = "application/vnd.oci.image.manifest.v1+json";
+    let digest = upstream.add_manifest("library/x", "1", media_type, r#"{"schemaVersion":2}"#);
+    let (nodes, _dir) = start_cluster(&upstream, &NAMES).await;
+    let asks = nodes.iter().map(|node| {
+        let digest = digest.clone();
+        async move {
+            let r = node
+                .client
+                .get(node.url(&format!("/v2/library/x/manifests/{digest}")))
+                .header("accept", media_type)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+        }
+    });
+    join_all(asks).await;
+    assert_eq!(upstream.count("GET", &format!("manifests/{digest}")), 1);
+}
+
+#[tokio::test]
+async fn a_dead_owner_is_passed_over_and_the_cluster_still_fetches_once() {
+    let upstream = FakeRegistry::start().await;
+    let (mut nodes, _dir) = start_cluster(&upstream, &NAMES).await;
+    // Blobs that the first node owns, until there are a few.
+    let mut blobs = Vec::new();
+    for seed in 0.. {
+        if blobs.len() == 4 {
+            break;
+        }
+        let bytes = random_bytes(128 * 1024, 500 + seed);
+        let digest = crate::common::sha256(&bytes);
+        if owners(&NAMES, &digest)[0] == 0 {
+            upstream.add_blob(bytes.clone());
+            blobs.push((digest, bytes));
+        }
+    }
+    let dead = nodes.remove(0);
+    dead.stop().await;
+    let living: Vec<&Wharf> = nodes.iter().collect();
+    pull_everywhere(&living, &blobs).await;
+    for (digest, _) in &blobs {
+        assert_eq!(
+            upstream.count("GET", digest),
+            1,
+            "{digest}: the next node in order fetched it, for both"
+        );
+    }
+    // (A node whose own fill joined a peer's request for the blob asked no one itself.)
+    let mut fallbacks = 0.0;
+    for node in &living {
+        assert!(
+            node.metric_reaches("wharf_peer_up", &["peer=\"a\""], 0.0)
+                .await,
+            "the dead node shows down, by a failed fetch or a probe"
+        );
+        fallbacks += node.metric("wharf_peer_fallbacks_total", &[]).await;
+    }
+    assert!(fallbacks >= 1.0);
+    let ready: serde_json::Value = living[0].get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["cluster"][0]["up"], false, "{ready}");
+}
+
+#[tokio::test]
+async fn a_peers_request_is_answered_from_the_upstream_never_passed_on() {
+    let upstream = FakeRegistry::start().await;
+    let (nodes, _dir) = start_cluster(&upstream, &NAMES).await;
+    // A blob that the first node owns, asked of the third as a peer would.
+    let (digest, bytes) = (0..)
+        .map(|seed| {
+            let bytes = random_bytes(64 * 1024, 900 + seed);
+            (crate::common::sha256(&bytes), bytes)
+        })
+        .find(|(digest, _)| owners(&NAMES, digest)[0] == 0)
+        .unwrap();
+    upstream.add_blob(bytes.clone());
+    let r = nodes[2]
+        .client
+        .get(nodes[2].url(&format!("/v2/library/x/blobs/{digest}")))
+        .header("x-wharf-peer", "b")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), bytes);
+    assert_eq!(upstream.count("GET", &digest), 1);
+    assert_eq!(nodes[2].metric("wharf_peer_requests_total", &[]).await, 0.0);
+    assert_eq!(
+        nodes[0]
+            .metric("wharf_http_requests_total", &["route=\"blob\""])
+            .await,
+        0.0,
+        "the owner was not asked"
+    );
+    // The peers stay up all along (their probes answer).
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            nodes[2].metric("wharf_peer_up", &["peer=\"a\""]).await == 1.0
+        })
+        .await
+    );
 }
 
 #[tokio::test]

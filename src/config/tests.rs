@@ -142,6 +142,12 @@ fn a_cluster_lists_its_nodes() {
     let cluster = c.cluster.unwrap();
     assert_eq!(cluster.node, "a");
     assert_eq!(cluster.peer_token_file, Path::new("/etc/wharf/peer-token"));
+    assert_eq!(
+        cluster.probe_interval,
+        Duration::from_secs(2),
+        "the default"
+    );
+    assert_eq!(cluster.probe_timeout, Duration::from_secs(1), "the default");
     let names: Vec<&str> = cluster.peers.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
     assert_eq!(
@@ -171,6 +177,10 @@ fn a_cluster_that_cannot_agree_on_owners_is_refused() {
         (
             ("https://wharf-b.dc1.example:5000/", "http://b/v2/"),
             "without a path",
+        ),
+        (
+            ("node = \"a\"", "node = \"a\"\nprobe_timeout = \"0s\""),
+            "probe_timeout",
         ),
     ] {
         let text = CLUSTER.replace(change.0, change.1);

@@ -274,6 +274,11 @@ impl ClusterConfig {
                 return named("the url must be the node's base URL, without a path");
             }
         }
+        if self.probe_interval.is_zero() || self.probe_timeout.is_zero() {
+            return invalid(
+                "cluster.probe_interval and probe_timeout must be greater than zero".into(),
+            );
+        }
         if !self.peers.iter().any(|p| p.name == self.node) {
             return invalid(format!(
                 "cluster.node {:?} is not one of the [[cluster.peer]] names",

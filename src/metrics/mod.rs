@@ -2,16 +2,20 @@
 //! one process). Names carry the `wharf_` prefix and base units; label values come from enums or
 //! from the operator's config, never from request input.
 
+mod cluster;
 mod labels;
+mod register;
 
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry,
     TextEncoder,
 };
 
+pub use cluster::PeerCollectors;
 pub use labels::{BypassReason, CacheResult, ContentKind, EvictionReason, RangeKind, Source};
+use register::{counter, counter_vec, gauge};
 
 /// Cheap to clone (one reference count): every request's state holds one.
 #[derive(Clone)]
@@ -52,30 +56,7 @@ pub struct Collectors {
     pub cache_open_errors: IntCounterVec,
     pub upstream_throttled: IntCounterVec,
     pub range_requests: IntCounterVec,
-}
-
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
-}
-
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
-    g
+    pub peers: PeerCollectors,
 }
 
 impl Metrics {
@@ -237,6 +218,7 @@ impl Metrics {
                  (single|multi|too_many_parts|unsatisfiable)",
                 &["kind"],
             ),
+            peers: PeerCollectors::new(&registry),
             registry,
         }))
     }

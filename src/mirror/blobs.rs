@@ -9,6 +9,7 @@ use futures_util::FutureExt;
 
 use super::access::Content;
 use super::feed::Fed;
+use super::owners::{ask_owner_first, owner_sources, Origin, Source};
 use super::passthrough::Passthrough;
 use super::side::{SideBody, SideSource};
 use super::state::Mirror;
@@ -109,6 +110,7 @@ impl Mirror {
         repo: &RepoName,
         digest: &Digest,
         wanted: Option<Range<u64>>,
+        origin: Origin,
     ) -> Result<BlobAnswer, Error> {
         let upstream = self.upstream(registry, repo)?;
         let lookup = match self.cache.blob(digest).await {
@@ -150,14 +152,23 @@ impl Mirror {
             BlobLookup::Coalesced(fill) => (fill, CacheResult::Coalesced),
             BlobLookup::Started(fill, writer) => {
                 let this = self.clone();
+                let sources = owner_sources(self.owners.as_deref(), origin, upstream, digest);
                 let (upstream, repo, digest) = (upstream.clone(), repo.clone(), digest.clone());
-                tokio::spawn(async move { this.run_fill(&upstream, &repo, &digest, writer).await });
+                tokio::spawn(async move {
+                    this.run_fill(&upstream, &sources, &repo, &digest, writer)
+                        .await
+                });
                 (fill, CacheResult::Miss)
             }
         };
         self.metrics.cache_result(ContentKind::Blob, result);
+        // Ranges ahead of the fill are asked of the digest's owner too, which has them or
+        // will soon.
+        let owner = owner_sources(self.owners.as_deref(), origin, upstream, digest)
+            .into_iter()
+            .next();
         let side = SideSource {
-            upstream: upstream.clone(),
+            upstream: owner.map_or_else(|| upstream.clone(), |owner| owner.via),
             repo: repo.clone(),
             digest: digest.clone(),
             policy: self.side_policy,
@@ -226,12 +237,15 @@ impl Mirror {
     async fn run_fill(
         &self,
         upstream: &Arc<Upstream>,
+        sources: &[Source],
         repo: &RepoName,
         digest: &Digest,
         writer: FillWriter,
     ) {
         self.metrics.fills_in_flight.inc();
-        let outcome = self.feed_fill(upstream, repo, digest, writer).await;
+        let outcome = self
+            .feed_fill(upstream, sources, repo, digest, writer)
+            .await;
         match outcome {
             Ok(()) => tracing::debug!(%digest, "blob cached"),
             Err(Error::Cache(e)) if e.is_verification_failure() => {
@@ -249,18 +263,25 @@ impl Mirror {
         self.metrics.fills_in_flight.dec();
     }
 
-    /// Feeds the fill from the upstream's body until the end, or the first failure the stream
-    /// could not resume from (which the fill's readers see too). A large blob from a slow
-    /// upstream is fetched in segments at once, when the upstream serves ranges.
+    /// Feeds the fill from the first of `sources` (the digest's owner peers) that serves the
+    /// blob, else from the upstream, until the end, or the first failure the stream could not
+    /// resume from (which the fill's readers see too). A large blob from a slow upstream is
+    /// fetched in segments at once, when the upstream serves ranges.
     async fn feed_fill(
         &self,
         upstream: &Arc<Upstream>,
+        sources: &[Source],
         repo: &RepoName,
         digest: &Digest,
         writer: FillWriter,
     ) -> Result<(), Error> {
-        let stream = match upstream.blob(repo, digest, Span::WHOLE).await {
-            Ok(stream) => stream,
+        let owners = self.owners.as_deref();
+        let opened = ask_owner_first(owners, sources, upstream, |source| async move {
+            source.blob(repo, digest, Span::WHOLE).await
+        })
+        .await;
+        let (source, stream) = match opened {
+            Ok(opened) => opened,
             Err(e) => {
                 tracing::info!(upstream = upstream.name(), %repo, %digest, error = %e, "blob fetch failed");
                 writer.fail(SourceFailure::new(e.clone())).await;
@@ -269,7 +290,7 @@ impl Mirror {
         };
         self.access.record(upstream, repo, digest);
         writer.start(stream.total()).await;
-        let fed = super::feed::feed(upstream, repo, digest, stream, &writer).await;
+        let fed = super::feed::feed(&source, repo, digest, stream, &writer).await;
         match fed {
             Ok(()) => Ok(writer.finish().await?),
             Err(Fed::Source(e)) => {

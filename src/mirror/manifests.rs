@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::access::Content;
 use super::flights::Role;
+use super::owners::{ask_owner_first, owner_sources, Origin, Source};
 use super::state::Mirror;
 use crate::cache::{self, TagKey, Variant};
 use crate::error::{ClientError, Error};
@@ -36,10 +37,14 @@ impl Mirror {
         repo: &RepoName,
         reference: &Reference,
         accept: &Accept,
+        origin: Origin,
     ) -> Result<ManifestAnswer, Error> {
         let upstream = self.upstream(registry, repo)?;
         let answer = match reference {
-            Reference::Digest(digest) => self.manifest_by_digest(upstream, repo, digest).await,
+            Reference::Digest(digest) => {
+                self.manifest_by_digest(upstream, repo, digest, origin)
+                    .await
+            }
             Reference::Tag(tag) => self.manifest_by_tag(upstream, repo, tag, accept).await,
         }?;
         self.metrics
@@ -52,6 +57,7 @@ impl Mirror {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
+        origin: Origin,
     ) -> Result<ManifestAnswer, Error> {
         if let Some(manifest) = self.cache.manifest(digest).await? {
             // Cached through some repository: a private upstream must confirm this one may
@@ -65,9 +71,15 @@ impl Mirror {
             });
         }
         let reference = Reference::Digest(digest.clone());
-        let (manifest, role) =
-            Box::pin(self.fetch_manifest(upstream, repo, &reference, &Accept::all_manifests()))
-                .await;
+        let sources = owner_sources(self.owners.as_deref(), origin, upstream, digest);
+        let (manifest, role) = Box::pin(self.fetch_manifest(
+            upstream,
+            sources,
+            repo,
+            &reference,
+            &Accept::all_manifests(),
+        ))
+        .await;
         Ok(ManifestAnswer {
             manifest: manifest?,
             result: miss_or_coalesced(role),
@@ -95,7 +107,7 @@ impl Mirror {
         let asked_at = self.clock.now();
         let reference = Reference::Tag(tag.clone());
         let (fetched, role) =
-            Box::pin(self.fetch_manifest(upstream, repo, &reference, accept)).await;
+            Box::pin(self.fetch_manifest(upstream, Vec::new(), repo, &reference, accept)).await;
         let manifest = match (fetched, stale) {
             (Ok(m), stale) => {
                 let variant = Variant {
@@ -233,10 +245,12 @@ impl Mirror {
         result.unwrap_or(Err(Error::Panicked("tag revalidation")))
     }
 
-    /// One coalesced `GET` of a manifest by tag or digest, verified and stored.
+    /// One coalesced `GET` of a manifest by tag or digest, verified and stored; asked of
+    /// `sources` (the digest's owner peers) first.
     async fn fetch_manifest(
         self: &Arc<Self>,
         upstream: &Arc<Upstream>,
+        sources: Vec<Source>,
         repo: &RepoName,
         reference: &Reference,
         accept: &Accept,
@@ -257,7 +271,7 @@ impl Mirror {
         let (result, role) = self
             .manifest_fetches
             .run(key, move || async move {
-                this.fetch_and_store_manifest(&upstream, &repo, &reference, &accept)
+                this.fetch_and_store_manifest(&upstream, &sources, &repo, &reference, &accept)
                     .await
             })
             .await;
@@ -267,14 +281,17 @@ impl Mirror {
 
     async fn fetch_and_store_manifest(
         &self,
-        upstream: &Upstream,
+        upstream: &Arc<Upstream>,
+        sources: &[Source],
         repo: &RepoName,
         reference: &Reference,
         accept: &Accept,
     ) -> Result<Arc<RawManifest>, Error> {
-        let response = upstream
-            .manifest(repo, reference, accept, Verb::Get)
-            .await?;
+        let owners = self.owners.as_deref();
+        let (_, response) = ask_owner_first(owners, sources, upstream, |source| async move {
+            source.manifest(repo, reference, accept, Verb::Get).await
+        })
+        .await?;
         let requested = match reference {
             Reference::Digest(digest) => Some(digest),
             Reference::Tag(_) => None,

@@ -8,10 +8,12 @@ mod blobs;
 mod feed;
 mod flights;
 mod manifests;
+mod owners;
 mod passthrough;
 mod side;
 mod state;
 
 pub use blobs::{BlobAnswer, BlobBody, BlobBytes, RangedBlob};
 pub use manifests::ManifestAnswer;
+pub use owners::{Origin, Owners};
 pub use state::{Mirror, Readiness};

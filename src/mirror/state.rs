@@ -8,9 +8,11 @@ use moka::future::Cache as ListingCache;
 
 use super::access::ConfirmedAccess;
 use super::flights::Flights;
+use super::owners::Owners;
 use super::side::{SideFetches, SidePolicy};
 use crate::cache::{Cache, Condition};
 use crate::clock::Clock;
+use crate::cluster::MemberState;
 use crate::config::CacheConfig;
 use crate::error::{ClientError, Error};
 use crate::metrics::Metrics;
@@ -35,6 +37,8 @@ pub struct Mirror {
     /// Ranges fetched ahead of fills, and when they are.
     pub(super) side_fetches: Arc<SideFetches>,
     pub(super) side_policy: SidePolicy,
+    /// The other nodes of this node's cluster, if it is in one.
+    pub(super) owners: Option<Arc<Owners>>,
     pub(super) config: CacheConfig,
     pub(super) metrics: Metrics,
     /// What tag freshness and listing reuse are decided on.
@@ -42,7 +46,7 @@ pub struct Mirror {
 }
 
 /// Whether the cache takes writes and how full it is, for `/readyz`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
     /// Why caching is suspended (a bounded label), and for how many seconds, if it is.
     pub unwritable: Option<(&'static str, u64)>,
@@ -50,12 +54,15 @@ pub struct Readiness {
     pub max_bytes: u64,
     pub entries: u64,
     pub fills_in_flight: usize,
+    /// The nodes of this node's cluster and whether they are up, if it is in one.
+    pub cluster: Option<Vec<MemberState>>,
 }
 
 impl Mirror {
     pub fn new(
         upstreams: Upstreams,
         cache: Arc<Cache>,
+        owners: Option<Arc<Owners>>,
         config: CacheConfig,
         metrics: Metrics,
         clock: Clock,
@@ -74,6 +81,7 @@ impl Mirror {
             access: ConfirmedAccess::default(),
             side_fetches: Arc::default(),
             side_policy: SidePolicy::new(&config),
+            owners,
             config,
             metrics,
             clock,
@@ -117,6 +125,7 @@ impl Mirror {
             max_bytes: health.max_bytes,
             entries: health.entries,
             fills_in_flight: health.fills_in_flight,
+            cluster: self.owners.as_ref().map(|o| o.members().states()),
         }
     }
 

@@ -15,20 +15,31 @@ use super::sendfile::FileRanges;
 use super::state::AppState;
 use crate::error::{ClientError, Error};
 use crate::metrics::{CacheResult, RangeKind, Source};
-use crate::mirror::{BlobAnswer, BlobBody, BlobBytes};
+use crate::mirror::{BlobAnswer, BlobBody, BlobBytes, Origin};
 use crate::oci::media::Accept;
 use crate::oci::{Digest, Listing, Reference};
 
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
 const CONTENT_DIGEST: &str = "docker-content-digest";
 
+/// What was asked besides the route: how, with which headers, and by a client or a peer.
+pub struct Asked<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    pub origin: Origin,
+}
+
 pub async fn handle(
     state: &AppState,
-    method: &Method,
-    headers: &HeaderMap,
+    asked: Asked<'_>,
     route: Route,
     zero_copy: Option<FileRanges>,
 ) -> Result<Response<Body>, Error> {
+    let Asked {
+        method,
+        headers,
+        origin,
+    } = asked;
     let head = method == Method::HEAD;
     match route {
         Route::Base => Ok(Response::builder()
@@ -43,7 +54,7 @@ pub async fn handle(
         Route::Health => Ok(Response::new(full("ok\n"))),
         Route::Ready => Ok(ready(state).await),
         Route::Manifest { target, reference } => {
-            manifest(state, headers, &target, &reference, head).await
+            manifest(state, headers, &target, &reference, head, origin).await
         }
         // Boxed: a future is as large as its largest branch, and every request's future is
         // moved whole a few times on its way into hyper. Blob answers are rarer and larger
@@ -56,7 +67,7 @@ pub async fn handle(
                 .get(RANGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(range::parse);
-            Box::pin(blob_get(state, &target, &digest, ranges, zero_copy)).await
+            Box::pin(blob_get(state, &target, &digest, ranges, zero_copy, origin)).await
         }
         Route::Listing { target, listing } => {
             Box::pin(listing_page(state, &target, &listing, head)).await
@@ -70,6 +81,7 @@ async fn manifest(
     target: &Target,
     reference: &Reference,
     head: bool,
+    origin: Origin,
 ) -> Result<Response<Body>, Error> {
     let accept = Accept::parse(
         headers
@@ -79,7 +91,13 @@ async fn manifest(
     );
     let answer = state
         .mirror
-        .manifest(target.registry.as_deref(), &target.repo, reference, &accept)
+        .manifest(
+            target.registry.as_deref(),
+            &target.repo,
+            reference,
+            &accept,
+            origin,
+        )
         .await?;
     let m = answer.manifest;
     let mut response = Response::builder()
@@ -142,6 +160,7 @@ async fn blob_get(
     digest: &Digest,
     ranges: Option<RangeSet>,
     zero_copy: Option<FileRanges>,
+    origin: Origin,
 ) -> Result<Response<Body>, Error> {
     // One range with both ends is what a lazy puller asks of a blob it may not have yet.
     let wanted = match ranges.as_ref().map(RangeSet::specs) {
@@ -155,7 +174,13 @@ async fn blob_get(
     };
     let answer: BlobAnswer = state
         .mirror
-        .blob(target.registry.as_deref(), &target.repo, digest, wanted)
+        .blob(
+            target.registry.as_deref(),
+            &target.repo,
+            digest,
+            wanted,
+            origin,
+        )
         .await?;
     let result = answer.result;
     let headers = |content_type: &str| {
@@ -292,8 +317,15 @@ async fn listing_page(
 /// (wharf keeps serving from the upstream when it does not).
 async fn ready(state: &AppState) -> Response<Body> {
     let ready = state.mirror.readiness().await;
+    let cluster = ready.cluster.map(|nodes| {
+        nodes
+            .iter()
+            .map(|n| serde_json::json!({"name": &*n.name, "up": n.up, "this_node": n.this_node}))
+            .collect::<Vec<_>>()
+    });
     let detail = serde_json::json!({
         "status": "ready",
+        "cluster": cluster,
         "cache": {
             "writable": ready.unwritable.is_none(),
             "condition": ready.unwritable.map(|(condition, _)| condition),

@@ -12,6 +12,7 @@ use super::state::{AppState, Client};
 use super::{handlers, route};
 use crate::cluster::PEER_HEADER;
 use crate::error::ClientError;
+use crate::mirror::Origin;
 
 /// Answers one request: route, handle, map any error, count and log it once. `file_ranges` is
 /// the connection's zero-copy queue, if it has one; only HTTP/1 bodies may use it (HTTP/2 frames
@@ -26,6 +27,7 @@ pub(super) async fn serve_request(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let mut user = None;
+    let mut origin = Origin::Client;
     let route = match route::parse(&method, &path, request.uri().query(), |name| {
         state.mirror.is_registry(name)
     }) {
@@ -37,8 +39,9 @@ pub(super) async fn serve_request(
                 .access
                 .admits(client, &route, authorization, peer)
                 .await
-                .map(|who| {
-                    user = who;
+                .map(|admitted| {
+                    user = admitted.user;
+                    origin = admitted.origin;
                     route
                 })
         }
@@ -48,7 +51,14 @@ pub(super) async fn serve_request(
     let head = method == http::Method::HEAD;
     let zero_copy = file_ranges.filter(|_| request.version() <= http::Version::HTTP_11);
     let response = match route {
-        Ok(route) => handlers::handle(&state, &method, request.headers(), route, zero_copy).await,
+        Ok(route) => {
+            let asked = handlers::Asked {
+                method: &method,
+                headers: request.headers(),
+                origin,
+            };
+            handlers::handle(&state, asked, route, zero_copy).await
+        }
         Err(e) => Err(e.into()),
     }
     .unwrap_or_else(|e| response::error_response(&e, head));

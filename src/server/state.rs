@@ -7,7 +7,7 @@ use super::{auth, rate, route};
 use crate::cluster::Peers;
 use crate::error::ClientError;
 use crate::metrics::Metrics;
-use crate::mirror::Mirror;
+use crate::mirror::{Mirror, Origin};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -59,17 +59,24 @@ impl Access {
         route: &route::Route,
         authorization: Option<&[u8]>,
         peer: Option<&[u8]>,
-    ) -> Result<Option<Arc<str>>, ClientError> {
+    ) -> Result<Admitted, ClientError> {
+        let client_as = |user| Admitted {
+            user,
+            origin: Origin::Client,
+        };
         if client.surface == Surface::Operations
             || matches!(route, route::Route::Health | route::Route::Ready)
         {
-            return Ok(None);
+            return Ok(client_as(None));
         }
         // A v4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
         let ip: IpAddr = client.peer.ip().to_canonical();
         if let (Some(peers), Some(name)) = (&self.peers, peer) {
             return match peers.admit(name, authorization, ip) {
-                Some(name) => Ok(Some(format!("peer:{name}").into())),
+                Some(name) => Ok(Admitted {
+                    user: Some(format!("peer:{name}").into()),
+                    origin: Origin::Peer,
+                }),
                 None => Err(ClientError::Unauthenticated),
             };
         }
@@ -91,16 +98,24 @@ impl Access {
             // Boxed, so that every request's future is not as large as a login's.
             Some(authenticator) => Box::pin(authenticator.authenticate(authorization))
                 .await
-                .map(Some)
+                .map(|user| client_as(Some(user)))
                 .map_err(|e| match e {
                     auth::AuthError::Refused => ClientError::Unauthenticated,
                     auth::AuthError::Busy => ClientError::TooManyRequests {
                         retry_after_secs: 1,
                     },
                 }),
-            None => Ok(None),
+            None => Ok(client_as(None)),
         }
     }
+}
+
+/// Who a request was admitted as: the user, for the log (`None` without authentication), and
+/// whether a client or a peer node asked.
+#[derive(Debug)]
+pub(super) struct Admitted {
+    pub user: Option<Arc<str>>,
+    pub origin: Origin,
 }
 
 /// Who sent a request, and to which listener.

@@ -1,12 +1,18 @@
-//! Registry authentication: parsing `WWW-Authenticate` challenges, and bearer tokens fetched from
-//! the challenge's realm and cached per scope until shortly before they expire.
+//! Registry authentication: parsing `WWW-Authenticate` challenges, the credentials wharf holds,
+//! which hosts may issue tokens, and bearer tokens cached per scope until shortly before they
+//! expire.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use moka::future::Cache;
 use moka::Expiry;
+use reqwest::header::HeaderValue;
 use serde::Deserialize;
+
+use super::error::{SetupError, UpstreamError};
+use crate::config::UpstreamConfig;
 
 /// A parsed `WWW-Authenticate` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +162,61 @@ impl Default for TokenCache {
     fn default() -> Self {
         TokenCache::new()
     }
+}
+
+/// The user name and password wharf presents to a private upstream.
+pub(super) struct UpstreamCredentials {
+    username: String,
+    password: String,
+}
+
+impl UpstreamCredentials {
+    /// The credentials `config` names, its password read from its file; `None` without both.
+    pub(super) fn load(config: &UpstreamConfig) -> Result<Option<Self>, SetupError> {
+        let (Some(username), Some(file)) = (&config.username, &config.password_file) else {
+            return Ok(None);
+        };
+        let password =
+            std::fs::read_to_string(file).map_err(|source| SetupError::PasswordFile {
+                upstream: config.name.clone(),
+                file: file.clone(),
+                source,
+            })?;
+        Ok(Some(UpstreamCredentials {
+            username: username.clone(),
+            password: password.trim_end_matches(['\r', '\n']).to_owned(),
+        }))
+    }
+
+    pub(super) fn basic_header(&self) -> String {
+        let raw = format!("{}:{}", self.username, self.password);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+}
+
+/// An `Authorization` value, marked sensitive so that no `Debug` output or HTTP/2 header
+/// table ever carries it.
+pub(super) fn authorization_value(value: &str) -> Result<HeaderValue, UpstreamError> {
+    let mut value = HeaderValue::from_str(value).map_err(|_| UpstreamError::Invalid {
+        upstream: "credentials".into(),
+        reason: "a credential holds characters not allowed in a header".into(),
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// The hosts allowed to issue `config`'s tokens: its own, Docker Hub's token service for
+/// Docker Hub, and those configured.
+pub(super) fn realm_hosts(config: &UpstreamConfig) -> Vec<String> {
+    let own = config.url.host_str().unwrap_or_default().to_owned();
+    let docker_hub = own.eq_ignore_ascii_case("registry-1.docker.io");
+    std::iter::once(own)
+        .chain(docker_hub.then(|| "auth.docker.io".to_owned()))
+        .chain(config.token_realm_hosts.iter().cloned())
+        .collect()
 }
 
 #[cfg(test)]

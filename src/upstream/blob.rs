@@ -279,14 +279,14 @@ impl BlobStream {
                     return Ok(None);
                 }
                 Ok(None) => UpstreamError::Unreachable {
-                    upstream: self.upstream.name.clone(),
+                    upstream: self.upstream.label.clone(),
                     reason: format!(
                         "the body ended at byte {} of {}",
                         self.next,
                         self.end().unwrap_or_default()
                     ),
                 },
-                Err(e) => classify(&self.upstream.name, &e),
+                Err(e) => classify(&self.upstream.label, &e),
             };
             self.resume(holding, broke).await?;
         }
@@ -329,14 +329,14 @@ impl BlobStream {
             if !error.is_transient() || self.attempts >= upstream.resume_attempts {
                 upstream.count_resume("gave_up");
                 finished(holding);
-                tracing::warn!(upstream = %upstream.name, repo = %self.repo, digest = %self.digest, at = self.next, %error, "upstream body broke; not resuming");
+                tracing::warn!(upstream = %upstream.label, repo = %self.repo, digest = %self.digest, at = self.next, %error, "upstream body broke; not resuming");
                 return Err(error);
             }
             let wait = FIRST_WAIT
                 .saturating_mul(1 << self.attempts.min(16))
                 .min(MAX_WAIT);
             self.attempts += 1;
-            tracing::info!(upstream = %upstream.name, repo = %self.repo, digest = %self.digest, at = self.next, attempt = self.attempts, %error, "upstream body broke; resuming");
+            tracing::info!(upstream = %upstream.label, repo = %self.repo, digest = %self.digest, at = self.next, attempt = self.attempts, %error, "upstream body broke; resuming");
             tokio::time::sleep(wait).await;
             self.resumed_at = self.next;
             match self.request(holding).await {
@@ -371,7 +371,7 @@ impl BlobStream {
             )
             .await?;
         let invalid = |reason: String| UpstreamError::Invalid {
-            upstream: upstream.name.clone(),
+            upstream: upstream.label.clone(),
             reason,
         };
         let (starts_at, total) = match response.status() {

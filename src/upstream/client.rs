@@ -4,18 +4,20 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use base64::Engine as _;
+use std::path::PathBuf;
+
 use bytes::{Bytes, BytesMut};
-use prometheus::IntCounter;
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE};
+use prometheus::{IntCounter, IntCounterVec};
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, RANGE};
 use reqwest::{Method, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
-use super::auth::{Challenge, TokenCache, TokenResponse};
+use super::auth::{authorization_value, realm_hosts, Challenge, TokenCache, UpstreamCredentials};
 use super::backoff::{self, Backoff};
 use super::bandwidth::Bandwidth;
-use super::error::{classify, CaBundleError, SetupError, UpstreamError};
+use super::connect::Connect;
+use super::error::{classify, SetupError, UpstreamError};
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 use crate::oci::RepoName;
@@ -40,50 +42,46 @@ impl Kind {
     }
 }
 
-/// The user name and password wharf presents to a private upstream.
-struct UpstreamCredentials {
-    username: String,
-    password: String,
-}
-
-impl UpstreamCredentials {
-    fn basic_header(&self) -> String {
-        let raw = format!("{}:{}", self.username, self.password);
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(raw)
-        )
-    }
-}
-
-/// An `Authorization` value, marked sensitive so that no `Debug` output or HTTP/2 header
-/// table ever carries it.
-fn authorization_value(value: &str) -> Result<HeaderValue, UpstreamError> {
-    let mut value = HeaderValue::from_str(value).map_err(|_| UpstreamError::Invalid {
-        upstream: "credentials".into(),
-        reason: "a credential holds characters not allowed in a header".into(),
-    })?;
-    value.set_sensitive(true);
-    Ok(value)
+/// A registry reached through another wharf node (a peer of its cluster): the node is asked
+/// the same pull API with `?ns=<upstream>`, carrying the headers that admit this node as its
+/// peer. The upstream's credentials, bandwidth cap and places stay with whichever node fetches
+/// from the upstream itself.
+pub struct Relay {
+    /// The peer's name, for metrics and logs.
+    pub peer: String,
+    pub url: Url,
+    /// Sent with every request; their values are marked sensitive.
+    pub headers: Vec<(&'static str, String)>,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
 }
 
 /// How wharf talks to one upstream.
 pub(super) struct Client {
+    /// The upstream's configured name: what `?ns=` says to a node that mirrors several.
     pub(super) name: Arc<str>,
+    /// Who is asked, in logs and errors: the name, or the name and the peer it is reached
+    /// through.
+    pub(super) label: Arc<str>,
     base: Url,
     /// Add `?ns=<name>`: the upstream is a mirror of several registries.
     pass_ns: bool,
-    http: reqwest::Client,
-    read_timeout: Duration,
-    credentials: Option<UpstreamCredentials>,
-    tokens: TokenCache,
+    /// Headers sent with every request (a peer's credential).
+    fixed_headers: HeaderMap,
+    pub(super) http: reqwest::Client,
+    pub(super) read_timeout: Duration,
+    pub(super) credentials: Option<UpstreamCredentials>,
+    pub(super) tokens: TokenCache,
     /// The last challenge seen, so later requests authenticate up front instead of paying a
     /// 401 round trip each.
-    challenge: RwLock<Option<Challenge>>,
+    pub(super) challenge: RwLock<Option<Challenge>>,
+    /// Reached through a peer: its credential is fixed (no challenge is answered), and a
+    /// refused connection is not tried again (the next peer, or the upstream, is).
+    through_peer: bool,
     /// Set by a 429: until it passes, nothing is sent to this upstream.
     backoff: Backoff,
     /// Hosts that may issue this upstream's tokens (its own host included).
-    token_realm_hosts: Vec<String>,
+    pub(super) token_realm_hosts: Vec<String>,
     /// Requests in flight to this upstream, blob bodies until read to the end; `None`: no cap.
     fetch_slots: Option<Arc<Semaphore>>,
     /// `None`: no cap on the bytes per second taken from this upstream.
@@ -93,76 +91,107 @@ pub(super) struct Client {
     /// How long a client-paced blob body keeps its place while its client reads nothing.
     pub(super) paused_client_timeout: Duration,
     pub(super) metrics: Metrics,
-    /// This upstream's series of `wharf_upstream_bytes_total`, looked up once: it is counted
-    /// for every chunk of every body.
+    /// Requests sent, by kind and status: `wharf_upstream_requests_total` of this upstream, or
+    /// `wharf_peer_requests_total` of the peer it is reached through.
+    requests: IntCounterVec,
+    requests_series: Arc<str>,
+    /// This upstream's (or peer's) series of received bytes, looked up once: it is counted for
+    /// every chunk of every body.
     bytes_received: IntCounter,
 }
 
 impl Client {
-    pub fn new(config: &UpstreamConfig, metrics: Metrics) -> Result<Client, SetupError> {
-        let upstream = || config.name.clone();
-        let credentials = match (&config.username, &config.password_file) {
-            (Some(username), Some(file)) => {
-                let password =
-                    std::fs::read_to_string(file).map_err(|source| SetupError::PasswordFile {
-                        upstream: upstream(),
-                        file: file.clone(),
-                        source,
-                    })?;
-                Some(UpstreamCredentials {
-                    username: username.clone(),
-                    password: password.trim_end_matches(['\r', '\n']).to_owned(),
-                })
+    pub fn new(
+        config: &UpstreamConfig,
+        relay: Option<&Relay>,
+        metrics: Metrics,
+    ) -> Result<Client, SetupError> {
+        let Some(relay) = relay else {
+            let http = Connect {
+                label: &config.name,
+                ca_file: config.ca_file.as_deref(),
+                insecure: config.insecure,
+                connect_timeout: config.connect_timeout,
+                read_timeout: config.read_timeout,
             }
-            _ => None,
+            .client()?;
+            return Ok(Client {
+                name: config.name.as_str().into(),
+                label: config.name.as_str().into(),
+                base: config.url.clone(),
+                pass_ns: config.pass_ns,
+                fixed_headers: HeaderMap::new(),
+                http,
+                read_timeout: config.read_timeout,
+                credentials: UpstreamCredentials::load(config)?,
+                tokens: TokenCache::new(),
+                challenge: RwLock::new(None),
+                through_peer: false,
+                backoff: Backoff::default(),
+                token_realm_hosts: realm_hosts(config),
+                bandwidth: config
+                    .max_bandwidth
+                    .map(|rate| Arc::new(Bandwidth::new(rate.bytes()))),
+                resume_attempts: config.resume_attempts,
+                paused_client_timeout: config.paused_client_timeout,
+                requests: metrics.upstream_requests.clone(),
+                requests_series: config.name.as_str().into(),
+                bytes_received: metrics.upstream_bytes.with_label_values(&[&config.name]),
+                fetch_slots: (config.max_fetches > 0)
+                    .then(|| Arc::new(Semaphore::new(config.max_fetches))),
+                metrics,
+            });
         };
-        let mut http = reqwest::Client::builder();
-        if let Some(file) = &config.ca_file {
-            let certificates = ca_bundle(file).map_err(|source| SetupError::CaFile {
-                upstream: upstream(),
-                source,
-            })?;
-            for certificate in certificates {
-                http = http.add_root_certificate(certificate);
-            }
+        let label = format!("{} via peer {}", config.name, relay.peer);
+        let http = Connect {
+            label: &label,
+            ca_file: relay.ca_file.as_deref(),
+            insecure: false,
+            connect_timeout: relay.connect_timeout,
+            read_timeout: config.read_timeout,
         }
-        if config.insecure {
-            tracing::warn!(upstream = %config.name, "insecure = true: the upstream's certificate is not checked");
-            http = http.danger_accept_invalid_certs(true);
-        }
-        let http = http
-            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .redirect(redirect_policy())
-            .build()
-            .map_err(|source| SetupError::HttpClient {
-                upstream: upstream(),
-                source,
+        .client()?;
+        let mut fixed_headers = HeaderMap::new();
+        for (name, value) in &relay.headers {
+            let value = authorization_value(value).map_err(|_| SetupError::Header {
+                upstream: label.clone(),
+                header: name,
             })?;
+            fixed_headers.insert(*name, value);
+        }
         Ok(Client {
             name: config.name.as_str().into(),
-            base: config.url.clone(),
-            pass_ns: config.pass_ns,
+            label: label.into(),
+            base: relay.url.clone(),
+            pass_ns: true,
+            fixed_headers,
             http,
             read_timeout: config.read_timeout,
-            credentials,
+            credentials: None,
             tokens: TokenCache::new(),
             challenge: RwLock::new(None),
+            through_peer: true,
             backoff: Backoff::default(),
-            token_realm_hosts: realm_hosts(config),
-            bandwidth: config
-                .max_bandwidth
-                .map(|rate| Arc::new(Bandwidth::new(rate.bytes()))),
+            token_realm_hosts: Vec::new(),
+            bandwidth: None,
             resume_attempts: config.resume_attempts,
             paused_client_timeout: config.paused_client_timeout,
-            bytes_received: metrics.upstream_bytes.with_label_values(&[&config.name]),
-            fetch_slots: (config.max_fetches > 0)
-                .then(|| Arc::new(Semaphore::new(config.max_fetches))),
+            requests: metrics.peers.requests.clone(),
+            requests_series: relay.peer.as_str().into(),
+            bytes_received: metrics.peers.bytes.with_label_values(&[&relay.peer]),
+            fetch_slots: None,
             metrics,
         })
+    }
+
+    /// Whether the node at the base URL answers its `/healthz` within `within`: how a peer
+    /// is probed. Not counted as a request to the upstream.
+    pub(super) async fn healthy(&self, within: Duration) -> bool {
+        let Ok(url) = self.base.join("healthz") else {
+            return false;
+        };
+        let answer = self.http.get(url).timeout(within).send().await;
+        answer.is_ok_and(|r| r.status().is_success())
     }
 
     /// A place under `max_fetches`, waited for if they are all taken. Token requests take
@@ -197,9 +226,8 @@ impl Client {
     }
 
     pub(super) fn record(&self, kind: Kind, status: &str) {
-        self.metrics
-            .upstream_requests
-            .with_label_values(&[&self.name, kind.as_str(), status])
+        self.requests
+            .with_label_values(&[&self.requests_series, kind.as_str(), status])
             .inc();
     }
 
@@ -210,10 +238,10 @@ impl Client {
             Some(wait) => {
                 self.metrics
                     .upstream_throttled
-                    .with_label_values(&[&self.name])
+                    .with_label_values(&[&self.label])
                     .inc();
                 Err(UpstreamError::TooManyRequests {
-                    upstream: self.name.clone(),
+                    upstream: self.label.clone(),
                     retry_after: Some(backoff::as_retry_after(wait)),
                 })
             }
@@ -226,12 +254,12 @@ impl Client {
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             let retry_after = header(response.headers(), "retry-after");
             let wait = self.backoff.limited(retry_after.as_deref());
-            tracing::warn!(upstream = %self.name, ?wait, "the upstream is rate limiting; holding off");
+            tracing::warn!(upstream = %self.label, ?wait, "the upstream is rate limiting; holding off");
         }
     }
 
     pub(super) fn status_error(&self, response: &reqwest::Response) -> UpstreamError {
-        let upstream = self.name.clone();
+        let upstream = self.label.clone();
         match response.status() {
             StatusCode::NOT_FOUND => UpstreamError::NotFound,
             StatusCode::UNAUTHORIZED => UpstreamError::Unauthorized { upstream },
@@ -250,96 +278,6 @@ impl Client {
         }
     }
 
-    /// The `Authorization` value for a pull of `repo`, following `challenge` if given, else the
-    /// last challenge this upstream sent.
-    async fn authorization(
-        &self,
-        repo: &RepoName,
-        challenge: Option<Challenge>,
-    ) -> Result<Option<String>, UpstreamError> {
-        let challenge = match challenge {
-            Some(c) => c,
-            None => match self.challenge.read().expect("lock poisoned").clone() {
-                Some(c) => c,
-                None => return Ok(None),
-            },
-        };
-        match challenge {
-            Challenge::Basic => Ok(self
-                .credentials
-                .as_ref()
-                .map(UpstreamCredentials::basic_header)),
-            Challenge::Bearer { realm, service, .. } => {
-                let scope = format!("repository:{repo}:pull");
-                let key = format!("{realm}\n{}\n{scope}", service.as_deref().unwrap_or(""));
-                let token = self
-                    .tokens
-                    .get_or_fetch(key, self.fetch_token(&realm, service.as_deref(), &scope))
-                    .await
-                    .map_err(|e| (*e).clone())?;
-                Ok(Some(format!("Bearer {}", token.value)))
-            }
-        }
-    }
-
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-    ) -> Result<super::auth::Token, UpstreamError> {
-        let invalid = |reason: String| UpstreamError::Invalid {
-            upstream: self.name.clone(),
-            reason,
-        };
-        let mut url = Url::parse(realm).map_err(|e| invalid(format!("token realm: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(invalid(format!("token realm {realm:?} is not http(s)")));
-        }
-        // The credentials go to the realm: only a host the operator trusts may name one.
-        let host = url.host_str().unwrap_or_default();
-        if !self
-            .token_realm_hosts
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(host))
-        {
-            return Err(invalid(format!(
-                "token realm host {host:?} is not this upstream's; allow it in token_realm_hosts"
-            )));
-        }
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(s) = service {
-                query.append_pair("service", s);
-            }
-            query.append_pair("scope", scope);
-        }
-        self.check_backoff()?;
-        let mut request = self.http.get(url).timeout(self.read_timeout);
-        if let Some(c) = &self.credentials {
-            request = request.header(AUTHORIZATION, authorization_value(&c.basic_header())?);
-        }
-        let response = request.send().await.map_err(|e| {
-            self.record(Kind::Token, "error");
-            classify(&self.name, &e)
-        })?;
-        self.observe(Kind::Token, &response);
-        if !response.status().is_success() {
-            return Err(match self.status_error(&response) {
-                UpstreamError::NotFound => UpstreamError::Unauthorized {
-                    upstream: self.name.clone(),
-                },
-                other => other,
-            });
-        }
-        let body = read_capped(&self.name, response, 64 * 1024).await?;
-        let parsed: TokenResponse =
-            serde_json::from_slice(&body).map_err(|e| invalid(format!("token response: {e}")))?;
-        parsed
-            .into_token()
-            .ok_or_else(|| invalid("token response holds no token".into()))
-    }
-
     /// Sends a request with authentication, answering one challenge if the upstream sends one,
     /// and retrying once when the connection fails before any response.
     pub(super) async fn send(
@@ -352,8 +290,8 @@ impl Client {
         repo: &RepoName,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut authorization = self.authorization(repo, None).await?;
-        let mut answered_challenge = false;
-        let mut retried = false;
+        let mut answered_challenge = self.through_peer;
+        let mut retried = self.through_peer;
         loop {
             self.check_backoff()?;
             let mut request = self.http.request(method.clone(), url.clone());
@@ -366,6 +304,7 @@ impl Client {
             if let Some(a) = &authorization {
                 request = request.header(AUTHORIZATION, authorization_value(a)?);
             }
+            request = request.headers(self.fixed_headers.clone());
             if !matches!(kind, Kind::Blob) {
                 // Blobs may take long and are guarded by the read timeout; small answers get a
                 // deadline for the whole exchange.
@@ -383,7 +322,7 @@ impl Client {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
-                    return Err(classify(&self.name, &e));
+                    return Err(classify(&self.label, &e));
                 }
             };
             self.observe(kind, &response);
@@ -422,69 +361,16 @@ impl Client {
     pub(super) fn count_paused_release(&self) {
         self.metrics
             .upstream_paused_releases
-            .with_label_values(&[&self.name])
+            .with_label_values(&[&self.label])
             .inc();
     }
 
     pub(super) fn count_resume(&self, result: &str) {
         self.metrics
             .upstream_resumes
-            .with_label_values(&[&self.name, result])
+            .with_label_values(&[&self.label, result])
             .inc();
     }
-}
-
-/// The certificates of a PEM bundle of CAs to trust besides the system's; a file that holds
-/// none is an error, not a silent fall-back to the system's roots.
-pub fn ca_bundle(file: &std::path::Path) -> Result<Vec<reqwest::Certificate>, CaBundleError> {
-    let file_name = || file.to_owned();
-    let pem = std::fs::read(file).map_err(|source| CaBundleError::Read {
-        file: file_name(),
-        source,
-    })?;
-    let certificates =
-        reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| CaBundleError::Parse {
-            file: file_name(),
-            source,
-        })?;
-    if certificates.is_empty() {
-        return Err(CaBundleError::Empty { file: file_name() });
-    }
-    Ok(certificates)
-}
-
-/// Redirects sent by an upstream (a registry handing blobs to a CDN or object store) are
-/// followed a few times, to http(s) only and never from https down to http. reqwest drops
-/// `Authorization` when a redirect leaves the host.
-fn redirect_policy() -> reqwest::redirect::Policy {
-    const MAX_REDIRECTS: usize = 5;
-    reqwest::redirect::Policy::custom(|attempt| {
-        let from_https = attempt
-            .previous()
-            .last()
-            .is_some_and(|url| url.scheme() == "https");
-        if attempt.previous().len() > MAX_REDIRECTS {
-            attempt.error("too many redirects")
-        } else {
-            match attempt.url().scheme() {
-                "https" => attempt.follow(),
-                "http" if !from_https => attempt.follow(),
-                "http" => attempt.error("redirect from https to http"),
-                _ => attempt.error("redirect to a scheme other than http(s)"),
-            }
-        }
-    })
-}
-
-/// The hosts allowed to issue `config`'s tokens: its own, Docker Hub's token service for
-/// Docker Hub, and those configured.
-fn realm_hosts(config: &UpstreamConfig) -> Vec<String> {
-    let own = config.url.host_str().unwrap_or_default().to_owned();
-    let docker_hub = own.eq_ignore_ascii_case("registry-1.docker.io");
-    std::iter::once(own)
-        .chain(docker_hub.then(|| "auth.docker.io".to_owned()))
-        .chain(config.token_realm_hosts.iter().cloned())
-        .collect()
 }
 
 pub(super) fn header(headers: &HeaderMap, name: &str) -> Option<String> {

@@ -26,6 +26,11 @@ pub enum SetupError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("{upstream}: the {header} header cannot hold that value")]
+    Header {
+        upstream: String,
+        header: &'static str,
+    },
     #[error("no upstream configured")]
     NoUpstream,
 }

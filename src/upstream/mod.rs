@@ -6,7 +6,9 @@ mod backoff;
 mod bandwidth;
 mod blob;
 mod client;
+mod connect;
 mod error;
+mod login;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,8 +20,9 @@ use reqwest::Method;
 pub use auth::Challenge;
 pub use backoff::{as_retry_after, parse_retry_after};
 pub use blob::{BlobStream, Span};
-pub use client::ca_bundle;
+pub use client::Relay;
 use client::{header, read_capped, Client, Kind};
+pub use connect::ca_bundle;
 pub use error::{CaBundleError, SetupError, UpstreamError};
 
 use crate::config::UpstreamConfig;
@@ -64,8 +67,28 @@ pub struct ManifestResponse {
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig, metrics: Metrics) -> Result<Upstream, SetupError> {
+        Self::reached(config, None, metrics)
+    }
+
+    /// The upstream of `config` reached through a peer node: fetched whole, in one GET (the
+    /// node that fetches from the upstream itself splits it into segments if that helps).
+    pub fn through(
+        config: &UpstreamConfig,
+        relay: &Relay,
+        metrics: Metrics,
+    ) -> Result<Upstream, SetupError> {
+        let mut upstream = Self::reached(config, Some(relay), metrics)?;
+        upstream.segments = 1;
+        Ok(upstream)
+    }
+
+    fn reached(
+        config: &UpstreamConfig,
+        relay: Option<&Relay>,
+        metrics: Metrics,
+    ) -> Result<Upstream, SetupError> {
         Ok(Upstream {
-            client: Arc::new(Client::new(config, metrics)?),
+            client: Arc::new(Client::new(config, relay, metrics)?),
             repositories: config.repositories.clone(),
             confirms_access: config.confirm_access && config.username.is_some(),
             segments: config.segments,
@@ -73,8 +96,21 @@ impl Upstream {
         })
     }
 
+    /// The configured name: the same whether the upstream is reached directly or through a
+    /// peer, so content and tags are filed alike either way.
     pub fn name(&self) -> &str {
         &self.client.name
+    }
+
+    /// Who is asked, for logs: the name, or the name and the peer it is reached through.
+    pub fn label(&self) -> &str {
+        &self.client.label
+    }
+
+    /// Whether the peer this upstream is reached through answers its `/healthz` within
+    /// `within`.
+    pub async fn peer_is_healthy(&self, within: std::time::Duration) -> bool {
+        self.client.healthy(within).await
     }
 
     /// Whether a blob cached through one repository needs the upstream's word before it is
@@ -119,7 +155,7 @@ impl Upstream {
         let digest = header(headers, "docker-content-digest").and_then(|d| d.parse().ok());
         let media_type =
             header(headers, CONTENT_TYPE.as_str()).ok_or_else(|| UpstreamError::Invalid {
-                upstream: self.client.name.clone(),
+                upstream: self.client.label.clone(),
                 reason: "manifest without Content-Type".into(),
             })?;
         if let Some(len) =
@@ -127,14 +163,14 @@ impl Upstream {
         {
             if len > MAX_MANIFEST_BYTES as u64 {
                 return Err(UpstreamError::Invalid {
-                    upstream: self.client.name.clone(),
+                    upstream: self.client.label.clone(),
                     reason: format!("manifest of {len} bytes exceeds the 4 MiB limit"),
                 });
             }
         }
         let body = match verb {
             Verb::Head => Bytes::new(),
-            Verb::Get => read_capped(&self.client.name, response, MAX_MANIFEST_BYTES).await?,
+            Verb::Get => read_capped(&self.client.label, response, MAX_MANIFEST_BYTES).await?,
         };
         Ok(ManifestResponse {
             digest,
@@ -218,7 +254,7 @@ impl Upstream {
         }
         let content_type = header(response.headers(), CONTENT_TYPE.as_str());
         let link = header(response.headers(), "link");
-        let body = read_capped(&self.client.name, response, MAX_LISTING_BYTES).await?;
+        let body = read_capped(&self.client.label, response, MAX_LISTING_BYTES).await?;
         Ok(ListingPage {
             content_type,
             link,

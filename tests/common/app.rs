@@ -102,6 +102,18 @@ impl Wharf {
         cache: tempfile::TempDir,
         client: reqwest::Client,
     ) -> Wharf {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, config, cache, client).await
+    }
+
+    /// Starts wharf with `config` on a listener bound beforehand (so that other nodes' configs
+    /// can name its address).
+    pub async fn start_on(
+        listener: TcpListener,
+        config: Config,
+        cache: tempfile::TempDir,
+        client: reqwest::Client,
+    ) -> Wharf {
         // What a config file with these settings would give: proves the config valid, and
         // that it survives printing (`check-config`, the spawned-process tests).
         let config = wharf::Config::parse(&config.to_toml()).expect("test config is valid");
@@ -110,7 +122,6 @@ impl Wharf {
         } else {
             "http"
         };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let clock = wharf::Clock::manual();

@@ -1,0 +1,185 @@
+//! The other nodes of the cluster as sources. What this node lacks is asked of the nodes that
+//! rank above it for that digest (its owner first), through their pull API, and of the upstream
+//! only when none of them answers: the datacenter fetches each digest from the upstream once,
+//! on its owner. A request from a peer is never passed on, so there are no loops. Peers are
+//! probed in the background; a fetch that fails for a reason of the peer's own marks it down
+//! at once, and the next probe that it answers brings it back.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+
+use crate::cluster::{Members, PEER_HEADER};
+use crate::config::{ClusterConfig, UpstreamConfig};
+use crate::metrics::Metrics;
+use crate::oci::Digest;
+use crate::upstream::{Relay, SetupError, Upstream, UpstreamError};
+
+/// Who asked this node: a client, or a peer passing on its client's request (which must be
+/// answered from here: the cache, or the upstream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Peer,
+}
+
+/// A peer to ask before the upstream, and the upstream as reached through it.
+pub(super) struct Source {
+    node: usize,
+    pub(super) via: Arc<Upstream>,
+}
+
+/// The cluster as a place to fetch from.
+pub struct Owners {
+    members: Arc<Members>,
+    /// By node (empty for this node): each upstream, by name, as reached through that node.
+    through: Vec<HashMap<String, Arc<Upstream>>>,
+    config: ClusterConfig,
+    metrics: Metrics,
+}
+
+impl Owners {
+    /// Every upstream as reached through each peer, presenting `token` (the peer token).
+    pub fn new(
+        config: &ClusterConfig,
+        token: &str,
+        upstreams: &[UpstreamConfig],
+        metrics: &Metrics,
+    ) -> Result<Owners, SetupError> {
+        let members = Arc::new(Members::new(config, metrics));
+        let mut through = vec![HashMap::new(); config.peers.len()];
+        for (node, name) in members.peers() {
+            let relay = Relay {
+                peer: name.to_owned(),
+                url: config.peers[node].url.clone(),
+                headers: vec![
+                    ("authorization", format!("Bearer {token}")),
+                    (PEER_HEADER, members.this_node().to_owned()),
+                ],
+                ca_file: config.ca_file.clone(),
+                connect_timeout: config.probe_timeout,
+            };
+            for upstream in upstreams {
+                let via = Upstream::through(upstream, &relay, metrics.clone())?;
+                through[node].insert(upstream.name.clone(), Arc::new(via));
+            }
+        }
+        Ok(Owners {
+            members,
+            through,
+            config: config.clone(),
+            metrics: metrics.clone(),
+        })
+    }
+
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    /// The peers to ask for `digest` of `upstream` before the upstream itself, best first.
+    pub(super) fn sources(&self, upstream: &Upstream, digest: &Digest) -> Vec<Source> {
+        self.members
+            .ahead_of_me(digest)
+            .into_iter()
+            .filter_map(|node| {
+                let via = self.through[node].get(upstream.name())?.clone();
+                Some(Source { node, via })
+            })
+            .collect()
+    }
+
+    /// Asks every peer's `/healthz` each `probe_interval`, all at once, for as long as it runs.
+    pub async fn probe_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.probe_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let probes = self.through.iter().enumerate().filter_map(|(node, via)| {
+                let via = via.values().next()?.clone();
+                let within = self.config.probe_timeout;
+                Some(async move { (node, via.peer_is_healthy(within).await) })
+            });
+            for (node, up) in join_all(probes).await {
+                self.members.report(node, up);
+            }
+        }
+    }
+
+    fn count(&self, node: usize, result: &str) {
+        self.metrics
+            .peers
+            .fetches
+            .with_label_values(&[self.members.name(node), result])
+            .inc();
+    }
+}
+
+/// The peers to ask for `digest` before the upstream, for a request from `origin`: none
+/// outside a cluster, for a peer's request, or where this node owns the digest.
+pub(super) fn owner_sources(
+    owners: Option<&Owners>,
+    origin: Origin,
+    upstream: &Upstream,
+    digest: &Digest,
+) -> Vec<Source> {
+    match (owners, origin) {
+        (Some(owners), Origin::Client) => owners.sources(upstream, digest),
+        _ => Vec::new(),
+    }
+}
+
+/// `ask` of the first of `sources` that answers, else of `upstream`; with the upstream (as
+/// reached) that answered. A peer's "not found" is the upstream's own answer (the peer asked
+/// it), so it is not asked again; any other failure passes the peer over.
+pub(super) async fn ask_owner_first<T, F, Fut>(
+    owners: Option<&Owners>,
+    sources: &[Source],
+    upstream: &Arc<Upstream>,
+    ask: F,
+) -> Result<(Arc<Upstream>, T), UpstreamError>
+where
+    F: Fn(Arc<Upstream>) -> Fut,
+    Fut: Future<Output = Result<T, UpstreamError>>,
+{
+    {
+        if let Some(owners) = owners {
+            for (i, source) in sources.iter().enumerate() {
+                match ask(source.via.clone()).await {
+                    Ok(answer) => {
+                        owners.count(source.node, "ok");
+                        return Ok((source.via.clone(), answer));
+                    }
+                    Err(UpstreamError::NotFound) => {
+                        owners.count(source.node, "not_found");
+                        return Err(UpstreamError::NotFound);
+                    }
+                    Err(e) => {
+                        owners.count(source.node, "failed");
+                        // Down or failing on its side; a refusal (a token that differs, say)
+                        // is the operator's to fix, and logged, but the peer still answers.
+                        if e.is_transient() {
+                            owners.members.report(source.node, false);
+                        }
+                        let to = if i + 1 < sources.len() {
+                            "peer"
+                        } else {
+                            "upstream"
+                        };
+                        owners
+                            .metrics
+                            .peers
+                            .fallbacks
+                            .with_label_values(&[to])
+                            .inc();
+                        tracing::warn!(peer = owners.members.name(source.node), error = %e, next = to, "an owner peer did not answer; passing it over");
+                    }
+                }
+            }
+        }
+        ask(upstream.clone())
+            .await
+            .map(|answer| (upstream.clone(), answer))
+    }
+}
