@@ -9,7 +9,8 @@ use futures_util::future::join_all;
 use tokio::net::TcpListener;
 use wharf::config::{ClusterConfig, PeerConfig};
 
-use crate::common::{config, eventually, random_bytes, FakeRegistry, Wharf};
+use crate::common::link::Link;
+use crate::common::{config, eventually, random_bytes, FakeRegistry, Hold, Wharf};
 
 const TOKEN: &str = "peer-token-0123456789abcdef";
 
@@ -31,28 +32,39 @@ fn cluster(dir: &Path) -> ClusterConfig {
     )
 }
 
-/// Nodes named `names`, each in front of `upstream`, one cluster on loopback; the directory
-/// holds their peer token.
-async fn start_cluster(upstream: &FakeRegistry, names: &[&str]) -> (Vec<Wharf>, tempfile::TempDir) {
+/// Nodes of one cluster on loopback, each reached by its peers through a link the test can cut.
+struct Cluster {
+    nodes: Vec<Wharf>,
+    links: Vec<Link>,
+    /// Holds the peer token.
+    _dir: tempfile::TempDir,
+}
+
+/// Nodes named `names`, each in front of `upstream`.
+async fn start_cluster(upstream: &FakeRegistry, names: &[&str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let peer_token_file = dir.path().join("peer-token");
     std::fs::write(&peer_token_file, format!("{TOKEN}\n")).unwrap();
     let mut listeners = Vec::new();
+    let mut link_listeners = Vec::new();
     for _ in names {
         listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        link_listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
     }
     let peers: Vec<PeerConfig> = names
         .iter()
-        .zip(&listeners)
-        .map(|(name, listener)| PeerConfig {
+        .zip(&link_listeners)
+        .map(|(name, link)| PeerConfig {
             name: (*name).into(),
-            url: format!("http://{}", listener.local_addr().unwrap())
+            url: format!("http://{}", link.local_addr().unwrap())
                 .parse()
                 .unwrap(),
         })
         .collect();
     let mut nodes = Vec::new();
-    for (name, listener) in names.iter().zip(listeners) {
+    let mut links = Vec::new();
+    for ((name, listener), link) in names.iter().zip(listeners).zip(link_listeners) {
+        links.push(Link::start(link, listener.local_addr().unwrap()));
         let cache = tempfile::tempdir().unwrap();
         let mut config = config(upstream, cache.path());
         config.cluster = Some(ClusterConfig::new(
@@ -62,7 +74,11 @@ async fn start_cluster(upstream: &FakeRegistry, names: &[&str]) -> (Vec<Wharf>, 
         ));
         nodes.push(Wharf::start_on(listener, config, cache, reqwest::Client::new()).await);
     }
-    (nodes, dir)
+    Cluster {
+        nodes,
+        links,
+        _dir: dir,
+    }
 }
 
 /// The nodes of `names` in the order they own `digest`.
@@ -98,7 +114,8 @@ async fn three_nodes_fetch_each_blob_from_the_upstream_once_through_its_owner() 
             (upstream.add_blob(bytes.clone()), bytes)
         })
         .collect();
-    let (nodes, _dir) = start_cluster(&upstream, &NAMES).await;
+    let cluster = start_cluster(&upstream, &NAMES).await;
+    let nodes = &cluster.nodes;
     pull_everywhere(&nodes.iter().collect::<Vec<_>>(), &blobs).await;
     for (digest, _) in &blobs {
         assert_eq!(
@@ -141,7 +158,8 @@ async fn a_manifest_by_digest_comes_through_its_owner() {
     let upstream = FakeRegistry::start().await;
     let media_type = "application/vnd.oci.image.manifest.v1+json";
     let digest = upstream.add_manifest("library/x", "1", media_type, r#"{"schemaVersion":2}"#);
-    let (nodes, _dir) = start_cluster(&upstream, &NAMES).await;
+    let cluster = start_cluster(&upstream, &NAMES).await;
+    let nodes = &cluster.nodes;
     let asks = nodes.iter().map(|node| {
         let digest = digest.clone();
         async move {
@@ -163,7 +181,7 @@ async fn a_manifest_by_digest_comes_through_its_owner() {
 #[tokio::test]
 async fn a_dead_owner_is_passed_over_and_the_cluster_still_fetches_once() {
     let upstream = FakeRegistry::start().await;
-    let (mut nodes, _dir) = start_cluster(&upstream, &NAMES).await;
+    let cluster = start_cluster(&upstream, &NAMES).await;
     // Blobs that the first node owns, until there are a few.
     let mut blobs = Vec::new();
     for seed in 0.. {
@@ -177,9 +195,9 @@ async fn a_dead_owner_is_passed_over_and_the_cluster_still_fetches_once() {
             blobs.push((digest, bytes));
         }
     }
-    let dead = nodes.remove(0);
-    dead.stop().await;
-    let living: Vec<&Wharf> = nodes.iter().collect();
+    // The first node crashes, as its peers see it.
+    cluster.links[0].cut();
+    let living: Vec<&Wharf> = cluster.nodes[1..].iter().collect();
     pull_everywhere(&living, &blobs).await;
     for (digest, _) in &blobs {
         assert_eq!(
@@ -203,10 +221,65 @@ async fn a_dead_owner_is_passed_over_and_the_cluster_still_fetches_once() {
     assert_eq!(ready["cluster"][0]["up"], false, "{ready}");
 }
 
+/// A blob owned by the first of `NAMES`, of `len` bytes.
+fn owned_by_first(len: usize, seed: u64) -> (String, bytes::Bytes) {
+    (seed..)
+        .map(|seed| {
+            let bytes = random_bytes(len, seed);
+            (crate::common::sha256(&bytes), bytes)
+        })
+        .find(|(digest, _)| owners(&NAMES, digest)[0] == 0)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_owner_that_dies_mid_blob_is_carried_on_from_where_it_stopped() {
+    let upstream = FakeRegistry::start().await;
+    let (digest, bytes) = owned_by_first(4 * 1024 * 1024, 1300);
+    upstream.add_blob(bytes.clone());
+    let hold = Hold::after(1024 * 1024).only(&digest);
+    upstream.faults().hold = Some(hold.clone());
+    let cluster = start_cluster(&upstream, &NAMES).await;
+    let b = &cluster.nodes[1];
+    let pull = {
+        let url = b.url(&format!("/v2/library/x/blobs/{digest}"));
+        let client = b.client.clone();
+        tokio::spawn(async move { client.get(url).send().await.unwrap().bytes().await })
+    };
+    // The owner's fill, and so its answer to b, is held a MiB in.
+    assert!(eventually(Duration::from_secs(10), || async { hold.reached() == 1 }).await);
+    // The owner crashes: its answer to b breaks off, and it takes no more connections.
+    cluster.links[0].cut();
+    hold.open();
+    let got = pull.await.unwrap().expect("the pull is whole");
+    assert_eq!(got.len(), bytes.len());
+    assert!(got == bytes, "the bytes are the blob's");
+    assert!(b.settled(&digest).await, "b verified and kept it");
+    let carried_on: Vec<_> = upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.path.contains(&digest) && s.range.is_some())
+        .collect();
+    assert_eq!(carried_on.len(), 1, "{carried_on:?}");
+    let range = carried_on[0].range.clone().unwrap();
+    let from: u64 = range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{range}"));
+    assert!(from > 0 && from <= 1024 * 1024, "carried on from {from}");
+    assert_eq!(
+        b.metric("wharf_peer_fallbacks_total", &["to=\"upstream\""])
+            .await,
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn a_peers_request_is_answered_from_the_upstream_never_passed_on() {
     let upstream = FakeRegistry::start().await;
-    let (nodes, _dir) = start_cluster(&upstream, &NAMES).await;
+    let cluster = start_cluster(&upstream, &NAMES).await;
+    let nodes = &cluster.nodes;
     // A blob that the first node owns, asked of the third as a peer would.
     let (digest, bytes) = (0..)
         .map(|seed| {

@@ -265,8 +265,10 @@ impl Mirror {
 
     /// Feeds the fill from the first of `sources` (the digest's owner peers) that serves the
     /// blob, else from the upstream, until the end, or the first failure the stream could not
-    /// resume from (which the fill's readers see too). A large blob from a slow upstream is
-    /// fetched in segments at once, when the upstream serves ranges.
+    /// resume from (which the fill's readers see too). A peer that fails part-way is passed
+    /// over: the next source carries on from where it stopped, under the same running hash.
+    /// A large blob from a slow upstream is fetched in segments at once, when the upstream
+    /// serves ranges.
     async fn feed_fill(
         &self,
         upstream: &Arc<Upstream>,
@@ -276,30 +278,68 @@ impl Mirror {
         writer: FillWriter,
     ) -> Result<(), Error> {
         let owners = self.owners.as_deref();
-        let opened = ask_owner_first(owners, sources, upstream, |source| async move {
-            source.blob(repo, digest, Span::WHOLE).await
-        })
-        .await;
-        let (source, stream) = match opened {
-            Ok(opened) => opened,
-            Err(e) => {
-                tracing::info!(upstream = upstream.name(), %repo, %digest, error = %e, "blob fetch failed");
-                writer.fail(SourceFailure::new(e.clone())).await;
-                return Err(e.into());
+        let mut sources = sources;
+        let mut from = 0;
+        let mut total = None;
+        loop {
+            let span = Span {
+                start: from,
+                end: None,
+            };
+            let opened = ask_owner_first(owners, sources, upstream, |source| async move {
+                source.blob(repo, digest, span).await
+            })
+            .await;
+            let opened = match opened {
+                Ok(opened) if from > 0 && opened.answer.total() != total => {
+                    Err(UpstreamError::Invalid {
+                        upstream: opened.via.label().into(),
+                        reason: format!(
+                            "the blob's length is {:?}, not {total:?}",
+                            opened.answer.total()
+                        ),
+                    })
+                }
+                opened => opened,
+            };
+            let answer = match opened {
+                Ok(answer) => answer,
+                Err(e) => {
+                    tracing::info!(upstream = upstream.name(), %repo, %digest, error = %e, "blob fetch failed");
+                    writer.fail(SourceFailure::new(e.clone())).await;
+                    return Err(e.into());
+                }
+            };
+            if from == 0 {
+                self.access.record(upstream, repo, digest);
+                total = answer.answer.total();
+                writer.start(total).await;
             }
-        };
-        self.access.record(upstream, repo, digest);
-        writer.start(stream.total()).await;
-        let fed = super::feed::feed(&source, repo, digest, stream, &writer).await;
-        match fed {
-            Ok(()) => Ok(writer.finish().await?),
-            Err(Fed::Source(e)) => {
-                writer.fail(SourceFailure::new(e.clone())).await;
-                Err(e.into())
+            let fed =
+                super::feed::feed(&answer.via, repo, digest, answer.answer, &writer, from).await;
+            match fed {
+                Ok(()) => return Ok(writer.finish().await?),
+                // A peer that broke off: the rest comes from the next source.
+                Err(Fed::Source(e, Some(at)))
+                    if e.is_transient() && answer.sources_after.is_some() =>
+                {
+                    let after = answer.sources_after.unwrap_or_default();
+                    let failed = &sources[sources.len() - after - 1];
+                    if let Some(owners) = owners {
+                        owners.pass_over(failed, &e, after > 0);
+                    }
+                    sources = &sources[sources.len() - after..];
+                    from = at;
+                }
+                Err(Fed::Source(e, _)) => {
+                    writer.fail(SourceFailure::new(e.clone())).await;
+                    return Err(e.into());
+                }
+                Err(Fed::Cache(e)) => return Err(e.into()),
             }
-            Err(Fed::Cache(e)) => Err(e.into()),
         }
     }
+
     /// A blob's size for `HEAD`, without starting a fill on a miss.
     pub async fn blob_size(
         &self,

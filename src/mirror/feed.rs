@@ -36,10 +36,12 @@ const SPLIT_FROM: u64 = 4 * 1024 * 1024;
 /// Segments start on whole MiBs, the blocks CDNs cache.
 const ALIGN: u64 = 1024 * 1024;
 
-/// Why feeding a fill stopped: the source failed (the fill must be told), or the cache did (it
-/// knows).
+/// Why feeding a fill stopped: the source failed (the fill must be told, unless another source
+/// carries on), or the cache did (it knows).
 pub(super) enum Fed {
-    Source(UpstreamError),
+    /// With where another source could carry on from, when every byte before it was written
+    /// (one GET ran, and what it brought was flushed).
+    Source(UpstreamError, Option<u64>),
     Cache(crate::cache::Error),
 }
 
@@ -67,20 +69,21 @@ impl Segment {
     }
 }
 
-/// Feeds the fill from `head`, the GET of the whole blob, adding segments where they help,
-/// until every byte was written or the first failure.
+/// Feeds the fill from `head`, the GET of the blob from `from` to its end, adding segments
+/// where they help, until every byte was written or the first failure.
 pub(super) async fn feed(
     upstream: &Arc<Upstream>,
     repo: &RepoName,
     digest: &Digest,
     head: BlobStream,
     writer: &FillWriter,
+    from: u64,
 ) -> Result<(), Fed> {
     let total = head.total();
     let mut most = total.map_or(1, |total| upstream.segments_for(total));
-    let first = Segment::new(0, total.unwrap_or(u64::MAX));
+    let first = Segment::new(from, total.unwrap_or(u64::MAX));
     let mut running = FuturesUnordered::new();
-    running.push(copy(head, writer.segment(0), first.share.clone()).boxed());
+    running.push(copy(head, writer.segment(from), first.share.clone()).boxed());
     let mut segments = vec![first];
     let mut look = tokio::time::interval_at(tokio::time::Instant::now() + LOOK_EVERY, LOOK_EVERY);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -96,6 +99,11 @@ pub(super) async fn feed(
         tokio::select! {
             done = running.next() => match done {
                 None => return Ok(()),
+                Some(Err(Fed::Source(e, _))) => {
+                    let carry_on_from = (segments.len() == 1)
+                        .then(|| segments[0].share.lock().expect("lock poisoned").next);
+                    return Err(Fed::Source(e, carry_on_from));
+                }
                 Some(Err(e)) => return Err(e),
                 Some(Ok(())) => {}
             },
@@ -184,7 +192,15 @@ async fn copy(
     share: Arc<Mutex<Share>>,
 ) -> Result<(), Fed> {
     loop {
-        let chunk = next_chunk(&mut stream, &mut piece).await?;
+        let chunk = match next_chunk(&mut stream, &mut piece).await {
+            Ok(chunk) => chunk,
+            // What came is kept: another source may carry on after it.
+            Err(Fed::Source(e, _)) => {
+                piece.flush().await.map_err(Fed::Cache)?;
+                return Err(Fed::Source(e, None));
+            }
+            Err(e) => return Err(e),
+        };
         let Some(chunk) = chunk else {
             return piece.flush().await.map_err(Fed::Cache);
         };
@@ -227,5 +243,5 @@ async fn next_chunk(
         }
         Poll::Pending => next.await,
     };
-    chunk.map_err(Fed::Source)
+    chunk.map_err(|e| Fed::Source(e, None))
 }

@@ -288,10 +288,11 @@ impl Mirror {
         accept: &Accept,
     ) -> Result<Arc<RawManifest>, Error> {
         let owners = self.owners.as_deref();
-        let (_, response) = ask_owner_first(owners, sources, upstream, |source| async move {
+        let response = ask_owner_first(owners, sources, upstream, |source| async move {
             source.manifest(repo, reference, accept, Verb::Get).await
         })
-        .await?;
+        .await?
+        .answer;
         let requested = match reference {
             Reference::Digest(digest) => Some(digest),
             Reference::Tag(_) => None,

@@ -107,6 +107,19 @@ impl Owners {
         }
     }
 
+    /// `source` failed with `e`: counted, marked down if the failure is its own (down, or
+    /// failing on its side; a refusal, such as a token that differs, is the operator's to fix
+    /// and is logged, but the peer still answers), and logged.
+    pub(super) fn pass_over(&self, source: &Source, e: &UpstreamError, to_peer: bool) {
+        self.count(source.node, "failed");
+        if e.is_transient() {
+            self.members.report(source.node, false);
+        }
+        let to = if to_peer { "peer" } else { "upstream" };
+        self.metrics.peers.fallbacks.with_label_values(&[to]).inc();
+        tracing::warn!(peer = self.members.name(source.node), error = %e, next = to, "an owner peer did not answer; passing it over");
+    }
+
     fn count(&self, node: usize, result: &str) {
         self.metrics
             .peers
@@ -130,56 +143,51 @@ pub(super) fn owner_sources(
     }
 }
 
-/// `ask` of the first of `sources` that answers, else of `upstream`; with the upstream (as
-/// reached) that answered. A peer's "not found" is the upstream's own answer (the peer asked
-/// it), so it is not asked again; any other failure passes the peer over.
+/// What the first source to answer said, and which it was.
+pub(super) struct Answer<T> {
+    /// The upstream as reached through that source.
+    pub(super) via: Arc<Upstream>,
+    /// How many of the sources come after it: `None` when the upstream itself answered.
+    pub(super) sources_after: Option<usize>,
+    pub(super) answer: T,
+}
+
+/// `ask` of the first of `sources` that answers, else of `upstream`. A peer's "not found" is
+/// the upstream's own answer (the peer asked it), so it is not asked again; any other failure
+/// passes the peer over.
 pub(super) async fn ask_owner_first<T, F, Fut>(
     owners: Option<&Owners>,
     sources: &[Source],
     upstream: &Arc<Upstream>,
     ask: F,
-) -> Result<(Arc<Upstream>, T), UpstreamError>
+) -> Result<Answer<T>, UpstreamError>
 where
     F: Fn(Arc<Upstream>) -> Fut,
     Fut: Future<Output = Result<T, UpstreamError>>,
 {
-    {
-        if let Some(owners) = owners {
-            for (i, source) in sources.iter().enumerate() {
-                match ask(source.via.clone()).await {
-                    Ok(answer) => {
-                        owners.count(source.node, "ok");
-                        return Ok((source.via.clone(), answer));
-                    }
-                    Err(UpstreamError::NotFound) => {
-                        owners.count(source.node, "not_found");
-                        return Err(UpstreamError::NotFound);
-                    }
-                    Err(e) => {
-                        owners.count(source.node, "failed");
-                        // Down or failing on its side; a refusal (a token that differs, say)
-                        // is the operator's to fix, and logged, but the peer still answers.
-                        if e.is_transient() {
-                            owners.members.report(source.node, false);
-                        }
-                        let to = if i + 1 < sources.len() {
-                            "peer"
-                        } else {
-                            "upstream"
-                        };
-                        owners
-                            .metrics
-                            .peers
-                            .fallbacks
-                            .with_label_values(&[to])
-                            .inc();
-                        tracing::warn!(peer = owners.members.name(source.node), error = %e, next = to, "an owner peer did not answer; passing it over");
-                    }
+    if let Some(owners) = owners {
+        for (i, source) in sources.iter().enumerate() {
+            match ask(source.via.clone()).await {
+                Ok(answer) => {
+                    owners.count(source.node, "ok");
+                    return Ok(Answer {
+                        via: source.via.clone(),
+                        sources_after: Some(sources.len() - i - 1),
+                        answer,
+                    });
                 }
+                Err(UpstreamError::NotFound) => {
+                    owners.count(source.node, "not_found");
+                    return Err(UpstreamError::NotFound);
+                }
+                Err(e) => owners.pass_over(source, &e, i + 1 < sources.len()),
             }
         }
-        ask(upstream.clone())
-            .await
-            .map(|answer| (upstream.clone(), answer))
     }
+    let answer = ask(upstream.clone()).await?;
+    Ok(Answer {
+        via: upstream.clone(),
+        sources_after: None,
+        answer,
+    })
 }

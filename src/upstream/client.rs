@@ -174,7 +174,8 @@ impl Client {
             backoff: Backoff::default(),
             token_realm_hosts: Vec::new(),
             bandwidth: None,
-            resume_attempts: config.resume_attempts,
+            // One more try at the same peer; then the next source carries on.
+            resume_attempts: config.resume_attempts.min(1),
             paused_client_timeout: config.paused_client_timeout,
             requests: metrics.peers.requests.clone(),
             requests_series: relay.peer.as_str().into(),
