@@ -179,6 +179,48 @@ async fn a_manifest_by_digest_comes_through_its_owner() {
 }
 
 #[tokio::test]
+async fn a_tag_is_resolved_on_each_node_and_its_manifest_fetched_once() {
+    let upstream = FakeRegistry::start().await;
+    let media_type = "application/vnd.oci.image.manifest.v1+json";
+    let digest = upstream.add_manifest(
+        "library/x",
+        "1.0",
+        media_type,
+        r#"{"schemaVersion":2,"n":1}"#,
+    );
+    let cluster = start_cluster(&upstream, &NAMES).await;
+    let asks = cluster.nodes.iter().map(|node| async move {
+        let r = node
+            .client
+            .get(node.url("/v2/library/x/manifests/1.0"))
+            .header("accept", media_type)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    });
+    for answered in join_all(asks).await {
+        assert_eq!(answered, digest);
+    }
+    assert_eq!(
+        upstream.count("GET", "/manifests/"),
+        1,
+        "one manifest GET for the cluster"
+    );
+    assert_eq!(
+        upstream.count("HEAD", "/manifests/1.0"),
+        3,
+        "a HEAD from each node"
+    );
+    let r = cluster.nodes[2].get("/v2/library/x/manifests/nope").await;
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
 async fn a_dead_owner_is_passed_over_and_the_cluster_still_fetches_once() {
     let upstream = FakeRegistry::start().await;
     let cluster = start_cluster(&upstream, &NAMES).await;

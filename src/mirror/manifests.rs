@@ -25,9 +25,9 @@ pub struct ManifestAnswer {
 enum Cached {
     /// Nothing usable: ask the upstream.
     Nothing,
-    /// The upstream says the tag moved (or did not say where): fetch it, and fall back to this
-    /// stale answer if that fails.
-    Moved(Variant, Arc<RawManifest>),
+    /// The upstream says the tag moved (to the digest, if it said): fetch it, and fall back to
+    /// this stale answer if that fails.
+    Moved(Variant, Arc<RawManifest>, Option<Digest>),
 }
 
 impl Mirror {
@@ -45,7 +45,10 @@ impl Mirror {
                 self.manifest_by_digest(upstream, repo, digest, origin)
                     .await
             }
-            Reference::Tag(tag) => self.manifest_by_tag(upstream, repo, tag, accept).await,
+            Reference::Tag(tag) => {
+                self.manifest_by_tag(upstream, repo, tag, accept, origin)
+                    .await
+            }
         }?;
         self.metrics
             .cache_result(ContentKind::Manifest, answer.result);
@@ -92,22 +95,33 @@ impl Mirror {
         repo: &RepoName,
         tag: &Tag,
         accept: &Accept,
+        origin: Origin,
     ) -> Result<ManifestAnswer, Error> {
         let key = TagKey {
             upstream: upstream.name().into(),
             repo: repo.clone(),
             tag: tag.clone(),
         };
-        let stale = match self.cached_tag(upstream, &key, accept).await? {
-            Ok(answer) => return Ok(answer),
-            Err(Cached::Nothing) => None,
-            Err(Cached::Moved(variant, manifest)) => Some((variant, manifest)),
-        };
         // Stamped when asked, so an answer that arrives late cannot pass for a newer one.
         let asked_at = self.clock.now();
-        let reference = Reference::Tag(tag.clone());
-        let (fetched, role) =
-            Box::pin(self.fetch_manifest(upstream, Vec::new(), repo, &reference, accept)).await;
+        let (stale, moved_to) = match self.cached_tag(upstream, &key, accept).await? {
+            Ok(answer) => return Ok(answer),
+            Err(Cached::Nothing) => (None, None),
+            Err(Cached::Moved(variant, manifest, to)) => (Some((variant, manifest)), to),
+        };
+        let through_owner = match (&self.owners, origin) {
+            (Some(_), Origin::Client) => {
+                Box::pin(self.tag_through_owner(upstream, &key, accept, moved_to)).await
+            }
+            _ => None,
+        };
+        let (fetched, role) = match through_owner {
+            Some(fetched) => fetched,
+            None => {
+                let reference = Reference::Tag(tag.clone());
+                Box::pin(self.fetch_manifest(upstream, Vec::new(), repo, &reference, accept)).await
+            }
+        };
         let manifest = match (fetched, stale) {
             (Ok(m), stale) => {
                 let variant = Variant {
@@ -174,13 +188,46 @@ impl Mirror {
                     result: CacheResult::Hit,
                 }))
             }
-            Ok(_) => Ok(Err(Cached::Moved(variant, manifest))),
+            Ok(moved_to) => Ok(Err(Cached::Moved(variant, manifest, moved_to))),
             Err(Error::Upstream(UpstreamError::NotFound)) => {
                 self.cache.forget_tag(key);
                 Err(ClientError::ManifestUnknown.into())
             }
             Err(e) => self.stale_or(key, manifest, e, Defer::Yes).map(Ok),
         }
+    }
+
+    /// In a cluster, a tag is resolved here, with the upstream's cheap `HEAD` (coalesced; the
+    /// digest `moved_to` if a revalidation just said it), and its manifest is fetched by
+    /// digest through the digest's owner, so the upstream serves each manifest once per
+    /// cluster. `None` when the `HEAD` names no digest or fails: then the tag is fetched here.
+    async fn tag_through_owner(
+        self: &Arc<Self>,
+        upstream: &Arc<Upstream>,
+        key: &TagKey,
+        accept: &Accept,
+        moved_to: Option<Digest>,
+    ) -> Option<(Result<Arc<RawManifest>, Error>, Role)> {
+        let digest = match moved_to {
+            Some(digest) => digest,
+            None => match self.revalidate(upstream, key, accept).await {
+                Ok(Some(digest)) => digest,
+                Err(e @ Error::Upstream(UpstreamError::NotFound)) => {
+                    return Some((Err(e), Role::Led))
+                }
+                Ok(None) | Err(_) => return None,
+            },
+        };
+        let answer = self
+            .manifest_by_digest(upstream, &key.repo, &digest, Origin::Client)
+            .await;
+        Some(match answer {
+            Ok(answer) if answer.result == CacheResult::Coalesced => {
+                (Ok(answer.manifest), Role::Followed)
+            }
+            Ok(answer) => (Ok(answer.manifest), Role::Led),
+            Err(e) => (Err(e), Role::Led),
+        })
     }
 
     /// Serves a cached tag when the upstream is down or limiting (if allowed), else the error.
