@@ -21,6 +21,7 @@ mod pressure;
 mod process;
 mod properties;
 mod security;
+mod shared;
 mod tiers;
 mod tls;
 mod upstream;

@@ -33,6 +33,8 @@ pub enum Error {
     /// Whatever fed the fill (the upstream, a peer) failed; its error, as the feeder gave it.
     #[error(transparent)]
     Source(SourceFailure),
+    #[error(transparent)]
+    Shared(Arc<super::shared::SharedSetupError>),
     #[error("cannot open cache directory {}: {source}", dir.display())]
     Open {
         dir: PathBuf,

@@ -12,6 +12,7 @@ mod error;
 mod fill;
 pub mod maintenance;
 mod memory;
+mod shared;
 mod store;
 mod tags;
 
@@ -26,6 +27,7 @@ pub use error::{check_blob, Error, SourceFailure};
 use fill::Fills;
 pub use fill::{BlobLookup, BlobReader, CachedBlob, Fill, FillPosition, FillWriter, SegmentWriter};
 use memory::HotManifests;
+use shared::SharedTier;
 pub use store::Condition;
 use store::{EntryKey, Store};
 use tags::TagTable;
@@ -54,6 +56,9 @@ pub struct Cache {
     fills: Arc<Fills>,
     memory: HotManifests,
     tags: TagTable,
+    /// The bucket below the local disk, if one is configured.
+    shared: Option<Arc<SharedTier>>,
+    metrics: Metrics,
 }
 
 /// What the cache holds of a blob, found without starting a fill.
@@ -95,11 +100,19 @@ impl Cache {
         .map_err(|e| open_error(&config.dir, std::io::Error::other(e)))??;
         let (store, tags) = opened;
         let store = Arc::new(store);
+        let shared = match &config.shared {
+            Some(shared) => Some(Arc::new(
+                SharedTier::new(shared, metrics).map_err(|e| Error::Shared(Arc::new(e)))?,
+            )),
+            None => None,
+        };
         let cache = Cache {
             fills: Arc::new(Fills::new(store.clone(), metrics.fill_buffer_bytes.clone())),
             store,
             memory: HotManifests::default(),
             tags,
+            shared,
+            metrics: metrics.clone(),
         };
         let usage = cache.store.usage();
         tracing::info!(
@@ -114,9 +127,44 @@ impl Cache {
     /// The blob if it is cached, else the fill of it to join or to start. The opening, the
     /// temp file and a probe of the disk run on the blocking pool: a slow filesystem holds up
     /// this request, never the async workers.
+    ///
+    /// On a local miss the shared tier, if there is one, is asked first: a blob it holds feeds
+    /// the new fill from there ([`BlobLookup::Coalesced`]); one it lacks, or a tier that does
+    /// not answer, leaves the fill to the caller.
     pub async fn blob(&self, digest: &Digest) -> Result<BlobLookup, Error> {
-        let (fills, digest) = (self.fills.clone(), digest.clone());
-        off_the_workers(move || fills.join(&digest)).await?
+        let (fills, wanted) = (self.fills.clone(), digest.clone());
+        let lookup = off_the_workers(move || fills.join(&wanted)).await??;
+        let (fill, writer, shared) = match (lookup, &self.shared) {
+            (BlobLookup::Started(fill, writer), Some(shared)) => (fill, writer, shared.clone()),
+            (lookup, _) => return Ok(lookup),
+        };
+        match shared.open(digest).await {
+            Ok(Some(body)) => {
+                let (digest, bytes) = (digest.clone(), self.metrics.shared_bytes.clone());
+                tokio::spawn(shared.feed(body, writer, digest, bytes));
+                Ok(BlobLookup::Coalesced(fill))
+            }
+            Ok(None) => Ok(BlobLookup::Started(fill, writer)),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "the shared tier did not answer; fetching from the source");
+                Ok(BlobLookup::Started(fill, writer))
+            }
+        }
+    }
+
+    /// Hands a committed blob to the shared tier (when there is one, and it lacks the blob),
+    /// in the background: for the node that fetched it from its source, so the datacenter's
+    /// other nodes, and a node that starts empty, find it there.
+    pub fn share(&self, digest: &Digest) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let (store, digest) = (self.store.clone(), digest.clone());
+        tokio::spawn(async move {
+            if let Err(e) = shared.upload(&store, &digest).await {
+                tracing::warn!(%digest, error = %e, "a blob could not be put in the shared tier");
+            }
+        });
     }
 
     /// What the cache holds of a blob, without starting a fill (for `HEAD`).

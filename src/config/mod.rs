@@ -3,11 +3,13 @@
 //! cannot. Knows nothing of the rest of wharf.
 
 mod cluster;
+mod shared;
 mod size;
 mod tree;
 mod validate;
 
 pub use cluster::{ClusterConfig, PeerConfig};
+pub use shared::SharedConfig;
 pub use size::Size;
 pub use tree::*;
 pub use validate::ConfigError;

@@ -196,3 +196,20 @@ fn a_cluster_that_cannot_agree_on_owners_is_refused() {
         .to_string();
     assert!(err.contains("peer_token_file"), "{err}");
 }
+
+#[test]
+fn a_shared_tier_names_its_bucket() {
+    let text = "[cache.shared]\nendpoint = \"http://garage:3900\"\nbucket = \"wharf\"\n\
+                access_key_id = \"GK1\"\nsecret_access_key_file = \"/etc/wharf/s3-secret\"\n";
+    let shared = Config::parse(text).unwrap().cache.shared.unwrap();
+    assert_eq!(shared.region, "us-east-1", "the default");
+    assert_eq!(shared.prefix, "");
+    let err = Config::parse(&text.replace("http://garage:3900", "ftp://garage"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cache.shared.endpoint"), "{err}");
+    let err = Config::parse(&text.replace("\"wharf\"", "\"\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bucket"), "{err}");
+}

@@ -154,6 +154,9 @@ pub struct CacheConfig {
     pub side_fetch_max: Size,
     /// Side fetches of one blob in flight at once; more ranges wait for the fill. 0: never.
     pub side_fetches_per_blob: usize,
+    /// An S3-compatible bucket below the local disk, shared by the nodes of a datacenter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<super::SharedConfig>,
 }
 
 /// The highest `cache.max_range_parts` may be: each part costs a reader and a few hundred
@@ -319,6 +322,7 @@ impl Default for CacheConfig {
             range_lookahead: Duration::from_millis(100),
             side_fetch_max: Size(16 * 1024 * 1024),
             side_fetches_per_blob: 8,
+            shared: None,
         }
     }
 }

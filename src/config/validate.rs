@@ -66,6 +66,16 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }
+        if let Some(shared) = &self.cache.shared {
+            if !is_http_with_host(&shared.endpoint) {
+                return invalid(
+                    "cache.shared.endpoint must be http:// or https:// with a host".into(),
+                );
+            }
+            if shared.bucket.is_empty() || shared.access_key_id.is_empty() {
+                return invalid("cache.shared: bucket and access_key_id must not be empty".into());
+            }
+        }
         if self.cache.max_size.bytes() == 0 {
             return invalid("cache.max_size must be greater than zero".into());
         }
@@ -110,6 +120,12 @@ impl Config {
                 (
                     "cluster.peer_token_file".to_owned(),
                     c.peer_token_file.as_path(),
+                )
+            }))
+            .chain(self.cache.shared.iter().map(|s| {
+                (
+                    "cache.shared.secret_access_key_file".to_owned(),
+                    s.secret_access_key_file.as_path(),
                 )
             }))
             .chain(self.server.auth.iter().flat_map(|a| {

@@ -57,6 +57,8 @@ pub struct Collectors {
     pub upstream_throttled: IntCounterVec,
     pub range_requests: IntCounterVec,
     pub peers: PeerCollectors,
+    pub shared_requests: IntCounterVec,
+    pub shared_bytes: IntCounter,
 }
 
 impl Metrics {
@@ -219,6 +221,19 @@ impl Metrics {
                 &["kind"],
             ),
             peers: PeerCollectors::new(&registry),
+            shared_requests: counter_vec(
+                &registry,
+                "wharf_shared_requests_total",
+                "Requests to the shared tier by operation (get|put|head) and result \
+                 (found|absent|refused|uploaded|present|error); refused: a copy that failed \
+                 verification, deleted",
+                &["op", "result"],
+            ),
+            shared_bytes: counter(
+                &registry,
+                "wharf_shared_bytes_total",
+                "Blob bytes received from the shared tier",
+            ),
             registry,
         }))
     }

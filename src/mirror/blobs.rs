@@ -318,7 +318,14 @@ impl Mirror {
             let fed =
                 super::feed::feed(&answer.via, repo, digest, answer.answer, &writer, from).await;
             match fed {
-                Ok(()) => return Ok(writer.finish().await?),
+                Ok(()) => {
+                    writer.finish().await?;
+                    // The node that took it from the upstream hands it to the shared tier.
+                    if answer.sources_after.is_none() {
+                        self.cache.share(digest);
+                    }
+                    return Ok(());
+                }
                 // A peer that broke off: the rest comes from the next source.
                 Err(Fed::Source(e, Some(at)))
                     if e.is_transient() && answer.sources_after.is_some() =>

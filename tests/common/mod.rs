@@ -2,7 +2,7 @@
 //! (`registry`), the real wharf started on 127.0.0.1:0 from a config built in Rust (`app`) or as
 //! a child process (`child`), what a cache directory holds on disk (`disk`), a TCP link a test can cut (`link`),
 //! certificates
-//! (`pki`), captured logs (`logs`), and a reader of multipart/byteranges bodies (`multipart`).
+//! (`pki`), captured logs (`logs`), a fake S3 object store (`s3`), and a reader of multipart/byteranges bodies (`multipart`).
 
 pub mod app;
 pub mod child;
@@ -12,6 +12,7 @@ pub mod logs;
 pub mod multipart;
 pub mod pki;
 pub mod registry;
+pub mod s3;
 
 use std::time::Duration;
 

@@ -1,0 +1,250 @@
+//! The shared tier: an S3-compatible bucket below the local disk (Garage, MinIO, Ceph RGW, S3)
+//! that the nodes of a datacenter share, holding verified blobs by digest. Reached through
+//! `object_store`, which signs requests (SigV4), retries what may be retried and uploads large
+//! objects in parts: a whole S3 client's worth of details a hand-written one would get wrong.
+//! What comes down feeds a fill like any other source, and is verified before it is committed;
+//! only what this cache committed (verified) goes up.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, StreamExt};
+use futures_util::FutureExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{ClientOptions, ObjectStore, WriteMultipart};
+use prometheus::{IntCounter, IntCounterVec};
+use tokio::sync::Semaphore;
+
+use super::store::Store;
+use super::{FillWriter, SourceFailure};
+use crate::config::SharedConfig;
+use crate::metrics::Metrics;
+use crate::oci::Digest;
+
+/// Parts of an upload: S3's least part is 5 MiB; an upload holds about two parts of memory.
+const PART: usize = 8 * 1024 * 1024;
+/// Uploads at once: they run beside the serving, and must not take its disk or network.
+const UPLOADS: usize = 2;
+
+/// Why the shared tier could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedSetupError {
+    #[error("cannot read cache.shared.{what} {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cache.shared: {0}")]
+    Client(#[from] object_store::Error),
+}
+
+/// A blob found in the shared tier: its length and its body.
+pub struct SharedBody {
+    pub size: u64,
+    pub stream: BoxStream<'static, object_store::Result<Bytes>>,
+}
+
+pub struct SharedTier {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    uploads: Arc<Semaphore>,
+    /// `wharf_shared_requests_total` by operation and result.
+    requests: IntCounterVec,
+}
+
+impl SharedTier {
+    pub fn new(config: &SharedConfig, metrics: &Metrics) -> Result<SharedTier, SharedSetupError> {
+        let read = |what, path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| SharedSetupError::Read {
+                what,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let secret = read("secret_access_key_file", &config.secret_access_key_file)?;
+        let secret = String::from_utf8_lossy(&secret);
+        let mut options = ClientOptions::new().with_allow_http(config.endpoint.scheme() == "http");
+        if let Some(ca) = &config.ca_file {
+            for certificate in object_store::Certificate::from_pem_bundle(&read("ca_file", ca)?)? {
+                options = options.with_root_certificate(certificate);
+            }
+        }
+        let store = AmazonS3Builder::new()
+            .with_endpoint(config.endpoint.as_str().trim_end_matches('/'))
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            .with_access_key_id(&config.access_key_id)
+            .with_secret_access_key(secret.lines().next().unwrap_or("").trim())
+            .with_virtual_hosted_style_request(false)
+            .with_client_options(options)
+            .build()?;
+        Ok(SharedTier {
+            store: Arc::new(store),
+            prefix: config.prefix.clone(),
+            uploads: Arc::new(Semaphore::new(UPLOADS)),
+            requests: metrics.shared_requests.clone(),
+        })
+    }
+
+    fn path(&self, digest: &Digest) -> Path {
+        Path::from(format!(
+            "{}blobs/{}/{}",
+            self.prefix,
+            digest.algorithm().as_str(),
+            digest.hex()
+        ))
+    }
+
+    fn count(&self, op: &str, result: &str) {
+        self.requests.with_label_values(&[op, result]).inc();
+    }
+
+    /// The blob's body, if the bucket has it. An error means the tier could not say: the
+    /// caller fetches from its own source instead.
+    pub async fn open(&self, digest: &Digest) -> object_store::Result<Option<SharedBody>> {
+        match self.store.get(&self.path(digest)).await {
+            Ok(found) => {
+                self.count("get", "found");
+                Ok(Some(SharedBody {
+                    size: found.meta.size,
+                    stream: found.into_stream(),
+                }))
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.count("get", "absent");
+                Ok(None)
+            }
+            Err(e) => {
+                self.count("get", "error");
+                Err(e)
+            }
+        }
+    }
+
+    /// Uploads the committed blob `digest` of `store` unless the bucket has it already, a
+    /// part at a time, at most [`UPLOADS`] at once.
+    pub async fn upload(&self, store: &Arc<Store>, digest: &Digest) -> object_store::Result<()> {
+        let _turn = self.uploads.acquire().await.expect("never closed");
+        let path = self.path(digest);
+        match self.store.head(&path).await {
+            Ok(_) => {
+                self.count("put", "present");
+                return Ok(());
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                self.count("head", "error");
+                return Err(e);
+            }
+        }
+        let (store, wanted) = (store.clone(), digest.clone());
+        let committed = tokio::task::spawn_blocking(move || store.open_blob(&wanted))
+            .await
+            .map_err(|e| generic(std::io::Error::other(e)))?
+            .map_err(generic)?;
+        // Evicted meanwhile: nothing to share.
+        let Some(committed) = committed else {
+            return Ok(());
+        };
+        let mut upload =
+            WriteMultipart::new_with_chunk_size(self.store.put_multipart(&path).await?, PART);
+        let mut at = 0;
+        while at < committed.size {
+            let len = (committed.size - at).min(PART as u64) as usize;
+            let file = committed.file.clone();
+            let part = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0; len];
+                file.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
+            })
+            .await
+            .map_err(|e| generic(std::io::Error::other(e)))?;
+            let part = match part {
+                Ok(part) => part,
+                Err(e) => {
+                    upload.abort().await?;
+                    return Err(generic(e));
+                }
+            };
+            upload.wait_for_capacity(1).await?;
+            upload.put(part);
+            at += len as u64;
+        }
+        match upload.finish().await {
+            Ok(_) => {
+                self.count("put", "uploaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.count("put", "error");
+                Err(e)
+            }
+        }
+    }
+}
+
+impl SharedTier {
+    /// Feeds a fill from the tier's body of `digest`: what the fill's verification refuses is
+    /// deleted from the bucket, so no node is handed it again.
+    pub(super) async fn feed(
+        self: Arc<Self>,
+        body: SharedBody,
+        writer: FillWriter,
+        digest: Digest,
+        received: IntCounter,
+    ) {
+        writer.start(Some(body.size)).await;
+        let mut piece = writer.segment(0);
+        let mut stream = body.stream;
+        loop {
+            // What came goes to the fill's readers whenever the tier pauses.
+            let next = match stream.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    if piece.flush().await.is_err() {
+                        return;
+                    }
+                    stream.next().await
+                }
+            };
+            match next {
+                Some(Ok(chunk)) => {
+                    received.inc_by(chunk.len() as u64);
+                    // A cache error: the fill knows, and tells its readers.
+                    if piece.write(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(%digest, error = %e, "the shared tier's body broke off");
+                    writer.fail(SourceFailure::new(e)).await;
+                    return;
+                }
+                None => break,
+            }
+        }
+        if piece.flush().await.is_err() {
+            return;
+        }
+        match writer.finish().await {
+            Ok(()) => tracing::debug!(%digest, "blob cached from the shared tier"),
+            Err(e) if e.is_verification_failure() => {
+                self.count("get", "refused");
+                tracing::warn!(%digest, error = %e, "the shared tier's copy failed verification; deleting it");
+                if let Err(e) = self.store.delete(&self.path(&digest)).await {
+                    tracing::warn!(%digest, error = %e, "the bad copy could not be deleted");
+                }
+            }
+            Err(e) => tracing::debug!(%digest, error = %e, "a fill from the shared tier stopped"),
+        }
+    }
+}
+
+fn generic(e: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "wharf cache",
+        source: Box::new(e),
+    }
+}

@@ -1,0 +1,31 @@
+//! `[cache.shared]`: an S3-compatible bucket below the local disk (Garage, MinIO, Ceph RGW,
+//! S3), holding verified blobs by digest for every node that shares it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedConfig {
+    /// The S3 API's base URL, e.g. `http://garage:3900` or `https://s3.eu-west-1.amazonaws.com`.
+    pub endpoint: Url,
+    pub bucket: String,
+    /// The region the bucket's requests are signed for (Garage: its `s3_region`).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Where under the bucket wharf keeps its objects (`<prefix>blobs/sha256/<hex>`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    pub access_key_id: String,
+    /// The secret key: the first line of this file.
+    pub secret_access_key_file: PathBuf,
+    /// CAs to trust besides the system's, for an https endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}

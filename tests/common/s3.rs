@@ -1,0 +1,236 @@
+//! A fake S3-compatible object store: what `object_store`'s S3 client asks of the shared tier
+//! (path-style GET, HEAD, PUT, DELETE and multipart uploads), kept in memory, signatures
+//! unchecked. Tests put objects in and look at them directly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub const BUCKET: &str = "wharf";
+
+#[derive(Default)]
+struct Objects {
+    /// Key (without the bucket) → body.
+    stored: HashMap<String, Bytes>,
+    /// Upload id → its key and parts.
+    uploads: HashMap<String, (String, BTreeMap<u32, Bytes>)>,
+    next_upload: u64,
+    /// Requests by method, for assertions.
+    requests: Vec<(Method, String)>,
+}
+
+pub struct FakeS3 {
+    pub addr: SocketAddr,
+    objects: Arc<Mutex<Objects>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeS3 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeS3 {
+    pub async fn start() -> FakeS3 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let objects: Arc<Mutex<Objects>> = Arc::default();
+        let state = objects.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(respond(&state, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeS3 {
+            addr,
+            objects,
+            task,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The object stored under `key`, if any.
+    pub fn object(&self, key: &str) -> Option<Bytes> {
+        self.objects.lock().unwrap().stored.get(key).cloned()
+    }
+
+    pub fn put_object(&self, key: &str, body: Bytes) {
+        self.objects
+            .lock()
+            .unwrap()
+            .stored
+            .insert(key.to_owned(), body);
+    }
+
+    /// Requests with `method` whose path holds `fragment`.
+    pub fn count(&self, method: &str, fragment: &str) -> usize {
+        let objects = self.objects.lock().unwrap();
+        objects
+            .requests
+            .iter()
+            .filter(|(m, p)| m.as_str() == method && p.contains(fragment))
+            .count()
+    }
+}
+
+/// The key of a blob in the tier, as wharf lays it out (no prefix).
+pub fn blob_key(digest: &str) -> String {
+    format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))
+}
+
+fn answer(
+    status: u16,
+    headers: &[(&str, String)],
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::builder().status(status);
+    for (k, v) in headers {
+        r = r.header(*k, v);
+    }
+    r.body(Full::new(body.into())).unwrap()
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    answer(
+        404,
+        &[("content-type", "application/xml".into())],
+        "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>no such key</Message></Error>",
+    )
+}
+
+async fn respond(state: &Mutex<Objects>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let mut objects = state.lock().unwrap();
+    objects.requests.push((method.clone(), path.clone()));
+    let Some(key) = path
+        .strip_prefix(&format!("/{BUCKET}/"))
+        .map(percent_decode)
+    else {
+        return not_found();
+    };
+    let meta = |len: usize| {
+        vec![
+            ("content-length", len.to_string()),
+            ("etag", format!("\"{len}\"")),
+            (
+                "last-modified",
+                httpdate::fmt_http_date(std::time::SystemTime::now()),
+            ),
+        ]
+    };
+    match (
+        method.as_str(),
+        query.get("uploadId"),
+        query.contains_key("uploads"),
+    ) {
+        ("GET" | "HEAD", None, false) => match objects.stored.get(&key) {
+            Some(found) => {
+                let body = if method == Method::HEAD {
+                    Bytes::new()
+                } else {
+                    found.clone()
+                };
+                let mut r = answer(200, &meta(found.len()), body);
+                if method == Method::HEAD {
+                    *r.body_mut() = Full::new(Bytes::new());
+                }
+                r
+            }
+            None => not_found(),
+        },
+        ("PUT", None, false) => {
+            objects.stored.insert(key, body);
+            answer(200, &[("etag", "\"put\"".into())], "")
+        }
+        ("DELETE", None, false) => {
+            objects.stored.remove(&key);
+            answer(204, &[], "")
+        }
+        ("POST", None, true) => {
+            objects.next_upload += 1;
+            let id = format!("upload-{}", objects.next_upload);
+            objects
+                .uploads
+                .insert(id.clone(), (key.clone(), BTreeMap::new()));
+            answer(
+                200,
+                &[("content-type", "application/xml".into())],
+                format!(
+                    "<?xml version=\"1.0\"?><InitiateMultipartUploadResult><Bucket>{BUCKET}</Bucket>\
+                     <Key>{key}</Key><UploadId>{id}</UploadId></InitiateMultipartUploadResult>"
+                ),
+            )
+        }
+        ("PUT", Some(id), false) => {
+            let number: u32 = query["partNumber"].parse().unwrap();
+            let Some((_, parts)) = objects.uploads.get_mut(id) else {
+                return not_found();
+            };
+            parts.insert(number, body);
+            answer(200, &[("etag", format!("\"part-{number}\""))], "")
+        }
+        ("POST", Some(id), false) => {
+            let Some((key, parts)) = objects.uploads.remove(id) else {
+                return not_found();
+            };
+            let whole: Vec<u8> = parts.values().flat_map(|p| p.iter().copied()).collect();
+            objects.stored.insert(key.clone(), Bytes::from(whole));
+            answer(
+                200,
+                &[("content-type", "application/xml".into())],
+                format!(
+                    "<?xml version=\"1.0\"?><CompleteMultipartUploadResult><Bucket>{BUCKET}</Bucket>\
+                     <Key>{key}</Key><ETag>\"whole\"</ETag></CompleteMultipartUploadResult>"
+                ),
+            )
+        }
+        ("DELETE", Some(id), false) => {
+            objects.uploads.remove(id);
+            answer(204, &[], "")
+        }
+        _ => answer(400, &[], "unsupported"),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("k={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
