@@ -6,13 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use tokio::net::TcpListener;
 use wharf::config::{ClusterConfig, PeerConfig};
 
-use crate::common::link::Link;
-use crate::common::{config, eventually, random_bytes, FakeRegistry, Hold, Wharf};
-
-const TOKEN: &str = "peer-token-0123456789abcdef";
+use crate::common::cluster::{
+    owned_by_first, owners, pull_everywhere, start_cluster, NAMES, TOKEN,
+};
+use crate::common::{eventually, random_bytes, FakeRegistry, Hold, Wharf};
 
 fn cluster(dir: &Path) -> ClusterConfig {
     let peer_token_file = dir.join("peer-token");
@@ -31,79 +30,6 @@ fn cluster(dir: &Path) -> ClusterConfig {
         ],
     )
 }
-
-/// Nodes of one cluster on loopback, each reached by its peers through a link the test can cut.
-struct Cluster {
-    nodes: Vec<Wharf>,
-    links: Vec<Link>,
-    /// Holds the peer token.
-    _dir: tempfile::TempDir,
-}
-
-/// Nodes named `names`, each in front of `upstream`.
-async fn start_cluster(upstream: &FakeRegistry, names: &[&str]) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let peer_token_file = dir.path().join("peer-token");
-    std::fs::write(&peer_token_file, format!("{TOKEN}\n")).unwrap();
-    let mut listeners = Vec::new();
-    let mut link_listeners = Vec::new();
-    for _ in names {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-        link_listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let peers: Vec<PeerConfig> = names
-        .iter()
-        .zip(&link_listeners)
-        .map(|(name, link)| PeerConfig {
-            name: (*name).into(),
-            url: format!("http://{}", link.local_addr().unwrap())
-                .parse()
-                .unwrap(),
-        })
-        .collect();
-    let mut nodes = Vec::new();
-    let mut links = Vec::new();
-    for ((name, listener), link) in names.iter().zip(listeners).zip(link_listeners) {
-        links.push(Link::start(link, listener.local_addr().unwrap()));
-        let cache = tempfile::tempdir().unwrap();
-        let mut config = config(upstream, cache.path());
-        config.cluster = Some(ClusterConfig::new(
-            name,
-            peer_token_file.clone(),
-            peers.clone(),
-        ));
-        nodes.push(Wharf::start_on(listener, config, cache, reqwest::Client::new()).await);
-    }
-    Cluster {
-        nodes,
-        links,
-        _dir: dir,
-    }
-}
-
-/// The nodes of `names` in the order they own `digest`.
-fn owners(names: &[&str], digest: &str) -> Vec<usize> {
-    wharf::cluster::ring::order(names.iter().copied(), &digest.parse().unwrap())
-}
-
-/// Asks every node for every blob at once; each answer must be the blob.
-async fn pull_everywhere(nodes: &[&Wharf], blobs: &[(String, bytes::Bytes)]) {
-    let pulls = nodes.iter().flat_map(|node| {
-        blobs.iter().map(move |(digest, bytes)| async move {
-            let r = node.get(&format!("/v2/library/x/blobs/{digest}")).await;
-            assert_eq!(r.status(), 200, "{digest} from {}", node.addr);
-            assert_eq!(
-                r.bytes().await.unwrap(),
-                *bytes,
-                "{digest} from {}",
-                node.addr
-            );
-        })
-    });
-    join_all(pulls).await;
-}
-
-const NAMES: [&str; 3] = ["a", "b", "c"];
 
 #[tokio::test]
 async fn three_nodes_fetch_each_blob_from_the_upstream_once_through_its_owner() {
@@ -261,17 +187,6 @@ async fn a_dead_owner_is_passed_over_and_the_cluster_still_fetches_once() {
     assert!(fallbacks >= 1.0);
     let ready: serde_json::Value = living[0].get("/readyz").await.json().await.unwrap();
     assert_eq!(ready["cluster"][0]["up"], false, "{ready}");
-}
-
-/// A blob owned by the first of `NAMES`, of `len` bytes.
-fn owned_by_first(len: usize, seed: u64) -> (String, bytes::Bytes) {
-    (seed..)
-        .map(|seed| {
-            let bytes = random_bytes(len, seed);
-            (crate::common::sha256(&bytes), bytes)
-        })
-        .find(|(digest, _)| owners(&NAMES, digest)[0] == 0)
-        .unwrap()
 }
 
 #[tokio::test]

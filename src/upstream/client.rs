@@ -4,8 +4,6 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use std::path::PathBuf;
-
 use bytes::{Bytes, BytesMut};
 use prometheus::{IntCounter, IntCounterVec};
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, RANGE};
@@ -16,7 +14,7 @@ use url::Url;
 use super::auth::{authorization_value, realm_hosts, Challenge, TokenCache, UpstreamCredentials};
 use super::backoff::{self, Backoff};
 use super::bandwidth::Bandwidth;
-use super::connect::Connect;
+use super::connect::{Connect, Relay};
 use super::error::{classify, SetupError, UpstreamError};
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
@@ -40,20 +38,6 @@ impl Kind {
             Kind::Listing => "listing",
         }
     }
-}
-
-/// A registry reached through another wharf node (a peer of its cluster): the node is asked
-/// the same pull API with `?ns=<upstream>`, carrying the headers that admit this node as its
-/// peer. The upstream's credentials, bandwidth cap and places stay with whichever node fetches
-/// from the upstream itself.
-pub struct Relay {
-    /// The peer's name, for metrics and logs.
-    pub peer: String,
-    pub url: Url,
-    /// Sent with every request; their values are marked sensitive.
-    pub headers: Vec<(&'static str, String)>,
-    pub ca_file: Option<PathBuf>,
-    pub connect_timeout: Duration,
 }
 
 /// How wharf talks to one upstream.

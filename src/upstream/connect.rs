@@ -1,10 +1,26 @@
-//! The HTTP client under one upstream: the CAs it trusts, its timeouts, and which redirects it
-//! follows.
+//! The HTTP client under one upstream: the CAs it trusts, its timeouts, which redirects it
+//! follows, and the peer node it may be reached through.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use url::Url;
+
 use super::error::{CaBundleError, SetupError};
+
+/// A registry reached through another wharf node (a peer of its cluster): the node is asked
+/// the same pull API with `?ns=<upstream>`, carrying the headers that admit this node as its
+/// peer. The upstream's credentials, bandwidth cap and places stay with whichever node fetches
+/// from the upstream itself.
+pub struct Relay {
+    /// The peer's name, for metrics and logs.
+    pub peer: String,
+    pub url: Url,
+    /// Sent with every request; their values are marked sensitive.
+    pub headers: Vec<(&'static str, String)>,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
 
 /// How the pooled client of one upstream (or of a peer it is reached through) connects.
 pub(super) struct Connect<'a> {

@@ -9,6 +9,7 @@ mod client;
 mod connect;
 mod error;
 mod login;
+mod ranges;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,9 +21,8 @@ use reqwest::Method;
 pub use auth::Challenge;
 pub use backoff::{as_retry_after, parse_retry_after};
 pub use blob::{BlobStream, Span};
-pub use client::Relay;
 use client::{header, read_capped, Client, Kind};
-pub use connect::ca_bundle;
+pub use connect::{ca_bundle, Relay};
 pub use error::{CaBundleError, SetupError, UpstreamError};
 
 use crate::config::UpstreamConfig;

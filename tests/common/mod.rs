@@ -1,11 +1,13 @@
 //! The test harness: a fake upstream registry with fault switches and request counters
 //! (`registry`), the real wharf started on 127.0.0.1:0 from a config built in Rust (`app`) or as
-//! a child process (`child`), what a cache directory holds on disk (`disk`), a TCP link a test can cut (`link`),
-//! certificates
-//! (`pki`), captured logs (`logs`), a fake S3 object store (`s3`), and a reader of multipart/byteranges bodies (`multipart`).
+//! a child process (`child`), nodes of one cluster (`cluster`), what a cache directory holds on
+//! disk (`disk`), a TCP link a test can cut (`link`), certificates (`pki`), captured logs
+//! (`logs`), a fake S3 object store (`s3`), and a reader of multipart/byteranges bodies
+//! (`multipart`).
 
 pub mod app;
 pub mod child;
+pub mod cluster;
 pub mod disk;
 pub mod link;
 pub mod logs;
