@@ -44,6 +44,7 @@ write_shared_node_config() {
     local key_id secret
     key_id=$(awk '/Key ID:/ {print $NF; exit}' "$WORK/garage-key.txt")
     secret=$(awk '/Secret key:/ {print $NF; exit}' "$WORK/garage-key.txt")
+    printf '%s\n' "$key_id" >"$WORK/garage-access-key"
     printf '%s\n' "$secret" >"$WORK/garage-secret"
     chmod 600 "$WORK/garage-secret"
     cat >"$WORK/$1.toml" <<CONF
@@ -57,8 +58,8 @@ dir = "$WORK/cache-$1"
 endpoint = "http://127.0.0.1:$GARAGE_S3_PORT"
 bucket = "wharf"
 region = "garage"
-access_key_id = "$key_id"
-secret_access_key_file = "$WORK/garage-secret"
+access_key_file = "$WORK/garage-access-key"
+secret_key_file = "$WORK/garage-secret"
 
 [[upstream]]
 name = "docker.io"

@@ -11,15 +11,17 @@ use crate::common::s3::{blob_key, FakeS3, BUCKET};
 use crate::common::{eventually, random_bytes, FakeRegistry, Wharf, MIB};
 
 fn shared(s3: &FakeS3, dir: &Path) -> SharedConfig {
-    let secret = dir.join("s3-secret");
-    std::fs::write(&secret, "test-secret-key\n").unwrap();
+    let (access_key_file, secret_key_file) = (dir.join("s3-access-key"), dir.join("s3-secret"));
+    std::fs::write(&access_key_file, "GKtest\n").unwrap();
+    std::fs::write(&secret_key_file, "test-secret-key\n").unwrap();
     SharedConfig {
         endpoint: s3.endpoint().parse().unwrap(),
         bucket: BUCKET.into(),
         region: "garage".into(),
         prefix: String::new(),
-        access_key_id: "GKtest".into(),
-        secret_access_key_file: secret,
+        path_style: true,
+        access_key_file,
+        secret_key_file,
         ca_file: None,
     }
 }
@@ -123,5 +125,30 @@ async fn a_bad_copy_in_the_shared_tier_is_refused_and_deleted() {
             s3.object(&blob_key(&digest)).is_some_and(|o| o == blob)
         })
         .await
+    );
+}
+
+#[tokio::test]
+async fn a_bucket_that_does_not_answer_costs_a_pull_nothing_but_a_try() {
+    let upstream = FakeRegistry::start().await;
+    let s3 = FakeS3::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = random_bytes(MIB, 73);
+    let digest = upstream.add_blob(blob.clone());
+    let mut config = shared(&s3, dir.path());
+    // Nothing listens there.
+    config.endpoint = "http://127.0.0.1:1".parse().unwrap();
+    let node = Wharf::start(&upstream, |c| c.cache.shared = Some(config)).await;
+    let r = node.get(&format!("/v2/library/x/blobs/{digest}")).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap() == blob);
+    assert_eq!(upstream.count("GET", &digest), 1);
+    assert_eq!(
+        node.metric(
+            "wharf_shared_requests_total",
+            &["op=\"get\"", "result=\"error\""]
+        )
+        .await,
+        1.0
     );
 }

@@ -18,12 +18,20 @@ pub struct SharedConfig {
     /// Where under the bucket wharf keeps its objects (`<prefix>blobs/sha256/<hex>`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
-    pub access_key_id: String,
+    /// `<endpoint>/<bucket>/<key>` (Garage, MinIO, Ceph); false: `<bucket>.<endpoint host>`.
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    /// The access key ID: the first line of this file.
+    pub access_key_file: PathBuf,
     /// The secret key: the first line of this file.
-    pub secret_access_key_file: PathBuf,
+    pub secret_key_file: PathBuf,
     /// CAs to trust besides the system's, for an https endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_region() -> String {

@@ -200,10 +200,11 @@ fn a_cluster_that_cannot_agree_on_owners_is_refused() {
 #[test]
 fn a_shared_tier_names_its_bucket() {
     let text = "[cache.shared]\nendpoint = \"http://garage:3900\"\nbucket = \"wharf\"\n\
-                access_key_id = \"GK1\"\nsecret_access_key_file = \"/etc/wharf/s3-secret\"\n";
+                access_key_file = \"/etc/wharf/s3-access-key\"\nsecret_key_file = \"/etc/wharf/s3-secret-key\"\n";
     let shared = Config::parse(text).unwrap().cache.shared.unwrap();
     assert_eq!(shared.region, "us-east-1", "the default");
     assert_eq!(shared.prefix, "");
+    assert!(shared.path_style, "the default");
     let err = Config::parse(&text.replace("http://garage:3900", "ftp://garage"))
         .unwrap_err()
         .to_string();

@@ -72,8 +72,8 @@ impl Config {
                     "cache.shared.endpoint must be http:// or https:// with a host".into(),
                 );
             }
-            if shared.bucket.is_empty() || shared.access_key_id.is_empty() {
-                return invalid("cache.shared: bucket and access_key_id must not be empty".into());
+            if shared.bucket.is_empty() {
+                return invalid("cache.shared.bucket must not be empty".into());
             }
         }
         if self.cache.max_size.bytes() == 0 {
@@ -124,8 +124,8 @@ impl Config {
             }))
             .chain(self.cache.shared.iter().map(|s| {
                 (
-                    "cache.shared.secret_access_key_file".to_owned(),
-                    s.secret_access_key_file.as_path(),
+                    "cache.shared.secret_key_file".to_owned(),
+                    s.secret_key_file.as_path(),
                 )
             }))
             .chain(self.server.auth.iter().flat_map(|a| {

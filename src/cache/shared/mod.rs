@@ -7,13 +7,14 @@
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
 use futures_util::FutureExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, WriteMultipart};
+use object_store::{ClientOptions, ObjectStore, RetryConfig, WriteMultipart};
 use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::Semaphore;
 
@@ -27,6 +28,9 @@ use crate::oci::Digest;
 const PART: usize = 8 * 1024 * 1024;
 /// Uploads at once: they run beside the serving, and must not take its disk or network.
 const UPLOADS: usize = 2;
+/// How long a connection to the bucket may take, and how long a request is retried for.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const RETRY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why the shared tier could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +68,18 @@ impl SharedTier {
                 source,
             })
         };
-        let secret = read("secret_access_key_file", &config.secret_access_key_file)?;
-        let secret = String::from_utf8_lossy(&secret);
-        let mut options = ClientOptions::new().with_allow_http(config.endpoint.scheme() == "http");
+        let first_line = |what, path| {
+            let text = read(what, path)?;
+            let text = String::from_utf8_lossy(&text);
+            Ok::<_, SharedSetupError>(text.lines().next().unwrap_or("").trim().to_owned())
+        };
+        let access_key = first_line("access_key_file", &config.access_key_file)?;
+        let secret = first_line("secret_key_file", &config.secret_key_file)?;
+        // A bucket that does not answer is passed over for the owner or the upstream: it must
+        // cost a pull little, so connections and retries are short.
+        let mut options = ClientOptions::new()
+            .with_allow_http(config.endpoint.scheme() == "http")
+            .with_connect_timeout(CONNECT_TIMEOUT);
         if let Some(ca) = &config.ca_file {
             for certificate in object_store::Certificate::from_pem_bundle(&read("ca_file", ca)?)? {
                 options = options.with_root_certificate(certificate);
@@ -76,10 +89,15 @@ impl SharedTier {
             .with_endpoint(config.endpoint.as_str().trim_end_matches('/'))
             .with_bucket_name(&config.bucket)
             .with_region(&config.region)
-            .with_access_key_id(&config.access_key_id)
-            .with_secret_access_key(secret.lines().next().unwrap_or("").trim())
-            .with_virtual_hosted_style_request(false)
+            .with_access_key_id(access_key)
+            .with_secret_access_key(secret)
+            .with_virtual_hosted_style_request(!config.path_style)
             .with_client_options(options)
+            .with_retry(RetryConfig {
+                max_retries: 2,
+                retry_timeout: RETRY_TIMEOUT,
+                ..RetryConfig::default()
+            })
             .build()?;
         Ok(SharedTier {
             store: Arc::new(store),
