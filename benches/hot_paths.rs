@@ -116,7 +116,9 @@ fn cache_hits(c: &mut Criterion) {
         let Ok(BlobLookup::Started(_, writer)) = cache.blob(&digest).await else {
             panic!("a new cache holds nothing")
         };
-        writer.start(Some(bytes.len() as u64)).await;
+        writer
+            .start(Some(bytes.len() as u64), wharf::metrics::Source::Upstream)
+            .await;
         let mut piece = writer.segment(0);
         piece.write(&bytes).await.unwrap();
         piece.flush().await.unwrap();

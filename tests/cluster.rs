@@ -67,6 +67,16 @@ async fn three_nodes_fetch_each_blob_from_the_upstream_once_through_its_owner() 
         }
         assert_eq!(node.metric("wharf_peer_fallbacks_total", &[]).await, 0.0);
     }
+    // What a node served while its owner fed its fill counts as from a peer.
+    let from_peers: f64 = join_all(
+        nodes
+            .iter()
+            .map(|n| n.metric("wharf_served_bytes_total", &["source=\"peer\""])),
+    )
+    .await
+    .into_iter()
+    .sum();
+    assert!(from_peers > 0.0);
     // And each keeps its own copy: a second round is all hits, asking no one.
     pull_everywhere(&nodes.iter().collect::<Vec<_>>(), &blobs).await;
     for (digest, _) in &blobs {

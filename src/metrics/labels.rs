@@ -109,6 +109,10 @@ impl RangeKind {
 pub enum Source {
     Cache,
     Upstream,
+    /// A fill fed by the digest's owner peer.
+    Peer,
+    /// A fill fed by the shared tier.
+    Shared,
 }
 
 impl Source {
@@ -116,6 +120,8 @@ impl Source {
         match self {
             Source::Cache => "cache",
             Source::Upstream => "upstream",
+            Source::Peer => "peer",
+            Source::Shared => "shared",
         }
     }
 }

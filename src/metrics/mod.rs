@@ -136,7 +136,7 @@ impl Metrics {
             served_bytes: counter_vec(
                 &registry,
                 "wharf_served_bytes_total",
-                "Body bytes sent to clients, by source (cache|upstream)",
+                "Body bytes sent to clients, by source (cache|upstream|peer|shared)",
                 &["source"],
             ),
             file_range_bytes: counter_vec(

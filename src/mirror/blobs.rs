@@ -9,14 +9,14 @@ use futures_util::FutureExt;
 
 use super::access::Content;
 use super::feed::Fed;
-use super::owners::{ask_owner_first, owner_sources, Origin, Source};
+use super::owners::{ask_owner_first, owner_sources, Origin, Owner};
 use super::passthrough::Passthrough;
 use super::side::{SideBody, SideSource};
 use super::state::Mirror;
 use crate::body::Chunk;
 use crate::cache::{BlobHeld, BlobLookup, BlobReader, CachedBlob, Fill, FillWriter, SourceFailure};
 use crate::error::{ClientError, Error};
-use crate::metrics::{BypassReason, CacheResult, ContentKind};
+use crate::metrics::{BypassReason, CacheResult, ContentKind, Source};
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{Span, Upstream, UpstreamError};
 
@@ -26,6 +26,8 @@ pub struct BlobAnswer {
     /// `None` when the upstream sent no length (the body is then streamed to its end).
     pub size: Option<u64>,
     pub result: CacheResult,
+    /// Where the bytes come from, for the count of bytes served.
+    pub source: Source,
     pub bytes: BlobBytes,
 }
 
@@ -139,6 +141,7 @@ impl Mirror {
                 return Ok(BlobAnswer {
                     size: Some(blob.size()),
                     result: CacheResult::Hit,
+                    source: Source::Cache,
                     bytes: BlobBytes::Ranged(RangedBlob(Ranged::Cached(blob))),
                 });
             }
@@ -184,6 +187,7 @@ impl Mirror {
                 return Ok(BlobAnswer {
                     size: Some(size),
                     result,
+                    source: fill.source(),
                     bytes: BlobBytes::Ranged(RangedBlob(Ranged::Filling(fill, Box::new(side)))),
                 });
             }
@@ -198,6 +202,7 @@ impl Mirror {
                 Ok(BlobAnswer {
                     size,
                     result,
+                    source: fill.source(),
                     bytes: BlobBytes::Ranged(RangedBlob(Ranged::Filling(fill, Box::new(side)))),
                 })
             }
@@ -228,6 +233,7 @@ impl Mirror {
         Ok(BlobAnswer {
             size: passthrough.length(),
             result: CacheResult::Miss,
+            source: Source::Upstream,
             bytes: BlobBytes::Whole(BlobBody::Upstream(Box::new(passthrough))),
         })
     }
@@ -237,7 +243,7 @@ impl Mirror {
     async fn run_fill(
         &self,
         upstream: &Arc<Upstream>,
-        sources: &[Source],
+        sources: &[Owner],
         repo: &RepoName,
         digest: &Digest,
         writer: FillWriter,
@@ -272,7 +278,7 @@ impl Mirror {
     async fn feed_fill(
         &self,
         upstream: &Arc<Upstream>,
-        sources: &[Source],
+        sources: &[Owner],
         repo: &RepoName,
         digest: &Digest,
         writer: FillWriter,
@@ -313,7 +319,11 @@ impl Mirror {
             if from == 0 {
                 self.access.record(upstream, repo, digest);
                 total = answer.answer.total();
-                writer.start(total).await;
+                let from = match answer.sources_after {
+                    Some(_) => Source::Peer,
+                    None => Source::Upstream,
+                };
+                writer.start(total, from).await;
             }
             let fed =
                 super::feed::feed(&answer.via, repo, digest, answer.answer, &writer, from).await;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::access::Content;
 use super::flights::Role;
-use super::owners::{ask_owner_first, owner_sources, Origin, Source};
+use super::owners::{ask_owner_first, owner_sources, Origin, Owner};
 use super::state::Mirror;
 use crate::cache::{self, TagKey, Variant};
 use crate::error::{ClientError, Error};
@@ -297,7 +297,7 @@ impl Mirror {
     async fn fetch_manifest(
         self: &Arc<Self>,
         upstream: &Arc<Upstream>,
-        sources: Vec<Source>,
+        sources: Vec<Owner>,
         repo: &RepoName,
         reference: &Reference,
         accept: &Accept,
@@ -329,7 +329,7 @@ impl Mirror {
     async fn fetch_and_store_manifest(
         &self,
         upstream: &Arc<Upstream>,
-        sources: &[Source],
+        sources: &[Owner],
         repo: &RepoName,
         reference: &Reference,
         accept: &Accept,

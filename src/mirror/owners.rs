@@ -26,7 +26,7 @@ pub enum Origin {
 }
 
 /// A peer to ask before the upstream, and the upstream as reached through it.
-pub(super) struct Source {
+pub(super) struct Owner {
     node: usize,
     pub(super) via: Arc<Upstream>,
 }
@@ -79,13 +79,13 @@ impl Owners {
     }
 
     /// The peers to ask for `digest` of `upstream` before the upstream itself, best first.
-    pub(super) fn sources(&self, upstream: &Upstream, digest: &Digest) -> Vec<Source> {
+    pub(super) fn sources(&self, upstream: &Upstream, digest: &Digest) -> Vec<Owner> {
         self.members
             .ahead_of_me(digest)
             .into_iter()
             .filter_map(|node| {
                 let via = self.through[node].get(upstream.name())?.clone();
-                Some(Source { node, via })
+                Some(Owner { node, via })
             })
             .collect()
     }
@@ -110,7 +110,7 @@ impl Owners {
     /// `source` failed with `e`: counted, marked down if the failure is its own (down, or
     /// failing on its side; a refusal, such as a token that differs, is the operator's to fix
     /// and is logged, but the peer still answers), and logged.
-    pub(super) fn pass_over(&self, source: &Source, e: &UpstreamError, to_peer: bool) {
+    pub(super) fn pass_over(&self, source: &Owner, e: &UpstreamError, to_peer: bool) {
         self.count(source.node, "failed");
         if e.is_transient() {
             self.members.report(source.node, false);
@@ -136,7 +136,7 @@ pub(super) fn owner_sources(
     origin: Origin,
     upstream: &Upstream,
     digest: &Digest,
-) -> Vec<Source> {
+) -> Vec<Owner> {
     match (owners, origin) {
         (Some(owners), Origin::Client) => owners.sources(upstream, digest),
         _ => Vec::new(),
@@ -157,7 +157,7 @@ pub(super) struct Answer<T> {
 /// passes the peer over.
 pub(super) async fn ask_owner_first<T, F, Fut>(
     owners: Option<&Owners>,
-    sources: &[Source],
+    sources: &[Owner],
     upstream: &Arc<Upstream>,
     ask: F,
 ) -> Result<Answer<T>, UpstreamError>

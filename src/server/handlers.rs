@@ -186,7 +186,7 @@ async fn blob_get(
     let headers = |content_type: &str| {
         blob_headers(digest, content_type).header("x-wharf-cache", result.as_str())
     };
-    let delivery = Delivery::new(state.metrics.served_counter(source_of(result)), zero_copy);
+    let delivery = Delivery::new(state.metrics.served_counter(answer.source), zero_copy);
     // A range needs the size; without one (no upstream length), or when the bytes come
     // straight from the upstream, the whole blob is sent.
     let (blob, size) = match (answer.bytes, answer.size) {

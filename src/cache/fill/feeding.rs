@@ -2,6 +2,7 @@
 //! out, which gather the source's chunks into buffers and queue them for the writer task within
 //! a byte budget.
 
+use crate::metrics::Source;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ pub(super) const WRITE_BUDGET: usize = 2 * 1024 * 1024;
 
 /// What the feeding end tells the writer task.
 pub(super) enum Message {
-    Start(Option<u64>),
+    Start(Option<u64>, Source),
     Piece(Piece),
     Finish(oneshot::Sender<Result<(), Error>>),
     Fail(SourceFailure),
@@ -73,9 +74,10 @@ pub struct FillWriter {
 }
 
 impl FillWriter {
-    /// The source answered; `total` is its declared length.
-    pub async fn start(&self, total: Option<u64>) {
-        let _ = self.pieces.tx.send(Message::Start(total)).await;
+    /// The source answered; `total` is its declared length, `from` where the bytes come from
+    /// (for the count of bytes served by source).
+    pub async fn start(&self, total: Option<u64>, from: Source) {
+        let _ = self.pieces.tx.send(Message::Start(total, from)).await;
     }
 
     /// A writer of the piece of the blob from `start`. Every piece must have been written and

@@ -65,6 +65,11 @@ impl Fill {
         }
     }
 
+    /// Where the fill's bytes come from, once it has started.
+    pub fn source(&self) -> crate::metrics::Source {
+        self.progress.borrow().from
+    }
+
     /// Waits for the fill's verdict: verified, failed, or stopped without one.
     pub async fn verdict(&self) -> Result<(), Error> {
         let mut rx = self.progress.clone();
@@ -345,7 +350,9 @@ mod tests {
         // Committed.
         let digest = Digest::sha256_of(&blob);
         let writer = started(&digest);
-        writer.start(Some(blob.len() as u64)).await;
+        writer
+            .start(Some(blob.len() as u64), crate::metrics::Source::Upstream)
+            .await;
         let mut segment = writer.segment(0);
         segment.write(&blob).await.unwrap();
         segment.flush().await.unwrap();

@@ -1,5 +1,6 @@
 //! What a fill publishes to its readers on a `watch` channel: how far it got, and its verdict.
 
+use crate::metrics::Source;
 use std::time::Instant;
 
 use crate::cache::error::Error;
@@ -31,6 +32,8 @@ pub struct Progress {
     pub state: FillState,
     /// When the first byte could arrive: how fast the fill goes is measured from here.
     pub streaming_since: Option<Instant>,
+    /// Where the bytes come from.
+    pub from: Source,
 }
 
 impl Progress {
@@ -40,6 +43,7 @@ impl Progress {
             written: 0,
             state: FillState::Connecting,
             streaming_since: None,
+            from: Source::Upstream,
         }
     }
 }

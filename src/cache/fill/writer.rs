@@ -19,6 +19,7 @@ use super::progress::{FillState, Progress};
 use super::window::NewestBytes;
 use crate::cache::error::{check_blob, Error};
 use crate::cache::store::{Committed, EntryKey, FillRoom, Store};
+use crate::metrics::Source;
 use crate::oci::{Digest, Verifier};
 
 /// Messages in the writer's queue (the byte budget is what really bounds it).
@@ -171,7 +172,7 @@ impl WriteJob {
     }
 
     /// The source answered: claims room for the declared length and tells the readers.
-    fn start(&mut self, declared: Option<u64>) -> Result<(), Error> {
+    fn start(&mut self, declared: Option<u64>, from: Source) -> Result<(), Error> {
         // Refuse before the first byte, while every reader can still be served another way,
         // rather than fail half-way when the disk runs out.
         // The filesystem allocates the whole blob at once, instead of a few pages at every
@@ -184,6 +185,7 @@ impl WriteJob {
         }
         self.progress.send_modify(|p| {
             p.total = declared;
+            p.from = from;
             p.state = FillState::Streaming;
             p.streaming_since = Some(std::time::Instant::now());
         });
@@ -298,9 +300,9 @@ impl Writing {
                 None => self.rx.recv().await,
             };
             match message {
-                Some(Message::Start(declared)) => {
+                Some(Message::Start(declared, from)) => {
                     let started;
-                    (self, started) = self.on_disk(move |w| w.job.start(declared)).await?;
+                    (self, started) = self.on_disk(move |w| w.job.start(declared, from)).await?;
                     if let Err(e) = started {
                         return Some((self.job, Received::Failed(e)));
                     }

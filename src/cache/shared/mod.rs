@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use super::store::Store;
 use super::{FillWriter, SourceFailure};
 use crate::config::SharedConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Source};
 use crate::oci::Digest;
 
 /// Parts of an upload: S3's least part is 5 MiB; an upload holds about two parts of memory.
@@ -213,7 +213,7 @@ impl SharedTier {
         digest: Digest,
         received: IntCounter,
     ) {
-        writer.start(Some(body.size)).await;
+        writer.start(Some(body.size), Source::Shared).await;
         let mut piece = writer.segment(0);
         let mut stream = body.stream;
         loop {
