@@ -90,6 +90,57 @@ async fn three_nodes_fetch_each_blob_from_the_upstream_once_through_its_owner() 
 }
 
 #[tokio::test]
+async fn sixteen_clients_over_three_nodes_on_one_cold_blob_cost_one_upstream_get() {
+    let upstream = FakeRegistry::start().await;
+    let blob = random_bytes(2 * 1024 * 1024, 61);
+    let digest = upstream.add_blob(blob.clone());
+    // The owner's fill waits at its first byte until every client has joined a fill.
+    let hold = Hold::after(0).only(&digest);
+    upstream.faults().hold = Some(hold.clone());
+    let cluster = start_cluster(&upstream, &NAMES).await;
+    let nodes = &cluster.nodes;
+    let path = format!("/v2/library/x/blobs/{digest}");
+    let pulls: Vec<_> = (0..16)
+        .map(|i| {
+            let node = &nodes[i % 3];
+            let (client, url) = (node.client.clone(), node.url(&path));
+            tokio::spawn(async move { client.get(url).send().await.unwrap().bytes().await })
+        })
+        .collect();
+    // 16 client lookups, and one peer lookup on the owner from each of the two others.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let mut lookups = 0.0;
+            for node in nodes {
+                lookups += node
+                    .metric("wharf_cache_results_total", &["kind=\"blob\""])
+                    .await;
+            }
+            lookups == 18.0
+        })
+        .await
+    );
+    hold.open();
+    for pull in pulls {
+        assert!(pull.await.unwrap().unwrap() == blob);
+    }
+    assert_eq!(upstream.count("GET", &digest), 1, "one upstream GET");
+    let owner = owners(&NAMES, &digest)[0];
+    for (i, node) in nodes.iter().enumerate().filter(|(i, _)| *i != owner) {
+        assert_eq!(
+            node.metric("wharf_peer_fetches_total", &[]).await,
+            1.0,
+            "node {} made one peer fetch",
+            NAMES[i]
+        );
+    }
+    assert_eq!(
+        nodes[owner].metric("wharf_peer_fetches_total", &[]).await,
+        0.0
+    );
+}
+
+#[tokio::test]
 async fn a_manifest_by_digest_comes_through_its_owner() {
     let upstream = FakeRegistry::start().await;
     let media_type = "application/vnd.oci.image.manifest.v1+json";

@@ -49,9 +49,9 @@ impl PeerCollectors {
             fallbacks: counter_vec(
                 registry,
                 "wharf_peer_fallbacks_total",
-                "Fetches that passed over an owner peer (down, or failed) for the next one \
-                 (peer) or the upstream (upstream)",
-                &["to"],
+                "Fetches that passed over an owner peer for the next one (peer) or the upstream \
+                 (upstream), by reason (unreachable|timeout|refused|throttled|status|invalid)",
+                &["to", "reason"],
             ),
             up,
         }

@@ -116,7 +116,19 @@ impl Owners {
             self.members.report(source.node, false);
         }
         let to = if to_peer { "peer" } else { "upstream" };
-        self.metrics.peers.fallbacks.with_label_values(&[to]).inc();
+        let reason = match e {
+            UpstreamError::Unreachable { .. } => "unreachable",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Unauthorized { .. } | UpstreamError::Denied { .. } => "refused",
+            UpstreamError::TooManyRequests { .. } => "throttled",
+            UpstreamError::Status { .. } => "status",
+            UpstreamError::Invalid { .. } | UpstreamError::NotFound => "invalid",
+        };
+        self.metrics
+            .peers
+            .fallbacks
+            .with_label_values(&[to, reason])
+            .inc();
         tracing::warn!(peer = self.members.name(source.node), error = %e, next = to, "an owner peer did not answer; passing it over");
     }
 
