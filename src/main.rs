@@ -103,6 +103,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(cluster) = &config.cluster {
                 wharf::cluster::read_token(&cluster.peer_token_file)?;
             }
+            if let Some(shared) = &config.cache.shared {
+                wharf::cache::Cache::check_shared(shared)?;
+            }
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }

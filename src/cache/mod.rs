@@ -152,6 +152,14 @@ impl Cache {
         }
     }
 
+    /// Whether `config`'s shared tier can be set up (its key files read, its CAs parsed),
+    /// without contacting it: for `check-config`.
+    pub fn check_shared(config: &crate::config::SharedConfig) -> Result<(), Error> {
+        SharedTier::new(config, &Metrics::new())
+            .map(drop)
+            .map_err(|e| Error::Shared(Arc::new(e)))
+    }
+
     /// Hands a committed blob to the shared tier (when there is one, and it lacks the blob),
     /// in the background: for the node that fetched it from its source, so the datacenter's
     /// other nodes, and a node that starts empty, find it there.
