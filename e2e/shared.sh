@@ -30,7 +30,7 @@ CONF
     GARAGE_PID=$STARTED_PID
     wait_until 30 garage_cli status >/dev/null || return 1
     local node
-    node=$(garage_cli status 2>/dev/null | awk '/^[0-9a-f]{16}/ {print $1; exit}')
+    node=$(garage_cli status 2>/dev/null | grep -oE '^[0-9a-f]{16}' | head -n 1)
     [[ -n $node ]] || return 1
     garage_cli layout assign -z dc1 -c 1G "$node" >/dev/null &&
         garage_cli layout apply --version 1 >/dev/null &&
