@@ -1,42 +1,62 @@
 # shellcheck shell=bash
-# The shared tier: Garage (an S3-compatible object store) below two wharfs that share nothing
-# else. skopeo copies an image through the first, which puts each blob in the bucket; then
-# through the second, with an empty disk, which fills from the bucket: each blob leaves the
-# upstream once. Sourced by run.sh, whose globals (WORK, UP, TAG, ...) it uses.
+# The shared tier: Garage (an S3-compatible object store, three nodes, replication factor 3)
+# below wharfs that share nothing else. skopeo copies an image through the first wharf, which
+# puts each blob in the bucket; then through the second, with an empty disk, which fills from
+# the bucket; then, with a Garage node stopped, through a third: each blob leaves the upstream
+# once. Sourced by run.sh, whose globals (WORK, UP, TAG, ...) it uses.
 
 GARAGE=${GARAGE:-$(command -v garage || true)}
+GARAGE_NODES=(1 2 3)
 
-# garage_cli ARGS... — the Garage CLI against the suite's Garage.
-garage_cli() { "$GARAGE" -c "$WORK/garage.toml" "$@"; }
+# garage_cli N ARGS... — the Garage CLI against the suite's Garage node N.
+garage_cli() {
+    local n=$1
+    shift
+    "$GARAGE" -c "$WORK/garage-$n.toml" "$@"
+}
 
+# start_garage — three Garage nodes on loopback, replication factor 3, one bucket and one key.
 start_garage() {
     [[ -n $GARAGE ]] || { echo "garage is not installed (cargo install --locked garage)"; return 1; }
-    mkdir -p "$WORK/garage-meta" "$WORK/garage-data"
-    cat >"$WORK/garage.toml" <<CONF
-metadata_dir = "$WORK/garage-meta"
-data_dir = "$WORK/garage-data"
+    local ports secret n
+    read -ra ports <<<"$(free_ports 6)"
+    secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    for n in "${GARAGE_NODES[@]}"; do
+        GARAGE_S3[$n]=${ports[$((n - 1))]}
+        GARAGE_RPC[$n]=${ports[$((n + 2))]}
+        mkdir -p "$WORK/garage-$n/meta" "$WORK/garage-$n/data"
+        cat >"$WORK/garage-$n.toml" <<CONF
+metadata_dir = "$WORK/garage-$n/meta"
+data_dir = "$WORK/garage-$n/data"
 db_engine = "lmdb"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$GARAGE_RPC_PORT"
-rpc_public_addr = "127.0.0.1:$GARAGE_RPC_PORT"
-rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+replication_factor = 3
+rpc_bind_addr = "127.0.0.1:${GARAGE_RPC[$n]}"
+rpc_public_addr = "127.0.0.1:${GARAGE_RPC[$n]}"
+rpc_secret = "$secret"
 
 [s3_api]
 s3_region = "garage"
-api_bind_addr = "127.0.0.1:$GARAGE_S3_PORT"
+api_bind_addr = "127.0.0.1:${GARAGE_S3[$n]}"
 root_domain = ".s3.garage.localhost"
 CONF
-    start_bg garage "$GARAGE" -c "$WORK/garage.toml" server
-    GARAGE_PID=$STARTED_PID
-    wait_until 30 garage_cli status >/dev/null || return 1
+        start_bg "garage-$n" "$GARAGE" -c "$WORK/garage-$n.toml" server
+        GARAGE_PIDS[$n]=$STARTED_PID
+    done
+    for n in "${GARAGE_NODES[@]}"; do
+        wait_until 30 garage_cli "$n" status >/dev/null || return 1
+    done
+    for n in 2 3; do
+        garage_cli 1 node connect "$(garage_cli "$n" node id -q)" >/dev/null || return 1
+    done
+    wait_until 30 bash -c "[[ \$('$GARAGE' -c '$WORK/garage-1.toml' status 2>/dev/null | grep -cE '^[0-9a-f]{16}') -eq 3 ]]" || return 1
     local node
-    node=$(garage_cli status 2>/dev/null | grep -oE '^[0-9a-f]{16}' | head -n 1)
-    [[ -n $node ]] || return 1
-    garage_cli layout assign -z dc1 -c 1G "$node" >/dev/null &&
-        garage_cli layout apply --version 1 >/dev/null &&
-        garage_cli bucket create wharf >/dev/null &&
-        garage_cli key create wharf-key >"$WORK/garage-key.txt" &&
-        garage_cli bucket allow --read --write --owner wharf --key wharf-key >/dev/null
+    for node in $(garage_cli 1 status 2>/dev/null | grep -oE '^[0-9a-f]{16}'); do
+        garage_cli 1 layout assign -z dc1 -c 1G "$node" >/dev/null || return 1
+    done
+    garage_cli 1 layout apply --version 1 >/dev/null &&
+        garage_cli 1 bucket create wharf >/dev/null &&
+        garage_cli 1 key create wharf-key >"$WORK/garage-key.txt" &&
+        garage_cli 1 bucket allow --read --write --owner wharf --key wharf-key >/dev/null
 }
 
 # write_shared_node_config NAME PORT — a wharf in front of the suite's upstream, on the bucket.
@@ -55,7 +75,7 @@ listen = "127.0.0.1:$2"
 dir = "$WORK/cache-$1"
 
 [cache.shared]
-endpoint = "http://127.0.0.1:$GARAGE_S3_PORT"
+endpoint = "http://127.0.0.1:${GARAGE_S3[1]}"
 bucket = "wharf"
 region = "garage"
 access_key_file = "$WORK/garage-access-key"
@@ -68,15 +88,16 @@ CONF
 }
 
 test_shared() {
+    declare -gA GARAGE_S3=() GARAGE_RPC=() GARAGE_PIDS=()
     if start_garage >"$LOGS/garage-setup.log" 2>&1; then
-        pass "shared: Garage starts with a bucket and a key"
+        pass "shared: three Garage nodes start, with a bucket and a key"
     else
         local lines
-        mapfile -t lines < <(tail -n 5 "$LOGS/garage-setup.log" "$LOGS/garage.err" 2>/dev/null)
-        fail "shared: Garage starts with a bucket and a key" "${lines[@]}"
+        mapfile -t lines < <(tail -n 5 "$LOGS/garage-setup.log" "$LOGS/garage-1.err" 2>/dev/null)
+        fail "shared: three Garage nodes start, with a bucket and a key" "${lines[@]}"
         return 0
     fi
-    local one=127.0.0.1:$SHARED1_PORT two=127.0.0.1:$SHARED2_PORT
+    local one=127.0.0.1:$SHARED1_PORT two=127.0.0.1:$SHARED2_PORT three=127.0.0.1:$SHARED3_PORT
     write_shared_node_config shared1 "$SHARED1_PORT"
     write_shared_node_config shared2 "$SHARED2_PORT"
     launch_wharf shared1 "$WORK/shared1.toml" "http://$one"
@@ -99,7 +120,19 @@ test_shared() {
     expect_eq "shared: the second wharf filled every blob from the bucket" "$blobs" \
         "$(metric "http://$two" wharf_shared_requests_total op=get result=found)"
     check "shared: both copies are byte for byte the same" diff -r "$WORK/shared-one" "$WORK/shared-two"
-    stop_pid "${WHARF_PIDS[shared1]}"
-    stop_pid "${WHARF_PIDS[shared2]}"
-    stop_pid "$GARAGE_PID"
+
+    # One Garage node goes away; the bucket still answers (two of three replicas).
+    stop_pid "${GARAGE_PIDS[3]}"
+    write_shared_node_config shared3 "$SHARED3_PORT"
+    launch_wharf shared3 "$WORK/shared3.toml" "http://$three"
+    check "shared: with a Garage node stopped, skopeo copies e2e-shared through a third wharf" \
+        skopeo copy -q --src-tls-verify=false "docker://$three/library/e2e-shared:$TAG" "dir:$WORK/shared-three"
+    log_barrier "shared: upstream, a Garage node down" "$UPSTREAM_ACCESS_LOG" "http://$UP" || true
+    expect_eq "shared: with a Garage node down, every blob came from the bucket" "$blobs" \
+        "$(metric "http://$three" wharf_shared_requests_total op=get result=found)"
+    expect_eq "shared: and each blob still left the upstream once" "$blobs 1" \
+        "$(blob_fetches "$UPSTREAM_ACCESS_LOG" "$mark" "$UPSTREAM_DATA")"
+    local name
+    for name in shared1 shared2 shared3; do stop_pid "${WHARF_PIDS[$name]}"; done
+    for name in 1 2; do stop_pid "${GARAGE_PIDS[$name]}"; done
 }
