@@ -134,7 +134,7 @@ impl Mirror {
                 .confirm(upstream, repo, digest, Content::Blob)
                 .await?;
         }
-        let (fill, result) = match lookup {
+        let (fill, result, writer) = match lookup {
             BlobLookup::Cached(blob) => {
                 self.metrics
                     .cache_result(ContentKind::Blob, CacheResult::Hit);
@@ -152,26 +152,24 @@ impl Mirror {
                     .passthrough(upstream, repo, digest, BypassReason::Unwritable)
                     .await;
             }
-            BlobLookup::Coalesced(fill) => (fill, CacheResult::Coalesced),
-            BlobLookup::Started(fill, writer) => {
-                let this = self.clone();
-                let sources = owner_sources(self.owners.as_deref(), origin, upstream, digest);
-                let (upstream, repo, digest) = (upstream.clone(), repo.clone(), digest.clone());
-                tokio::spawn(async move {
-                    this.run_fill(&upstream, &sources, &repo, &digest, writer)
-                        .await
-                });
-                (fill, CacheResult::Miss)
-            }
+            BlobLookup::Coalesced(fill) => (fill, CacheResult::Coalesced, None),
+            BlobLookup::Started(fill, writer) => (fill, CacheResult::Miss, Some(writer)),
         };
         self.metrics.cache_result(ContentKind::Blob, result);
+        let sources = owner_sources(self.owners.as_deref(), origin, upstream, digest);
         // Ranges ahead of the fill are asked of the digest's owner too, which has them or
         // will soon.
-        let owner = owner_sources(self.owners.as_deref(), origin, upstream, digest)
-            .into_iter()
-            .next();
+        let side_upstream = sources.first().map_or(upstream, |owner| &owner.via).clone();
+        if let Some(writer) = writer {
+            let this = self.clone();
+            let (upstream, repo, digest) = (upstream.clone(), repo.clone(), digest.clone());
+            tokio::spawn(async move {
+                this.run_fill(&upstream, &sources, &repo, &digest, writer)
+                    .await
+            });
+        }
         let side = SideSource {
-            upstream: owner.map_or_else(|| upstream.clone(), |owner| owner.via),
+            upstream: side_upstream,
             repo: repo.clone(),
             digest: digest.clone(),
             policy: self.side_policy,
@@ -319,7 +317,7 @@ impl Mirror {
             if from == 0 {
                 self.access.record(upstream, repo, digest);
                 total = answer.answer.total();
-                let from = match answer.sources_after {
+                let from = match answer.peer {
                     Some(_) => Source::Peer,
                     None => Source::Upstream,
                 };
@@ -331,21 +329,18 @@ impl Mirror {
                 Ok(()) => {
                     writer.finish().await?;
                     // The node that took it from the upstream hands it to the shared tier.
-                    if answer.sources_after.is_none() {
+                    if answer.peer.is_none() {
                         self.cache.share(digest);
                     }
                     return Ok(());
                 }
                 // A peer that broke off: the rest comes from the next source.
-                Err(Fed::Source(e, Some(at)))
-                    if e.is_transient() && answer.sources_after.is_some() =>
-                {
-                    let after = answer.sources_after.unwrap_or_default();
-                    let failed = &sources[sources.len() - after - 1];
+                Err(Fed::Source(e, Some(at))) if e.is_transient() && answer.peer.is_some() => {
+                    let failed = answer.peer.unwrap_or_default();
                     if let Some(owners) = owners {
-                        owners.pass_over(failed, &e, after > 0);
+                        owners.pass_over(&sources[failed], &e, failed + 1 < sources.len());
                     }
-                    sources = &sources[sources.len() - after..];
+                    sources = &sources[failed + 1..];
                     from = at;
                 }
                 Err(Fed::Source(e, _)) => {

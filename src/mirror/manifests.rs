@@ -109,8 +109,10 @@ impl Mirror {
             Err(Cached::Nothing) => (None, None),
             Err(Cached::Moved(variant, manifest, to)) => (Some((variant, manifest)), to),
         };
+        // A revalidation that named no digest leaves nothing to ask the owner for.
+        let revalidated_blind = stale.is_some() && moved_to.is_none();
         let through_owner = match (&self.owners, origin) {
-            (Some(_), Origin::Client) => {
+            (Some(_), Origin::Client) if !revalidated_blind => {
                 Box::pin(self.tag_through_owner(upstream, &key, accept, moved_to)).await
             }
             _ => None,

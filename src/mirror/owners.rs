@@ -159,8 +159,8 @@ pub(super) fn owner_sources(
 pub(super) struct Answer<T> {
     /// The upstream as reached through that source.
     pub(super) via: Arc<Upstream>,
-    /// How many of the sources come after it: `None` when the upstream itself answered.
-    pub(super) sources_after: Option<usize>,
+    /// Which of the sources it was: `None` when the upstream itself answered.
+    pub(super) peer: Option<usize>,
     pub(super) answer: T,
 }
 
@@ -184,7 +184,7 @@ where
                     owners.count(source.node, "ok");
                     return Ok(Answer {
                         via: source.via.clone(),
-                        sources_after: Some(sources.len() - i - 1),
+                        peer: Some(i),
                         answer,
                     });
                 }
@@ -199,7 +199,7 @@ where
     let answer = ask(upstream.clone()).await?;
     Ok(Answer {
         via: upstream.clone(),
-        sources_after: None,
+        peer: None,
         answer,
     })
 }
