@@ -58,7 +58,6 @@ pub struct Cache {
     tags: TagTable,
     /// The bucket below the local disk, if one is configured.
     shared: Option<Arc<SharedTier>>,
-    metrics: Metrics,
 }
 
 /// What the cache holds of a blob, found without starting a fill.
@@ -112,7 +111,6 @@ impl Cache {
             memory: HotManifests::default(),
             tags,
             shared,
-            metrics: metrics.clone(),
         };
         let usage = cache.store.usage();
         tracing::info!(
@@ -140,8 +138,7 @@ impl Cache {
         };
         match shared.open(digest).await {
             Ok(Some(body)) => {
-                let (digest, bytes) = (digest.clone(), self.metrics.shared_bytes.clone());
-                tokio::spawn(shared.feed(body, writer, digest, bytes));
+                tokio::spawn(shared.feed(body, writer, digest.clone()));
                 Ok(BlobLookup::Coalesced(fill))
             }
             Ok(None) => Ok(BlobLookup::Started(fill, writer)),

@@ -57,6 +57,8 @@ pub struct SharedTier {
     uploads: Arc<Semaphore>,
     /// `wharf_shared_requests_total` by operation and result.
     requests: IntCounterVec,
+    /// `wharf_shared_bytes_total`.
+    received: IntCounter,
 }
 
 impl SharedTier {
@@ -104,6 +106,7 @@ impl SharedTier {
             prefix: config.prefix.clone(),
             uploads: Arc::new(Semaphore::new(UPLOADS)),
             requests: metrics.shared_requests.clone(),
+            received: metrics.shared_bytes.clone(),
         })
     }
 
@@ -201,9 +204,7 @@ impl SharedTier {
             }
         }
     }
-}
 
-impl SharedTier {
     /// Feeds a fill from the tier's body of `digest`: what the fill's verification refuses is
     /// deleted from the bucket, so no node is handed it again.
     pub(super) async fn feed(
@@ -211,7 +212,6 @@ impl SharedTier {
         body: SharedBody,
         writer: FillWriter,
         digest: Digest,
-        received: IntCounter,
     ) {
         writer.start(Some(body.size), Source::Shared).await;
         let mut piece = writer.segment(0);
@@ -229,7 +229,7 @@ impl SharedTier {
             };
             match next {
                 Some(Ok(chunk)) => {
-                    received.inc_by(chunk.len() as u64);
+                    self.received.inc_by(chunk.len() as u64);
                     // A cache error: the fill knows, and tells its readers.
                     if piece.write(&chunk).await.is_err() {
                         return;
