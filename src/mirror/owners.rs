@@ -33,7 +33,7 @@ pub(super) struct Owner {
 
 /// The cluster as a place to fetch from.
 pub struct Owners {
-    members: Arc<Members>,
+    members: Members,
     /// By node (empty for this node): each upstream, by name, as reached through that node.
     through: Vec<HashMap<String, Arc<Upstream>>>,
     config: ClusterConfig,
@@ -48,7 +48,7 @@ impl Owners {
         upstreams: &[UpstreamConfig],
         metrics: &Metrics,
     ) -> Result<Owners, SetupError> {
-        let members = Arc::new(Members::new(config, metrics));
+        let members = Members::new(config, metrics);
         let mut through = vec![HashMap::new(); config.peers.len()];
         for (node, name) in members.peers() {
             let relay = Relay {
