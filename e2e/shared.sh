@@ -132,6 +132,12 @@ test_shared() {
         "$(metric "http://$three" wharf_shared_requests_total op=get result=found)"
     expect_eq "shared: and each blob still left the upstream once" "$blobs 1" \
         "$(blob_fetches "$UPSTREAM_ACCESS_LOG" "$mark" "$UPSTREAM_DATA")"
+    check "shared: 'wharf cache stats --shared' lists every blob in Garage" \
+        bash -c "'$WORK/bin/wharf' cache stats --shared --config '$WORK/shared1.toml' | grep -Eq '^blobs +$blobs objects'"
+    check "shared: 'wharf cache verify --shared' re-hashes them all" \
+        bash -c "'$WORK/bin/wharf' cache verify --shared --config '$WORK/shared1.toml' | grep -q 'checked $blobs objects.*0 damaged'"
+    check "shared: 'wharf cache prune --shared' spares blobs read minutes ago, even past --max-size" \
+        bash -c "'$WORK/bin/wharf' cache prune --shared --config '$WORK/shared1.toml' --max-size 1 | grep -q '^spared  $blobs objects'"
     local name
     for name in shared1 shared2 shared3; do stop_pid "${WHARF_PIDS[$name]}"; done
     for name in 1 2; do stop_pid "${GARAGE_PIDS[$name]}"; done

@@ -160,6 +160,7 @@ async fn run_with(
         metrics.clone(),
         clock,
     );
+    let expiry = tokio::spawn(mirror.clone().expire_shared_forever());
     let state = server::AppState {
         mirror,
         metrics,
@@ -202,6 +203,7 @@ async fn run_with(
     };
     server::serve(listener, operations, state, shutdown, listening, hangups).await;
     sweeper.abort();
+    expiry.abort();
     if let Some(prober) = prober {
         prober.abort();
     }

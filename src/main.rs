@@ -71,8 +71,12 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
         /// The cache directory; overrides the config's.
-        #[arg(long, global = true)]
+        #[arg(long, global = true, conflicts_with = "shared")]
         dir: Option<PathBuf>,
+        /// The shared tier of --config (`[cache.shared]`) instead of the local directory; safe
+        /// while nodes read from it (recently used blobs are never removed).
+        #[arg(long, global = true, requires = "config")]
+        shared: bool,
     },
 }
 
@@ -83,10 +87,11 @@ enum CacheAction {
     /// Re-hash every entry; remove (and list) those that do not match their digest. Exits with
     /// status 1 if any were found.
     Verify,
-    /// Remove least recently used entries until at most SIZE is cached.
+    /// Remove least recently used entries until at most SIZE is cached (the config's max_size
+    /// by default); with --shared, also what is idle longer than its max_idle.
     Prune {
         #[arg(long, value_name = "SIZE")]
-        max_size: wharf::config::Size,
+        max_size: Option<wharf::config::Size>,
     },
 }
 
@@ -116,10 +121,17 @@ fn main() -> anyhow::Result<()> {
             action,
             config,
             dir,
+            shared,
         } => {
             let config = wharf::Config::load(config.as_deref())?;
-            let dir = dir.unwrap_or(config.cache.dir);
-            cache_command(action, &dir)
+            if shared {
+                let Some(shared) = &config.cache.shared else {
+                    anyhow::bail!("the config has no [cache.shared]");
+                };
+                return tokio::runtime::Runtime::new()?.block_on(shared_command(action, shared));
+            }
+            let max_size = config.cache.max_size;
+            cache_command(action, &dir.unwrap_or(config.cache.dir), max_size)
         }
         Command::Warm {
             images,
@@ -193,7 +205,11 @@ fn image_list(
         .collect()
 }
 
-fn cache_command(action: CacheAction, dir: &std::path::Path) -> anyhow::Result<()> {
+fn cache_command(
+    action: CacheAction,
+    dir: &std::path::Path,
+    configured_max_size: wharf::config::Size,
+) -> anyhow::Result<()> {
     use wharf::cache::maintenance;
     if !dir.is_dir() {
         eprintln!("Error: {} is not a cache directory", dir.display());
@@ -210,12 +226,43 @@ fn cache_command(action: CacheAction, dir: &std::path::Path) -> anyhow::Result<(
         CacheAction::Prune { max_size } => {
             print!(
                 "{}",
-                maintenance::prune(dir, max_size.bytes()).with_context(context)?
+                maintenance::prune(dir, max_size.unwrap_or(configured_max_size).bytes())
+                    .with_context(context)?
             )
         }
         // Status 1 says damage was found (and removed), so a script can tell it from a cache
         // that could not be verified at all: status 2.
         CacheAction::Verify => match maintenance::verify(dir).with_context(context) {
+            Ok(report) => {
+                print!("{report}");
+                if !report.removed.is_empty() {
+                    std::process::exit(1);
+                }
+            }
+            Err(e) => {
+                eprintln!("Error: {e:?}");
+                std::process::exit(2);
+            }
+        },
+    }
+    Ok(())
+}
+
+/// `wharf cache ... --shared`: the same commands on the shared tier's bucket.
+async fn shared_command(
+    action: CacheAction,
+    config: &wharf::config::SharedConfig,
+) -> anyhow::Result<()> {
+    let tier = wharf::cache::shared::SharedTier::new(config, &wharf::metrics::Metrics::new())?;
+    let context = || format!("shared tier {} bucket {}", config.endpoint, config.bucket);
+    match action {
+        CacheAction::Stats => print!("{}", tier.stats().await.with_context(context)?),
+        CacheAction::Prune { max_size } => {
+            let max_size = max_size.map(|s| s.bytes());
+            print!("{}", tier.expire(max_size).await.with_context(context)?)
+        }
+        // The same statuses as for a local directory.
+        CacheAction::Verify => match tier.verify().await.with_context(context) {
             Ok(report) => {
                 print!("{report}");
                 if !report.removed.is_empty() {

@@ -22,7 +22,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, bytes: u64) {
+    pub(crate) fn add(&mut self, bytes: u64) {
         self.entries += 1;
         self.bytes += bytes;
     }
@@ -141,11 +141,11 @@ pub fn prune(root: &Path, max_size: u64) -> io::Result<Pruned> {
     Ok(report)
 }
 
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
 }
 
-fn age(t: Option<SystemTime>) -> String {
+pub(crate) fn age(t: Option<SystemTime>) -> String {
     let Some(t) = t else {
         return "-".into();
     };

@@ -12,7 +12,7 @@ mod error;
 mod fill;
 pub mod maintenance;
 mod memory;
-mod shared;
+pub mod shared;
 mod store;
 mod tags;
 
@@ -170,6 +170,18 @@ impl Cache {
                 tracing::warn!(%digest, error = %e, "a blob could not be put in the shared tier");
             }
         });
+    }
+
+    /// How long the shared tier keeps a blob no node uses, if there is a shared tier.
+    pub fn shared_max_idle(&self) -> Option<Duration> {
+        self.shared.as_ref().map(|s| s.max_idle())
+    }
+
+    /// One expiry pass over the shared tier, if there is one.
+    pub async fn expire_shared(
+        &self,
+    ) -> Option<object_store::Result<shared::expiry::SharedPruned>> {
+        Some(self.shared.as_ref()?.expire(None).await)
     }
 
     /// What the cache holds of a blob, without starting a fill (for `HEAD`).

@@ -2,6 +2,7 @@
 //! S3), holding verified blobs by digest for every node that shares it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -25,6 +26,13 @@ pub struct SharedConfig {
     pub access_key_file: PathBuf,
     /// The secret key: the first line of this file.
     pub secret_key_file: PathBuf,
+    /// The shared tier's own bound: past it, the least recently used blobs go (none by
+    /// default: the bucket is bounded by `max_idle` alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<super::Size>,
+    /// A blob no node has read from the bucket (or uploaded) for this long goes.
+    #[serde(default = "default_max_idle", with = "humantime_serde")]
+    pub max_idle: Duration,
     /// CAs to trust besides the system's, for an https endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
@@ -32,6 +40,10 @@ pub struct SharedConfig {
 
 fn yes() -> bool {
     true
+}
+
+fn default_max_idle() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
 }
 
 fn default_region() -> String {

@@ -205,6 +205,19 @@ fn a_shared_tier_names_its_bucket() {
     assert_eq!(shared.region, "us-east-1", "the default");
     assert_eq!(shared.prefix, "");
     assert!(shared.path_style, "the default");
+    assert_eq!(shared.max_size, None, "bounded by idle time alone");
+    assert_eq!(shared.max_idle, Duration::from_secs(30 * 24 * 3600));
+    let bounded = Config::parse(&format!("{text}max_size = \"2TiB\"\nmax_idle = \"7d\"\n"))
+        .unwrap()
+        .cache
+        .shared
+        .unwrap();
+    assert_eq!(bounded.max_size.map(|s| s.bytes()), Some(2 << 40));
+    assert_eq!(bounded.max_idle, Duration::from_secs(7 * 24 * 3600));
+    let err = Config::parse(&format!("{text}max_size = \"0\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cache.shared.max_size"), "{err}");
     let err = Config::parse(&text.replace("http://garage:3900", "ftp://garage"))
         .unwrap_err()
         .to_string();

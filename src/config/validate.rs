@@ -75,6 +75,12 @@ impl Config {
             if shared.bucket.is_empty() {
                 return invalid("cache.shared.bucket must not be empty".into());
             }
+            if shared.max_size.is_some_and(|s| s.bytes() == 0) {
+                return invalid("cache.shared.max_size must be greater than zero".into());
+            }
+            if shared.max_idle.is_zero() {
+                return invalid("cache.shared.max_idle must be greater than zero".into());
+            }
         }
         if self.cache.max_size.bytes() == 0 {
             return invalid("cache.max_size must be greater than zero".into());

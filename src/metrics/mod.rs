@@ -59,6 +59,7 @@ pub struct Collectors {
     pub peers: PeerCollectors,
     pub shared_requests: IntCounterVec,
     pub shared_bytes: IntCounter,
+    pub shared_held_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -224,15 +225,20 @@ impl Metrics {
             shared_requests: counter_vec(
                 &registry,
                 "wharf_shared_requests_total",
-                "Requests to the shared tier by operation (get|put|head) and result \
-                 (found|absent|refused|uploaded|present|error); refused: a copy that failed \
-                 verification, deleted",
+                "Requests to the shared tier by operation (get|put|head|delete) and result \
+                 (found|absent|refused|uploaded|present|error; delete: expired|evicted|damaged); \
+                 refused: a copy that failed verification, deleted",
                 &["op", "result"],
             ),
             shared_bytes: counter(
                 &registry,
                 "wharf_shared_bytes_total",
                 "Blob bytes received from the shared tier",
+            ),
+            shared_held_bytes: gauge(
+                &registry,
+                "wharf_shared_held_bytes",
+                "Blob bytes the shared tier held after the last expiry pass this node ran",
             ),
             registry,
         }))

@@ -5,6 +5,7 @@
 
 mod access;
 mod blobs;
+mod expiry;
 mod feed;
 mod flights;
 mod manifests;

@@ -1,11 +1,12 @@
 //! A fake S3-compatible object store: what `object_store`'s S3 client asks of the shared tier
-//! (path-style GET, HEAD, PUT, DELETE and multipart uploads), kept in memory, signatures
-//! unchecked. Tests put objects in and look at them directly.
+//! (path-style GET, HEAD, PUT, DELETE, multipart uploads and ListObjectsV2), kept in memory,
+//! signatures unchecked. Tests put objects in, look at them, and age them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -19,8 +20,8 @@ pub const BUCKET: &str = "wharf";
 
 #[derive(Default)]
 struct Objects {
-    /// Key (without the bucket) → body.
-    stored: HashMap<String, Bytes>,
+    /// Key (without the bucket) → body and modification time.
+    stored: BTreeMap<String, (Bytes, SystemTime)>,
     /// Upload id → its key and parts.
     uploads: HashMap<String, (String, BTreeMap<u32, Bytes>)>,
     next_upload: u64,
@@ -76,7 +77,8 @@ impl FakeS3 {
 
     /// The object stored under `key`, if any.
     pub fn object(&self, key: &str) -> Option<Bytes> {
-        self.objects.lock().unwrap().stored.get(key).cloned()
+        let objects = self.objects.lock().unwrap();
+        objects.stored.get(key).map(|(body, _)| body.clone())
     }
 
     pub fn put_object(&self, key: &str, body: Bytes) {
@@ -84,7 +86,14 @@ impl FakeS3 {
             .lock()
             .unwrap()
             .stored
-            .insert(key.to_owned(), body);
+            .insert(key.to_owned(), (body, SystemTime::now()));
+    }
+
+    /// Makes the object under `key` look last modified `by` ago.
+    pub fn age(&self, key: &str, by: Duration) {
+        let mut objects = self.objects.lock().unwrap();
+        let (_, modified) = objects.stored.get_mut(key).expect("aged object exists");
+        *modified = SystemTime::now() - by;
     }
 
     /// Requests with `method` whose path holds `fragment`.
@@ -138,20 +147,20 @@ async fn respond(state: &Mutex<Objects>, req: Request<Incoming>) -> Response<Ful
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let mut objects = state.lock().unwrap();
     objects.requests.push((method.clone(), path.clone()));
+    if query.get("list-type").is_some_and(|t| t == "2") {
+        return list(&objects, query.get("prefix").map_or("", |p| p));
+    }
     let Some(key) = path
         .strip_prefix(&format!("/{BUCKET}/"))
         .map(percent_decode)
     else {
         return not_found();
     };
-    let meta = |len: usize| {
+    let meta = |len: usize, modified: SystemTime| {
         vec![
             ("content-length", len.to_string()),
             ("etag", format!("\"{len}\"")),
-            (
-                "last-modified",
-                httpdate::fmt_http_date(std::time::SystemTime::now()),
-            ),
+            ("last-modified", httpdate::fmt_http_date(modified)),
         ]
     };
     match (
@@ -160,13 +169,13 @@ async fn respond(state: &Mutex<Objects>, req: Request<Incoming>) -> Response<Ful
         query.contains_key("uploads"),
     ) {
         ("GET" | "HEAD", None, false) => match objects.stored.get(&key) {
-            Some(found) => {
+            Some((found, modified)) => {
                 let body = if method == Method::HEAD {
                     Bytes::new()
                 } else {
                     found.clone()
                 };
-                let mut r = answer(200, &meta(found.len()), body);
+                let mut r = answer(200, &meta(found.len(), *modified), body);
                 if method == Method::HEAD {
                     *r.body_mut() = Full::new(Bytes::new());
                 }
@@ -175,7 +184,7 @@ async fn respond(state: &Mutex<Objects>, req: Request<Incoming>) -> Response<Ful
             None => not_found(),
         },
         ("PUT", None, false) => {
-            objects.stored.insert(key, body);
+            objects.stored.insert(key, (body, SystemTime::now()));
             answer(200, &[("etag", "\"put\"".into())], "")
         }
         ("DELETE", None, false) => {
@@ -210,7 +219,9 @@ async fn respond(state: &Mutex<Objects>, req: Request<Incoming>) -> Response<Ful
                 return not_found();
             };
             let whole: Vec<u8> = parts.values().flat_map(|p| p.iter().copied()).collect();
-            objects.stored.insert(key.clone(), Bytes::from(whole));
+            objects
+                .stored
+                .insert(key.clone(), (Bytes::from(whole), SystemTime::now()));
             answer(
                 200,
                 &[("content-type", "application/xml".into())],
@@ -226,6 +237,32 @@ async fn respond(state: &Mutex<Objects>, req: Request<Incoming>) -> Response<Ful
         }
         _ => answer(400, &[], "unsupported"),
     }
+}
+
+/// ListObjectsV2, in one page.
+fn list(objects: &Objects, prefix: &str) -> Response<Full<Bytes>> {
+    let contents: String = objects
+        .stored
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(key, (body, modified))| {
+            format!(
+                "<Contents><Key>{key}</Key><Size>{}</Size><LastModified>{}</LastModified>\
+                 <ETag>\"{}\"</ETag></Contents>",
+                body.len(),
+                humantime::format_rfc3339_millis(*modified),
+                body.len()
+            )
+        })
+        .collect();
+    answer(
+        200,
+        &[("content-type", "application/xml".into())],
+        format!(
+            "<?xml version=\"1.0\"?><ListBucketResult><Name>{BUCKET}</Name><Prefix>{prefix}</Prefix>\
+             <IsTruncated>false</IsTruncated>{contents}</ListBucketResult>"
+        ),
+    )
 }
 
 fn percent_decode(s: &str) -> String {

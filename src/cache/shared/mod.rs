@@ -3,7 +3,10 @@
 //! `object_store`, which signs requests (SigV4), retries what may be retried and uploads large
 //! objects in parts: a whole S3 client's worth of details a hand-written one would get wrong.
 //! What comes down feeds a fill like any other source, and is verified before it is committed;
-//! only what this cache committed (verified) goes up.
+//! only what this cache committed (verified) goes up. The tier keeps its own bound
+//! ([`expiry`]).
+
+pub mod expiry;
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use futures_util::FutureExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, RetryConfig, WriteMultipart};
-use prometheus::{IntCounter, IntCounterVec};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::Semaphore;
 
 use super::store::Store;
@@ -51,14 +54,23 @@ pub struct SharedBody {
     pub stream: BoxStream<'static, object_store::Result<Bytes>>,
 }
 
+/// How much the tier may hold.
+struct Bounds {
+    max_size: Option<u64>,
+    max_idle: Duration,
+}
+
 pub struct SharedTier {
     store: Arc<dyn ObjectStore>,
     prefix: String,
+    bounds: Bounds,
     uploads: Arc<Semaphore>,
     /// `wharf_shared_requests_total` by operation and result.
     requests: IntCounterVec,
     /// `wharf_shared_bytes_total`.
     received: IntCounter,
+    /// `wharf_shared_held_bytes`.
+    held: IntGauge,
 }
 
 impl SharedTier {
@@ -104,10 +116,19 @@ impl SharedTier {
         Ok(SharedTier {
             store: Arc::new(store),
             prefix: config.prefix.clone(),
+            bounds: Bounds {
+                max_size: config.max_size.map(|s| s.bytes()),
+                max_idle: config.max_idle,
+            },
             uploads: Arc::new(Semaphore::new(UPLOADS)),
             requests: metrics.shared_requests.clone(),
             received: metrics.shared_bytes.clone(),
+            held: metrics.shared_held_bytes.clone(),
         })
+    }
+
+    pub fn max_idle(&self) -> Duration {
+        self.bounds.max_idle
     }
 
     fn path(&self, digest: &Digest) -> Path {
@@ -124,11 +145,16 @@ impl SharedTier {
     }
 
     /// The blob's body, if the bucket has it. An error means the tier could not say: the
-    /// caller fetches from its own source instead.
+    /// caller fetches from its own source instead. A blob found is marked used before its
+    /// body is read, so an expiry pass leaves it alone meanwhile (a blob not found costs no
+    /// marker).
     pub async fn open(&self, digest: &Digest) -> object_store::Result<Option<SharedBody>> {
         match self.store.get(&self.path(digest)).await {
             Ok(found) => {
                 self.count("get", "found");
+                if let Err(e) = self.mark_used(digest).await {
+                    tracing::debug!(%digest, error = %e, "a use of the shared tier went unmarked");
+                }
                 Ok(Some(SharedBody {
                     size: found.meta.size,
                     stream: found.into_stream(),
@@ -153,7 +179,8 @@ impl SharedTier {
         match self.store.head(&path).await {
             Ok(_) => {
                 self.count("put", "present");
-                return Ok(());
+                // Wanted again: a use, for the tier's idle expiry.
+                return self.mark_used(digest).await;
             }
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => {
