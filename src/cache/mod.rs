@@ -157,16 +157,30 @@ impl Cache {
             .map_err(|e| Error::Shared(Arc::new(e)))
     }
 
-    /// Hands a committed blob to the shared tier (when there is one, and it lacks the blob),
-    /// in the background: for the node that fetched it from its source, so the datacenter's
-    /// other nodes, and a node that starts empty, find it there.
+    /// Hands a blob to the shared tier (when there is one, and it lacks the blob), in the
+    /// background: for the node that fetches it from its source, so the datacenter's other
+    /// nodes, and a node that starts empty, find it there. Called as the fill starts, the
+    /// upload streams beside it and completes once the fill is verified; called later, it
+    /// reads the committed blob.
     pub fn share(&self, digest: &Digest) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let (store, digest) = (self.store.clone(), digest.clone());
+        let (fills, digest) = (self.fills.clone(), digest.clone());
+        let running = fills.running(&digest);
         tokio::spawn(async move {
-            if let Err(e) = shared.upload(&store, &digest).await {
+            let reader = match running {
+                Some(fill) => fill.reader(0, None),
+                None => {
+                    let wanted = digest.clone();
+                    match off_the_workers(move || fills.cached(&wanted)).await {
+                        Ok(Ok(Some(blob))) => blob.reader(0, None),
+                        // Evicted meanwhile, or unreadable: nothing to share.
+                        _ => return,
+                    }
+                }
+            };
+            if let Err(e) = shared.upload(reader, &digest).await {
                 tracing::warn!(%digest, error = %e, "a blob could not be put in the shared tier");
             }
         });

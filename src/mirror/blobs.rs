@@ -322,14 +322,20 @@ impl Mirror {
                     None => Source::Upstream,
                 };
                 writer.start(total, from).await;
+                // The node that takes it from the upstream hands it to the shared tier, the
+                // upload streaming beside the fill.
+                if answer.peer.is_none() {
+                    self.cache.share(digest);
+                }
             }
             let fed =
                 super::feed::feed(&answer.via, repo, digest, answer.answer, &writer, from).await;
             match fed {
                 Ok(()) => {
                     writer.finish().await?;
-                    // The node that took it from the upstream hands it to the shared tier.
-                    if answer.peer.is_none() {
+                    // An owner that broke off left the rest to the upstream: this node took
+                    // part of it from there, and shares what it committed.
+                    if from > 0 && answer.peer.is_none() {
                         self.cache.share(digest);
                     }
                     return Ok(());

@@ -96,7 +96,7 @@ impl FakeS3 {
         *modified = SystemTime::now() - by;
     }
 
-    /// Requests with `method` whose path holds `fragment`.
+    /// Requests with `method` whose target (path and query) holds `fragment`.
     pub fn count(&self, method: &str, fragment: &str) -> usize {
         let objects = self.objects.lock().unwrap();
         objects
@@ -135,6 +135,7 @@ fn not_found() -> Response<Full<Bytes>> {
 async fn respond(state: &Mutex<Objects>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let target = req.uri().to_string();
     let query: HashMap<String, String> = req
         .uri()
         .query()
@@ -146,7 +147,7 @@ async fn respond(state: &Mutex<Objects>, req: Request<Incoming>) -> Response<Ful
         .unwrap_or_default();
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let mut objects = state.lock().unwrap();
-    objects.requests.push((method.clone(), path.clone()));
+    objects.requests.push((method.clone(), target));
     if query.get("list-type").is_some_and(|t| t == "2") {
         return list(&objects, query.get("prefix").map_or("", |p| p));
     }

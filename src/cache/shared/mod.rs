@@ -8,7 +8,6 @@
 
 pub mod expiry;
 
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +16,11 @@ use futures_util::stream::{BoxStream, StreamExt};
 use futures_util::FutureExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, RetryConfig, WriteMultipart};
+use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig, WriteMultipart};
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::Semaphore;
 
-use super::store::Store;
-use super::{FillWriter, SourceFailure};
+use super::{BlobReader, Error as CacheError, FillWriter, SourceFailure};
 use crate::config::SharedConfig;
 use crate::metrics::{Metrics, Source};
 use crate::oci::Digest;
@@ -171,9 +169,16 @@ impl SharedTier {
         }
     }
 
-    /// Uploads the committed blob `digest` of `store` unless the bucket has it already, a
-    /// part at a time, at most [`UPLOADS`] at once.
-    pub async fn upload(&self, store: &Arc<Store>, digest: &Digest) -> object_store::Result<()> {
+    /// Uploads `digest` unless the bucket has it already, as `blob` gives its bytes: a reader
+    /// of the fill in progress (the upload streams beside it) or of the committed blob. The
+    /// reader's end comes only once the fill is verified, and the upload is completed only
+    /// then: a fill that fails, or fails verification, aborts it, so the bucket never holds
+    /// a blob this node did not verify. At most [`UPLOADS`] at once, about two parts each.
+    pub async fn upload(
+        &self,
+        mut reader: BlobReader,
+        digest: &Digest,
+    ) -> object_store::Result<()> {
         let _turn = self.uploads.acquire().await.expect("never closed");
         let path = self.path(digest);
         match self.store.head(&path).await {
@@ -188,40 +193,34 @@ impl SharedTier {
                 return Err(e);
             }
         }
-        let (store, wanted) = (store.clone(), digest.clone());
-        let committed = tokio::task::spawn_blocking(move || store.open_blob(&wanted))
-            .await
-            .map_err(|e| generic(std::io::Error::other(e)))?
-            .map_err(generic)?;
-        // Evicted meanwhile: nothing to share.
-        let Some(committed) = committed else {
-            return Ok(());
-        };
         let mut upload =
             WriteMultipart::new_with_chunk_size(self.store.put_multipart(&path).await?, PART);
-        let mut at = 0;
-        while at < committed.size {
-            let len = (committed.size - at).min(PART as u64) as usize;
-            let file = committed.file.clone();
-            let part = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0; len];
-                file.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
-            })
-            .await
-            .map_err(|e| generic(std::io::Error::other(e)))?;
-            let part = match part {
-                Ok(part) => part,
+        let mut sent = 0;
+        loop {
+            match reader.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    upload.wait_for_capacity(1).await?;
+                    // Copied: the chunk's buffer goes back to the fills' pool at once.
+                    upload.write(&chunk);
+                    sent += chunk.len();
+                }
+                Ok(None) => break,
                 Err(e) => {
+                    self.count("put", "aborted");
                     upload.abort().await?;
                     return Err(generic(e));
                 }
-            };
-            upload.wait_for_capacity(1).await?;
-            upload.put(part);
-            at += len as u64;
+            }
         }
-        match upload.finish().await {
-            Ok(_) => {
+        let done = if sent == 0 {
+            // S3 refuses a multipart upload without parts.
+            upload.abort().await?;
+            self.store.put(&path, PutPayload::new()).await.map(drop)
+        } else {
+            upload.finish().await.map(drop)
+        };
+        match done {
+            Ok(()) => {
                 self.count("put", "uploaded");
                 Ok(())
             }
@@ -287,7 +286,7 @@ impl SharedTier {
     }
 }
 
-fn generic(e: std::io::Error) -> object_store::Error {
+fn generic(e: CacheError) -> object_store::Error {
     object_store::Error::Generic {
         store: "wharf cache",
         source: Box::new(e),
