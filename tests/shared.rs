@@ -8,7 +8,7 @@ use std::time::Duration;
 use wharf::config::SharedConfig;
 
 use crate::common::registry::Hold;
-use crate::common::s3::{blob_key, FakeS3, BUCKET};
+use crate::common::s3::{blob_key, Break, FakeS3, BUCKET};
 use crate::common::{eventually, random_bytes, FakeRegistry, Wharf, MIB, WHARF};
 use bytes::Bytes;
 
@@ -364,6 +364,56 @@ async fn a_fill_that_fails_verification_aborts_its_upload() {
         node.metric(
             "wharf_shared_requests_total",
             &["op=\"put\"", "result=\"aborted\""]
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_bucket_body_cut_off_is_finished_from_the_upstream_from_where_it_stopped() {
+    finished_from_the_upstream_after(Break::Cut, 91).await;
+}
+
+#[tokio::test]
+async fn a_bucket_body_that_stalls_is_finished_from_the_upstream_from_where_it_stopped() {
+    finished_from_the_upstream_after(Break::Stall, 92).await;
+}
+
+async fn finished_from_the_upstream_after(how: Break, seed: u64) {
+    let upstream = FakeRegistry::start().await;
+    let s3 = FakeS3::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = random_bytes(6 * MIB, seed);
+    let digest = upstream.add_blob(blob.clone());
+    s3.put_object(&blob_key(&digest), blob.clone());
+    s3.break_bodies_at(2 * MIB, how);
+    let node = Wharf::start(&upstream, |c| {
+        c.cache.shared = Some(shared(&s3, dir.path()))
+    })
+    .await;
+    let r = node.get(&format!("/v2/library/x/blobs/{digest}")).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.unwrap() == blob,
+        "the client never saw the break"
+    );
+    assert!(node.settled(&digest).await, "verified and kept");
+    let fetches: Vec<_> = upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.path.contains(&digest))
+        .collect();
+    assert_eq!(fetches.len(), 1, "the upstream was asked once");
+    assert_eq!(
+        fetches[0].range.as_deref(),
+        Some("bytes=2097152-"),
+        "for the rest only"
+    );
+    assert_eq!(
+        node.metric(
+            "wharf_shared_requests_total",
+            &["op=\"get\"", "result=\"broken\""]
         )
         .await,
         1.0

@@ -25,7 +25,10 @@ use crate::oci::media::Accept;
 use crate::oci::{Digest, RawManifest};
 pub use error::{check_blob, Error, SourceFailure};
 use fill::Fills;
-pub use fill::{BlobLookup, BlobReader, CachedBlob, Fill, FillPosition, FillWriter, SegmentWriter};
+pub use fill::{
+    BlobLookup, BlobReader, CachedBlob, Fill, FillPosition, FillWriter, Resume, SegmentWriter,
+    TierFeed,
+};
 use memory::HotManifests;
 use shared::SharedTier;
 pub use store::Condition;
@@ -43,8 +46,8 @@ pub use tags::{TagKey, Variant};
 /// 3. otherwise the caller gets a new fill to feed from its source (the upstream; in a cluster
 ///    the digest's owner). A shared tier below the local disk (an object store several nodes
 ///    share) slots in here, inside [`Cache::blob`]: on a local miss the cache looks there first
-///    and feeds the fill itself, answering [`BlobLookup::Coalesced`], so the caller only feeds
-///    what no tier holds. Neither the mirror nor the server changes for it.
+///    and answers [`BlobLookup::FromTier`] with the feed to run; the caller feeds only what no
+///    tier holds, or what the tier could not finish.
 ///
 /// Whoever brings bytes in does not vouch for them: every fill is hashed as it is written and
 /// committed only once its digest and length match (the fill's writer does that), and
@@ -127,7 +130,7 @@ impl Cache {
     /// this request, never the async workers.
     ///
     /// On a local miss the shared tier, if there is one, is asked first: a blob it holds feeds
-    /// the new fill from there ([`BlobLookup::Coalesced`]); one it lacks, or a tier that does
+    /// the new fill from there ([`BlobLookup::FromTier`]); one it lacks, or a tier that does
     /// not answer, leaves the fill to the caller.
     pub async fn blob(&self, digest: &Digest) -> Result<BlobLookup, Error> {
         let (fills, wanted) = (self.fills.clone(), digest.clone());
@@ -137,10 +140,10 @@ impl Cache {
             (lookup, _) => return Ok(lookup),
         };
         match shared.open(digest).await {
-            Ok(Some(body)) => {
-                tokio::spawn(shared.feed(body, writer, digest.clone()));
-                Ok(BlobLookup::Coalesced(fill))
-            }
+            Ok(Some(body)) => Ok(BlobLookup::FromTier(
+                fill,
+                Box::pin(shared.feed(body, writer, digest.clone())),
+            )),
             Ok(None) => Ok(BlobLookup::Started(fill, writer)),
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "the shared tier did not answer; fetching from the source");

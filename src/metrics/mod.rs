@@ -226,8 +226,9 @@ impl Metrics {
                 &registry,
                 "wharf_shared_requests_total",
                 "Requests to the shared tier by operation (get|put|head|delete) and result \
-                 (found|absent|refused|uploaded|present|aborted|error; delete: expired|evicted|damaged); \
-                 refused: a copy that failed verification, deleted; aborted: an upload whose fill \
+                 (found|absent|broken|refused|uploaded|present|aborted|error; delete: \
+                 expired|evicted|damaged); broken: a body finished from the source; refused: a copy \
+                 that failed verification, deleted; aborted: an upload whose fill \
                  failed",
                 &["op", "result"],
             ),

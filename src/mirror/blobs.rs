@@ -14,7 +14,9 @@ use super::passthrough::Passthrough;
 use super::side::{SideBody, SideSource};
 use super::state::Mirror;
 use crate::body::Chunk;
-use crate::cache::{BlobHeld, BlobLookup, BlobReader, CachedBlob, Fill, FillWriter, SourceFailure};
+use crate::cache::{
+    BlobHeld, BlobLookup, BlobReader, CachedBlob, Fill, Resume, SourceFailure, TierFeed,
+};
 use crate::error::{ClientError, Error};
 use crate::metrics::{BypassReason, CacheResult, ContentKind, Source};
 use crate::oci::{Digest, RepoName};
@@ -103,6 +105,14 @@ fn not_found_is_blob_unknown(e: Error) -> Error {
     }
 }
 
+/// Who feeds a fill this request started.
+enum Feeding {
+    /// The digest's owner or the upstream, from the start.
+    Source(Resume),
+    /// A tier below; if it breaks off, the owner or the upstream carries on.
+    Tier(TierFeed),
+}
+
 impl Mirror {
     /// A blob to stream. `wanted`: the one range the client asked for, when it named both
     /// ends; far enough into a blob not yet here, it is asked for at once, beside the fill.
@@ -129,12 +139,15 @@ impl Mirror {
         };
         // Content already here came through some repository; a private upstream must confirm
         // that this one may read it too. A fill started here asks the upstream itself.
-        if matches!(lookup, BlobLookup::Cached(_) | BlobLookup::Coalesced(_)) {
+        if matches!(
+            lookup,
+            BlobLookup::Cached(_) | BlobLookup::Coalesced(_) | BlobLookup::FromTier(..)
+        ) {
             self.access
                 .confirm(upstream, repo, digest, Content::Blob)
                 .await?;
         }
-        let (fill, result, writer) = match lookup {
+        let (fill, result, feeding) = match lookup {
             BlobLookup::Cached(blob) => {
                 self.metrics
                     .cache_result(ContentKind::Blob, CacheResult::Hit);
@@ -153,18 +166,36 @@ impl Mirror {
                     .await;
             }
             BlobLookup::Coalesced(fill) => (fill, CacheResult::Coalesced, None),
-            BlobLookup::Started(fill, writer) => (fill, CacheResult::Miss, Some(writer)),
+            BlobLookup::Started(fill, writer) => {
+                let feeding = Feeding::Source(Resume {
+                    writer,
+                    at: 0,
+                    total: None,
+                });
+                (fill, CacheResult::Miss, Some(feeding))
+            }
+            // Another node's fetch, through the bucket: for this node, a coalesced fill.
+            BlobLookup::FromTier(fill, feed) => {
+                (fill, CacheResult::Coalesced, Some(Feeding::Tier(feed)))
+            }
         };
         self.metrics.cache_result(ContentKind::Blob, result);
         let sources = owner_sources(self.owners.as_deref(), origin, upstream, digest);
         // Ranges ahead of the fill are asked of the digest's owner too, which has them or
         // will soon.
         let side_upstream = sources.first().map_or(upstream, |owner| &owner.via).clone();
-        if let Some(writer) = writer {
+        if let Some(feeding) = feeding {
             let this = self.clone();
             let (upstream, repo, digest) = (upstream.clone(), repo.clone(), digest.clone());
             tokio::spawn(async move {
-                this.run_fill(&upstream, &sources, &repo, &digest, writer)
+                let resume = match feeding {
+                    Feeding::Source(resume) => resume,
+                    Feeding::Tier(feed) => match feed.await {
+                        Some(rest) => rest,
+                        None => return,
+                    },
+                };
+                this.run_fill(&upstream, &sources, &repo, &digest, resume)
                     .await
             });
         }
@@ -236,19 +267,20 @@ impl Mirror {
         })
     }
 
-    /// Streams a blob from the upstream into a fill. Runs to the end whether or not anyone is
-    /// still reading.
+    /// Streams a blob from the upstream (or the digest's owner) into a fill, from byte
+    /// `resume.at` on (where a tier below broke off, or 0). Runs to the end whether or not
+    /// anyone is still reading.
     async fn run_fill(
         &self,
         upstream: &Arc<Upstream>,
         sources: &[Owner],
         repo: &RepoName,
         digest: &Digest,
-        writer: FillWriter,
+        resume: Resume,
     ) {
         self.metrics.fills_in_flight.inc();
         let outcome = self
-            .feed_fill(upstream, sources, repo, digest, writer)
+            .feed_fill(upstream, sources, repo, digest, resume)
             .await;
         match outcome {
             Ok(()) => tracing::debug!(%digest, "blob cached"),
@@ -272,19 +304,22 @@ impl Mirror {
     /// resume from (which the fill's readers see too). A peer that fails part-way is passed
     /// over: the next source carries on from where it stopped, under the same running hash.
     /// A large blob from a slow upstream is fetched in segments at once, when the upstream
-    /// serves ranges.
+    /// serves ranges. A fill resumed part-way keeps the source its readers were told of.
     async fn feed_fill(
         &self,
         upstream: &Arc<Upstream>,
         sources: &[Owner],
         repo: &RepoName,
         digest: &Digest,
-        writer: FillWriter,
+        resume: Resume,
     ) -> Result<(), Error> {
         let owners = self.owners.as_deref();
         let mut sources = sources;
-        let mut from = 0;
-        let mut total = None;
+        let Resume {
+            writer,
+            at: mut from,
+            mut total,
+        } = resume;
         loop {
             let span = Span {
                 start: from,

@@ -9,14 +9,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 pub const BUCKET: &str = "wharf";
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// How a body breaks off.
+#[derive(Clone, Copy)]
+pub enum Break {
+    /// The connection is dropped.
+    Cut,
+    /// Nothing more is sent, and the connection stays open.
+    Stall,
+}
 
 #[derive(Default)]
 struct Objects {
@@ -27,6 +41,8 @@ struct Objects {
     next_upload: u64,
     /// Requests by method, for assertions.
     requests: Vec<(Method, String)>,
+    /// Object bodies: declare the whole length, then break off at this byte of the object.
+    break_bodies_at: Option<(usize, Break)>,
 }
 
 pub struct FakeS3 {
@@ -89,6 +105,12 @@ impl FakeS3 {
             .insert(key.to_owned(), (body, SystemTime::now()));
     }
 
+    /// Object bodies from now on declare their whole length and break off at byte `at` of
+    /// the object.
+    pub fn break_bodies_at(&self, at: usize, how: Break) {
+        self.objects.lock().unwrap().break_bodies_at = Some((at, how));
+    }
+
     /// Makes the object under `key` look last modified `by` ago.
     pub fn age(&self, key: &str, by: Duration) {
         let mut objects = self.objects.lock().unwrap();
@@ -112,19 +134,20 @@ pub fn blob_key(digest: &str) -> String {
     format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))
 }
 
-fn answer(
-    status: u16,
-    headers: &[(&str, String)],
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
+fn answer(status: u16, headers: &[(&str, String)], body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::builder().status(status);
     for (k, v) in headers {
         r = r.header(*k, v);
     }
-    r.body(Full::new(body.into())).unwrap()
+    r.body(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+    .unwrap()
 }
 
-fn not_found() -> Response<Full<Bytes>> {
+fn not_found() -> Response<Body> {
     answer(
         404,
         &[("content-type", "application/xml".into())],
@@ -132,10 +155,17 @@ fn not_found() -> Response<Full<Bytes>> {
     )
 }
 
-async fn respond(state: &Mutex<Objects>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(state: &Mutex<Objects>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let target = req.uri().to_string();
+    let range = req
+        .headers()
+        .get("range")
+        .and_then(|r| r.to_str().ok())
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .map(|(a, b)| (a.parse::<usize>().unwrap(), b.parse::<usize>().ok()));
     let query: HashMap<String, String> = req
         .uri()
         .query()
@@ -157,10 +187,11 @@ async fn respond(state: &Mutex<Objects>, req: Request<Incoming>) -> Response<Ful
     else {
         return not_found();
     };
-    let meta = |len: usize, modified: SystemTime| {
+    // The etag names the whole object, whatever part of it is sent.
+    let meta = |len: usize, whole: usize, modified: SystemTime| {
         vec![
             ("content-length", len.to_string()),
-            ("etag", format!("\"{len}\"")),
+            ("etag", format!("\"{whole}\"")),
             ("last-modified", httpdate::fmt_http_date(modified)),
         ]
     };
@@ -171,14 +202,36 @@ async fn respond(state: &Mutex<Objects>, req: Request<Incoming>) -> Response<Ful
     ) {
         ("GET" | "HEAD", None, false) => match objects.stored.get(&key) {
             Some((found, modified)) => {
-                let body = if method == Method::HEAD {
-                    Bytes::new()
-                } else {
-                    found.clone()
-                };
-                let mut r = answer(200, &meta(found.len(), *modified), body);
-                if method == Method::HEAD {
-                    *r.body_mut() = Full::new(Bytes::new());
+                let len = found.len();
+                let (start, end) = range.map_or((0, len), |(a, b)| (a, b.map_or(len, |b| b + 1)));
+                let mut headers = meta(end - start, len, *modified);
+                if range.is_some() {
+                    headers.push(("content-range", format!("bytes {start}-{}/{len}", end - 1)));
+                }
+                let status = if range.is_some() { 206 } else { 200 };
+                let mut r = answer(status, &headers, Bytes::new());
+                match (method == Method::HEAD, objects.break_bodies_at) {
+                    (true, _) => {}
+                    // The declared length, then a break at that byte of the object.
+                    (false, Some((at, how))) if (start..end).contains(&at) => {
+                        let sent =
+                            futures_util::stream::iter([Ok(Frame::data(found.slice(start..at)))]);
+                        *r.body_mut() = match how {
+                            Break::Cut => {
+                                let cut =
+                                    futures_util::stream::iter([Err(std::io::Error::other("cut"))]);
+                                BodyExt::boxed(StreamBody::new(sent.chain(cut)))
+                            }
+                            Break::Stall => BodyExt::boxed(StreamBody::new(
+                                sent.chain(futures_util::stream::pending()),
+                            )),
+                        };
+                    }
+                    (false, _) => {
+                        *r.body_mut() = Full::new(found.slice(start..end))
+                            .map_err(|never| match never {})
+                            .boxed()
+                    }
                 }
                 r
             }
@@ -241,7 +294,7 @@ async fn respond(state: &Mutex<Objects>, req: Request<Incoming>) -> Response<Ful
 }
 
 /// ListObjectsV2, in one page.
-fn list(objects: &Objects, prefix: &str) -> Response<Full<Bytes>> {
+fn list(objects: &Objects, prefix: &str) -> Response<Body> {
     let contents: String = objects
         .stored
         .iter()

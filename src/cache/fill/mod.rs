@@ -175,9 +175,23 @@ pub enum BlobLookup {
     Coalesced(Arc<Fill>),
     /// Nowhere: this caller started the fill and must feed it.
     Started(Arc<Fill>, FillWriter),
+    /// In a tier below the local disk, which feeds the new fill: the caller runs the feed,
+    /// and, should the tier break off part-way, feeds the rest from its own source.
+    FromTier(Arc<Fill>, TierFeed),
     /// Nowhere, and the cache takes no writes now (disk full, read-only): the caller serves
     /// the bytes without caching them.
     NoWrites,
+}
+
+/// A tier below feeding a fill; done, or what is left to feed and from which byte.
+pub type TierFeed = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Resume>> + Send>>;
+
+/// A fill its first source broke off part-way: the rest is fed from byte `at`, the blob
+/// being `total` bytes long.
+pub struct Resume {
+    pub writer: FillWriter,
+    pub at: u64,
+    pub total: Option<u64>,
 }
 
 type Table = Arc<Mutex<HashMap<Digest, Arc<Fill>>>>;

@@ -20,7 +20,7 @@ use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig, WriteMul
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::Semaphore;
 
-use super::{BlobReader, Error as CacheError, FillWriter, SourceFailure};
+use super::{BlobReader, Error as CacheError, FillWriter, Resume};
 use crate::config::SharedConfig;
 use crate::metrics::{Metrics, Source};
 use crate::oci::Digest;
@@ -32,6 +32,8 @@ const UPLOADS: usize = 2;
 /// How long a connection to the bucket may take, and how long a request is retried for.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RETRY_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a blob's body may send nothing before the rest is fetched from the source.
+const READ_IDLE: Duration = Duration::from_secs(5);
 
 /// Why the shared tier could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,8 @@ struct Bounds {
 
 pub struct SharedTier {
     store: Arc<dyn ObjectStore>,
+    /// The same bucket, for blob bodies: no overall deadline.
+    reads: Arc<dyn ObjectStore>,
     prefix: String,
     bounds: Bounds,
     uploads: Arc<Semaphore>,
@@ -97,22 +101,30 @@ impl SharedTier {
                 options = options.with_root_certificate(certificate);
             }
         }
-        let store = AmazonS3Builder::new()
-            .with_endpoint(config.endpoint.as_str().trim_end_matches('/'))
-            .with_bucket_name(&config.bucket)
-            .with_region(&config.region)
-            .with_access_key_id(access_key)
-            .with_secret_access_key(secret)
-            .with_virtual_hosted_style_request(!config.path_style)
-            .with_client_options(options)
-            .with_retry(RetryConfig {
-                max_retries: 2,
-                retry_timeout: RETRY_TIMEOUT,
-                ..RetryConfig::default()
-            })
-            .build()?;
+        let build = |options: ClientOptions| {
+            AmazonS3Builder::new()
+                .with_endpoint(config.endpoint.as_str().trim_end_matches('/'))
+                .with_bucket_name(&config.bucket)
+                .with_region(&config.region)
+                .with_access_key_id(&access_key)
+                .with_secret_access_key(&secret)
+                .with_virtual_hosted_style_request(!config.path_style)
+                .with_client_options(options)
+                .with_retry(RetryConfig {
+                    max_retries: 2,
+                    retry_timeout: RETRY_TIMEOUT,
+                    ..RetryConfig::default()
+                })
+                .build()
+        };
+        // A blob's body may take minutes to come, so its reads have no overall deadline
+        // (the client's is 30 s from connecting to the body's end); a body that stalls is
+        // caught by the feed instead ([`READ_IDLE`]).
+        let reads = build(options.clone().with_timeout_disabled())?;
+        let store = build(options)?;
         Ok(SharedTier {
             store: Arc::new(store),
+            reads: Arc::new(reads),
             prefix: config.prefix.clone(),
             bounds: Bounds {
                 max_size: config.max_size.map(|s| s.bytes()),
@@ -147,7 +159,7 @@ impl SharedTier {
     /// body is read, so an expiry pass leaves it alone meanwhile (a blob not found costs no
     /// marker).
     pub async fn open(&self, digest: &Digest) -> object_store::Result<Option<SharedBody>> {
-        match self.store.get(&self.path(digest)).await {
+        match self.reads.get(&self.path(digest)).await {
             Ok(found) => {
                 self.count("get", "found");
                 if let Err(e) = self.mark_used(digest).await {
@@ -231,46 +243,55 @@ impl SharedTier {
         }
     }
 
-    /// Feeds a fill from the tier's body of `digest`: what the fill's verification refuses is
-    /// deleted from the bucket, so no node is handed it again.
+    /// Feeds a fill from the tier's body of `digest`. A body that breaks off part-way hands
+    /// the fill back with where it stopped, for the caller's own source to carry on from
+    /// there; what the fill's verification refuses is deleted from the bucket, so no node is
+    /// handed it again.
     pub(super) async fn feed(
         self: Arc<Self>,
         body: SharedBody,
         writer: FillWriter,
         digest: Digest,
-    ) {
+    ) -> Option<Resume> {
         writer.start(Some(body.size), Source::Shared).await;
         let mut piece = writer.segment(0);
         let mut stream = body.stream;
-        loop {
+        let mut at = 0;
+        // Why the body stopped short, if it did.
+        let broke = loop {
             // What came goes to the fill's readers whenever the tier pauses.
             let next = match stream.next().now_or_never() {
                 Some(next) => next,
                 None => {
-                    if piece.flush().await.is_err() {
-                        return;
+                    piece.flush().await.ok()?;
+                    match tokio::time::timeout(READ_IDLE, stream.next()).await {
+                        Ok(next) => next,
+                        Err(_) => break Some(format!("nothing came for {READ_IDLE:?}")),
                     }
-                    stream.next().await
                 }
             };
             match next {
                 Some(Ok(chunk)) => {
                     self.received.inc_by(chunk.len() as u64);
                     // A cache error: the fill knows, and tells its readers.
-                    if piece.write(&chunk).await.is_err() {
-                        return;
-                    }
+                    piece.write(&chunk).await.ok()?;
+                    at += chunk.len() as u64;
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(%digest, error = %e, "the shared tier's body broke off");
-                    writer.fail(SourceFailure::new(e)).await;
-                    return;
-                }
-                None => break,
+                Some(Err(e)) => break Some(e.to_string()),
+                None if at < body.size => break Some(format!("the body ended at byte {at}")),
+                None => break None,
             }
-        }
-        if piece.flush().await.is_err() {
-            return;
+        };
+        piece.flush().await.ok()?;
+        drop(piece);
+        if let Some(why) = broke {
+            self.count("get", "broken");
+            tracing::warn!(%digest, at, error = why, "the shared tier's body broke off; the rest comes from the source");
+            return Some(Resume {
+                writer,
+                at,
+                total: Some(body.size),
+            });
         }
         match writer.finish().await {
             Ok(()) => tracing::debug!(%digest, "blob cached from the shared tier"),
@@ -283,6 +304,7 @@ impl SharedTier {
             }
             Err(e) => tracing::debug!(%digest, error = %e, "a fill from the shared tier stopped"),
         }
+        None
     }
 }
 
