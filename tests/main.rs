@@ -22,6 +22,7 @@ mod process;
 mod properties;
 mod security;
 mod shared;
+mod shared_bounds;
 mod tiers;
 mod tls;
 mod upstream;

@@ -7,6 +7,7 @@ mod access;
 mod blobs;
 mod expiry;
 mod feed;
+mod filling;
 mod flights;
 mod manifests;
 mod owners;

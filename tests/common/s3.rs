@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +19,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use wharf::config::SharedConfig;
 
 pub const BUCKET: &str = "wharf";
 
@@ -132,6 +134,30 @@ impl FakeS3 {
 /// The key of a blob in the tier, as wharf lays it out (no prefix).
 pub fn blob_key(digest: &str) -> String {
     format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))
+}
+
+/// A `[cache.shared]` on this bucket, its key files written into `dir`.
+pub fn shared_config(s3: &FakeS3, dir: &Path) -> SharedConfig {
+    let (access_key_file, secret_key_file) = (dir.join("s3-access-key"), dir.join("s3-secret"));
+    std::fs::write(&access_key_file, "GKtest\n").unwrap();
+    std::fs::write(&secret_key_file, "test-secret-key\n").unwrap();
+    SharedConfig {
+        endpoint: s3.endpoint().parse().unwrap(),
+        bucket: BUCKET.into(),
+        region: "garage".into(),
+        prefix: String::new(),
+        path_style: true,
+        access_key_file,
+        secret_key_file,
+        max_size: None,
+        max_idle: Duration::from_secs(30 * 24 * 3600),
+        ca_file: None,
+    }
+}
+
+/// The marker of a blob's last use from the bucket.
+pub fn used_key(digest: &str) -> String {
+    format!("used/sha256/{}", digest.trim_start_matches("sha256:"))
 }
 
 fn answer(status: u16, headers: &[(&str, String)], body: impl Into<Bytes>) -> Response<Body> {
