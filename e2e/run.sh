@@ -30,7 +30,7 @@ WHARF_SRC=$1
 DOCKER=${DOCKER:-docker}
 TAG=v1
 CLIENT_TIMEOUT=60 # seconds any single pull may take (a healthy one takes a few)
-SUITE_BUDGET=600  # seconds; after this, remaining checks fail at once instead of waiting
+SUITE_BUDGET=720  # seconds; after this, remaining checks fail at once instead of waiting
 
 WORK=$(mktemp -d)
 LOGS=$WORK/logs
@@ -94,10 +94,11 @@ trap 'exit 130' INT TERM
 read -r UP_PORT WHARF_PORT TTL_PORT DEAD_PORT T1_PORT T2_PORT T3_PORT DISK_PORT CHURN_PORT \
     TLS_PORT UP2_PORT REGIONAL_PORT EDGE_PORT EDGE2_PORT AUTH_PORT AUTH_OPS_PORT UP_TLS_PORT \
     HTTPS_UP_WHARF_PORT CLUSTER_A_PORT CLUSTER_B_PORT CLUSTER_C_PORT SHARED1_PORT SHARED2_PORT \
-    SHARED3_PORT <<<"$(free_ports 24)"
+    SHARED3_PORT DC_A_PORT DC_B_PORT DC_C_PORT <<<"$(free_ports 27)"
 TIMING_PORTS=("$T1_PORT" "$T2_PORT" "$T3_PORT")
 # shellcheck disable=SC2034 # used by cluster.sh
 CLUSTER_PORTS=("$CLUSTER_A_PORT" "$CLUSTER_B_PORT" "$CLUSTER_C_PORT")
+DC_PORTS=("$DC_A_PORT" "$DC_B_PORT" "$DC_C_PORT")
 export HTTP_PROXY=http://127.0.0.1:$DEAD_PORT HTTPS_PROXY=http://127.0.0.1:$DEAD_PORT
 export http_proxy=$HTTP_PROXY https_proxy=$HTTPS_PROXY
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
@@ -334,6 +335,8 @@ source "$HERE/tiers.sh"
 source "$HERE/cluster.sh"
 # shellcheck source=shared.sh
 source "$HERE/shared.sh"
+# shellcheck source=datacenter.sh
+source "$HERE/datacenter.sh"
 # shellcheck source=auth.sh
 source "$HERE/auth.sh"
 # shellcheck source=lazy.sh
@@ -362,7 +365,7 @@ main() {
 
     local phase phases=(test_skopeo test_dockerd test_containerd test_podman test_protocol
         test_repull test_single_fetch test_fan_in test_hang_up test_lazy measure_timings test_tls
-        test_https_upstream test_tiers test_cluster test_shared
+        test_https_upstream test_tiers test_cluster test_shared test_datacenter
         test_auth test_disk_full test_read_only test_churn
         test_upstream_outage) # the outage comes last: it stops the upstream
     if [[ -n ${E2E_PHASES:-} ]]; then

@@ -7,16 +7,20 @@
 
 GARAGE=${GARAGE:-$(command -v garage || true)}
 GARAGE_NODES=(1 2 3)
+# Names the files and logs of the Garage cluster the running phase starts.
+GARAGE_NAME=garage
 
 # garage_cli N ARGS... — the Garage CLI against the suite's Garage node N.
 garage_cli() {
     local n=$1
     shift
-    "$GARAGE" -c "$WORK/garage-$n.toml" "$@"
+    "$GARAGE" -c "$WORK/$GARAGE_NAME-$n.toml" "$@"
 }
 
-# start_garage — three Garage nodes on loopback, replication factor 3, one bucket and one key.
+# start_garage — three Garage nodes on loopback, replication factor 3, one bucket and one key;
+# their files and logs named after GARAGE_NAME.
 start_garage() {
+    declare -gA GARAGE_S3=() GARAGE_RPC=() GARAGE_PIDS=()
     [[ -n $GARAGE ]] || { echo "garage is not installed (cargo install --locked garage)"; return 1; }
     local ports secret n
     read -ra ports <<<"$(free_ports 6)"
@@ -24,10 +28,10 @@ start_garage() {
     for n in "${GARAGE_NODES[@]}"; do
         GARAGE_S3[$n]=${ports[$((n - 1))]}
         GARAGE_RPC[$n]=${ports[$((n + 2))]}
-        mkdir -p "$WORK/garage-$n/meta" "$WORK/garage-$n/data"
-        cat >"$WORK/garage-$n.toml" <<CONF
-metadata_dir = "$WORK/garage-$n/meta"
-data_dir = "$WORK/garage-$n/data"
+        mkdir -p "$WORK/$GARAGE_NAME-$n/meta" "$WORK/$GARAGE_NAME-$n/data"
+        cat >"$WORK/$GARAGE_NAME-$n.toml" <<CONF
+metadata_dir = "$WORK/$GARAGE_NAME-$n/meta"
+data_dir = "$WORK/$GARAGE_NAME-$n/data"
 db_engine = "lmdb"
 replication_factor = 3
 rpc_bind_addr = "127.0.0.1:${GARAGE_RPC[$n]}"
@@ -39,7 +43,7 @@ s3_region = "garage"
 api_bind_addr = "127.0.0.1:${GARAGE_S3[$n]}"
 root_domain = ".s3.garage.localhost"
 CONF
-        start_bg "garage-$n" "$GARAGE" -c "$WORK/garage-$n.toml" server
+        start_bg "$GARAGE_NAME-$n" "$GARAGE" -c "$WORK/$GARAGE_NAME-$n.toml" server
         GARAGE_PIDS[$n]=$STARTED_PID
     done
     for n in "${GARAGE_NODES[@]}"; do
@@ -48,25 +52,29 @@ CONF
     for n in 2 3; do
         garage_cli 1 node connect "$(garage_cli "$n" node id -q)" >/dev/null || return 1
     done
-    wait_until 30 bash -c "[[ \$('$GARAGE' -c '$WORK/garage-1.toml' status 2>/dev/null | grep -cE '^[0-9a-f]{16}') -eq 3 ]]" || return 1
+    wait_until 30 bash -c "[[ \$('$GARAGE' -c '$WORK/$GARAGE_NAME-1.toml' status 2>/dev/null | grep -cE '^[0-9a-f]{16}') -eq 3 ]]" || return 1
     local node
     for node in $(garage_cli 1 status 2>/dev/null | grep -oE '^[0-9a-f]{16}'); do
         garage_cli 1 layout assign -z dc1 -c 1G "$node" >/dev/null || return 1
     done
     garage_cli 1 layout apply --version 1 >/dev/null &&
         garage_cli 1 bucket create wharf >/dev/null &&
-        garage_cli 1 key create wharf-key >"$WORK/garage-key.txt" &&
+        garage_cli 1 key create wharf-key >"$WORK/$GARAGE_NAME-key.txt" &&
         garage_cli 1 bucket allow --read --write --owner wharf --key wharf-key >/dev/null
+}
+
+# write_garage_key_files — the bucket's key, as wharf reads it: one file per half.
+write_garage_key_files() {
+    local key_id secret
+    key_id=$(awk '/Key ID:/ {print $NF; exit}' "$WORK/$GARAGE_NAME-key.txt")
+    secret=$(awk '/Secret key:/ {print $NF; exit}' "$WORK/$GARAGE_NAME-key.txt")
+    printf '%s\n' "$key_id" >"$WORK/$GARAGE_NAME-access-key"
+    printf '%s\n' "$secret" >"$WORK/$GARAGE_NAME-secret"
+    chmod 600 "$WORK/$GARAGE_NAME-secret"
 }
 
 # write_shared_node_config NAME PORT — a wharf in front of the suite's upstream, on the bucket.
 write_shared_node_config() {
-    local key_id secret
-    key_id=$(awk '/Key ID:/ {print $NF; exit}' "$WORK/garage-key.txt")
-    secret=$(awk '/Secret key:/ {print $NF; exit}' "$WORK/garage-key.txt")
-    printf '%s\n' "$key_id" >"$WORK/garage-access-key"
-    printf '%s\n' "$secret" >"$WORK/garage-secret"
-    chmod 600 "$WORK/garage-secret"
     cat >"$WORK/$1.toml" <<CONF
 [server]
 listen = "127.0.0.1:$2"
@@ -78,8 +86,8 @@ dir = "$WORK/cache-$1"
 endpoint = "http://127.0.0.1:${GARAGE_S3[1]}"
 bucket = "wharf"
 region = "garage"
-access_key_file = "$WORK/garage-access-key"
-secret_key_file = "$WORK/garage-secret"
+access_key_file = "$WORK/$GARAGE_NAME-access-key"
+secret_key_file = "$WORK/$GARAGE_NAME-secret"
 
 [[upstream]]
 name = "docker.io"
@@ -88,7 +96,7 @@ CONF
 }
 
 test_shared() {
-    declare -gA GARAGE_S3=() GARAGE_RPC=() GARAGE_PIDS=()
+    GARAGE_NAME=garage
     if start_garage >"$LOGS/garage-setup.log" 2>&1; then
         pass "shared: three Garage nodes start, with a bucket and a key"
     else
@@ -97,6 +105,7 @@ test_shared() {
         fail "shared: three Garage nodes start, with a bucket and a key" "${lines[@]}"
         return 0
     fi
+    write_garage_key_files
     local one=127.0.0.1:$SHARED1_PORT two=127.0.0.1:$SHARED2_PORT three=127.0.0.1:$SHARED3_PORT
     write_shared_node_config shared1 "$SHARED1_PORT"
     write_shared_node_config shared2 "$SHARED2_PORT"
