@@ -8,6 +8,7 @@ mod api;
 mod blobs;
 mod cli;
 mod cluster;
+mod cluster_failover;
 mod cold;
 mod disk_space;
 mod failures;

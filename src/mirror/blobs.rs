@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 
 use super::access::Content;
 use super::filling::Feeding;
-use super::owners::{owner_sources, Origin};
+use super::owners::{ask_owner_first, owner_sources, Origin};
 use super::passthrough::Passthrough;
 use super::side::{SideBody, SideSource};
 use super::state::Mirror;
@@ -122,7 +122,7 @@ impl Mirror {
                 self.metrics
                     .cache_result(ContentKind::Blob, CacheResult::Miss);
                 return self
-                    .passthrough(upstream, repo, digest, BypassReason::Unreadable)
+                    .passthrough(upstream, repo, digest, BypassReason::Unreadable, origin)
                     .await;
             }
             Err(e) => return Err(e.into()),
@@ -152,7 +152,7 @@ impl Mirror {
                 self.metrics
                     .cache_result(ContentKind::Blob, CacheResult::Miss);
                 return self
-                    .passthrough(upstream, repo, digest, BypassReason::Unwritable)
+                    .passthrough(upstream, repo, digest, BypassReason::Unwritable, origin)
                     .await;
             }
             BlobLookup::Coalesced(fill) => (fill, CacheResult::Coalesced, None),
@@ -227,32 +227,41 @@ impl Mirror {
             }
             // The disk could not take it before any byte was sent: serve it anyway.
             Err(Error::Cache(e)) if e.is_unwritable() => {
-                self.passthrough(upstream, repo, digest, BypassReason::Unwritable)
+                self.passthrough(upstream, repo, digest, BypassReason::Unwritable, origin)
                     .await
             }
             Err(e) => Err(not_found_is_blob_unknown(e)),
         }
     }
 
-    /// Streams a blob from the upstream to one client without caching it.
+    /// Streams a blob to one client without caching it: from the digest's owner in a cluster
+    /// (which caches it, so the datacenter still fetches it once), else from the upstream.
     async fn passthrough(
         &self,
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
         why: BypassReason,
+        origin: Origin,
     ) -> Result<BlobAnswer, Error> {
         self.metrics.bypassed(why);
-        let stream = upstream
-            .blob(repo, digest, Span::WHOLE)
-            .await
-            .map_err(|e| not_found_is_blob_unknown(e.into()))?;
+        let owners = self.owners.as_deref();
+        let sources = owner_sources(owners, origin, upstream, digest);
+        let opened = ask_owner_first(owners, &sources, upstream, |source| async move {
+            source.blob(repo, digest, Span::WHOLE).await
+        })
+        .await
+        .map_err(|e| not_found_is_blob_unknown(e.into()))?;
+        let stream = opened.answer;
         stream.paced_by_client();
         let passthrough = Passthrough::new(stream, digest.clone(), self.metrics.clone());
         Ok(BlobAnswer {
             size: passthrough.length(),
             result: CacheResult::Miss,
-            source: Source::Upstream,
+            source: match opened.peer {
+                Some(_) => Source::Peer,
+                None => Source::Upstream,
+            },
             bytes: BlobBytes::Whole(BlobBody::Upstream(Box::new(passthrough))),
         })
     }
