@@ -39,6 +39,7 @@ pub mod error;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod policy;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
@@ -76,6 +77,16 @@ pub enum StartError {
     },
     #[error("cannot read the address a listener is bound to: {0}")]
     Address(#[source] std::io::Error),
+    #[error(transparent)]
+    PolicyKey(#[from] policy::KeyError),
+    /// Signatures are verified, but this version does not yet check them on the pull path:
+    /// serving with a `[[policy]]` would let unsigned images through while the operator
+    /// believes them refused.
+    #[error(
+        "[[policy]] rules are read and their keys checked, but this version does not enforce \
+         them on pulls yet; remove the [[policy]] sections to serve"
+    )]
+    PolicyNotEnforced,
 }
 
 /// Runs wharf on `listener` until `shutdown` resolves. SIGHUP reloads the TLS certificate (and
@@ -135,6 +146,9 @@ async fn run_with(
         .as_ref()
         .map(server::auth::Authenticator::load)
         .transpose()?;
+    if !policy::Policies::load(&config.policies)?.is_empty() {
+        return Err(StartError::PolicyNotEnforced);
+    }
     let peers = match &config.cluster {
         Some(cluster) => Some(cluster::Peers::load(cluster).await?),
         None => None,

@@ -111,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(shared) = &config.cache.shared {
                 wharf::cache::Cache::check_shared(shared)?;
             }
+            wharf::policy::Policies::load(&config.policies)?;
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }

@@ -95,6 +95,61 @@ fn check_config_reads_the_credential_files() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("htpasswd, tokens or both"));
 }
 
+#[test]
+fn check_config_reads_the_policy_keys_and_serve_will_not_pretend_to_enforce_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cosign.pub");
+    // Written by openssl (`ec -pubout`), as cosign writes its public keys.
+    std::fs::write(&key, include_str!("../src/policy/testdata/ecdsa-p256.pub")).unwrap();
+    let file = dir.path().join("mirror.toml");
+    let policy = |key: &std::path::Path, upstream: &str| {
+        format!(
+            "[[policy]]\nname = \"myorg-signed\"\nupstream = {upstream:?}\n\
+             repositories = [\"myorg/*\"]\nkeys = [{:?}]\nmode = \"warn\"\n",
+            key.display().to_string()
+        )
+    };
+    std::fs::write(&file, policy(&key, "docker.io")).unwrap();
+    let out = check_config(&file);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("[[policy]]") && printed.contains("verified_ttl = \"1h\""),
+        "{printed}"
+    );
+
+    let garbage = dir.path().join("garbage.pub");
+    std::fs::write(&garbage, "not a key\n").unwrap();
+    std::fs::write(&file, policy(&garbage, "docker.io")).unwrap();
+    let out = check_config(&file);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("garbage.pub"), "{err}");
+
+    std::fs::write(&file, policy(&key, "quay.io")).unwrap();
+    let err = String::from_utf8_lossy(&check_config(&file).stderr).to_string();
+    assert!(
+        err.contains("myorg-signed") && err.contains("quay.io"),
+        "{err}"
+    );
+
+    // Never silently unprotected: a version that cannot enforce a policy does not serve.
+    std::fs::write(&file, policy(&key, "docker.io")).unwrap();
+    let out = Command::new(WHARF)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not enforce"), "{err}");
+}
+
 /// Stops the child by PID whatever happens in the test.
 struct Running(Child);
 

@@ -3,12 +3,14 @@
 //! cannot. Knows nothing of the rest of wharf.
 
 mod cluster;
+mod policy;
 mod shared;
 mod size;
 mod tree;
 mod validate;
 
 pub use cluster::{ClusterConfig, PeerConfig};
+pub use policy::{PolicyConfig, PolicyMode};
 pub use shared::SharedConfig;
 pub use size::Size;
 pub use tree::*;

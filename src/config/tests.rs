@@ -227,3 +227,20 @@ fn a_shared_tier_names_its_bucket() {
         .to_string();
     assert!(err.contains("bucket"), "{err}");
 }
+
+#[test]
+fn a_policy_rule_names_its_repositories_keys_and_upstream() {
+    let text = "[[policy]]\nname = \"myorg-signed\"\nrepositories = [\"myorg/*\"]\n\
+                keys = [\"/etc/wharf/cosign.pub\"]\n";
+    let rule = &Config::parse(text).unwrap().policies[0];
+    assert_eq!(rule.mode, PolicyMode::Enforce, "refusing is the default");
+    assert_eq!(rule.verified_ttl, Duration::from_secs(3600));
+    assert_eq!(rule.upstream, None, "every upstream");
+    let err = |text: &str| Config::parse(text).unwrap_err().to_string();
+    assert!(err(&format!("{text}mode = \"audit\"\n")).contains("audit"));
+    assert!(err(&text.replace("[\"myorg/*\"]", "[]")).contains("repositories is empty"));
+    assert!(err(&text.replace("[\"/etc/wharf/cosign.pub\"]", "[]")).contains("keys is empty"));
+    assert!(err(&format!("{text}upstream = \"quay.io\"\n")).contains("quay.io"));
+    assert!(err(&format!("{text}{text}")).contains("listed twice"));
+    assert!(err(&text.replace("myorg/*", "MyOrg/*")).contains("MyOrg"));
+}

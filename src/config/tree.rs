@@ -24,6 +24,9 @@ pub struct Config {
     /// The other wharf nodes of this datacenter; absent: this node is the whole mirror.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
+    /// Repositories served only when signed by trusted keys, first matching rule first.
+    #[serde(default, rename = "policy", skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<super::PolicyConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -334,6 +337,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             upstreams: vec![UpstreamConfig::docker_hub()],
             cluster: None,
+            policies: Vec::new(),
         }
     }
 }

@@ -66,6 +66,28 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }
+        for (i, rule) in self.policies.iter().enumerate() {
+            let named = |what: &str| invalid(format!("policy[{i}] ({:?}): {what}", rule.name));
+            if rule.name.is_empty() {
+                return invalid(format!("policy[{i}]: a name is required"));
+            }
+            if self.policies[..i].iter().any(|r| r.name == rule.name) {
+                return named("the name is listed twice");
+            }
+            if let Some(upstream) = &rule.upstream {
+                if !self.upstreams.iter().any(|u| &u.name == upstream) {
+                    return named(&format!(
+                        "upstream {upstream:?} is not a configured upstream"
+                    ));
+                }
+            }
+            if rule.repositories.is_empty() {
+                return named("repositories is empty: the rule would cover nothing");
+            }
+            if rule.keys.is_empty() {
+                return named("keys is empty: nothing could ever verify");
+            }
+        }
         if let Some(shared) = &self.cache.shared {
             if !is_http_with_host(&shared.endpoint) {
                 return invalid(

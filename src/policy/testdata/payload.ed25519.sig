@@ -1,0 +1,1 @@
+7MgaOU9uYyKcXiiwI5K/eBtVQh4OHJDxgblMmjVnd4oyxflTw0yqssufzaemeAhK1DLFm9oEY23B41RgSpF+DA==
