@@ -3,6 +3,7 @@
 //! signature objects through its own paths and hands them here; nothing here does I/O but
 //! reading the key files at start-up.
 
+pub mod bundle;
 pub mod classic;
 mod keys;
 
