@@ -37,16 +37,6 @@ impl Refusal {
             Refusal::OtherDigest(_) => 3,
         }
     }
-
-    /// A bounded label, for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Refusal::NoSignature => "unsigned",
-            Refusal::UntrustedKey => "untrusted",
-            Refusal::OtherDigest(_) => "other_digest",
-            Refusal::BadSignature(_) => "bad_signature",
-        }
-    }
 }
 
 impl fmt::Display for Refusal {
@@ -72,15 +62,6 @@ pub struct Rule {
     pub keys: Vec<TrustedKey>,
     pub mode: PolicyMode,
     pub verified_ttl: Duration,
-}
-
-impl Rule {
-    /// Names the rule's keys together, so a verdict is remembered per digest and key set.
-    pub fn key_set(&self) -> Vec<[u8; 32]> {
-        let mut set: Vec<_> = self.keys.iter().map(|k| k.fingerprint).collect();
-        set.sort_unstable();
-        set
-    }
 }
 
 /// Every rule, in order.
