@@ -7,16 +7,20 @@
 
 CLUSTER_NODES=(a b c)
 
+# peers_toml "NAME..." "PORT..." — the [[cluster.peer]] list of nodes NAME on loopback PORT.
+peers_toml() {
+    local names ports i
+    read -ra names <<<"$1"
+    read -ra ports <<<"$2"
+    for i in "${!names[@]}"; do
+        printf '\n[[cluster.peer]]\nname = "%s"\nurl = "http://127.0.0.1:%s"\n' "${names[$i]}" "${ports[$i]}"
+    done
+}
+
 # write_cluster_node_config NODE — the config of one node; the nodes listen on CLUSTER_PORTS.
 write_cluster_node_config() {
-    local node=$1 i peers=""
-    for i in "${!CLUSTER_NODES[@]}"; do
-        peers+="
-[[cluster.peer]]
-name = \"${CLUSTER_NODES[$i]}\"
-url = \"http://127.0.0.1:${CLUSTER_PORTS[$i]}\"
-"
-    done
+    local node=$1 peers
+    peers=$(peers_toml "${CLUSTER_NODES[*]}" "${CLUSTER_PORTS[*]}")
     local index
     for index in "${!CLUSTER_NODES[@]}"; do
         [[ ${CLUSTER_NODES[$index]} == "$node" ]] && break

@@ -13,14 +13,8 @@ DC_NODES=(dc-a dc-b dc-c)
 # upstream is capped at 16 MiB/s, so that a large layer takes seconds to fill: long enough to
 # kill its owner in the middle.
 write_dc_node_config() {
-    local index=$1 node=${DC_NODES[$1]} i peers=""
-    for i in "${!DC_NODES[@]}"; do
-        peers+="
-[[cluster.peer]]
-name = \"${DC_NODES[$i]}\"
-url = \"http://127.0.0.1:${DC_PORTS[$i]}\"
-"
-    done
+    local index=$1 node=${DC_NODES[$1]} peers
+    peers=$(peers_toml "${DC_NODES[*]}" "${DC_PORTS[*]}")
     cat >"$WORK/$node.toml" <<CONF
 [server]
 listen = "127.0.0.1:${DC_PORTS[$index]}"
@@ -28,12 +22,7 @@ listen = "127.0.0.1:${DC_PORTS[$index]}"
 [cache]
 dir = "$WORK/cache-$node"
 
-[cache.shared]
-endpoint = "http://127.0.0.1:${GARAGE_S3[$((index + 1))]}"
-bucket = "wharf"
-region = "garage"
-access_key_file = "$WORK/$GARAGE_NAME-access-key"
-secret_key_file = "$WORK/$GARAGE_NAME-secret"
+$(shared_toml $((index + 1)))
 
 [[upstream]]
 name = "docker.io"

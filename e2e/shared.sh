@@ -73,6 +73,18 @@ write_garage_key_files() {
     chmod 600 "$WORK/$GARAGE_NAME-secret"
 }
 
+# shared_toml N — the [cache.shared] section of a wharf on the bucket, through Garage node N.
+shared_toml() {
+    cat <<CONF
+[cache.shared]
+endpoint = "http://127.0.0.1:${GARAGE_S3[$1]}"
+bucket = "wharf"
+region = "garage"
+access_key_file = "$WORK/$GARAGE_NAME-access-key"
+secret_key_file = "$WORK/$GARAGE_NAME-secret"
+CONF
+}
+
 # write_shared_node_config NAME PORT — a wharf in front of the suite's upstream, on the bucket.
 write_shared_node_config() {
     cat >"$WORK/$1.toml" <<CONF
@@ -82,12 +94,7 @@ listen = "127.0.0.1:$2"
 [cache]
 dir = "$WORK/cache-$1"
 
-[cache.shared]
-endpoint = "http://127.0.0.1:${GARAGE_S3[1]}"
-bucket = "wharf"
-region = "garage"
-access_key_file = "$WORK/$GARAGE_NAME-access-key"
-secret_key_file = "$WORK/$GARAGE_NAME-secret"
+$(shared_toml 1)
 
 [[upstream]]
 name = "docker.io"

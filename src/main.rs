@@ -231,22 +231,32 @@ fn cache_command(
                     .with_context(context)?
             )
         }
-        // Status 1 says damage was found (and removed), so a script can tell it from a cache
-        // that could not be verified at all: status 2.
-        CacheAction::Verify => match maintenance::verify(dir).with_context(context) {
-            Ok(report) => {
-                print!("{report}");
-                if !report.removed.is_empty() {
-                    std::process::exit(1);
-                }
-            }
-            Err(e) => {
-                eprintln!("Error: {e:?}");
-                std::process::exit(2);
-            }
-        },
+        CacheAction::Verify => {
+            let verified = maintenance::verify(dir).with_context(context);
+            exit_on_damage(verified, |report| !report.removed.is_empty());
+        }
     }
     Ok(())
+}
+
+/// Prints what `verify` found. Status 1 says damage was found (and removed), so a script can
+/// tell it from a cache that could not be verified at all: status 2.
+fn exit_on_damage<R: std::fmt::Display>(
+    verified: anyhow::Result<R>,
+    damaged: impl FnOnce(&R) -> bool,
+) {
+    match verified {
+        Ok(report) => {
+            print!("{report}");
+            if damaged(&report) {
+                std::process::exit(1);
+            }
+        }
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::exit(2);
+        }
+    }
 }
 
 /// `wharf cache ... --shared`: the same commands on the shared tier's bucket.
@@ -262,19 +272,10 @@ async fn shared_command(
             let max_size = max_size.map(|s| s.bytes());
             print!("{}", tier.expire(max_size).await.with_context(context)?)
         }
-        // The same statuses as for a local directory.
-        CacheAction::Verify => match tier.verify().await.with_context(context) {
-            Ok(report) => {
-                print!("{report}");
-                if !report.removed.is_empty() {
-                    std::process::exit(1);
-                }
-            }
-            Err(e) => {
-                eprintln!("Error: {e:?}");
-                std::process::exit(2);
-            }
-        },
+        CacheAction::Verify => {
+            let verified = tier.verify().await.with_context(context);
+            exit_on_damage(verified, |report| !report.removed.is_empty());
+        }
     }
     Ok(())
 }

@@ -76,12 +76,7 @@ pub struct SharedVerified {
 
 impl SharedTier {
     fn marker(&self, digest: &Digest) -> Path {
-        Path::from(format!(
-            "{}used/{}/{}",
-            self.prefix,
-            digest.algorithm().as_str(),
-            digest.hex()
-        ))
+        self.key("used", digest)
     }
 
     /// Records a use of `digest` before it is read: what keeps an expiry pass off it.

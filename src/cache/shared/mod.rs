@@ -141,13 +141,18 @@ impl SharedTier {
         self.bounds.max_idle
     }
 
-    fn path(&self, digest: &Digest) -> Path {
+    /// The key of `digest` in one area of the bucket (`blobs`, or `used` for its marker).
+    fn key(&self, area: &str, digest: &Digest) -> Path {
         Path::from(format!(
-            "{}blobs/{}/{}",
+            "{}{area}/{}/{}",
             self.prefix,
             digest.algorithm().as_str(),
             digest.hex()
         ))
+    }
+
+    fn path(&self, digest: &Digest) -> Path {
+        self.key("blobs", digest)
     }
 
     fn count(&self, op: &str, result: &str) {
