@@ -101,6 +101,9 @@ pub enum ClientError {
     UnknownRegistry(String),
     #[error("repository {0} is not mirrored here")]
     RepositoryNotAllowed(String),
+    /// A `[[policy]]` rule in `enforce` mode refused the manifest: why, in words.
+    #[error("refused by policy {rule:?}: {why}")]
+    NotSigned { rule: String, why: String },
     #[error("this mirror does not serve the client's address")]
     AddressNotAllowed,
     #[error("authentication required")]

@@ -79,14 +79,6 @@ pub enum StartError {
     Address(#[source] std::io::Error),
     #[error(transparent)]
     PolicyKey(#[from] policy::KeyError),
-    /// Signatures are verified, but this version does not yet check them on the pull path:
-    /// serving with a `[[policy]]` would let unsigned images through while the operator
-    /// believes them refused.
-    #[error(
-        "[[policy]] rules are read and their keys checked, but this version does not enforce \
-         them on pulls yet; remove the [[policy]] sections to serve"
-    )]
-    PolicyNotEnforced,
 }
 
 /// Runs wharf on `listener` until `shutdown` resolves. SIGHUP reloads the TLS certificate (and
@@ -146,9 +138,7 @@ async fn run_with(
         .as_ref()
         .map(server::auth::Authenticator::load)
         .transpose()?;
-    if !policy::Policies::load(&config.policies)?.is_empty() {
-        return Err(StartError::PolicyNotEnforced);
-    }
+    let policies = policy::Policies::load(&config.policies)?;
     let peers = match &config.cluster {
         Some(cluster) => Some(cluster::Peers::load(cluster).await?),
         None => None,
@@ -170,6 +160,7 @@ async fn run_with(
         upstreams,
         cache,
         owners,
+        policies,
         config.cache.clone(),
         metrics.clone(),
         clock,

@@ -96,7 +96,7 @@ fn check_config_reads_the_credential_files() {
 }
 
 #[test]
-fn check_config_reads_the_policy_keys_and_serve_will_not_pretend_to_enforce_them() {
+fn check_config_and_serve_read_the_policy_keys_and_name_a_bad_one() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("cosign.pub");
     // Written by openssl (`ec -pubout`), as cosign writes its public keys.
@@ -137,8 +137,8 @@ fn check_config_reads_the_policy_keys_and_serve_will_not_pretend_to_enforce_them
         "{err}"
     );
 
-    // Never silently unprotected: a version that cannot enforce a policy does not serve.
-    std::fs::write(&file, policy(&key, "docker.io")).unwrap();
+    // A key that cannot be read stops `serve` before it listens: never silently unprotected.
+    std::fs::write(&file, policy(&garbage, "docker.io")).unwrap();
     let out = Command::new(WHARF)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&file)
@@ -147,7 +147,7 @@ fn check_config_reads_the_policy_keys_and_serve_will_not_pretend_to_enforce_them
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("does not enforce"), "{err}");
+    assert!(err.contains("garbage.pub"), "{err}");
 }
 
 /// Stops the child by PID whatever happens in the test.

@@ -18,6 +18,7 @@ mod limits;
 mod manifests;
 mod memory;
 mod places;
+mod policy;
 mod pressure;
 mod process;
 mod properties;

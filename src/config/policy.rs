@@ -37,6 +37,15 @@ pub enum PolicyMode {
     Warn,
 }
 
+impl PolicyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyMode::Enforce => "enforce",
+            PolicyMode::Warn => "warn",
+        }
+    }
+}
+
 fn default_verified_ttl() -> Duration {
     Duration::from_secs(3600)
 }

@@ -60,6 +60,8 @@ pub struct Collectors {
     pub shared_requests: IntCounterVec,
     pub shared_bytes: IntCounter,
     pub shared_held_bytes: IntGauge,
+    pub policy_verifications: IntCounterVec,
+    pub policy_refusals: IntCounterVec,
 }
 
 impl Metrics {
@@ -241,6 +243,22 @@ impl Metrics {
                 &registry,
                 "wharf_shared_held_bytes",
                 "Blob bytes the shared tier held after the last expiry pass this node ran",
+            ),
+            policy_verifications: counter_vec(
+                &registry,
+                "wharf_policy_verifications_total",
+                "Signature checks of manifests in repositories a [[policy]] rule covers, by rule \
+                 and result (verified|through_index|signature_object|no_signature|untrusted_key|\
+                 other_digest|bad_signature|error); a result is reused for verified_ttl without \
+                 being counted again",
+                &["rule", "result"],
+            ),
+            policy_refusals: counter_vec(
+                &registry,
+                "wharf_policy_refusals_total",
+                "Manifest requests a rule's check refused, by rule and mode (enforce: answered \
+                 403; warn: served anyway)",
+                &["rule", "mode"],
             ),
             registry,
         }))

@@ -115,6 +115,18 @@ impl Mirror {
         origin: Origin,
     ) -> Result<BlobAnswer, Error> {
         let upstream = self.upstream(registry, repo)?;
+        self.blob_from(upstream, repo, digest, wanted, origin).await
+    }
+
+    /// [`Mirror::blob`] of the upstream already chosen.
+    pub(super) async fn blob_from(
+        self: &Arc<Self>,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+        wanted: Option<Range<u64>>,
+        origin: Origin,
+    ) -> Result<BlobAnswer, Error> {
         let lookup = match self.cache.blob(digest).await {
             Ok(lookup) => lookup,
             // Cached, but its file cannot be opened now (the entry is kept): the upstream has it.

@@ -3,6 +3,7 @@
 //! served stale when the upstream is down.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::access::Content;
 use super::flights::Role;
@@ -40,19 +41,46 @@ impl Mirror {
         origin: Origin,
     ) -> Result<ManifestAnswer, Error> {
         let upstream = self.upstream(registry, repo)?;
-        let answer = match reference {
+        let answer = self
+            .manifest_from(
+                upstream,
+                repo,
+                reference,
+                accept,
+                origin,
+                self.config.tag_ttl,
+            )
+            .await?;
+        self.metrics
+            .cache_result(ContentKind::Manifest, answer.result);
+        // A peer asks for what its own client asked, and that node checks it.
+        if origin == Origin::Client {
+            Box::pin(self.enforce_policy(upstream, repo, &answer.manifest)).await?;
+        }
+        Ok(answer)
+    }
+
+    /// A manifest as the cache and the upstream have it, unchecked by any policy; a cached tag
+    /// is fresh while younger than `tag_ttl`.
+    pub(super) async fn manifest_from(
+        self: &Arc<Self>,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &Accept,
+        origin: Origin,
+        tag_ttl: Duration,
+    ) -> Result<ManifestAnswer, Error> {
+        match reference {
             Reference::Digest(digest) => {
                 self.manifest_by_digest(upstream, repo, digest, origin)
                     .await
             }
             Reference::Tag(tag) => {
-                self.manifest_by_tag(upstream, repo, tag, accept, origin)
+                self.manifest_by_tag(upstream, repo, tag, accept, origin, tag_ttl)
                     .await
             }
-        }?;
-        self.metrics
-            .cache_result(ContentKind::Manifest, answer.result);
-        Ok(answer)
+        }
     }
 
     async fn manifest_by_digest(
@@ -96,6 +124,7 @@ impl Mirror {
         tag: &Tag,
         accept: &Accept,
         origin: Origin,
+        tag_ttl: Duration,
     ) -> Result<ManifestAnswer, Error> {
         let key = TagKey {
             upstream: upstream.name().into(),
@@ -104,7 +133,7 @@ impl Mirror {
         };
         // Stamped when asked, so an answer that arrives late cannot pass for a newer one.
         let asked_at = self.clock.now();
-        let (stale, moved_to) = match self.cached_tag(upstream, &key, accept).await? {
+        let (stale, moved_to) = match self.cached_tag(upstream, &key, accept, tag_ttl).await? {
             Ok(answer) => return Ok(answer),
             Err(Cached::Nothing) => (None, None),
             Err(Cached::Moved(variant, manifest, to)) => (Some((variant, manifest)), to),
@@ -159,6 +188,7 @@ impl Mirror {
         upstream: &Arc<Upstream>,
         key: &TagKey,
         accept: &Accept,
+        tag_ttl: Duration,
     ) -> Result<Result<ManifestAnswer, Cached>, Error> {
         let Some(variant) = self.cache.tag(key, accept).await else {
             return Ok(Err(Cached::Nothing));
@@ -167,7 +197,7 @@ impl Mirror {
             return Ok(Err(Cached::Nothing));
         };
         let now = self.clock.now();
-        if variant.is_fresh(now, self.config.tag_ttl) {
+        if variant.is_fresh(now, tag_ttl) {
             return Ok(Ok(ManifestAnswer {
                 manifest,
                 result: CacheResult::Hit,

@@ -13,7 +13,9 @@ mod manifests;
 mod owners;
 mod passthrough;
 mod side;
+mod signed;
 mod state;
+mod verdicts;
 
 pub use blobs::{BlobAnswer, BlobBody, BlobBytes, RangedBlob};
 pub use manifests::ManifestAnswer;

@@ -10,6 +10,7 @@ use super::access::ConfirmedAccess;
 use super::flights::Flights;
 use super::owners::Owners;
 use super::side::{SideFetches, SidePolicy};
+use super::verdicts::Signatures;
 use crate::cache::{Cache, Condition};
 use crate::clock::Clock;
 use crate::cluster::MemberState;
@@ -18,6 +19,7 @@ use crate::error::{ClientError, Error};
 use crate::metrics::Metrics;
 use crate::oci::media::Accept;
 use crate::oci::{Digest, Listing, ListingPage, RawManifest, Reference, RepoName};
+use crate::policy::Policies;
 use crate::upstream::{Upstream, Upstreams};
 
 type ManifestKey = (Arc<str>, RepoName, Reference, Accept);
@@ -39,6 +41,8 @@ pub struct Mirror {
     pub(super) side_policy: SidePolicy,
     /// The other nodes of this node's cluster, if it is in one.
     pub(super) owners: Option<Arc<Owners>>,
+    /// The `[[policy]]` rules and their verdicts.
+    pub(super) signatures: Signatures,
     pub(super) config: CacheConfig,
     pub(super) metrics: Metrics,
     /// What tag freshness and listing reuse are decided on.
@@ -63,6 +67,7 @@ impl Mirror {
         upstreams: Upstreams,
         cache: Arc<Cache>,
         owners: Option<Arc<Owners>>,
+        policies: Policies,
         config: CacheConfig,
         metrics: Metrics,
         clock: Clock,
@@ -82,6 +87,7 @@ impl Mirror {
             side_fetches: Arc::default(),
             side_policy: SidePolicy::new(&config),
             owners,
+            signatures: Signatures::new(policies),
             config,
             metrics,
             clock,
@@ -137,6 +143,16 @@ impl Mirror {
         listing: &Listing,
     ) -> Result<Arc<ListingPage>, Error> {
         let upstream = self.upstream(registry, repo)?;
+        self.listing_from(upstream, repo, listing).await
+    }
+
+    /// [`Mirror::listing`] of the upstream already chosen.
+    pub(super) async fn listing_from(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        listing: &Listing,
+    ) -> Result<Arc<ListingPage>, Error> {
         let key = (Arc::from(upstream.name()), repo.clone(), listing.clone());
         let fresh = |fetched: SystemTime| {
             self.clock

@@ -37,6 +37,12 @@ pub struct Descriptor {
     pub size: u64,
     #[serde(default)]
     pub platform: Option<Platform>,
+    /// What an artifact is, for the entries of an index of referrers.
+    #[serde(default)]
+    pub artifact_type: Option<String>,
+    /// Where cosign's classic layout keeps each layer's signature.
+    #[serde(default)]
+    pub annotations: std::collections::HashMap<String, String>,
 }
 
 impl Descriptor {

@@ -9,12 +9,24 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::keys::TrustedKey;
-use super::Refusal;
+use super::refusal::Refusal;
 use crate::oci::Digest;
 
 /// The artifact type of a referrer that holds a bundle.
 pub const ARTIFACT_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 const IN_TOTO: &str = "application/vnd.in-toto+json";
+const BUNDLE_TYPE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
+
+/// Whether a layer's media type is a sigstore bundle (any version).
+pub fn is_bundle_type(media_type: &str) -> bool {
+    media_type.starts_with(BUNDLE_TYPE_PREFIX)
+}
+
+/// The tag that stands for the referrers API on registries without it: an index of the
+/// referrers of `digest`, tagged `<algorithm>-<hex>`.
+pub fn referrers_tag(digest: &Digest) -> String {
+    format!("{}-{}", digest.algorithm().as_str(), digest.hex())
+}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -81,10 +93,7 @@ pub fn verify(
 ) -> Result<(), Refusal> {
     let bundle: Bundle =
         serde_json::from_slice(json).map_err(|e| bad(format!("not a sigstore bundle: {e}")))?;
-    if !bundle
-        .media_type
-        .starts_with("application/vnd.dev.sigstore.bundle")
-    {
+    if !is_bundle_type(&bundle.media_type) {
         return Err(bad(format!(
             "a bundle of media type {:?}",
             bundle.media_type

@@ -9,7 +9,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::keys::TrustedKey;
-use super::Refusal;
+use super::refusal::Refusal;
 use crate::oci::Digest;
 
 pub const PAYLOAD_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -71,17 +71,14 @@ pub fn verify(
     digest: &Digest,
     keys: &[TrustedKey],
 ) -> Result<(), Refusal> {
-    let mut worst = Refusal::NoSignature;
+    let mut told = Refusal::NoSignature;
     for signed in signatures {
-        let refusal = match check(signed, digest, keys) {
+        match check(signed, digest, keys) {
             Ok(()) => return Ok(()),
-            Err(refusal) => refusal,
-        };
-        if refusal.rank() > worst.rank() {
-            worst = refusal;
+            Err(refusal) => told = told.or(refusal),
         }
     }
-    Err(worst)
+    Err(told)
 }
 
 fn check(signed: &Signed<'_>, digest: &Digest, keys: &[TrustedKey]) -> Result<(), Refusal> {

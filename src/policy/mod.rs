@@ -6,56 +6,22 @@
 pub mod bundle;
 pub mod classic;
 mod keys;
+mod refusal;
 
-use std::fmt;
 use std::time::Duration;
 
 pub use keys::{KeyError, KeyKind, TrustedKey};
+pub use refusal::Refusal;
 
 use crate::config::{PolicyConfig, PolicyMode};
-use crate::oci::{Digest, RepoName, RepoPattern};
-
-/// Why a manifest is not served (or, in `warn` mode, served anyway and counted).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    NoSignature,
-    /// No trusted key verifies any signature: signed by another key, or altered.
-    UntrustedKey,
-    /// A trusted signature of another manifest.
-    OtherDigest(Digest),
-    /// A signature or payload that cannot be read.
-    BadSignature(String),
-}
-
-impl Refusal {
-    /// How much a refusal tells: the most telling of several signatures' is reported.
-    fn rank(&self) -> u8 {
-        match self {
-            Refusal::NoSignature => 0,
-            Refusal::BadSignature(_) => 1,
-            Refusal::UntrustedKey => 2,
-            Refusal::OtherDigest(_) => 3,
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::NoSignature => write!(f, "no signature"),
-            Refusal::UntrustedKey => write!(
-                f,
-                "no signature verifies under a trusted key (signed by an unknown key, or altered)"
-            ),
-            Refusal::OtherDigest(d) => write!(f, "the signature is for another digest ({d})"),
-            Refusal::BadSignature(why) => write!(f, "bad signature: {why}"),
-        }
-    }
-}
+use crate::oci::manifest::ManifestDoc;
+use crate::oci::{RepoName, RepoPattern};
 
 /// One `[[policy]]` rule, its keys read.
 #[derive(Debug)]
 pub struct Rule {
+    /// Its place in the configuration: what a verdict was reached under.
+    pub id: usize,
     pub name: String,
     upstream: Option<String>,
     repositories: Vec<RepoPattern>,
@@ -75,8 +41,10 @@ impl Policies {
     pub fn load(configs: &[PolicyConfig]) -> Result<Policies, KeyError> {
         let rules = configs
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(id, c)| {
                 Ok(Rule {
+                    id,
                     name: c.name.clone(),
                     upstream: c.upstream.clone(),
                     repositories: c.repositories.clone(),
@@ -105,6 +73,26 @@ impl Policies {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
+}
+
+/// Whether a manifest holds nothing but signatures (a classic `.sig` manifest, a bundle
+/// referrer, an index of such referrers): those are served to clients like `cosign verify`
+/// unsigned. Anything else is an image and must be signed, whatever its tag looks like.
+pub fn holds_only_signatures(doc: &ManifestDoc) -> bool {
+    match doc {
+        ManifestDoc::Image { layers, .. } => {
+            !layers.is_empty() && layers.iter().all(|l| is_signature_type(&l.media_type))
+        }
+        ManifestDoc::Index(manifests) => manifests.iter().all(|m| {
+            m.artifact_type
+                .as_deref()
+                .is_some_and(|t| t == bundle::ARTIFACT_TYPE || t == classic::PAYLOAD_MEDIA_TYPE)
+        }),
+    }
+}
+
+fn is_signature_type(media_type: &str) -> bool {
+    media_type == classic::PAYLOAD_MEDIA_TYPE || bundle::is_bundle_type(media_type)
 }
 
 #[cfg(test)]

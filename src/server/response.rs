@@ -49,9 +49,9 @@ fn status_and_code(failure: Failure<'_>) -> (StatusCode, ErrorCode) {
                 (S::BAD_REQUEST, ErrorCode::TagInvalid)
             }
             ClientError::UnknownRegistry(_) => (S::NOT_FOUND, ErrorCode::NameUnknown),
-            ClientError::RepositoryNotAllowed(_) | ClientError::AddressNotAllowed => {
-                (S::FORBIDDEN, ErrorCode::Denied)
-            }
+            ClientError::RepositoryNotAllowed(_)
+            | ClientError::AddressNotAllowed
+            | ClientError::NotSigned { .. } => (S::FORBIDDEN, ErrorCode::Denied),
             ClientError::Unauthenticated => (S::UNAUTHORIZED, ErrorCode::Unauthorized),
             ClientError::TooManyRequests { .. } => {
                 (S::TOO_MANY_REQUESTS, ErrorCode::Toomanyrequests)

@@ -15,6 +15,7 @@ pub mod multipart;
 pub mod pki;
 pub mod registry;
 pub mod s3;
+pub mod signing;
 
 use std::time::Duration;
 
