@@ -337,3 +337,44 @@ async fn a_tag_moved_to_an_unsigned_manifest_and_a_removed_signature_stop_being_
         "DENIED"
     );
 }
+
+#[tokio::test]
+async fn a_restarted_node_still_lets_platform_manifests_through_their_signed_index() {
+    let upstream = FakeRegistry::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let signer = Signer::generate();
+    let children = [
+        push_image(&upstream, "myorg/app", "amd64-only", 1),
+        push_image(&upstream, "myorg/app", "arm64-only", 2),
+    ];
+    let index = push_index(&upstream, "myorg/app", "v1", &children);
+    sign_classic(&upstream, "myorg/app", &index, &index, &signer);
+    let wharf = guarded(&upstream, &signer, keys.path(), PolicyMode::Enforce).await;
+    assert_eq!(get_manifest(&wharf, "myorg/app", "v1").await.status(), 200);
+    // The record is written off the request path.
+    let records = wharf.cache.path().join("parents");
+    let written = crate::common::eventually(Duration::from_secs(10), || {
+        let count = crate::common::disk::fanned_out(&records).len();
+        async move { count == 2 }
+    })
+    .await;
+    assert!(written, "both platform manifests recorded");
+    let cache = wharf.stop().await;
+
+    // A client that resolved the index before the restart asks for its platform manifest.
+    let key = signer.write_public(keys.path(), "cosign.pub");
+    let wharf = Wharf::start_in(&upstream, cache, |c| {
+        c.policies
+            .push(rule("myorg-signed", vec![key], PolicyMode::Enforce))
+    })
+    .await;
+    let r = get_manifest(&wharf, "myorg/app", &children[1].0).await;
+    assert_eq!(r.status(), 200);
+    let through = ["myorg-signed", "result=\"through_index\""];
+    assert_eq!(
+        wharf
+            .metric("wharf_policy_verifications_total", &through)
+            .await,
+        1.0
+    );
+}

@@ -12,6 +12,7 @@ mod error;
 mod fill;
 pub mod maintenance;
 mod memory;
+mod parents;
 pub mod shared;
 mod store;
 mod tags;
@@ -30,6 +31,8 @@ pub use fill::{
     TierFeed,
 };
 use memory::HotManifests;
+pub use parents::ListedKey;
+use parents::Parents;
 use shared::SharedTier;
 pub use store::Condition;
 use store::{EntryKey, Store};
@@ -59,6 +62,8 @@ pub struct Cache {
     fills: Arc<Fills>,
     memory: HotManifests,
     tags: TagTable,
+    /// Which index lists a manifest.
+    parents: Arc<Parents>,
     /// The bucket below the local disk, if one is configured.
     shared: Option<Arc<SharedTier>>,
 }
@@ -96,11 +101,12 @@ impl Cache {
             let store =
                 Store::open(&dir, max_size, store_metrics).map_err(|e| open_error(&dir, e))?;
             let tags = TagTable::open(&dir).map_err(|e| open_error(&dir, e))?;
-            Ok::<_, Error>((store, tags))
+            let parents = Parents::open(&dir).map_err(|e| open_error(&dir, e))?;
+            Ok::<_, Error>((store, tags, parents))
         })
         .await
         .map_err(|e| open_error(&config.dir, std::io::Error::other(e)))??;
-        let (store, tags) = opened;
+        let (store, tags, parents) = opened;
         let store = Arc::new(store);
         let shared = match &config.shared {
             Some(shared) => Some(Arc::new(
@@ -113,6 +119,7 @@ impl Cache {
             store,
             memory: HotManifests::default(),
             tags,
+            parents: Arc::new(parents),
             shared,
         };
         let usage = cache.store.usage();
@@ -296,6 +303,25 @@ impl Cache {
         }
     }
 
+    /// The index last recorded as listing a manifest (see [`Cache::record_parent`]).
+    pub async fn parent(&self, key: &ListedKey) -> Option<Digest> {
+        let (parents, key) = (self.parents.clone(), key.clone());
+        off_the_workers(move || parents.get(&key)).await.ok()?
+    }
+
+    /// Records that the index `index` lists the manifest `key`: known at once, and kept across
+    /// restarts once written; a disk
+    /// that cannot take it costs only the record (logged at debug).
+    pub fn record_parent(&self, key: ListedKey, index: &Digest) {
+        let news = self.parents.remember(key.clone(), index);
+        let (parents, index) = (self.parents.clone(), index.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = parents.write(&key, &index, news) {
+                tracing::debug!(%index, error = %e, "index listing not recorded");
+            }
+        });
+    }
+
     /// Evicts entries unused for `max_idle`, checking a few times per `max_idle` (and at least
     /// every ten minutes) so nothing outlives it by much. Runs until dropped.
     pub async fn sweep_idle(self: Arc<Self>, max_idle: Duration) {
@@ -308,6 +334,7 @@ impl Cache {
             let _ = tokio::task::spawn_blocking(move || {
                 cache.store.evict_idle(max_idle);
                 cache.tags.remove_idle(max_idle);
+                cache.parents.remove_idle(max_idle);
             })
             .await;
         }

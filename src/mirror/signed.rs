@@ -12,6 +12,7 @@ use super::blobs::BlobBytes;
 use super::owners::Origin;
 use super::state::Mirror;
 use super::verdicts::{Allowed, Verdict};
+use crate::cache::ListedKey;
 use crate::config::PolicyMode;
 use crate::error::{ClientError, Error};
 use crate::oci::manifest::{Descriptor, ManifestDoc};
@@ -163,8 +164,12 @@ impl Mirror {
     ) -> Allowed {
         if let Some(ManifestDoc::Index(children)) = doc {
             for child in children {
-                let key = (Arc::from(upstream.name()), repo.clone(), child.digest);
-                self.signatures.parents.insert(key, manifest.digest.clone());
+                let key = ListedKey {
+                    upstream: upstream.name().into(),
+                    repo: repo.clone(),
+                    manifest: child.digest,
+                };
+                self.cache.record_parent(key, &manifest.digest);
             }
         }
         Allowed::Signed
@@ -178,8 +183,12 @@ impl Mirror {
         rule: &Rule,
         digest: &Digest,
     ) -> Result<bool, Error> {
-        let key = (Arc::from(upstream.name()), repo.clone(), digest.clone());
-        let Some(parent) = self.signatures.parents.get(&key) else {
+        let key = ListedKey {
+            upstream: upstream.name().into(),
+            repo: repo.clone(),
+            manifest: digest.clone(),
+        };
+        let Some(parent) = self.cache.parent(&key).await else {
             return Ok(false);
         };
         let Some(index) = self.cache.manifest(&parent).await? else {

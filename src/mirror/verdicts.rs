@@ -1,5 +1,5 @@
-//! What the `[[policy]]` rules decided lately: verdicts per rule, repository and digest, and
-//! the verified indexes through which platform manifests pass. Reached in `signed`.
+//! What the `[[policy]]` rules decided lately: verdicts per rule, repository and digest.
+//! Reached in `signed`.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -11,15 +11,11 @@ use crate::policy::{Policies, Refusal};
 
 /// (rule, upstream, repository, digest): signatures live in the repository, so a verdict does.
 pub(super) type VerdictKey = (usize, Arc<str>, RepoName, Digest);
-/// (upstream, repository, platform manifest) → the index that lists it.
-pub(super) type ParentKey = (Arc<str>, RepoName, Digest);
 
 /// The rules, and what they decided lately.
 pub(super) struct Signatures {
     pub(super) policies: Policies,
     pub(super) verdicts: VerdictCache<VerdictKey, Verdict>,
-    /// Platform manifests of verified indexes: allowed by digest through the index.
-    pub(super) parents: moka::sync::Cache<ParentKey, Digest>,
 }
 
 impl Signatures {
@@ -27,7 +23,6 @@ impl Signatures {
         Signatures {
             policies,
             verdicts: VerdictCache::builder().max_capacity(100_000).build(),
-            parents: moka::sync::Cache::builder().max_capacity(100_000).build(),
         }
     }
 }
