@@ -378,3 +378,74 @@ async fn a_restarted_node_still_lets_platform_manifests_through_their_signed_ind
         1.0
     );
 }
+
+#[tokio::test]
+async fn an_edge_verifies_against_its_regional_tier_and_a_second_edge_costs_the_upstream_nothing() {
+    let upstream = FakeRegistry::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let signer = Signer::generate();
+    let key = signer.write_public(keys.path(), "cosign.pub");
+    let children = [
+        push_image(&upstream, "myorg/app", "amd64-only", 1),
+        push_image(&upstream, "myorg/app", "arm64-only", 2),
+    ];
+    let index = push_index(&upstream, "myorg/app", "v1", &children);
+    sign_classic(&upstream, "myorg/app", &index, &index, &signer);
+    let (unsigned, _) = push_image(&upstream, "myorg/app", "unsigned", 3);
+    // Both tiers enforce the same rule: the regional one passes signature objects on.
+    let guard = |c: &mut wharf::Config| {
+        c.policies
+            .push(rule("myorg-signed", vec![key.clone()], PolicyMode::Enforce))
+    };
+    let regional = Wharf::start(&upstream, guard).await;
+    let edge = |cache: tempfile::TempDir| {
+        let mut config = crate::common::base_config(cache.path());
+        config.upstreams = vec![crate::common::upstream_config(
+            "docker.io",
+            &regional.url(""),
+        )];
+        guard(&mut config);
+        Wharf::start_with(config, cache)
+    };
+
+    let first = edge(tempfile::tempdir().unwrap()).await;
+    assert_eq!(get_manifest(&first, "myorg/app", "v1").await.status(), 200);
+    assert_eq!(
+        get_manifest(&first, "myorg/app", &children[0].0)
+            .await
+            .status(),
+        200
+    );
+    // Refused at the regional tier already: the edge passes its 403 DENIED on.
+    refusal(get_manifest(&first, "myorg/app", "unsigned").await).await;
+    refusal(get_manifest(&first, "myorg/app", &unsigned).await).await;
+    assert_eq!(
+        upstream.count("GET", &format!("manifests/{}", sig_tag(&index))),
+        1,
+        "the signature left the upstream once for both tiers"
+    );
+
+    let asked = upstream.seen().len();
+    let second = edge(tempfile::tempdir().unwrap()).await;
+    assert_eq!(get_manifest(&second, "myorg/app", "v1").await.status(), 200);
+    assert_eq!(
+        get_manifest(&second, "myorg/app", &children[0].0)
+            .await
+            .status(),
+        200
+    );
+    let after: Vec<_> = upstream.seen()[asked..]
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    assert!(
+        after.is_empty(),
+        "the second edge found manifest and signature at the regional tier: {after:?}"
+    );
+    assert_eq!(
+        second
+            .metric("wharf_policy_verifications_total", &["result=\"verified\""])
+            .await,
+        1.0
+    );
+}
