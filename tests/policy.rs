@@ -416,8 +416,12 @@ async fn an_edge_verifies_against_its_regional_tier_and_a_second_edge_costs_the_
             .status(),
         200
     );
-    // Refused at the regional tier already: the edge passes its 403 DENIED on.
-    refusal(get_manifest(&first, "myorg/app", "unsigned").await).await;
+    // Refused at the regional tier already: the edge passes its 403 DENIED on, and why.
+    let message = refusal(get_manifest(&first, "myorg/app", "unsigned").await).await;
+    assert!(
+        message.contains("refused by policy") && message.contains("no signature"),
+        "{message}"
+    );
     refusal(get_manifest(&first, "myorg/app", &unsigned).await).await;
     assert_eq!(
         upstream.count("GET", &format!("manifests/{}", sig_tag(&index))),

@@ -248,7 +248,10 @@ impl Client {
         match response.status() {
             StatusCode::NOT_FOUND => UpstreamError::NotFound,
             StatusCode::UNAUTHORIZED => UpstreamError::Unauthorized { upstream },
-            StatusCode::FORBIDDEN => UpstreamError::Denied { upstream },
+            StatusCode::FORBIDDEN => UpstreamError::Denied {
+                upstream,
+                reason: None,
+            },
             StatusCode::TOO_MANY_REQUESTS => UpstreamError::TooManyRequests {
                 upstream,
                 // What is left of the wait `observe` started, as the client should honour it.
@@ -261,6 +264,17 @@ impl Client {
                 status: s.as_u16(),
             },
         }
+    }
+
+    /// [`Client::status_error`], with a refusal's OCI error message (from 4 KiB at most) kept.
+    pub(super) async fn refusal_error(&self, response: reqwest::Response) -> UpstreamError {
+        let mut error = self.status_error(&response);
+        if let UpstreamError::Denied { reason, .. } = &mut error {
+            if let Ok(body) = read_capped(&self.label, response, 4096).await {
+                *reason = super::error::oci_error_message(&body);
+            }
+        }
+        error
     }
 
     /// Sends a request with authentication, answering one challenge if the upstream sends one,

@@ -64,8 +64,13 @@ pub enum UpstreamError {
     NotFound,
     #[error("upstream {upstream} refused wharf's credentials")]
     Unauthorized { upstream: Arc<str> },
-    #[error("upstream {upstream} denied access")]
-    Denied { upstream: Arc<str> },
+    #[error("upstream {upstream} denied access{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Denied {
+        upstream: Arc<str>,
+        /// What the upstream said, when it said it in an OCI error body (a regional wharf's
+        /// policy names its rule there), so the client learns why.
+        reason: Option<String>,
+    },
     #[error("upstream {upstream} is rate limiting")]
     TooManyRequests {
         upstream: Arc<str>,
@@ -129,5 +134,36 @@ pub(super) fn classify(upstream: &Arc<str>, e: &reqwest::Error) -> UpstreamError
             upstream,
             reason: reason(),
         }
+    }
+}
+
+/// The first message of an OCI error body, printable and at most 300 characters: it is passed
+/// on to clients, and comes from outside.
+pub(super) fn oci_error_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let message = value["errors"][0]["message"].as_str()?;
+    let clean: String = message
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(300)
+        .collect();
+    (!clean.is_empty()).then_some(clean)
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::oci_error_message;
+
+    #[test]
+    fn a_refusals_message_is_passed_on_printable_and_short() {
+        let body = br#"{"errors":[{"code":"DENIED","message":"refused by policy \"r\": no\u0007 signature"}]}"#;
+        assert_eq!(
+            oci_error_message(body).as_deref(),
+            Some("refused by policy \"r\": no signature")
+        );
+        let long = format!(r#"{{"errors":[{{"message":"{}"}}]}}"#, "x".repeat(1000));
+        assert_eq!(oci_error_message(long.as_bytes()).unwrap().len(), 300);
+        assert_eq!(oci_error_message(b"<html>403</html>"), None);
+        assert_eq!(oci_error_message(br#"{"errors":[]}"#), None);
     }
 }

@@ -149,7 +149,7 @@ impl Upstream {
             .send(Kind::Manifest, method, url, Some(&accept), None, repo)
             .await?;
         if !response.status().is_success() {
-            return Err(self.client.status_error(&response));
+            return Err(self.client.refusal_error(response).await);
         }
         let headers = response.headers();
         let digest = header(headers, "docker-content-digest").and_then(|d| d.parse().ok());
