@@ -151,7 +151,7 @@ pub(super) fn oci_error_message(body: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod message_tests {
+mod tests {
     use super::oci_error_message;
 
     #[test]
