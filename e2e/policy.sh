@@ -51,6 +51,8 @@ test_policy() {
         seed myorg/e2e-signed oci "linux/amd64 linux/arm64/v8" 1M,64K
     check "policy: build and push myorg/e2e-unsigned" \
         seed myorg/e2e-unsigned oci linux/amd64 1M
+    check "policy: build and push myorg/e2e-bundled" \
+        seed myorg/e2e-bundled oci linux/amd64 512K
     if ! start_guarded_wharf; then
         fail "policy: a key pair is made and the guarded wharf starts"
         return 0
@@ -60,6 +62,10 @@ test_policy() {
     unsigned=$(skopeo inspect --raw --tls-verify=false "docker://$UP/myorg/e2e-unsigned:$TAG" | digest_of_stdin)
     check "policy: sign myorg/e2e-signed's index in cosign's classic layout" \
         python3 "$HERE/sign.py" "$UP" myorg/e2e-signed "$signed" "$WORK/policy/cosign.key"
+    local bundled
+    bundled=$(skopeo inspect --raw --tls-verify=false "docker://$UP/myorg/e2e-bundled:$TAG" | digest_of_stdin)
+    check "policy: sign myorg/e2e-bundled with a sigstore bundle under the referrers fallback tag" \
+        python3 "$HERE/sign.py" "$UP" myorg/e2e-bundled "$bundled" "$WORK/policy/cosign.key" --bundle
     read_metrics_of "http://$GUARDED"
 
     local sk=(skopeo inspect --raw --tls-verify=false)
@@ -72,6 +78,9 @@ test_policy() {
     else
         fail "policy: skopeo is told why the unsigned image is refused" "$(head -c 400 "$LOGS/policy-skopeo.err")"
     fi
+    # The registry has no referrers API: wharf finds the bundle through the fallback tag.
+    expect_eq "policy: skopeo gets the image signed with a bundle" "$bundled" \
+        "$("${sk[@]}" "docker://$GUARDED/myorg/e2e-bundled:$TAG" | digest_of_stdin)"
     local sig_tag=${signed/:/-}.sig
     check "policy: the signature tag passes to clients (cosign verify reads it)" \
         "${sk[@]}" "docker://$GUARDED/myorg/e2e-signed:$sig_tag"
