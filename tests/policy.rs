@@ -453,3 +453,27 @@ async fn an_edge_verifies_against_its_regional_tier_and_a_second_edge_costs_the_
         1.0
     );
 }
+
+#[tokio::test]
+async fn clients_pulling_at_once_share_one_signature_check() {
+    let upstream = FakeRegistry::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let signer = Signer::generate();
+    let (digest, _) = push_image(&upstream, "myorg/app", "v1", 1);
+    sign_classic(&upstream, "myorg/app", &digest, &digest, &signer);
+    let wharf = guarded(&upstream, &signer, keys.path(), PolicyMode::Enforce).await;
+    // Held long enough for every client to join the first one's fetch.
+    upstream.faults().manifest_delay = Some(Duration::from_millis(300));
+
+    let pulls = (0..16).map(|_| get_manifest(&wharf, "myorg/app", "v1"));
+    for r in futures_util::future::join_all(pulls).await {
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        wharf
+            .metric("wharf_policy_verifications_total", &["myorg-signed"])
+            .await,
+        1.0
+    );
+    assert_eq!(upstream.count("GET", &sig_tag(&digest)), 1);
+}
