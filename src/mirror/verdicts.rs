@@ -2,7 +2,7 @@
 //! Reached in `signed`.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use moka::future::Cache as VerdictCache;
 
@@ -20,9 +20,15 @@ pub(super) struct Signatures {
 
 impl Signatures {
     pub(super) fn new(policies: Policies) -> Signatures {
+        // Whether a verdict stands is decided on the mirror's clock; moka's TTL, never shorter
+        // than a minute, only frees the memory of verdicts no one asks for again.
+        let forget_after = policies.longest_verified_ttl().max(Duration::from_secs(60));
         Signatures {
             policies,
-            verdicts: VerdictCache::builder().max_capacity(100_000).build(),
+            verdicts: VerdictCache::builder()
+                .max_capacity(100_000)
+                .time_to_live(forget_after)
+                .build(),
         }
     }
 }

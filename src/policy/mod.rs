@@ -70,8 +70,13 @@ impl Policies {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+    /// The longest `verified_ttl` of any rule: nothing decided stands longer.
+    pub fn longest_verified_ttl(&self) -> Duration {
+        self.rules
+            .iter()
+            .map(|r| r.verified_ttl)
+            .max()
+            .unwrap_or_default()
     }
 }
 
