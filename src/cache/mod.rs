@@ -14,6 +14,7 @@ pub mod maintenance;
 mod memory;
 mod parents;
 pub mod shared;
+mod small_files;
 mod store;
 mod tags;
 
