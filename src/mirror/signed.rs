@@ -31,6 +31,25 @@ const MAX_SIGNATURE_BYTES: u64 = 1 << 20;
 /// Signatures looked at per manifest, at most, in each layout.
 const MAX_SIGNATURES: usize = 16;
 
+/// What a verdict is about: a repository of an upstream, and the rule that covers it.
+#[derive(Clone, Copy)]
+struct Covered<'a> {
+    upstream: &'a Arc<Upstream>,
+    repo: &'a RepoName,
+    rule: &'a Rule,
+}
+
+impl Covered<'_> {
+    /// The key under which the cache records which index lists `manifest` here.
+    fn listed(&self, manifest: Digest) -> ListedKey {
+        ListedKey {
+            upstream: self.upstream.name().into(),
+            repo: self.repo.clone(),
+            manifest,
+        }
+    }
+}
+
 impl Mirror {
     /// Refuses `manifest` (`403 DENIED`, naming the rule and why) when a rule in `enforce` mode
     /// covers the repository and no signature verifies; in `warn` mode logs and counts it.
@@ -43,7 +62,12 @@ impl Mirror {
         let Some(rule) = self.signatures.policies.covering(upstream.name(), repo) else {
             return Ok(());
         };
-        let why = match self.verdict(upstream, repo, rule, manifest).await {
+        let at = Covered {
+            upstream,
+            repo,
+            rule,
+        };
+        let why = match self.verdict(at, manifest).await {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(refusal)) => refusal.to_string(),
             Err(e) if rule.mode == PolicyMode::Enforce => return Err(e),
@@ -68,11 +92,14 @@ impl Mirror {
     /// on it. An upstream that fails the lookup is an error, never a verdict.
     async fn verdict(
         self: &Arc<Self>,
-        upstream: &Arc<Upstream>,
-        repo: &RepoName,
-        rule: &Rule,
+        at: Covered<'_>,
         manifest: &RawManifest,
     ) -> Result<Result<Allowed, Refusal>, Error> {
+        let Covered {
+            upstream,
+            repo,
+            rule,
+        } = at;
         let key = (
             rule.id,
             Arc::from(upstream.name()),
@@ -94,7 +121,7 @@ impl Mirror {
         let verdict = verdicts
             .try_get_with(key, async {
                 let decided_at = self.clock.now();
-                let outcome = self.decide(upstream, repo, rule, manifest).await;
+                let outcome = self.decide(at, manifest).await;
                 let label = match &outcome {
                     Ok(Ok(allowed)) => allowed.label(),
                     Ok(Err(refusal)) => refusal.label(),
@@ -127,9 +154,7 @@ impl Mirror {
 
     async fn decide(
         self: &Arc<Self>,
-        upstream: &Arc<Upstream>,
-        repo: &RepoName,
-        rule: &Rule,
+        at: Covered<'_>,
         manifest: &RawManifest,
     ) -> Result<Result<Allowed, Refusal>, Error> {
         let doc = ManifestDoc::parse(manifest.media_type_essence(), &manifest.body).ok();
@@ -138,38 +163,26 @@ impl Mirror {
         }
         // Asked first: it costs no upstream request, and a platform manifest of a signed index
         // is rarely signed on its own.
-        if Box::pin(self.listed_by_verified_index(upstream, repo, rule, &manifest.digest)).await? {
+        if Box::pin(self.listed_by_verified_index(at, &manifest.digest)).await? {
             return Ok(Ok(Allowed::ThroughIndex));
         }
-        let classic = self
-            .classic_signatures(upstream, repo, rule, &manifest.digest)
-            .await?;
+        let classic = self.classic_signatures(at, &manifest.digest).await?;
         let refusal = match classic {
-            Ok(()) => return Ok(Ok(self.signed(upstream, repo, manifest, doc))),
+            Ok(()) => return Ok(Ok(self.signed(at, manifest, doc))),
             Err(refusal) => refusal,
         };
-        match self.bundles(upstream, repo, rule, manifest).await? {
-            Ok(()) => Ok(Ok(self.signed(upstream, repo, manifest, doc))),
+        match self.bundles(at, manifest).await? {
+            Ok(()) => Ok(Ok(self.signed(at, manifest, doc))),
             Err(other) => Ok(Err(refusal.or(other))),
         }
     }
 
     /// A verified manifest; an index's platform manifests are allowed through it from now.
-    fn signed(
-        &self,
-        upstream: &Upstream,
-        repo: &RepoName,
-        manifest: &RawManifest,
-        doc: Option<ManifestDoc>,
-    ) -> Allowed {
+    fn signed(&self, at: Covered<'_>, manifest: &RawManifest, doc: Option<ManifestDoc>) -> Allowed {
         if let Some(ManifestDoc::Index(children)) = doc {
             for child in children {
-                let key = ListedKey {
-                    upstream: upstream.name().into(),
-                    repo: repo.clone(),
-                    manifest: child.digest,
-                };
-                self.cache.record_parent(key, &manifest.digest);
+                self.cache
+                    .record_parent(at.listed(child.digest), &manifest.digest);
             }
         }
         Allowed::Signed
@@ -178,17 +191,10 @@ impl Mirror {
     /// Whether an index in the cache that lists `digest`, in this repository, is verified.
     async fn listed_by_verified_index(
         self: &Arc<Self>,
-        upstream: &Arc<Upstream>,
-        repo: &RepoName,
-        rule: &Rule,
+        at: Covered<'_>,
         digest: &Digest,
     ) -> Result<bool, Error> {
-        let key = ListedKey {
-            upstream: upstream.name().into(),
-            repo: repo.clone(),
-            manifest: digest.clone(),
-        };
-        let Some(parent) = self.cache.parent(&key).await else {
+        let Some(parent) = self.cache.parent(&at.listed(digest.clone())).await else {
             return Ok(false);
         };
         let Some(index) = self.cache.manifest(&parent).await? else {
@@ -201,22 +207,20 @@ impl Mirror {
         if !lists_it {
             return Ok(false);
         }
-        let verdict = self.verdict(upstream, repo, rule, &index).await?;
+        let verdict = self.verdict(at, &index).await?;
         Ok(verdict == Ok(Allowed::Signed))
     }
 
     /// cosign's classic layout: the `sha256-<hex>.sig` tag in the same repository.
     async fn classic_signatures(
         self: &Arc<Self>,
-        upstream: &Arc<Upstream>,
-        repo: &RepoName,
-        rule: &Rule,
+        at: Covered<'_>,
         digest: &Digest,
     ) -> Result<Result<(), Refusal>, Error> {
         let Ok(tag) = classic::signature_tag(digest).parse::<Tag>() else {
             return Ok(Err(Refusal::NoSignature));
         };
-        let Some(signatures) = self.signature_manifest(upstream, repo, rule, tag).await? else {
+        let Some(signatures) = self.signature_manifest(at, Reference::Tag(tag)).await? else {
             return Ok(Err(Refusal::NoSignature));
         };
         let Ok(ManifestDoc::Image { layers, .. }) =
@@ -235,7 +239,7 @@ impl Mirror {
             let Some(signature) = layer.annotations.get(classic::SIGNATURE_ANNOTATION) else {
                 continue;
             };
-            match self.signature_blob(upstream, repo, layer).await? {
+            match self.signature_blob(at, layer).await? {
                 Ok(payload) => found.push((payload, signature.as_str())),
                 Err(refusal) => return Ok(Err(refusal)),
             }
@@ -244,16 +248,14 @@ impl Mirror {
             .iter()
             .map(|(payload, signature)| classic::Signed { payload, signature })
             .collect();
-        Ok(classic::verify(&signed, digest, &rule.keys))
+        Ok(classic::verify(&signed, digest, &at.rule.keys))
     }
 
     /// Sigstore bundles among the manifest's referrers: from the referrers API, or from the
     /// fallback tag where the upstream has no such API.
     async fn bundles(
         self: &Arc<Self>,
-        upstream: &Arc<Upstream>,
-        repo: &RepoName,
-        rule: &Rule,
+        at: Covered<'_>,
         manifest: &RawManifest,
     ) -> Result<Result<(), Refusal>, Error> {
         let digest = &manifest.digest;
@@ -261,13 +263,13 @@ impl Mirror {
             digest: digest.clone(),
             artifact_type: None,
         };
-        let referrers = match self.listing_from(upstream, repo, &listing).await {
+        let referrers = match self.listing_from(at.upstream, at.repo, &listing).await {
             Ok(page) => ManifestDoc::parse(OCI_INDEX, &page.body),
             Err(Error::Upstream(UpstreamError::NotFound)) => {
                 let Ok(tag) = bundle::referrers_tag(digest).parse::<Tag>() else {
                     return Ok(Err(Refusal::NoSignature));
                 };
-                match self.signature_manifest(upstream, repo, rule, tag).await? {
+                match self.signature_manifest(at, Reference::Tag(tag)).await? {
                     Some(index) => ManifestDoc::parse(index.media_type_essence(), &index.body),
                     None => return Ok(Err(Refusal::NoSignature)),
                 }
@@ -286,20 +288,8 @@ impl Mirror {
             .take(MAX_SIGNATURES);
         for referrer in bundles {
             let reference = Reference::Digest(referrer.digest.clone());
-            let holder = self
-                .manifest_from(
-                    upstream,
-                    repo,
-                    &reference,
-                    &Accept::all_manifests(),
-                    Origin::Client,
-                    rule.verified_ttl,
-                )
-                .await;
-            let holder = match holder {
-                Ok(answer) => answer.manifest,
-                Err(e) if is_not_found(&e) => continue,
-                Err(e) => return Err(e),
+            let Some(holder) = self.signature_manifest(at, reference).await? else {
+                continue;
             };
             let Ok(ManifestDoc::Image { layers, .. }) =
                 ManifestDoc::parse(holder.media_type_essence(), &holder.body)
@@ -310,8 +300,8 @@ impl Mirror {
                 .iter()
                 .filter(|l| bundle::is_bundle_type(&l.media_type))
             {
-                let verified = match self.signature_blob(upstream, repo, layer).await? {
-                    Ok(json) => bundle::verify(&json, digest, &manifest.body, &rule.keys),
+                let verified = match self.signature_blob(at, layer).await? {
+                    Ok(json) => bundle::verify(&json, digest, &manifest.body, &at.rule.keys),
                     Err(refusal) => Err(refusal),
                 };
                 match verified {
@@ -323,24 +313,22 @@ impl Mirror {
         Ok(Err(refusal))
     }
 
-    /// The manifest a signature tag names, revalidated when older than the rule's
-    /// `verified_ttl` (so a signature removed upstream stops counting); `None` when there is
-    /// no such tag.
+    /// A signature manifest by tag or digest; one by tag is revalidated when older than the
+    /// rule's `verified_ttl` (so a signature removed upstream stops counting). `None` when
+    /// there is no such manifest.
     async fn signature_manifest(
         self: &Arc<Self>,
-        upstream: &Arc<Upstream>,
-        repo: &RepoName,
-        rule: &Rule,
-        tag: Tag,
+        at: Covered<'_>,
+        reference: Reference,
     ) -> Result<Option<Arc<RawManifest>>, Error> {
         let answer = self
             .manifest_from(
-                upstream,
-                repo,
-                &Reference::Tag(tag),
+                at.upstream,
+                at.repo,
+                &reference,
                 &Accept::all_manifests(),
                 Origin::Client,
-                self.config.tag_ttl.min(rule.verified_ttl),
+                self.config.tag_ttl.min(at.rule.verified_ttl),
             )
             .await;
         match answer {
@@ -353,8 +341,7 @@ impl Mirror {
     /// A signature's payload or bundle, through the cache like any blob.
     async fn signature_blob(
         self: &Arc<Self>,
-        upstream: &Arc<Upstream>,
-        repo: &RepoName,
+        at: Covered<'_>,
         layer: &Descriptor,
     ) -> Result<Result<Bytes, Refusal>, Error> {
         let too_large = || {
@@ -366,7 +353,7 @@ impl Mirror {
             return Ok(Err(too_large()));
         }
         let answer = match self
-            .blob_from(upstream, repo, &layer.digest, None, Origin::Client)
+            .blob_from(at.upstream, at.repo, &layer.digest, None, Origin::Client)
             .await
         {
             Ok(answer) => answer,
