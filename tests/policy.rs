@@ -41,6 +41,18 @@ async fn guarded(
     .await
 }
 
+/// `myorg/app:v1`, an index of two platform manifests, signed by `signer` as a whole (as
+/// `cosign sign` signs an index): its digest, and its platform manifests (digest, body).
+fn signed_index(upstream: &FakeRegistry, signer: &Signer) -> (String, [(String, String); 2]) {
+    let children = [
+        push_image(upstream, "myorg/app", "amd64-only", 1),
+        push_image(upstream, "myorg/app", "arm64-only", 2),
+    ];
+    let index = push_index(upstream, "myorg/app", "v1", &children);
+    sign_classic(upstream, "myorg/app", &index, &index, signer);
+    (index, children)
+}
+
 async fn get_manifest(wharf: &Wharf, repo: &str, reference: &str) -> reqwest::Response {
     wharf
         .client
@@ -219,12 +231,7 @@ async fn platform_manifests_pass_through_their_signed_index_and_nothing_else_doe
     let upstream = FakeRegistry::start().await;
     let keys = tempfile::tempdir().unwrap();
     let signer = Signer::generate();
-    let children = [
-        push_image(&upstream, "myorg/app", "amd64-only", 1),
-        push_image(&upstream, "myorg/app", "arm64-only", 2),
-    ];
-    let index = push_index(&upstream, "myorg/app", "v1", &children);
-    sign_classic(&upstream, "myorg/app", &index, &index, &signer);
+    let (_, children) = signed_index(&upstream, &signer);
     let (stray, _) = push_image(&upstream, "myorg/app", "stray", 3);
     let wharf = guarded(&upstream, &signer, keys.path(), PolicyMode::Enforce).await;
 
@@ -343,12 +350,7 @@ async fn a_restarted_node_still_lets_platform_manifests_through_their_signed_ind
     let upstream = FakeRegistry::start().await;
     let keys = tempfile::tempdir().unwrap();
     let signer = Signer::generate();
-    let children = [
-        push_image(&upstream, "myorg/app", "amd64-only", 1),
-        push_image(&upstream, "myorg/app", "arm64-only", 2),
-    ];
-    let index = push_index(&upstream, "myorg/app", "v1", &children);
-    sign_classic(&upstream, "myorg/app", &index, &index, &signer);
+    let (_, children) = signed_index(&upstream, &signer);
     let wharf = guarded(&upstream, &signer, keys.path(), PolicyMode::Enforce).await;
     assert_eq!(get_manifest(&wharf, "myorg/app", "v1").await.status(), 200);
     // The record is written off the request path.
@@ -385,12 +387,7 @@ async fn an_edge_verifies_against_its_regional_tier_and_a_second_edge_costs_the_
     let keys = tempfile::tempdir().unwrap();
     let signer = Signer::generate();
     let key = signer.write_public(keys.path(), "cosign.pub");
-    let children = [
-        push_image(&upstream, "myorg/app", "amd64-only", 1),
-        push_image(&upstream, "myorg/app", "arm64-only", 2),
-    ];
-    let index = push_index(&upstream, "myorg/app", "v1", &children);
-    sign_classic(&upstream, "myorg/app", &index, &index, &signer);
+    let (index, children) = signed_index(&upstream, &signer);
     let (unsigned, _) = push_image(&upstream, "myorg/app", "unsigned", 3);
     // Both tiers enforce the same rule: the regional one passes signature objects on.
     let guard = |c: &mut wharf::Config| {
