@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use wharf::config::{PolicyConfig, PolicyMode};
 
+use crate::common::cluster::{owners, start_cluster_with};
 use crate::common::signing::{
     attach_bundle, push_image, push_index, sig_tag, sign_classic, Attach, Signer,
 };
@@ -473,4 +474,71 @@ async fn clients_pulling_at_once_share_one_signature_check() {
         1.0
     );
     assert_eq!(upstream.count("GET", &sig_tag(&digest)), 1);
+}
+
+#[tokio::test]
+async fn a_cluster_lets_platform_manifests_through_on_any_node_even_with_the_verifying_node_dead() {
+    const NODES: [&str; 4] = ["a", "b", "c", "d"];
+    let upstream = FakeRegistry::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let signer = Signer::generate();
+    let (_, children) = signed_index(&upstream, &signer);
+    let key = signer.write_public(keys.path(), "cosign.pub");
+    let cluster = start_cluster_with(&upstream, &NODES, |c| {
+        c.policies
+            .push(rule("myorg-signed", vec![key.clone()], PolicyMode::Enforce))
+    })
+    .await;
+    let a = &cluster.nodes[0];
+    // The nodes' records of which index lists a manifest are theirs alone.
+    let record = format!("/v2/myorg/app/_listed_by/{}", children[0].0);
+    assert_eq!(a.get(&record).await.status(), 404);
+    let put = a.client.put(a.url(&record)).send().await.unwrap();
+    assert_eq!(put.status(), 400, "no index named");
+
+    // A client resolves the signed index on a.
+    assert_eq!(get_manifest(a, "myorg/app", "v1").await.status(), 200);
+    // a tells the two other nodes that rank first for each platform manifest; the third is
+    // told nothing of it.
+    let told = |child: &str| -> Vec<usize> {
+        let order = owners(&NODES, child).into_iter().filter(|&n| n != 0);
+        order.take(2).collect()
+    };
+    let records = |node: usize| {
+        crate::common::disk::fanned_out(&cluster.nodes[node].cache.path().join("parents")).len()
+    };
+    let expected: Vec<usize> = (1..4)
+        .map(|node| {
+            children
+                .iter()
+                .filter(|c| told(&c.0).contains(&node))
+                .count()
+        })
+        .collect();
+    let all_told = crate::common::eventually(Duration::from_secs(10), || {
+        let held: Vec<usize> = (1..4).map(records).collect();
+        let done = held == expected;
+        async move { done }
+    })
+    .await;
+    assert!(
+        all_told,
+        "each platform manifest recorded on two other nodes"
+    );
+
+    // a dies. On every other node, each platform manifest passes: from the node's own record,
+    // or, on the node told nothing, from the records of the nodes that were.
+    cluster.links[0].cut();
+    for node in 1..4 {
+        for (child, _) in &children {
+            let r = get_manifest(&cluster.nodes[node], "myorg/app", child).await;
+            assert_eq!(r.status(), 200, "{child} on node {node}");
+            assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
+        }
+        let through = ["myorg-signed", "result=\"through_index\""];
+        let checked = cluster.nodes[node]
+            .metric("wharf_policy_verifications_total", &through)
+            .await;
+        assert_eq!(checked, 2.0, "node {node}");
+    }
 }

@@ -311,9 +311,9 @@ impl Cache {
     }
 
     /// Records that the index `index` lists the manifest `key`: known at once, and kept across
-    /// restarts once written; a disk
-    /// that cannot take it costs only the record (logged at debug).
-    pub fn record_parent(&self, key: ListedKey, index: &Digest) {
+    /// restarts once written; a disk that cannot take it costs only the record (logged at
+    /// debug). Whether that is news to this node.
+    pub fn record_parent(&self, key: ListedKey, index: &Digest) -> bool {
         let news = self.parents.remember(key.clone(), index);
         let (parents, index) = (self.parents.clone(), index.clone());
         tokio::task::spawn_blocking(move || {
@@ -321,6 +321,7 @@ impl Cache {
                 tracing::debug!(%index, error = %e, "index listing not recorded");
             }
         });
+        news
     }
 
     /// Evicts entries unused for `max_idle`, checking a few times per `max_idle` (and at least

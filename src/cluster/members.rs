@@ -73,6 +73,15 @@ impl Members {
             .collect()
     }
 
+    /// The other nodes that are up, in the order they rank for `digest`: where a record about
+    /// it is kept beside the node that made it, and looked for.
+    pub fn peers_in_order(&self, digest: &Digest) -> Vec<usize> {
+        ring::order(self.nodes.iter().map(|m| &*m.name), digest)
+            .into_iter()
+            .filter(|&i| i != self.me && self.nodes[i].up.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Indexes and names of the other nodes.
     pub fn peers(&self) -> impl Iterator<Item = (usize, &str)> {
         self.nodes
@@ -160,7 +169,15 @@ mod tests {
         assert!(b.ahead_of_me(&digest).is_empty());
         c.report(0, true);
         assert_eq!(c.ahead_of_me(&digest), vec![0, 1], "and gives back");
+        assert_eq!(c.peers_in_order(&digest), vec![0, 1]);
+        assert_eq!(
+            a.peers_in_order(&digest),
+            vec![1, 2],
+            "every other node, in rank"
+        );
         c.report(2, false);
         assert!(c.states()[2].up, "a node is never down to itself");
+        a.report(2, false);
+        assert_eq!(a.peers_in_order(&digest), vec![1], "those that are up");
     }
 }

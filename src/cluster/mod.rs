@@ -6,4 +6,4 @@ pub mod peers;
 pub mod ring;
 
 pub use members::{MemberState, Members};
-pub use peers::{read_token, Peers, SetupError, PEER_HEADER};
+pub use peers::{read_token, Peers, SetupError, LISTED_BY, PEER_HEADER};

@@ -13,6 +13,11 @@ use crate::config::ClusterConfig;
 /// The header a node's requests to its peers carry, naming the node that sends them.
 pub const PEER_HEADER: &str = "x-wharf-peer";
 
+/// The last path segment but one of the peers' record of which index lists a manifest
+/// (`/v2/<repo>/_listed_by/<digest>`): no repository name has a component that starts with
+/// `_`, so it cannot be mistaken for one.
+pub const LISTED_BY: &str = "_listed_by";
+
 /// The shortest peer token: it stands for a whole node.
 const MIN_TOKEN: usize = 16;
 

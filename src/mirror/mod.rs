@@ -11,6 +11,7 @@ mod filling;
 mod flights;
 mod manifests;
 mod owners;
+mod parents;
 mod passthrough;
 mod side;
 mod signed;

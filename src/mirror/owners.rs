@@ -90,6 +90,25 @@ impl Owners {
             .collect()
     }
 
+    /// The first `n` other nodes that are up, in the order they rank for `digest`, each with
+    /// `upstream` as reached through it.
+    pub(super) fn holders(&self, upstream: &str, digest: &Digest, n: usize) -> Vec<Owner> {
+        self.members
+            .peers_in_order(digest)
+            .into_iter()
+            .filter_map(|node| {
+                let via = self.through[node].get(upstream)?.clone();
+                Some(Owner { node, via })
+            })
+            .take(n)
+            .collect()
+    }
+
+    /// How long a small request to a peer may take: its probe's time.
+    pub(super) fn peer_timeout(&self) -> std::time::Duration {
+        self.config.probe_timeout
+    }
+
     /// Asks every peer's `/healthz` each `probe_interval`, all at once, for as long as it runs.
     pub async fn probe_forever(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.config.probe_interval);

@@ -180,24 +180,50 @@ impl Mirror {
     /// A verified manifest; an index's platform manifests are allowed through it from now.
     fn signed(&self, at: Covered<'_>, manifest: &RawManifest, doc: Option<ManifestDoc>) -> Allowed {
         if let Some(ManifestDoc::Index(children)) = doc {
-            for child in children {
-                self.cache
-                    .record_parent(at.listed(child.digest), &manifest.digest);
-            }
+            let listed = children.into_iter().map(|child| at.listed(child.digest));
+            self.record_listing(&manifest.digest, listed);
         }
         Allowed::Signed
     }
 
-    /// Whether an index in the cache that lists `digest`, in this repository, is verified.
+    /// Whether an index that lists `digest` in this repository verifies: the one this node
+    /// recorded, else one the other nodes recorded.
     async fn listed_by_verified_index(
         self: &Arc<Self>,
         at: Covered<'_>,
         digest: &Digest,
     ) -> Result<bool, Error> {
-        let Some(parent) = self.cache.parent(&at.listed(digest.clone())).await else {
+        let key = at.listed(digest.clone());
+        let recorded = self.cache.parent(&key).await;
+        if let Some(index) = &recorded {
+            if self.verified_parent(at, digest, index).await? {
+                return Ok(true);
+            }
+        }
+        for index in self.peers_records(&key).await {
+            if Some(&index) != recorded.as_ref() && self.verified_parent(at, digest, &index).await?
+            {
+                self.cache.record_parent(key, &index);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether `index` lists `digest` and verifies; fetched through the mirror if this node
+    /// lacks it.
+    async fn verified_parent(
+        self: &Arc<Self>,
+        at: Covered<'_>,
+        digest: &Digest,
+        index: &Digest,
+    ) -> Result<bool, Error> {
+        // A record naming the manifest itself would make its verdict wait on itself.
+        if index == digest {
             return Ok(false);
-        };
-        let Some(index) = self.cache.manifest(&parent).await? else {
+        }
+        let reference = Reference::Digest(index.clone());
+        let Some(index) = self.unchecked_manifest(at, reference).await? else {
             return Ok(false);
         };
         let lists_it = matches!(
@@ -220,7 +246,7 @@ impl Mirror {
         let Ok(tag) = classic::signature_tag(digest).parse::<Tag>() else {
             return Ok(Err(Refusal::NoSignature));
         };
-        let Some(signatures) = self.signature_manifest(at, Reference::Tag(tag)).await? else {
+        let Some(signatures) = self.unchecked_manifest(at, Reference::Tag(tag)).await? else {
             return Ok(Err(Refusal::NoSignature));
         };
         let Ok(ManifestDoc::Image { layers, .. }) =
@@ -269,7 +295,7 @@ impl Mirror {
                 let Ok(tag) = bundle::referrers_tag(digest).parse::<Tag>() else {
                     return Ok(Err(Refusal::NoSignature));
                 };
-                match self.signature_manifest(at, Reference::Tag(tag)).await? {
+                match self.unchecked_manifest(at, Reference::Tag(tag)).await? {
                     Some(index) => ManifestDoc::parse(index.media_type_essence(), &index.body),
                     None => return Ok(Err(Refusal::NoSignature)),
                 }
@@ -288,7 +314,7 @@ impl Mirror {
             .take(MAX_SIGNATURES);
         for referrer in bundles {
             let reference = Reference::Digest(referrer.digest.clone());
-            let Some(holder) = self.signature_manifest(at, reference).await? else {
+            let Some(holder) = self.unchecked_manifest(at, reference).await? else {
                 continue;
             };
             let Ok(ManifestDoc::Image { layers, .. }) =
@@ -313,10 +339,11 @@ impl Mirror {
         Ok(Err(refusal))
     }
 
-    /// A signature manifest by tag or digest; one by tag is revalidated when older than the
+    /// A manifest by tag or digest as the mirror has it, unchecked (a signature manifest, or
+    /// an index whose own verdict is asked for); one by tag is revalidated when older than the
     /// rule's `verified_ttl` (so a signature removed upstream stops counting). `None` when
     /// there is no such manifest.
-    async fn signature_manifest(
+    async fn unchecked_manifest(
         self: &Arc<Self>,
         at: Covered<'_>,
         reference: Reference,

@@ -72,6 +72,35 @@ pub async fn handle(
         Route::Listing { target, listing } => {
             Box::pin(listing_page(state, &target, &listing, head)).await
         }
+        Route::ListedBy {
+            target,
+            manifest,
+            told,
+        } => listed_by(state, &target, &manifest, told).await,
+    }
+}
+
+/// A peer asks which index this node has recorded as listing `manifest`, or tells it one.
+async fn listed_by(
+    state: &AppState,
+    target: &Target,
+    manifest: &Digest,
+    told: Option<Digest>,
+) -> Result<Response<Body>, Error> {
+    let (registry, repo) = (target.registry.as_deref(), &target.repo);
+    if let Some(index) = told {
+        state.mirror.note_listed(registry, repo, manifest, &index)?;
+        return Ok(Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(empty())
+            .expect("static headers"));
+    }
+    match state.mirror.listed_here(registry, repo, manifest).await? {
+        Some(index) => Ok(Response::builder()
+            .header(CONTENT_TYPE, "text/plain")
+            .body(full(index.to_string()))
+            .expect("static headers")),
+        None => Err(ClientError::ManifestUnknown.into()),
     }
 }
 

@@ -52,7 +52,8 @@ impl Access {
     /// and the rate are checked before credentials, so that a refused or flooding client costs
     /// no password hashing. A request that names a peer node (`peer`) must be that peer's,
     /// with the peer token and from its address; then neither the address list, the rate nor
-    /// client credentials apply (peers are the operator's own nodes).
+    /// client credentials apply (peers are the operator's own nodes); only a peer may reach
+    /// the peers' records.
     pub(super) async fn admits(
         &self,
         client: Client,
@@ -79,6 +80,10 @@ impl Access {
                 }),
                 None => Err(ClientError::Unauthenticated),
             };
+        }
+        // The peers' own records are no client's business.
+        if matches!(route, route::Route::ListedBy { .. }) {
+            return Err(ClientError::NotFound);
         }
         let listed = self
             .allow_from

@@ -8,6 +8,7 @@ mod blob;
 mod client;
 mod connect;
 mod error;
+mod listed;
 mod login;
 mod ranges;
 

@@ -23,6 +23,15 @@ pub struct Cluster {
 
 /// Nodes named `names`, each in front of `upstream`.
 pub async fn start_cluster(upstream: &FakeRegistry, names: &[&str]) -> Cluster {
+    start_cluster_with(upstream, names, |_| {}).await
+}
+
+/// [`start_cluster`], each node's configuration changed by `configure` first.
+pub async fn start_cluster_with(
+    upstream: &FakeRegistry,
+    names: &[&str],
+    configure: impl Fn(&mut wharf::config::Config),
+) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let peer_token_file = dir.path().join("peer-token");
     std::fs::write(&peer_token_file, format!("{TOKEN}\n")).unwrap();
@@ -53,6 +62,7 @@ pub async fn start_cluster(upstream: &FakeRegistry, names: &[&str]) -> Cluster {
             peer_token_file.clone(),
             peers.clone(),
         ));
+        configure(&mut config);
         nodes.push(Wharf::start_on(listener, config, cache, reqwest::Client::new()).await);
     }
     Cluster {
