@@ -122,4 +122,56 @@ test_policy() {
     expect_eq "policy: the warm copy did no signature work" "$checks" \
         "$(wmetric wharf_policy_verifications_total rule=myorg-signed)"
     read_metrics_of "$WHARF_URL"
+    policy_in_a_cluster "$signed"
+}
+
+# policy_in_a_cluster INDEX — two guarded nodes of one cluster: a client resolves the signed
+# index INDEX on p, p dies, and the client gets its platform manifests from q, which never saw
+# the index (p told q which index lists them; q verifies that index itself).
+policy_in_a_cluster() {
+    local signed=$1 node port
+    local ports=("$POLICY_P_PORT" "$POLICY_Q_PORT") names=(p q)
+    head -c 32 /dev/urandom | base64 | tr -d '\n=' >"$WORK/policy-token"
+    chmod 600 "$WORK/policy-token"
+    for node in 0 1; do
+        port=${ports[$node]}
+        write_wharf_config "$WORK/policy-${names[$node]}.toml" "127.0.0.1:$port" \
+            "$WORK/cache-policy-${names[$node]}"
+        cat >>"$WORK/policy-${names[$node]}.toml" <<EOF
+
+[[policy]]
+name = "myorg-signed"
+repositories = ["myorg/*"]
+keys = ["$WORK/policy/cosign.pub"]
+
+[cluster]
+node = "${names[$node]}"
+peer_token_file = "$WORK/policy-token"
+probe_interval = "500ms"
+$(peers_toml "${names[*]}" "${ports[*]}")
+EOF
+        launch_wharf "policy-${names[$node]}" "$WORK/policy-${names[$node]}.toml" \
+            "http://127.0.0.1:$port"
+    done
+    local p=127.0.0.1:$POLICY_P_PORT q=127.0.0.1:$POLICY_Q_PORT
+    local sk=(skopeo inspect --raw --tls-verify=false)
+    "${sk[@]}" "docker://$p/myorg/e2e-signed:$TAG" >"$WORK/policy/cluster-index.json" || true
+    expect_eq "policy cluster: skopeo resolves the signed index on p" "$signed" \
+        "$(digest_of_stdin <"$WORK/policy/cluster-index.json")"
+    local platforms
+    mapfile -t platforms < <(jq -r '.manifests[].digest' "$WORK/policy/cluster-index.json")
+    check "policy cluster: q holds p's record of which index lists them" \
+        wait_until 10 bash -c "(( \$(find '$WORK/cache-policy-q/parents' -type f | wc -l) >= ${#platforms[@]} ))"
+    kill -KILL "${WHARF_PIDS[policy-p]}" 2>/dev/null || true
+    wait "${WHARF_PIDS[policy-p]}" 2>/dev/null || true
+    local platform
+    for platform in "${platforms[@]}"; do
+        check "policy cluster: with p dead, skopeo copies platform manifest ${platform:7:12} from q" \
+            skopeo copy -q --src-tls-verify=false "docker://$q/myorg/e2e-signed@$platform" \
+            "dir:$WORK/policy/cluster-${platform:7:12}"
+    done
+    expect_cmp "policy cluster: q let them through the index it verified itself" \
+        "$(metric "http://$q" wharf_policy_verifications_total rule=myorg-signed result=through_index)" \
+        -ge "${#platforms[@]}"
+    stop_pid "${WHARF_PIDS[policy-q]}"
 }

@@ -73,12 +73,13 @@ impl Members {
             .collect()
     }
 
-    /// The other nodes that are up, in the order they rank for `digest`: where a record about
-    /// it is kept beside the node that made it, and looked for.
-    pub fn peers_in_order(&self, digest: &Digest) -> Vec<usize> {
+    /// The other nodes in the order they rank for `digest`, and whether each is up: where a
+    /// record about it is kept beside the node that made it, and looked for.
+    pub fn peers_in_order(&self, digest: &Digest) -> Vec<(usize, bool)> {
         ring::order(self.nodes.iter().map(|m| &*m.name), digest)
             .into_iter()
-            .filter(|&i| i != self.me && self.nodes[i].up.load(Ordering::Relaxed))
+            .filter(|&i| i != self.me)
+            .map(|i| (i, self.nodes[i].up.load(Ordering::Relaxed)))
             .collect()
     }
 
@@ -169,15 +170,15 @@ mod tests {
         assert!(b.ahead_of_me(&digest).is_empty());
         c.report(0, true);
         assert_eq!(c.ahead_of_me(&digest), vec![0, 1], "and gives back");
-        assert_eq!(c.peers_in_order(&digest), vec![0, 1]);
+        assert_eq!(c.peers_in_order(&digest), vec![(0, true), (1, true)]);
         assert_eq!(
             a.peers_in_order(&digest),
-            vec![1, 2],
+            vec![(1, true), (2, true)],
             "every other node, in rank"
         );
         c.report(2, false);
         assert!(c.states()[2].up, "a node is never down to itself");
         a.report(2, false);
-        assert_eq!(a.peers_in_order(&digest), vec![1], "those that are up");
+        assert_eq!(a.peers_in_order(&digest), vec![(1, true), (2, false)]);
     }
 }

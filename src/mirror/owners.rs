@@ -90,18 +90,35 @@ impl Owners {
             .collect()
     }
 
-    /// The first `n` other nodes that are up, in the order they rank for `digest`, each with
-    /// `upstream` as reached through it.
-    pub(super) fn holders(&self, upstream: &str, digest: &Digest, n: usize) -> Vec<Owner> {
-        self.members
-            .peers_in_order(digest)
-            .into_iter()
-            .filter_map(|node| {
-                let via = self.through[node].get(upstream)?.clone();
-                Some(Owner { node, via })
-            })
-            .take(n)
-            .collect()
+    /// The other nodes in the order they rank for `digest`, each with `upstream` as reached
+    /// through it, up to the `n`th that is up; with `down_too`, those thought down before it
+    /// as well (for a message that is cheap to try and would be lost on a node only thought
+    /// down, say one that just started).
+    pub(super) fn holders(
+        &self,
+        upstream: &str,
+        digest: &Digest,
+        n: usize,
+        down_too: bool,
+    ) -> Vec<Owner> {
+        let mut holders = Vec::new();
+        let mut up_ones = 0;
+        for (node, up) in self.members.peers_in_order(digest) {
+            if up_ones == n {
+                break;
+            }
+            if !up && !down_too {
+                continue;
+            }
+            up_ones += usize::from(up);
+            if let Some(via) = self.through[node].get(upstream) {
+                holders.push(Owner {
+                    node,
+                    via: via.clone(),
+                });
+            }
+        }
+        holders
     }
 
     /// How long a small request to a peer may take: its probe's time.
@@ -221,4 +238,36 @@ where
         peer: None,
         answer,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PeerConfig;
+
+    #[test]
+    fn records_are_told_past_nodes_thought_down_and_asked_of_nodes_up() {
+        let peers = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| PeerConfig {
+                name: (*name).into(),
+                url: format!("http://10.0.0.{}:5000", i + 1).parse().unwrap(),
+            })
+            .collect();
+        let config = ClusterConfig::new("c", "/dev/null".into(), peers);
+        let upstreams = [UpstreamConfig::docker_hub()];
+        let owners = Owners::new(&config, "token", &upstreams, &Metrics::new()).unwrap();
+        // The pinned scores (ring.rs) of sha256:000…: a > b > c.
+        let digest: Digest = format!("sha256:{}", "0".repeat(64)).parse().unwrap();
+        let nodes = |down_too| -> Vec<usize> {
+            let holders = owners.holders("docker.io", &digest, 1, down_too);
+            holders.iter().map(|h| h.node).collect()
+        };
+        assert_eq!(nodes(false), vec![0]);
+        owners.members.report(0, false);
+        assert_eq!(nodes(false), vec![1], "the first node up");
+        assert_eq!(nodes(true), vec![0, 1], "and a node thought down before it");
+        assert!(owners.holders("ghcr.io", &digest, 1, true).is_empty());
+    }
 }

@@ -1,8 +1,9 @@
 //! Which index lists a manifest, across the nodes of a cluster: a client resolves an index on
 //! one node and may ask another for its platform manifests. The node that verifies an index
 //! records each manifest it lists, and tells the [`TOLD`] other nodes that rank first for that
-//! manifest (so the record outlives the node); a node that has no record, or whose record does
-//! not verify, asks the [`ASKED`] other nodes that rank first. A record only says where to
+//! manifest among those up, and any thought down that rank before them (so the record outlives
+//! the node); a node that has no record, or whose record does not verify, asks the [`ASKED`]
+//! other nodes that are up and rank first. A record only says where to
 //! look: whoever reads one fetches the index and verifies it itself.
 
 use std::sync::Arc;
@@ -41,7 +42,7 @@ impl Mirror {
         let tells: Vec<_> = news
             .into_iter()
             .flat_map(|key| {
-                let holders = owners.holders(&key.upstream, &key.manifest, TOLD);
+                let holders = owners.holders(&key.upstream, &key.manifest, TOLD, true);
                 holders.into_iter().map(move |holder| (key.clone(), holder))
             })
             .collect();
@@ -71,7 +72,7 @@ impl Mirror {
         };
         let within = owners.peer_timeout();
         let asks = owners
-            .holders(&key.upstream, &key.manifest, ASKED)
+            .holders(&key.upstream, &key.manifest, ASKED, false)
             .into_iter()
             .map(|holder| async move {
                 let asked = holder.via.listed_by(&key.repo, &key.manifest);
