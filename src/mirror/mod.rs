@@ -9,6 +9,7 @@ mod expiry;
 mod feed;
 mod filling;
 mod flights;
+mod manifest_fetch;
 mod manifests;
 mod owners;
 mod parents;
