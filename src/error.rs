@@ -4,7 +4,7 @@
 //! a status and a body.
 
 use crate::cache;
-use crate::oci::{DigestError, NameError, ReferenceError};
+use crate::oci::{DigestError, ImageRefError, NameError, ReferenceError};
 use crate::upstream::UpstreamError;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -116,6 +116,14 @@ pub enum ClientError {
     MethodNotAllowed,
     #[error("no such endpoint")]
     NotFound,
+    /// A request of the admin API or a webhook that says nothing usable.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    ImageRef(#[from] ImageRefError),
+    /// The admin API without a valid admin token.
+    #[error("an admin token is required")]
+    AdminUnauthenticated,
     #[error("requested range not satisfiable for a blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error("manifest unknown")]

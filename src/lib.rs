@@ -138,6 +138,11 @@ async fn run_with(
         .as_ref()
         .map(server::auth::Authenticator::load)
         .transpose()?;
+    let admin = config
+        .admin
+        .as_ref()
+        .map(|admin| server::admin::AdminTokens::load(&admin.tokens))
+        .transpose()?;
     let policies = policy::Policies::load(&config.policies)?;
     let peers = match &config.cluster {
         Some(cluster) => Some(cluster::Peers::load(cluster).await?),
@@ -169,12 +174,15 @@ async fn run_with(
     let state = server::AppState {
         mirror,
         metrics,
-        access: Arc::new(server::Access::new(
-            config.server.allow_from.clone(),
-            &config.server.rate_limit,
-            authenticator,
-            peers,
-        )),
+        access: Arc::new(
+            server::Access::new(
+                config.server.allow_from.clone(),
+                &config.server.rate_limit,
+                authenticator,
+                peers,
+            )
+            .with_admin(admin),
+        ),
         max_range_parts: config.cache.max_range_parts,
     };
     let operations = match config.server.metrics_listen {

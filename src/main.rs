@@ -105,6 +105,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(auth) = &config.server.auth {
                 wharf::server::auth::Authenticator::load(auth)?;
             }
+            if let Some(admin) = &config.admin {
+                wharf::server::admin::AdminTokens::load(&admin.tokens)?;
+            }
             if let Some(cluster) = &config.cluster {
                 wharf::cluster::read_token(&cluster.peer_token_file)?;
             }

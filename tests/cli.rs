@@ -96,6 +96,28 @@ fn check_config_reads_the_credential_files() {
 }
 
 #[test]
+fn check_config_reads_the_admin_tokens_and_names_a_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("admin-tokens");
+    std::fs::write(&tokens, "# operators\nsha256:not-a-hash ops\n").unwrap();
+    let file = dir.path().join("mirror.toml");
+    let config = format!("[admin]\ntokens = {:?}\n", tokens.display().to_string());
+    std::fs::write(&file, &config).unwrap();
+    let out = check_config(&file);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("admin-tokens") && err.contains("line 2") && err.contains("sha256:<64 hex"),
+        "{err}"
+    );
+    let hash = "ab".repeat(32);
+    std::fs::write(&tokens, format!("sha256:{hash} ops\n")).unwrap();
+    let out = check_config(&file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[admin]"));
+}
+
+#[test]
 fn check_config_and_serve_read_the_policy_keys_and_name_a_bad_one() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("cosign.pub");

@@ -54,6 +54,10 @@ impl HotManifests {
         })
     }
 
+    pub fn remove(&self, digest: &Digest) {
+        self.by_digest.invalidate(digest);
+    }
+
     pub fn insert(&self, manifest: Arc<RawManifest>) {
         let hot = HotManifest {
             manifest,

@@ -8,6 +8,7 @@
 //! directory: layout, commit, index, eviction, scan, disk) and `tags`; `memory` and `error`
 //! are leaves.
 
+mod control;
 mod error;
 mod fill;
 pub mod maintenance;
@@ -62,7 +63,7 @@ pub struct Cache {
     store: Arc<Store>,
     fills: Arc<Fills>,
     memory: HotManifests,
-    tags: TagTable,
+    tags: Arc<TagTable>,
     /// Which index lists a manifest.
     parents: Arc<Parents>,
     /// The bucket below the local disk, if one is configured.
@@ -101,7 +102,7 @@ impl Cache {
         let opened = tokio::task::spawn_blocking(move || {
             let store =
                 Store::open(&dir, max_size, store_metrics).map_err(|e| open_error(&dir, e))?;
-            let tags = TagTable::open(&dir).map_err(|e| open_error(&dir, e))?;
+            let tags = Arc::new(TagTable::open(&dir).map_err(|e| open_error(&dir, e))?);
             let parents = Parents::open(&dir).map_err(|e| open_error(&dir, e))?;
             Ok::<_, Error>((store, tags, parents))
         })

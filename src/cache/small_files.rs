@@ -76,6 +76,23 @@ impl SmallFiles {
         fs::File::open(self.path(key))?.set_modified(SystemTime::now())
     }
 
+    /// The contents of every file of the area (blocking; one read per file): for views over
+    /// everything held, not for the request path.
+    pub fn read_all(&self) -> io::Result<Vec<Vec<u8>>> {
+        let mut all = Vec::new();
+        for fan in fs::read_dir(&self.dir)? {
+            let Ok(files) = fs::read_dir(fan?.path()) else {
+                continue;
+            };
+            all.extend(
+                files
+                    .flatten()
+                    .filter_map(|file| fs::read(file.path()).ok()),
+            );
+        }
+        Ok(all)
+    }
+
     /// Removes the files not used since `cutoff`; returns how many.
     pub fn remove_idle(&self, cutoff: SystemTime) -> io::Result<usize> {
         let mut removed = 0;

@@ -2,6 +2,7 @@
 //! are errors (a typo must not silently fall back to a default), and `validate` checks what serde
 //! cannot. Knows nothing of the rest of wharf.
 
+mod admin;
 mod cluster;
 mod policy;
 mod shared;
@@ -9,6 +10,7 @@ mod size;
 mod tree;
 mod validate;
 
+pub use admin::AdminConfig;
 pub use cluster::{ClusterConfig, PeerConfig};
 pub use policy::{PolicyConfig, PolicyMode};
 pub use shared::SharedConfig;

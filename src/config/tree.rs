@@ -27,6 +27,9 @@ pub struct Config {
     /// Repositories served only when signed by trusted keys, first matching rule first.
     #[serde(default, rename = "policy", skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<super::PolicyConfig>,
+    /// The admin API and webhooks; absent: neither is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<super::AdminConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -338,6 +341,7 @@ impl Default for Config {
             upstreams: vec![UpstreamConfig::docker_hub()],
             cluster: None,
             policies: Vec::new(),
+            admin: None,
         }
     }
 }

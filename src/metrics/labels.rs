@@ -11,6 +11,8 @@ pub enum EvictionReason {
     Invalid,
     /// The filesystem ran short of space for a new entry.
     DiskSpace,
+    /// An operator purged it.
+    Purged,
 }
 
 impl EvictionReason {
@@ -20,6 +22,7 @@ impl EvictionReason {
             EvictionReason::Idle => "idle",
             EvictionReason::Invalid => "invalid",
             EvictionReason::DiskSpace => "disk_space",
+            EvictionReason::Purged => "purged",
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod access;
 mod blobs;
+mod control;
 mod expiry;
 mod feed;
 mod filling;
@@ -20,6 +21,7 @@ mod state;
 mod verdicts;
 
 pub use blobs::{BlobAnswer, BlobBody, BlobBytes, RangedBlob};
+pub use control::{Purged, Refreshed, Scope};
 pub use manifests::ManifestAnswer;
 pub use owners::{Origin, Owners};
 pub use state::{Mirror, Readiness};

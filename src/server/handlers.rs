@@ -27,6 +27,8 @@ pub struct Asked<'a> {
     pub method: &'a Method,
     pub headers: &'a HeaderMap,
     pub origin: Origin,
+    /// Whom the request was admitted as, if anyone.
+    pub who: Option<&'a str>,
 }
 
 pub async fn handle(
@@ -39,6 +41,7 @@ pub async fn handle(
         method,
         headers,
         origin,
+        who,
     } = asked;
     let head = method == Method::HEAD;
     match route {
@@ -53,6 +56,9 @@ pub async fn handle(
             .expect("static headers")),
         Route::Health => Ok(Response::new(full("ok\n"))),
         Route::Ready => Ok(ready(state).await),
+        Route::Admin(route) => {
+            Box::pin(super::admin::handle(state, route, who.unwrap_or("admin"))).await
+        }
         Route::Manifest { target, reference } => {
             manifest(state, headers, &target, &reference, head, origin).await
         }

@@ -109,6 +109,8 @@ pub async fn serve(
     reloadable.extend(tls.clone().map(|tls| tls as Arc<dyn Reload>));
     let authenticator = accepting.state.access.authenticator.clone();
     reloadable.extend(authenticator.map(|auth| auth as Arc<dyn Reload>));
+    let admin = accepting.state.access.admin.clone();
+    reloadable.extend(admin.map(|tokens| tokens as Arc<dyn Reload>));
     let reloads = tokio::spawn(keep_current(reloadable, hangups));
     let pull_surface = match operations {
         Some(_) => Surface::Pull,

@@ -3,6 +3,7 @@
 //! neither the cache nor the upstream client.
 
 mod activity;
+pub mod admin;
 pub mod auth;
 mod blob_body;
 mod connection;

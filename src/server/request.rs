@@ -56,6 +56,7 @@ pub(super) async fn serve_request(
                 method: &method,
                 headers: request.headers(),
                 origin,
+                who: user.as_deref(),
             };
             handlers::handle(&state, asked, route, zero_copy).await
         }

@@ -60,6 +60,9 @@ fn status_and_code(failure: Failure<'_>) -> (StatusCode, ErrorCode) {
                 (S::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
             }
             ClientError::NotFound => (S::NOT_FOUND, ErrorCode::Unsupported),
+            ClientError::BadRequest(_) => (S::BAD_REQUEST, ErrorCode::Unsupported),
+            ClientError::ImageRef(_) => (S::BAD_REQUEST, ErrorCode::NameInvalid),
+            ClientError::AdminUnauthenticated => (S::UNAUTHORIZED, ErrorCode::Unauthorized),
             ClientError::RangeNotSatisfiable { .. } => {
                 (S::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid)
             }
@@ -109,6 +112,9 @@ pub fn error_response(error: &Error, head: bool) -> Response<Body> {
         }
         Failure::Client(ClientError::Unauthenticated) => {
             response = response.header(WWW_AUTHENTICATE, super::auth::CHALLENGE);
+        }
+        Failure::Client(ClientError::AdminUnauthenticated) => {
+            response = response.header(WWW_AUTHENTICATE, super::admin::CHALLENGE);
         }
         Failure::Client(ClientError::RangeNotSatisfiable { size }) => {
             response = response.header(CONTENT_RANGE, format!("bytes */{size}"));

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use super::admin::AdminTokens;
 use super::{auth, rate, route};
 use crate::cluster::Peers;
 use crate::error::ClientError;
@@ -29,6 +30,8 @@ pub struct Access {
     pub(super) authenticator: Option<Arc<auth::Authenticator>>,
     /// The other nodes of this node's cluster, if it is in one.
     peers: Option<Arc<Peers>>,
+    /// Who may use the admin API; `None`: it is not served.
+    pub(super) admin: Option<Arc<AdminTokens>>,
 }
 
 impl Access {
@@ -43,7 +46,14 @@ impl Access {
             rate: rate::RateLimiter::new(rate),
             authenticator: authenticator.map(Arc::new),
             peers: peers.map(Arc::new),
+            admin: None,
         }
+    }
+
+    /// Serves the admin API to the bearers of `tokens`.
+    pub fn with_admin(mut self, tokens: Option<AdminTokens>) -> Access {
+        self.admin = tokens.map(Arc::new);
+        self
     }
 
     /// Whether `client` may have `route`, and as whom (`None` without authentication). Health
@@ -65,6 +75,15 @@ impl Access {
             user,
             origin: Origin::Client,
         };
+        // The admin API's own credential, on whichever listener serves it; nothing else
+        // admits to it.
+        if matches!(route, route::Route::Admin(_)) {
+            let admin = self.admin.as_ref().ok_or(ClientError::NotFound)?;
+            let who = admin
+                .who(authorization)
+                .ok_or(ClientError::AdminUnauthenticated)?;
+            return Ok(client_as(Some(format!("admin:{who}").into())));
+        }
         if client.surface == Surface::Operations
             || matches!(route, route::Route::Health | route::Route::Ready)
         {
@@ -146,8 +165,11 @@ impl Surface {
         use route::Route;
         match self {
             Surface::All => true,
-            Surface::Pull => !matches!(route, Route::Metrics),
-            Surface::Operations => matches!(route, Route::Metrics | Route::Health | Route::Ready),
+            Surface::Pull => !matches!(route, Route::Metrics | Route::Admin(_)),
+            Surface::Operations => matches!(
+                route,
+                Route::Metrics | Route::Health | Route::Ready | Route::Admin(_)
+            ),
         }
     }
 }

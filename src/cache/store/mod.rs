@@ -288,6 +288,17 @@ impl Store {
         self.commit(&temp, &file, &key).map(drop)
     }
 
+    /// Removes an entry an operator wants gone, from the index and from disk: whether it was
+    /// held. A reader holding its file reads it to the end.
+    pub fn purge(&self, key: &EntryKey) -> io::Result<bool> {
+        let Some(entry) = self.ledger.remove(key) else {
+            return Ok(false);
+        };
+        let unlinked = self.unlink(vec![(key.clone(), entry)], EvictionReason::Purged);
+        self.ledger.publish();
+        unlinked.map(|()| true)
+    }
+
     /// Removes an entry whose file is missing or damaged, from the index and from disk.
     fn drop_invalid(&self, key: &EntryKey, why: &str) {
         let Some(entry) = self.ledger.remove(key) else {

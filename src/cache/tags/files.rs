@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::variant::{TagKey, Variant};
 use crate::cache::small_files::SmallFiles;
 use crate::oci::media::Accept;
+use crate::oci::RepoName;
 
 pub struct TagFiles {
     files: SmallFiles,
@@ -52,27 +53,18 @@ impl TagFiles {
         let Ok(raw) = self.files.read(&Self::name(key)) else {
             return Vec::new();
         };
-        let Ok(record) = serde_json::from_slice::<TagRecord>(&raw) else {
-            return Vec::new();
-        };
-        let same_key = record.upstream == *key.upstream
-            && record.repo == key.repo.as_str()
-            && record.tag == key.tag.as_str();
-        if !same_key {
-            return Vec::new();
+        match decode(&raw) {
+            Some((stored, variants)) if stored == *key => variants,
+            _ => Vec::new(),
         }
-        record
-            .variants
-            .into_iter()
-            .filter_map(|v| {
-                Some(Variant {
-                    digest: v.digest.parse().ok()?,
-                    media_type: v.media_type,
-                    asked_with: v.asked_with,
-                    fetched_at: UNIX_EPOCH + Duration::from_millis(v.fetched_at),
-                    revalidate_after: None,
-                })
-            })
+    }
+
+    /// Every tag on disk of `upstream`'s `repo`, with its variants (blocking: reads them all).
+    pub fn of_repository(&self, upstream: &str, repo: &RepoName) -> Vec<(TagKey, Vec<Variant>)> {
+        let all = self.files.read_all().unwrap_or_default();
+        all.iter()
+            .filter_map(|raw| decode(raw))
+            .filter(|(key, _)| &*key.upstream == upstream && key.repo == *repo)
             .collect()
     }
 
@@ -115,4 +107,28 @@ impl TagFiles {
     pub fn remove_idle(&self, cutoff: SystemTime) -> io::Result<usize> {
         self.files.remove_idle(cutoff)
     }
+}
+
+/// A tag file's key and variants, if it parses.
+fn decode(raw: &[u8]) -> Option<(TagKey, Vec<Variant>)> {
+    let record = serde_json::from_slice::<TagRecord>(raw).ok()?;
+    let key = TagKey {
+        upstream: record.upstream.into(),
+        repo: record.repo.parse().ok()?,
+        tag: record.tag.parse().ok()?,
+    };
+    let variants = record
+        .variants
+        .into_iter()
+        .filter_map(|v| {
+            Some(Variant {
+                digest: v.digest.parse().ok()?,
+                media_type: v.media_type,
+                asked_with: v.asked_with,
+                fetched_at: UNIX_EPOCH + Duration::from_millis(v.fetched_at),
+                revalidate_after: None,
+            })
+        })
+        .collect();
+    Some((key, variants))
 }

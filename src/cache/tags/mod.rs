@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use lru::LruCache;
 
 use crate::oci::media::{is_index, Accept};
-use crate::oci::Digest;
+use crate::oci::{Digest, RepoName};
 use files::TagFiles;
 pub use variant::{TagKey, Variant};
 
@@ -187,6 +187,31 @@ impl TagTable {
             }
             started
         })
+    }
+
+    /// Every variant known of `key`.
+    pub fn variants(&self, key: &TagKey) -> Vec<Variant> {
+        self.with_variants(key, |variants| variants.clone())
+    }
+
+    /// The tags of `upstream`'s `repo` known here (blocking: reads the tag files).
+    pub fn of_repository(&self, upstream: &str, repo: &RepoName) -> Vec<TagKey> {
+        let mut keys: Vec<TagKey> = self
+            .lock()
+            .iter()
+            .filter(|(key, held)| {
+                &*key.upstream == upstream && key.repo == *repo && !held.variants.is_empty()
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        if let Some(files) = &self.files {
+            for (key, _) in files.of_repository(upstream, repo) {
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys
     }
 
     /// Forgets a tag the upstream no longer has.

@@ -107,6 +107,11 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// Reads the files `files` names, or says precisely why they cannot be used.
+    pub fn read(files: &AuthConfig) -> Result<Credentials, LoadError> {
+        read(files)
+    }
+
     /// Parses an htpasswd file. Only bcrypt is accepted: the other htpasswd hashes (MD5-crypt,
     /// SHA-1, crypt, plain) are fast enough to brute-force from a leaked file.
     pub fn parse_htpasswd(&mut self, text: &str) -> Result<(), LineError> {
@@ -216,7 +221,7 @@ pub(super) fn bcrypt_cost(hash: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-pub(super) fn read(files: &AuthConfig) -> Result<Credentials, LoadError> {
+fn read(files: &AuthConfig) -> Result<Credentials, LoadError> {
     let mut credentials = Credentials::default();
     let text = |path: &Path| {
         fs::read_to_string(path).map_err(|source| LoadError::Read {

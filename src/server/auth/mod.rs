@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 
 use super::reload::{Reload, WatchedFiles};
 use crate::config::AuthConfig;
-use credentials::{bcrypt_cost, read};
+use credentials::bcrypt_cost;
 pub use credentials::{Credentials, LineError, LoadError, Presented};
 
 /// How long a verified `Authorization` value is trusted without checking it again. A reload of
@@ -106,7 +106,7 @@ impl Authenticator {
                 .cloned()
                 .collect(),
         );
-        let credentials = read(files)?;
+        let credentials = Credentials::read(files)?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let places = (cores / 2).max(1);
         Ok(Authenticator {
@@ -223,7 +223,7 @@ impl Reload for Authenticator {
         if !self.watched.changed(forced) {
             return;
         }
-        match read(&self.files) {
+        match Credentials::read(&self.files) {
             Ok(credentials) => {
                 let (users, tokens) = (credentials.users.len(), credentials.tokens.len());
                 *self.current.write().expect("lock poisoned") =

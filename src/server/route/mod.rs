@@ -5,12 +5,16 @@
 //! path segment naming a configured upstream (`/v2/ghcr.io/org/app/...`, podman and CRI-O's
 //! mirror-with-prefix form), or else is the default upstream (Docker's `registry-mirrors`).
 
+mod admin;
+mod query;
+
 use http::Method;
-use url::form_urlencoded;
 
 use crate::cluster::LISTED_BY;
 use crate::error::ClientError;
 use crate::oci::{Digest, Listing, Reference, RepoName};
+pub use admin::{AdminImage, AdminRoute};
+use query::parameter;
 
 /// Which repository on which registry a request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +49,8 @@ pub enum Route {
         /// What a `PUT` tells: the index that lists it.
         told: Option<Digest>,
     },
+    /// The admin API (`/admin/v1/...`), served where `/metrics` is.
+    Admin(AdminRoute),
     Metrics,
     Health,
     Ready,
@@ -66,6 +72,7 @@ impl Route {
                 ..
             } => "referrers",
             Route::ListedBy { .. } => "listed_by",
+            Route::Admin(_) => "admin",
             Route::Metrics => "metrics",
             Route::Health | Route::Ready => "health",
         }
@@ -86,6 +93,9 @@ pub fn parse(
     query: Option<&str>,
     is_registry: impl Fn(&str) -> bool,
 ) -> Result<Route, ClientError> {
+    if let Some(rest) = path.strip_prefix("/admin/v1/") {
+        return AdminRoute::parse(method, rest, query).map(Route::Admin);
+    }
     let read_only = method == Method::GET || method == Method::HEAD;
     let simple = match path {
         "/metrics" => Some(Route::Metrics),
@@ -185,13 +195,6 @@ fn target(
         registry,
         repo: name_segments.join("/").parse()?,
     })
-}
-
-/// The first value of one query parameter, decoded.
-fn parameter(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
 }
 
 #[cfg(test)]

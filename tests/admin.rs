@@ -1,0 +1,301 @@
+//! The admin API: refresh and purge, for admin tokens only, where `/metrics` is served, with
+//! OCI JSON errors for what it cannot do.
+
+use std::path::Path;
+
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use wharf::config::AdminConfig;
+
+use crate::common::{error_code, sha256, FakeRegistry, Wharf, OCI_INDEX, OCI_MANIFEST};
+
+const TOKEN: &str = "admin-token-of-the-operators";
+
+fn admin(dir: &Path) -> AdminConfig {
+    let tokens = dir.join("admin-tokens");
+    let hash = hex::encode(Sha256::digest(TOKEN));
+    std::fs::write(
+        &tokens,
+        format!("# who may refresh and purge\nsha256:{hash} ops\n"),
+    )
+    .unwrap();
+    AdminConfig {
+        tokens,
+        webhook_secret_file: None,
+        forward_to: Vec::new(),
+    }
+}
+
+fn manifest(seed: &str) -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{}"}},"layers":[]}}"#,
+        sha256(seed.as_bytes())
+    )
+}
+
+async fn post(wharf: &Wharf, action: &str, image: &str, token: Option<&str>) -> reqwest::Response {
+    let mut request = wharf
+        .client
+        .post(wharf.url(&format!("/admin/v1/{action}")))
+        .query(&[("image", image)]);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+async fn digest_of(wharf: &Wharf, reference: &str) -> String {
+    let r = wharf
+        .get(&format!("/v2/library/app/manifests/{reference}"))
+        .await;
+    assert_eq!(r.status(), 200, "{reference}");
+    r.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_refresh_shows_a_moved_tag_at_once_and_only_an_admin_may_ask() {
+    let upstream = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest("first"));
+    let wharf = Wharf::start(&upstream, |c| c.admin = Some(admin(dir.path()))).await;
+    assert_eq!(digest_of(&wharf, "v1").await, first);
+
+    // The tag moves upstream; within tag_ttl wharf still answers the old digest.
+    let second = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest("second"));
+    assert_eq!(digest_of(&wharf, "v1").await, first);
+
+    for token in [None, Some("wrong"), Some("")] {
+        let r = post(&wharf, "refresh", "app:v1", token).await;
+        assert_eq!(r.status(), 401, "{token:?}");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer realm=\"wharf-admin\""
+        );
+        assert_eq!(error_code(r).await, "UNAUTHORIZED");
+    }
+    assert_eq!(digest_of(&wharf, "v1").await, first, "nothing refreshed");
+
+    let r = post(&wharf, "refresh", "app:v1", Some(TOKEN)).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["image"], "docker.io/library/app:v1");
+    assert_eq!(answer["refreshed"][0]["digest"], second);
+    assert_eq!(answer["refreshed"][0]["previous"], first);
+    let gets = upstream.count("GET", "/manifests/");
+    assert_eq!(digest_of(&wharf, "v1").await, second);
+    assert_eq!(
+        upstream.count("GET", "/manifests/"),
+        gets,
+        "the pull after the refresh is a hit"
+    );
+
+    // Every cached tag of the repository at once; a tag not cached is fetched.
+    let other = upstream.add_manifest("library/app", "v2", OCI_MANIFEST, &manifest("v2"));
+    let r = post(&wharf, "refresh", "library/app:v2", Some(TOKEN)).await;
+    assert_eq!(r.status(), 200);
+    let third = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest("third"));
+    let r = post(&wharf, "refresh", "app:*", Some(TOKEN)).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    let mut tags: Vec<(String, String)> = answer["refreshed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["tag"].as_str().unwrap().into(),
+                r["digest"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    tags.sort();
+    assert_eq!(tags, [("v1".into(), third), ("v2".into(), other)]);
+}
+
+#[tokio::test]
+async fn bad_admin_requests_get_oci_errors_and_change_nothing() {
+    let upstream = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let digest = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest("one"));
+    let wharf = Wharf::start(&upstream, |c| c.admin = Some(admin(dir.path()))).await;
+    assert_eq!(digest_of(&wharf, "v1").await, digest);
+    let cases = [
+        ("refresh", "Bad/Name:v1", 400, "NAME_INVALID"),
+        ("refresh", &format!("app@{digest}"), 400, "UNSUPPORTED"),
+        ("refresh", "app:missing", 404, "MANIFEST_UNKNOWN"),
+        ("refresh", "ghcr.io/elsewhere/app:v1", 404, "NAME_UNKNOWN"),
+        ("refresh", "other:*", 404, "MANIFEST_UNKNOWN"),
+        ("purge", "app:never-cached", 404, "MANIFEST_UNKNOWN"),
+        ("purge", &format!("app@{digest}:*"), 400, "UNSUPPORTED"),
+        ("nothing", "app:v1", 404, "UNSUPPORTED"),
+    ];
+    for (action, image, status, code) in cases {
+        let r = post(&wharf, action, image, Some(TOKEN)).await;
+        assert_eq!(r.status(), status, "{action} {image}");
+        assert_eq!(error_code(r).await, code, "{action} {image}");
+    }
+    let r = wharf
+        .client
+        .post(wharf.url("/admin/v1/refresh"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "no image named");
+    let r = wharf
+        .client
+        .get(wharf.url("/admin/v1/refresh?image=app:v1"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let gets = upstream.count("GET", "/manifests/");
+    assert_eq!(digest_of(&wharf, "v1").await, digest);
+    assert_eq!(upstream.count("GET", "/manifests/"), gets, "still cached");
+}
+
+#[tokio::test]
+async fn a_purge_takes_tags_and_manifests_out_and_the_next_pull_fetches_again() {
+    let upstream = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let platform = upstream.add_manifest("library/app", "amd64", OCI_MANIFEST, &manifest("p"));
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{platform}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#
+    );
+    let index = upstream.add_manifest("library/app", "v1", OCI_INDEX, &index);
+    let lone = upstream.add_manifest("library/app", "v2", OCI_MANIFEST, &manifest("lone"));
+    let wharf = Wharf::start(&upstream, |c| c.admin = Some(admin(dir.path()))).await;
+    let accept_index = |path: &str| {
+        wharf
+            .client
+            .get(wharf.url(path))
+            .header("accept", format!("{OCI_INDEX}, {OCI_MANIFEST}"))
+            .send()
+    };
+    assert_eq!(
+        accept_index("/v2/library/app/manifests/v1")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(digest_of(&wharf, &platform).await, platform);
+    assert_eq!(digest_of(&wharf, "v2").await, lone);
+
+    // A tag: the tag, its index and the platform manifest the index lists.
+    let r = post(&wharf, "purge", "app:v1", Some(TOKEN)).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["tags"], serde_json::json!(["v1"]));
+    let mut manifests: Vec<&str> = answer["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    manifests.sort();
+    let mut expected = [index.as_str(), platform.as_str()];
+    expected.sort();
+    assert_eq!(manifests, expected);
+    let index_gets = upstream.count("GET", "/manifests/v1");
+    let platform_gets = upstream.count("GET", &format!("/manifests/{platform}"));
+    assert_eq!(
+        accept_index("/v2/library/app/manifests/v1")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(digest_of(&wharf, &platform).await, platform);
+    assert_eq!(upstream.count("GET", "/manifests/v1"), index_gets + 1);
+    assert_eq!(
+        upstream.count("GET", &format!("/manifests/{platform}")),
+        platform_gets + 1
+    );
+    // Purged twice: the second has nothing left to take.
+    let r = post(&wharf, "purge", "app:v2", Some(TOKEN)).await;
+    assert_eq!(r.status(), 200);
+    let r = post(&wharf, "purge", "app:v2", Some(TOKEN)).await;
+    assert_eq!(r.status(), 404);
+
+    // A digest: the manifest and the tags that point to it.
+    let gets = upstream.count("GET", "/manifests/v1");
+    let r = post(&wharf, "purge", &format!("app@{index}"), Some(TOKEN)).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["tags"], serde_json::json!(["v1"]));
+    assert_eq!(
+        accept_index("/v2/library/app/manifests/v1")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(upstream.count("GET", "/manifests/v1"), gets + 1);
+
+    // The whole repository.
+    assert_eq!(digest_of(&wharf, "v2").await, lone);
+    let r = post(&wharf, "purge", "app:*", Some(TOKEN)).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    let mut tags: Vec<&str> = answer["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    tags.sort();
+    assert_eq!(tags, ["v1", "v2"]);
+    assert!(
+        wharf
+            .metric("wharf_cache_evictions_total", &["reason=\"purged\""])
+            .await
+            >= 4.0
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_lives_where_metrics_do_and_nowhere_without_admin_tokens() {
+    let upstream = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest("one"));
+    let plain = Wharf::start(&upstream, |_| {}).await;
+    let r = post(&plain, "refresh", "app:v1", Some(TOKEN)).await;
+    assert_eq!(r.status(), 404, "no [admin]: no admin API");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let wharf = Wharf::start(&upstream, |c| {
+        c.admin = Some(admin(dir.path()));
+        c.server.metrics_listen = Some(([127, 0, 0, 1], port).into());
+    })
+    .await;
+    let r = post(&wharf, "refresh", "app:v1", Some(TOKEN)).await;
+    assert_eq!(r.status(), 404, "not on the pull port");
+    let r = wharf
+        .client
+        .post(format!(
+            "http://127.0.0.1:{port}/admin/v1/refresh?image=app:v1"
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = wharf
+        .client
+        .post(format!(
+            "http://127.0.0.1:{port}/admin/v1/refresh?image=app:v1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "still only for admin tokens");
+}
