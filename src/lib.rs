@@ -79,6 +79,8 @@ pub enum StartError {
     Address(#[source] std::io::Error),
     #[error(transparent)]
     PolicyKey(#[from] policy::KeyError),
+    #[error(transparent)]
+    Webhooks(#[from] server::webhooks::WebhookSetupError),
 }
 
 /// Runs wharf on `listener` until `shutdown` resolves. SIGHUP reloads the TLS certificate (and
@@ -143,6 +145,10 @@ async fn run_with(
         .as_ref()
         .map(|admin| server::admin::AdminTokens::load(&admin.tokens))
         .transpose()?;
+    let webhooks = match &config.admin {
+        Some(admin) => server::webhooks::Webhooks::load(admin)?,
+        None => None,
+    };
     let policies = policy::Policies::load(&config.policies)?;
     let peers = match &config.cluster {
         Some(cluster) => Some(cluster::Peers::load(cluster).await?),
@@ -181,7 +187,7 @@ async fn run_with(
                 authenticator,
                 peers,
             )
-            .with_admin(admin),
+            .with_admin(admin, webhooks),
         ),
         max_range_parts: config.cache.max_range_parts,
     };

@@ -107,6 +107,7 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(admin) = &config.admin {
                 wharf::server::admin::AdminTokens::load(&admin.tokens)?;
+                wharf::server::webhooks::Webhooks::load(admin)?;
             }
             if let Some(cluster) = &config.cluster {
                 wharf::cluster::read_token(&cluster.peer_token_file)?;

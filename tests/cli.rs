@@ -113,7 +113,11 @@ fn check_config_reads_the_admin_tokens_and_names_a_bad_line() {
     let hash = "ab".repeat(32);
     std::fs::write(&tokens, format!("sha256:{hash} ops\n")).unwrap();
     let out = check_config(&file);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("[admin]"));
 }
 

@@ -30,3 +30,4 @@ mod tiers;
 mod tls;
 mod upstream;
 mod warm;
+mod webhooks;

@@ -68,6 +68,33 @@ impl Mirror {
         Ok(refreshed)
     }
 
+    /// [`Mirror::refresh`] of one tag, if this cache holds it (`None` when it does not: a
+    /// registry announces every push, and most tags were never pulled through here).
+    pub async fn refresh_if_cached(
+        self: &Arc<Self>,
+        registry: &str,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Vec<Refreshed>>, Error> {
+        let upstream = self.upstream(Some(registry), repo)?.clone();
+        let key = TagKey {
+            upstream: upstream.name().into(),
+            repo: repo.clone(),
+            tag: tag.clone(),
+        };
+        if self.cache.tag_variants(&key).await?.is_empty() {
+            return Ok(None);
+        }
+        self.refresh_tag(&upstream, repo, tag.clone())
+            .await
+            .map(Some)
+    }
+
+    /// The name of the upstream a registry calling itself `host` is, if one is.
+    pub fn upstream_named_for(&self, host: &str) -> Option<String> {
+        self.upstreams.for_host(host).map(|u| u.name().to_owned())
+    }
+
     /// Every variant of one tag (one per kind of client that asked for it) fetched again.
     async fn refresh_tag(
         self: &Arc<Self>,

@@ -28,7 +28,7 @@ type ListingKey = (Arc<str>, RepoName, Listing);
 /// The pull-through mirror: what every request shares. Its use cases live beside it, in
 /// `blobs` and `manifests`.
 pub struct Mirror {
-    upstreams: Upstreams,
+    pub(super) upstreams: Upstreams,
     pub(super) cache: Arc<Cache>,
     pub(super) manifest_fetches: Flights<ManifestKey, Result<Arc<RawManifest>, Error>>,
     pub(super) revalidations: Flights<ManifestKey, Result<Option<Digest>, Error>>,

@@ -13,7 +13,7 @@ mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Verifier};
 pub use error::{ErrorBody, ErrorCode};
-pub use image_ref::{ImageRef, ImageRefError};
+pub use image_ref::{ImageRef, ImageRefError, DOCKER_HUB};
 pub use listing::{Listing, ListingPage};
 pub use manifest::{ManifestError, RawManifest};
 pub use name::{NameError, RepoName};

@@ -56,6 +56,8 @@ pub async fn handle(
             .expect("static headers")),
         Route::Health => Ok(Response::new(full("ok\n"))),
         Route::Ready => Ok(ready(state).await),
+        // Answered where the request's payload is at hand (`request.rs`), never here.
+        Route::Webhook(_) => Err(ClientError::NotFound.into()),
         Route::Admin(route) => {
             Box::pin(super::admin::handle(state, route, who.unwrap_or("admin"))).await
         }

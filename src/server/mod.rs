@@ -19,6 +19,7 @@ pub mod route;
 mod sendfile;
 mod state;
 mod tls;
+pub mod webhooks;
 
 pub use listen::{serve, Listening};
 pub use response::Body;

@@ -51,6 +51,10 @@ pub(super) async fn serve_request(
     let head = method == http::Method::HEAD;
     let zero_copy = file_ranges.filter(|_| request.version() <= http::Version::HTTP_11);
     let response = match route {
+        Ok(route::Route::Webhook(hook)) => match &state.access.webhooks {
+            Some(webhooks) => webhooks.receive(&state, hook, request).await,
+            None => Err(ClientError::NotFound.into()),
+        },
         Ok(route) => {
             let asked = handlers::Asked {
                 method: &method,

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::admin::AdminTokens;
+use super::webhooks::Webhooks;
 use super::{auth, rate, route};
 use crate::cluster::Peers;
 use crate::error::ClientError;
@@ -32,6 +33,8 @@ pub struct Access {
     peers: Option<Arc<Peers>>,
     /// Who may use the admin API; `None`: it is not served.
     pub(super) admin: Option<Arc<AdminTokens>>,
+    /// Who may call the webhooks; `None`: they are not served.
+    pub(super) webhooks: Option<Arc<Webhooks>>,
 }
 
 impl Access {
@@ -47,12 +50,15 @@ impl Access {
             authenticator: authenticator.map(Arc::new),
             peers: peers.map(Arc::new),
             admin: None,
+            webhooks: None,
         }
     }
 
-    /// Serves the admin API to the bearers of `tokens`.
-    pub fn with_admin(mut self, tokens: Option<AdminTokens>) -> Access {
+    /// Serves the admin API to the bearers of `tokens`, and the webhooks to the bearers of
+    /// their secret.
+    pub fn with_admin(mut self, tokens: Option<AdminTokens>, webhooks: Option<Webhooks>) -> Access {
         self.admin = tokens.map(Arc::new);
+        self.webhooks = webhooks.map(Arc::new);
         self
     }
 
@@ -83,6 +89,13 @@ impl Access {
                 .who(authorization)
                 .ok_or(ClientError::AdminUnauthenticated)?;
             return Ok(client_as(Some(format!("admin:{who}").into())));
+        }
+        if let route::Route::Webhook(hook) = route {
+            let webhooks = self.webhooks.as_ref().ok_or(ClientError::NotFound)?;
+            return match webhooks.admits(hook, authorization) {
+                true => Ok(client_as(Some("webhook".into()))),
+                false => Err(ClientError::AdminUnauthenticated),
+            };
         }
         if client.surface == Surface::Operations
             || matches!(route, route::Route::Health | route::Route::Ready)

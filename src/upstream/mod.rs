@@ -268,19 +268,33 @@ impl Upstream {
 pub struct Upstreams {
     by_name: HashMap<String, Arc<Upstream>>,
     default: Arc<Upstream>,
+    /// Each upstream's `host[:port]` as its URL names it, and its name.
+    hosts: Vec<(String, String)>,
 }
 
 impl Upstreams {
     pub fn new(configs: &[UpstreamConfig], metrics: &Metrics) -> Result<Upstreams, SetupError> {
         let mut by_name = HashMap::new();
         let mut default = None;
+        let mut hosts = Vec::new();
         for config in configs {
+            if let Some(host) = config.url.host_str() {
+                let host = match config.url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_owned(),
+                };
+                hosts.push((host, config.name.clone()));
+            }
             let upstream = Arc::new(Upstream::new(config, metrics.clone())?);
             default.get_or_insert_with(|| upstream.clone());
             by_name.insert(config.name.clone(), upstream);
         }
         let default = default.ok_or(SetupError::NoUpstream)?;
-        Ok(Upstreams { by_name, default })
+        Ok(Upstreams {
+            by_name,
+            default,
+            hosts,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
@@ -293,6 +307,16 @@ impl Upstreams {
 
     pub fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
+    }
+
+    /// The upstream a registry that calls itself `host` (`host[:port]`) is: the one of that
+    /// name, else the one whose URL names that host.
+    pub fn for_host(&self, host: &str) -> Option<&Arc<Upstream>> {
+        if let Some(upstream) = self.by_name.get(host) {
+            return Some(upstream);
+        }
+        let (_, name) = self.hosts.iter().find(|(h, _)| h == host)?;
+        self.by_name.get(name)
     }
 }
 

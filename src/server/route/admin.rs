@@ -9,6 +9,42 @@ use super::query::parameter;
 use crate::error::ClientError;
 use crate::mirror::Scope;
 use crate::oci::{ImageRef, Reference, RepoName};
+use crate::server::webhooks::payloads::WebhookKind;
+
+/// What is under `/admin/v1/`: the admin API, and the registries' webhooks.
+pub enum UnderAdmin {
+    Admin(AdminRoute),
+    Webhook(WebhookRoute),
+}
+
+/// `rest`: the path after `/admin/v1/`.
+pub fn parse(method: &Method, rest: &str, query: Option<&str>) -> Result<UnderAdmin, ClientError> {
+    let Some(kind) = rest.strip_prefix("webhooks/") else {
+        return AdminRoute::parse(method, rest, query).map(UnderAdmin::Admin);
+    };
+    let kind = WebhookKind::parse(kind).ok_or(ClientError::NotFound)?;
+    if method != Method::POST {
+        return Err(ClientError::MethodNotAllowed);
+    }
+    Ok(UnderAdmin::Webhook(WebhookRoute {
+        kind,
+        upstream: parameter(query, "upstream"),
+        // Docker Hub sends no header: its secret can only be in the URL.
+        secret: (kind == WebhookKind::DockerHub)
+            .then(|| parameter(query, "secret"))
+            .flatten(),
+    }))
+}
+
+/// `POST /admin/v1/webhooks/<kind>`: a registry announcing a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRoute {
+    pub kind: WebhookKind,
+    /// `?upstream=NAME`: which upstream the registry is, when its payload cannot tell.
+    pub upstream: Option<String>,
+    /// `?secret=`, taken from Docker Hub only.
+    pub secret: Option<String>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminRoute {

@@ -13,7 +13,7 @@ use http::Method;
 use crate::cluster::LISTED_BY;
 use crate::error::ClientError;
 use crate::oci::{Digest, Listing, Reference, RepoName};
-pub use admin::{AdminImage, AdminRoute};
+pub use admin::{AdminImage, AdminRoute, WebhookRoute};
 use query::parameter;
 
 /// Which repository on which registry a request is about.
@@ -51,6 +51,8 @@ pub enum Route {
     },
     /// The admin API (`/admin/v1/...`), served where `/metrics` is.
     Admin(AdminRoute),
+    /// A registry's push notification, on the main listener.
+    Webhook(WebhookRoute),
     Metrics,
     Health,
     Ready,
@@ -73,6 +75,7 @@ impl Route {
             } => "referrers",
             Route::ListedBy { .. } => "listed_by",
             Route::Admin(_) => "admin",
+            Route::Webhook(_) => "webhook",
             Route::Metrics => "metrics",
             Route::Health | Route::Ready => "health",
         }
@@ -94,7 +97,10 @@ pub fn parse(
     is_registry: impl Fn(&str) -> bool,
 ) -> Result<Route, ClientError> {
     if let Some(rest) = path.strip_prefix("/admin/v1/") {
-        return AdminRoute::parse(method, rest, query).map(Route::Admin);
+        return Ok(match admin::parse(method, rest, query)? {
+            admin::UnderAdmin::Admin(route) => Route::Admin(route),
+            admin::UnderAdmin::Webhook(route) => Route::Webhook(route),
+        });
     }
     let read_only = method == Method::GET || method == Method::HEAD;
     let simple = match path {

@@ -1,0 +1,217 @@
+//! Registry webhooks: a registry that announces a push (CNCF distribution's notifications,
+//! Harbor, Docker Hub) has the pushed tag refreshed here at once, if this cache holds it.
+//! Served on the main listener, outside client authentication, to the bearers of the webhook
+//! secret only; what one node receives it passes on to `[admin] forward_to` (downstream tiers,
+//! cluster peers), marked so that it goes no further.
+
+pub mod payloads;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use url::Url;
+
+use super::auth::Presented;
+use super::response::{full, Body};
+use super::route::WebhookRoute;
+use super::state::AppState;
+use crate::config::AdminConfig;
+use crate::error::{ClientError, Error};
+use payloads::{Pushed, WebhookKind};
+
+/// Marks a webhook one node passes on to another, so that it is passed on no further.
+pub const FORWARDED_HEADER: &str = "x-wharf-forwarded";
+/// The largest payload taken: registries send a few KiB.
+pub const MAX_PAYLOAD: usize = 1024 * 1024;
+/// How long passing a webhook on may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookSetupError {
+    #[error("cannot read admin.webhook_secret_file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("admin.webhook_secret_file {path}: the secret must be at least 16 characters on its first line")]
+    Short { path: PathBuf },
+    #[error("cannot build the client that passes webhooks on: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// The webhook secret, and where webhooks are passed on to.
+pub struct Webhooks {
+    secret: String,
+    forward_to: Vec<Url>,
+    client: reqwest::Client,
+}
+
+impl Webhooks {
+    /// The webhooks `config` asks for: `None` without a secret file.
+    pub fn load(config: &AdminConfig) -> Result<Option<Webhooks>, WebhookSetupError> {
+        let Some(path) = &config.webhook_secret_file else {
+            return Ok(None);
+        };
+        let client = reqwest::Client::builder()
+            .timeout(FORWARD_TIMEOUT)
+            .build()
+            .map_err(WebhookSetupError::Client)?;
+        Ok(Some(Webhooks {
+            secret: read_secret(path)?,
+            forward_to: config.forward_to.clone(),
+            client,
+        }))
+    }
+
+    /// Whether a webhook call carries the secret: as `Authorization: Bearer <secret>`, or
+    /// (Docker Hub's only way) as `?secret=`.
+    pub fn admits(&self, route: &WebhookRoute, authorization: Option<&[u8]>) -> bool {
+        let presented = match (authorization.and_then(Presented::parse), &route.secret) {
+            (Some(Presented::Bearer(token)), _) => token,
+            (_, Some(secret)) => secret.clone(),
+            _ => return false,
+        };
+        bool::from(presented.as_bytes().ct_eq(self.secret.as_bytes()))
+    }
+
+    /// Reads a webhook call's payload (at most [`MAX_PAYLOAD`] bytes) and handles it.
+    pub async fn receive(
+        &self,
+        state: &AppState,
+        route: WebhookRoute,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, Error> {
+        let forwarded = request.headers().contains_key(FORWARDED_HEADER);
+        let body = Limited::new(request.into_body(), MAX_PAYLOAD)
+            .collect()
+            .await
+            .map_err(|e| ClientError::BadRequest(format!("the payload could not be read: {e}")))?
+            .to_bytes();
+        self.handle(state, route, body, forwarded).await
+    }
+
+    /// Refreshes the tags `body` announces as pushed, those this cache holds; passes the
+    /// webhook on unless it was passed on to this node. A payload that does not parse, or
+    /// names an upstream that is not mirrored here, changes nothing.
+    pub async fn handle(
+        &self,
+        state: &AppState,
+        route: WebhookRoute,
+        body: Bytes,
+        forwarded: bool,
+    ) -> Result<Response<Body>, Error> {
+        let kind = route.kind;
+        let pushes = payloads::parse(kind, &body).map_err(ClientError::BadRequest)?;
+        let mut named = Vec::new();
+        for push in pushes {
+            let upstream = self.upstream_of(state, &route, &push)?;
+            named.push((upstream, push));
+        }
+        if !forwarded {
+            let upstream = named.first().map(|(u, _)| u.clone()).or(route.upstream);
+            self.forward(kind, upstream, body);
+        }
+        let mut refreshed = Vec::new();
+        let mut not_cached = Vec::new();
+        for (upstream, Pushed { repo, tag, .. }) in named {
+            let image = format!("{upstream}/{repo}:{tag}");
+            match state.mirror.refresh_if_cached(&upstream, &repo, &tag).await {
+                Ok(Some(variants)) => {
+                    for v in variants {
+                        refreshed.push(json!({ "image": image, "digest": v.digest.to_string() }));
+                    }
+                }
+                Ok(None) => not_cached.push(image),
+                Err(e) => {
+                    tracing::warn!(webhook = kind.as_str(), %image, error = %e, "a pushed tag could not be refreshed");
+                    return Err(e);
+                }
+            }
+        }
+        tracing::info!(
+            webhook = kind.as_str(),
+            forwarded,
+            refreshed = refreshed.len(),
+            not_cached = not_cached.len(),
+            "webhook received"
+        );
+        let body = json!({ "refreshed": refreshed, "not_cached": not_cached });
+        Ok(Response::builder()
+            .header(CONTENT_TYPE, "application/json")
+            .body(full(body.to_string()))
+            .expect("static headers"))
+    }
+
+    /// Which upstream a push is about: `?upstream=`, else the registry's own name for itself.
+    fn upstream_of(
+        &self,
+        state: &AppState,
+        route: &WebhookRoute,
+        push: &Pushed,
+    ) -> Result<String, ClientError> {
+        if let Some(name) = &route.upstream {
+            return match state.mirror.is_registry(name) {
+                true => Ok(name.clone()),
+                false => Err(ClientError::UnknownRegistry(name.clone())),
+            };
+        }
+        let host = push.host.as_deref().unwrap_or_default();
+        state.mirror.upstream_named_for(host).ok_or_else(|| {
+            ClientError::BadRequest(format!(
+                "the registry calls itself {host:?}, which is no upstream here: add ?upstream=NAME to the webhook's URL"
+            ))
+        })
+    }
+
+    /// Passes the webhook on to every `forward_to` node, in the background, naming the
+    /// upstream (each node names its upstreams alike).
+    fn forward(&self, kind: WebhookKind, upstream: Option<String>, body: Bytes) {
+        for base in &self.forward_to {
+            let Ok(mut url) = base.join(&format!("admin/v1/webhooks/{}", kind.as_str())) else {
+                continue;
+            };
+            if let Some(upstream) = &upstream {
+                url.query_pairs_mut().append_pair("upstream", upstream);
+            }
+            let request = self
+                .client
+                .post(url.clone())
+                .bearer_auth(&self.secret)
+                .header(FORWARDED_HEADER, "1")
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            tokio::spawn(async move {
+                match request.send().await {
+                    Ok(r) if r.status().is_success() => {
+                        tracing::debug!(%url, "webhook passed on")
+                    }
+                    Ok(r) => {
+                        tracing::warn!(%url, status = r.status().as_u16(), "a node refused a webhook passed on")
+                    }
+                    Err(e) => tracing::warn!(%url, error = %e, "a webhook could not be passed on"),
+                }
+            });
+        }
+    }
+}
+
+fn read_secret(path: &Path) -> Result<String, WebhookSetupError> {
+    let text = std::fs::read_to_string(path).map_err(|source| WebhookSetupError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let secret = text.lines().next().unwrap_or("").trim();
+    if secret.len() < 16 {
+        return Err(WebhookSetupError::Short {
+            path: path.to_owned(),
+        });
+    }
+    Ok(secret.to_owned())
+}
