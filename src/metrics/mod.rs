@@ -4,6 +4,7 @@
 
 mod cluster;
 mod labels;
+mod quota;
 mod register;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use prometheus::{
 
 pub use cluster::PeerCollectors;
 pub use labels::{BypassReason, CacheResult, ContentKind, EvictionReason, RangeKind, Source};
+pub use quota::QuotaCollectors;
 use register::{counter, counter_vec, gauge};
 
 /// Cheap to clone (one reference count): every request's state holds one.
@@ -57,6 +59,7 @@ pub struct Collectors {
     pub upstream_throttled: IntCounterVec,
     pub range_requests: IntCounterVec,
     pub peers: PeerCollectors,
+    pub quota: QuotaCollectors,
     pub shared_requests: IntCounterVec,
     pub shared_bytes: IntCounter,
     pub shared_held_bytes: IntGauge,
@@ -224,6 +227,7 @@ impl Metrics {
                 &["kind"],
             ),
             peers: PeerCollectors::new(&registry),
+            quota: QuotaCollectors::new(&registry),
             shared_requests: counter_vec(
                 &registry,
                 "wharf_shared_requests_total",

@@ -1,6 +1,6 @@
 //! Creating a metric and registering it in one step.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub(super) fn counter_vec(
     registry: &Registry,
@@ -21,6 +21,19 @@ pub(super) fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter
         .register(Box::new(c.clone()))
         .expect("unique metric");
     c
+}
+
+pub(super) fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
 }
 
 pub(super) fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {

@@ -10,6 +10,7 @@ mod connect;
 mod error;
 mod listed;
 mod login;
+mod quota;
 mod ranges;
 
 use std::collections::HashMap;
@@ -149,6 +150,8 @@ impl Upstream {
             .client
             .send(Kind::Manifest, method, url, Some(&accept), None, repo)
             .await?;
+        // Docker Hub counts manifest requests, and says what is left with each answer.
+        quota::observe(&self.client.metrics, &self.client.name, response.headers());
         if !response.status().is_success() {
             return Err(self.client.refusal_error(response).await);
         }
