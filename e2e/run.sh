@@ -95,7 +95,7 @@ read -r UP_PORT WHARF_PORT TTL_PORT DEAD_PORT T1_PORT T2_PORT T3_PORT DISK_PORT 
     TLS_PORT UP2_PORT REGIONAL_PORT EDGE_PORT EDGE2_PORT AUTH_PORT AUTH_OPS_PORT UP_TLS_PORT \
     HTTPS_UP_WHARF_PORT CLUSTER_A_PORT CLUSTER_B_PORT CLUSTER_C_PORT SHARED1_PORT SHARED2_PORT \
     SHARED3_PORT DC_A_PORT DC_B_PORT DC_C_PORT POLICY_PORT POLICY_P_PORT POLICY_Q_PORT \
-    <<<"$(free_ports 30)"
+    HOOK_UP_PORT HOOK_WHARF_PORT <<<"$(free_ports 32)"
 TIMING_PORTS=("$T1_PORT" "$T2_PORT" "$T3_PORT")
 # shellcheck disable=SC2034 # used by cluster.sh
 CLUSTER_PORTS=("$CLUSTER_A_PORT" "$CLUSTER_B_PORT" "$CLUSTER_C_PORT")
@@ -342,6 +342,8 @@ source "$HERE/datacenter.sh"
 source "$HERE/auth.sh"
 # shellcheck source=policy.sh
 source "$HERE/policy.sh"
+# shellcheck source=webhooks.sh
+source "$HERE/webhooks.sh"
 # shellcheck source=lazy.sh
 source "$HERE/lazy.sh"
 
@@ -369,7 +371,7 @@ main() {
     local phase phases=(test_skopeo test_dockerd test_containerd test_podman test_protocol
         test_repull test_single_fetch test_fan_in test_hang_up test_lazy measure_timings test_tls
         test_https_upstream test_tiers test_cluster test_shared test_datacenter
-        test_auth test_policy test_disk_full test_read_only test_churn
+        test_auth test_policy test_webhooks test_disk_full test_read_only test_churn
         test_upstream_outage) # the outage comes last: it stops the upstream
     if [[ -n ${E2E_PHASES:-} ]]; then
         read -ra phases <<<"$E2E_PHASES"
