@@ -104,6 +104,8 @@ pub enum ClientError {
     /// A `[[policy]]` rule in `enforce` mode refused the manifest: why, in words.
     #[error("refused by policy {rule:?}: {why}")]
     NotSigned { rule: String, why: String },
+    #[error("{who} may not pull {repo}: no grant gives it")]
+    NotGranted { who: String, repo: String },
     #[error("this mirror does not serve the client's address")]
     AddressNotAllowed,
     #[error("authentication required")]

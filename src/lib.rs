@@ -187,7 +187,17 @@ async fn run_with(
                 authenticator,
                 peers,
             )
-            .with_admin(admin, webhooks),
+            .with_admin(admin, webhooks)
+            .with_grants(
+                server::auth::Grants::new(
+                    config
+                        .server
+                        .auth
+                        .as_ref()
+                        .map_or(&[], |a| a.grants.as_slice()),
+                ),
+                &config.upstreams[0].name,
+            ),
         ),
         max_range_parts: config.cache.max_range_parts,
     };

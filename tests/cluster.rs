@@ -262,6 +262,7 @@ async fn a_peer_with_the_token_skips_the_client_checks_and_nothing_else_passes_f
         c.server.auth = Some(wharf::config::AuthConfig {
             htpasswd: None,
             tokens: Some(tokens.clone()),
+            grants: Vec::new(),
         });
     })
     .await;

@@ -13,6 +13,7 @@ mod cluster_failover;
 mod cold;
 mod disk_space;
 mod failures;
+mod grants;
 mod hostile;
 mod lifecycle;
 mod limits;

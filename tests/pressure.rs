@@ -178,6 +178,7 @@ async fn a_thousand_stalled_fills_hold_no_thread_a_login_needs() {
         c.server.auth = Some(AuthConfig {
             htpasswd: Some(htpasswd.clone()),
             tokens: Some(tokens.clone()),
+            grants: Vec::new(),
         });
     })
     .await;

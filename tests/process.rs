@@ -460,6 +460,7 @@ async fn changed_client_credentials_take_effect_without_a_restart() {
     config.server.auth = Some(AuthConfig {
         htpasswd: None,
         tokens: Some(tokens.clone()),
+        grants: Vec::new(),
     });
     let mut wharf = Process::start(dir.path(), &config, Duration::from_secs(1));
     let status = |token: &'static str| {
@@ -519,6 +520,7 @@ async fn secrets_reach_no_log_metric_or_check_config_output() {
     config.server.auth = Some(AuthConfig {
         htpasswd: Some(htpasswd.clone()),
         tokens: Some(tokens.clone()),
+        grants: Vec::new(),
     });
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("wharf:{PASSWORD}"));
     let client_basic =

@@ -330,6 +330,7 @@ fn auth_files(dir: &Path) -> AuthConfig {
     AuthConfig {
         htpasswd: Some(dir.join("htpasswd")),
         tokens: Some(dir.join("tokens")),
+        grants: Vec::new(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod admin;
 mod cluster;
+mod grants;
 mod policy;
 mod shared;
 mod size;
@@ -12,6 +13,7 @@ mod validate;
 
 pub use admin::AdminConfig;
 pub use cluster::{ClusterConfig, PeerConfig};
+pub use grants::GrantConfig;
 pub use policy::{PolicyConfig, PolicyMode};
 pub use shared::SharedConfig;
 pub use size::Size;

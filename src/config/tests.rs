@@ -244,3 +244,26 @@ fn a_policy_rule_names_its_repositories_keys_and_upstream() {
     assert!(err(&format!("{text}{text}")).contains("listed twice"));
     assert!(err(&text.replace("myorg/*", "MyOrg/*")).contains("MyOrg"));
 }
+
+#[test]
+fn grants_name_who_and_what_and_are_checked() {
+    let text = "[server.auth]\ntokens = \"/etc/wharf/tokens\"\n\n[[server.auth.grant]]\n\
+                users = [\"ci\"]\ntoken_labels = [\"deploy\"]\nrepositories = [\"myorg/*\"]\n";
+    let config = Config::parse(text).unwrap();
+    let grant = &config.server.auth.as_ref().unwrap().grants[0];
+    assert_eq!(grant.users, ["ci"]);
+    assert_eq!(grant.token_labels, ["deploy"]);
+    assert_eq!(grant.upstream, None, "every upstream");
+    let err = |text: &str| Config::parse(text).unwrap_err().to_string();
+    let nobody = text
+        .replace("users = [\"ci\"]\n", "")
+        .replace("token_labels = [\"deploy\"]\n", "");
+    assert!(
+        err(&nobody).contains("grant[0] names no user"),
+        "{}",
+        err(&nobody)
+    );
+    assert!(err(&text.replace("[\"myorg/*\"]", "[]")).contains("repositories is empty"));
+    assert!(err(&format!("{text}upstream = \"quay.io\"\n")).contains("quay.io"));
+    assert!(err(&format!("{text}user = \"x\"\n")).contains("user"));
+}

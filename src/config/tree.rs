@@ -70,6 +70,9 @@ pub struct AuthConfig {
     /// name that is not in `htpasswd`. Unsalted: tokens must be long and random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<PathBuf>,
+    /// Which repositories each client may pull; none: every client may pull everything.
+    #[serde(default, rename = "grant", skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<super::GrantConfig>,
 }
 
 /// Requests each client address may make to the pull API: a token bucket.

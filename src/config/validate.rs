@@ -63,6 +63,13 @@ impl Config {
             u.validate(i)?;
         }
         self.server.validate()?;
+        let names: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let grants = self.server.auth.iter().flat_map(|a| a.grants.iter());
+        for (i, grant) in grants.enumerate() {
+            if let Some(problem) = grant.problem(&names) {
+                return invalid(format!("server.auth.grant[{i}] {problem}"));
+            }
+        }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }

@@ -51,7 +51,8 @@ fn status_and_code(failure: Failure<'_>) -> (StatusCode, ErrorCode) {
             ClientError::UnknownRegistry(_) => (S::NOT_FOUND, ErrorCode::NameUnknown),
             ClientError::RepositoryNotAllowed(_)
             | ClientError::AddressNotAllowed
-            | ClientError::NotSigned { .. } => (S::FORBIDDEN, ErrorCode::Denied),
+            | ClientError::NotSigned { .. }
+            | ClientError::NotGranted { .. } => (S::FORBIDDEN, ErrorCode::Denied),
             ClientError::Unauthenticated => (S::UNAUTHORIZED, ErrorCode::Unauthorized),
             ClientError::TooManyRequests { .. } => {
                 (S::TOO_MANY_REQUESTS, ErrorCode::Toomanyrequests)

@@ -35,6 +35,10 @@ pub struct Access {
     pub(super) admin: Option<Arc<AdminTokens>>,
     /// Who may call the webhooks; `None`: they are not served.
     pub(super) webhooks: Option<Arc<Webhooks>>,
+    /// Which repositories each authenticated client may pull.
+    grants: auth::Grants,
+    /// What a request that names no registry is for, for the grants.
+    default_upstream: String,
 }
 
 impl Access {
@@ -51,7 +55,17 @@ impl Access {
             peers: peers.map(Arc::new),
             admin: None,
             webhooks: None,
+            grants: auth::Grants::default(),
+            default_upstream: String::new(),
         }
+    }
+
+    /// Lets each authenticated client pull only what `grants` give it; `default_upstream` is
+    /// the upstream a request naming no registry is for.
+    pub fn with_grants(mut self, grants: auth::Grants, default_upstream: &str) -> Access {
+        self.grants = grants;
+        self.default_upstream = default_upstream.to_owned();
+        self
     }
 
     /// Serves the admin API to the bearers of `tokens`, and the webhooks to the bearers of
@@ -131,19 +145,28 @@ impl Access {
                     retry_after_secs: wait.as_secs() + 1,
                 })?;
         }
-        match &self.authenticator {
-            // Boxed, so that every request's future is not as large as a login's.
-            Some(authenticator) => Box::pin(authenticator.authenticate(authorization))
-                .await
-                .map(|user| client_as(Some(user)))
-                .map_err(|e| match e {
-                    auth::AuthError::Refused => ClientError::Unauthenticated,
-                    auth::AuthError::Busy => ClientError::TooManyRequests {
-                        retry_after_secs: 1,
-                    },
-                }),
-            None => Ok(client_as(None)),
+        let Some(authenticator) = &self.authenticator else {
+            return Ok(client_as(None));
+        };
+        // Boxed, so that every request's future is not as large as a login's.
+        let who = Box::pin(authenticator.authenticate(authorization))
+            .await
+            .map_err(|e| match e {
+                auth::AuthError::Refused => ClientError::Unauthenticated,
+                auth::AuthError::Busy => ClientError::TooManyRequests {
+                    retry_after_secs: 1,
+                },
+            })?;
+        if let Some(target) = route.target() {
+            let upstream = target.registry.as_deref().unwrap_or(&self.default_upstream);
+            if !self.grants.allow(&who, upstream, &target.repo) {
+                return Err(ClientError::NotGranted {
+                    who: who.to_string(),
+                    repo: format!("{upstream}/{}", target.repo),
+                });
+            }
         }
+        Ok(client_as(Some(who.to_string().into())))
     }
 }
 
@@ -202,6 +225,7 @@ mod tests {
         let files = AuthConfig {
             htpasswd: Some(htpasswd),
             tokens: None,
+            grants: Vec::new(),
         };
         let access = Access::new(
             Some(vec!["10.0.0.0/8".parse().unwrap()]),

@@ -39,6 +39,7 @@ fn read(file: &Path) -> Result<Credentials, LoadError> {
     Credentials::read(&AuthConfig {
         htpasswd: None,
         tokens: Some(file.to_owned()),
+        grants: Vec::new(),
     })
 }
 

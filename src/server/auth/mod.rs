@@ -9,6 +9,7 @@
 //! passwords slows logins down, but cannot take the cores that serve pulls.
 
 mod credentials;
+mod grants;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -22,6 +23,7 @@ use super::reload::{Reload, WatchedFiles};
 use crate::config::AuthConfig;
 use credentials::bcrypt_cost;
 pub use credentials::{Credentials, LineError, LoadError, Presented};
+pub use grants::{Grants, Identity};
 
 /// How long a verified `Authorization` value is trusted without checking it again. A reload of
 /// the files forgets every verified value at once, so revoking a user does not wait for this.
@@ -54,7 +56,7 @@ struct Snapshot {
     decoy: Option<String>,
     /// SHA-256 of an `Authorization` value → whom it was verified as. Concurrent requests
     /// with the same value share one check.
-    verified: moka::future::Cache<[u8; 32], Arc<str>>,
+    verified: moka::future::Cache<[u8; 32], Identity>,
     /// SHA-256 of `Authorization` values refused a moment ago.
     refused: Cache<[u8; 32], ()>,
 }
@@ -126,7 +128,7 @@ impl Authenticator {
     }
 
     /// Whom `authorization` (the header's value, if any) shows the client to be.
-    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Arc<str>, AuthError> {
+    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, AuthError> {
         let value = authorization.ok_or(AuthError::Refused)?;
         let presented = Presented::parse(value).ok_or(AuthError::Refused)?;
         let key: [u8; 32] = Sha256::digest(value).into();
@@ -149,15 +151,16 @@ impl Authenticator {
         &self,
         snapshot: &Snapshot,
         presented: Presented,
-    ) -> Result<Arc<str>, AuthError> {
+    ) -> Result<Identity, AuthError> {
         let credentials = &snapshot.credentials;
+        let token = |token: &str| credentials.token(token).map(Identity::Token);
         let (user, password) = match presented {
-            Presented::Bearer(token) => return credentials.token(&token).ok_or(AuthError::Refused),
+            Presented::Bearer(presented) => return token(&presented).ok_or(AuthError::Refused),
             Presented::Basic { user, password } => (user, password),
         };
         let Some(hash) = credentials.users.get(&user) else {
-            if let Some(label) = credentials.token(&password) {
-                return Ok(label);
+            if let Some(bearer) = token(&password) {
+                return Ok(bearer);
             }
             // An unknown user costs what a wrong password does, so that timing does not tell
             // which users exist.
@@ -167,7 +170,7 @@ impl Authenticator {
             return Err(AuthError::Refused);
         };
         if self.bcrypt(password, hash.clone()).await? {
-            Ok(user.into())
+            Ok(Identity::User(user.into()))
         } else {
             Err(AuthError::Refused)
         }

@@ -14,6 +14,7 @@ fn files(dir: &Path, htpasswd: &str, tokens: &str) -> AuthConfig {
     AuthConfig {
         htpasswd: Some(dir.join("htpasswd")),
         tokens: Some(dir.join("tokens")),
+        grants: Vec::new(),
     }
 }
 
@@ -90,28 +91,27 @@ async fn users_tokens_and_refusals() {
         &token_line("tok-123", "ci"),
     ))
     .unwrap();
-    let ok = |r: Result<Arc<str>, AuthError>| r.map(|who| who.to_string());
     assert_eq!(
-        ok(auth
+        (auth
             .authenticate(Some(&basic("alice", "open sesame")))
             .await),
-        Ok("alice".into())
+        Ok(Identity::User("alice".into()))
     );
     // Remembered: the same value again is not a second bcrypt.
     assert_eq!(
-        ok(auth
+        (auth
             .authenticate(Some(&basic("alice", "open sesame")))
             .await),
-        Ok("alice".into())
+        Ok(Identity::User("alice".into()))
     );
     assert_eq!(
-        ok(auth.authenticate(Some(b"Bearer tok-123")).await),
-        Ok("ci".into())
+        (auth.authenticate(Some(b"Bearer tok-123")).await),
+        Ok(Identity::Token("ci".into()))
     );
     // A token as a Basic password, under a name that is not a user.
     assert_eq!(
-        ok(auth.authenticate(Some(&basic("token", "tok-123"))).await),
-        Ok("ci".into())
+        (auth.authenticate(Some(&basic("token", "tok-123"))).await),
+        Ok(Identity::Token("ci".into()))
     );
     for refused in [
         None,
@@ -228,7 +228,7 @@ async fn start_checks(
     auth: &Arc<Authenticator>,
     value: &[u8],
     n: usize,
-) -> Vec<tokio::task::JoinHandle<Result<Arc<str>, AuthError>>> {
+) -> Vec<tokio::task::JoinHandle<Result<Identity, AuthError>>> {
     let checks: Vec<_> = (0..n)
         .map(|_| {
             let (auth, value) = (auth.clone(), value.to_vec());
@@ -258,7 +258,10 @@ async fn concurrent_checks_of_one_credential_share_one_bcrypt() {
     );
     drop(places);
     for check in checks {
-        assert_eq!(&*check.await.unwrap().unwrap(), "alice");
+        assert_eq!(
+            check.await.unwrap().unwrap(),
+            Identity::User("alice".into())
+        );
     }
     assert_eq!(auth.password_checks(), 1);
 }
@@ -302,6 +305,7 @@ fn a_missing_or_bad_file_stops_start_up() {
     let missing = AuthConfig {
         htpasswd: Some(dir.path().join("nope")),
         tokens: None,
+        grants: Vec::new(),
     };
     assert!(Authenticator::load(&missing)
         .err()

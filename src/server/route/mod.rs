@@ -59,6 +59,17 @@ pub enum Route {
 }
 
 impl Route {
+    /// The repository of an upstream a request is about, if it is about one.
+    pub fn target(&self) -> Option<&Target> {
+        match self {
+            Route::Manifest { target, .. }
+            | Route::Blob { target, .. }
+            | Route::Listing { target, .. }
+            | Route::ListedBy { target, .. } => Some(target),
+            _ => None,
+        }
+    }
+
     /// A bounded label for metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {
