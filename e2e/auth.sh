@@ -2,19 +2,27 @@
 # Client authentication: a wharf with [server.auth] (an htpasswd user and a bearer token) and its
 # metrics on a listener of their own. dockerd (credentials from the CLI's config.json), containerd
 # (a static Authorization header in hosts.toml) and podman (auth.json) each pull through it with
-# credentials, and are refused (401, nothing served) without them. Sourced by run.sh, whose
-# globals (WORK, UP, DIGEST, CLIENTS, ...) it uses.
+# credentials, and are refused (401, nothing served) without them. Grants give each client its
+# repositories: dockerd and podman, as two users, pull what theirs give and are refused the rest
+# with the 403's message in their error. Sourced by run.sh, whose globals (WORK, UP, DIGEST,
+# CLIENTS, ...) it uses.
 
 AUTHED=127.0.0.1:$AUTH_PORT
 AUTHED_OPS=127.0.0.1:$AUTH_OPS_PORT
 AUTH_USER=puller
 AUTH_PASSWORD=e2e-pass-$RANDOM$RANDOM
 AUTH_TOKEN=e2e-token-$RANDOM$RANDOM
+# A second user, whose grant gives another repository than the first's.
+AUTH_USER2=limited
+AUTH_PASSWORD2=e2e-pass2-$RANDOM$RANDOM
 
 start_authed_wharf() {
     local d=$WORK/auth
     mkdir -p "$d"
-    htpasswd -nbB "$AUTH_USER" "$AUTH_PASSWORD" >"$d/htpasswd"
+    {
+        htpasswd -nbB "$AUTH_USER" "$AUTH_PASSWORD"
+        htpasswd -nbB "$AUTH_USER2" "$AUTH_PASSWORD2"
+    } | grep . >"$d/htpasswd"
     echo "sha256:$(printf %s "$AUTH_TOKEN" | sha256sum | cut -d' ' -f1) containerd" >"$d/tokens"
     chmod 600 "$d/htpasswd" "$d/tokens"
     write_wharf_config "$WORK/authed.toml" "$AUTHED" "$WORK/cache-authed"
@@ -25,6 +33,18 @@ start_authed_wharf() {
 [server.auth]
 htpasswd = "$d/htpasswd"
 tokens = "$d/tokens"
+
+[[server.auth.grant]]
+users = ["$AUTH_USER"]
+repositories = ["library/e2e-oci", "library/e2e-multiarch"]
+
+[[server.auth.grant]]
+users = ["$AUTH_USER2"]
+repositories = ["library/e2e-multi"]
+
+[[server.auth.grant]]
+token_labels = ["containerd"]
+repositories = ["library/*"]
 EOF
     launch_wharf authed "$WORK/authed.toml" "http://$AUTHED"
 }
@@ -45,6 +65,26 @@ refused() {
         "$(($(wmetric wharf_http_requests_total status=401) - denied))" -gt 0
     expect_eq "$label: wharf served no manifest" \
         "$manifests" "$(wmetric wharf_http_requests_total route=manifest status=200)"
+}
+
+# not_granted LABEL USER CMD... — the pull fails with wharf's 403, whose message (USER may not
+# pull ...) the client shows.
+not_granted() {
+    local label=$1 user=$2
+    shift 2
+    local forbidden
+    forbidden=$(wmetric wharf_http_requests_total status=403)
+    if timeout "$CLIENT_TIMEOUT" "$@" >"$LOGS/not-granted.out" 2>&1; then
+        fail "$label: the pull is refused" "it succeeded"
+        return 0
+    fi
+    expect_cmp "$label: wharf answered 403" \
+        "$(($(wmetric wharf_http_requests_total status=403) - forbidden))" -gt 0
+    if grep -q "$user may not pull" "$LOGS/not-granted.out"; then
+        pass "$label: the client shows why ($user may not pull ...)"
+    else
+        fail "$label: the client shows why" "$(head -c 600 "$LOGS/not-granted.out")"
+    fi
 }
 
 test_auth() {
@@ -79,6 +119,16 @@ test_auth() {
             env DOCKER_CONFIG="$config" "${DOCKER_CLI[@]}" pull "e2e-oci:$TAG"
         expect_has "auth: dockerd: e2e-oci RepoDigest matches upstream" \
             "e2e-oci@${DIGEST[library/e2e-oci]}" "$(docker_repo_digests "e2e-oci:$TAG" 2>&1)"
+        # The second user: its grant gives e2e-multi, not e2e-oci.
+        jq -n --arg auth "$(printf %s "$AUTH_USER2:$AUTH_PASSWORD2" | base64 -w0)" --arg host "$AUTHED" \
+            '{auths: {"https://index.docker.io/v1/": {auth: $auth}, ($host): {auth: $auth}}}' \
+            >"$config/config.json"
+        pull_through "auth: dockerd as $AUTH_USER2 pulls what its grant gives" - \
+            env DOCKER_CONFIG="$config" "${DOCKER_CLI[@]}" pull "e2e-multi:$TAG"
+        # As a mirror, dockerd hides a mirror's error behind its fallback's; named as the
+        # registry (loopback needs no TLS), it shows wharf's.
+        not_granted "auth: dockerd as $AUTH_USER2 is refused e2e-oci" "$AUTH_USER2" \
+            env DOCKER_CONFIG="$config" "${DOCKER_CLI[@]}" pull "$AUTHED/library/e2e-oci:$TAG"
     fi
 
     # containerd: the shipped hosts.toml, and a static Authorization header for wharf.
@@ -112,6 +162,10 @@ test_auth() {
     expect_eq "auth: podman: e2e-multiarch digest matches upstream" \
         "${DIGEST[library/e2e-multiarch]}" \
         "$("${podman[@]}" image inspect --format '{{.Digest}}' "$ref" 2>&1)"
+
+    not_granted "auth: podman as $AUTH_USER is refused e2e-multi" "$AUTH_USER" \
+        "${podman[@]}" pull -q --authfile "$d/auth.json" --signature-policy "$WORK/policy.json" \
+        "docker.io/library/e2e-multi:$TAG"
 
     expect_cmp "auth: the access log names who pulled" \
         "$(cat "$LOGS/authed.out" "$LOGS/authed.err" | grep -c "user=\"\?$AUTH_USER" || true)" -gt 0
