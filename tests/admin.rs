@@ -44,6 +44,18 @@ async fn post(wharf: &Wharf, action: &str, image: &str, token: Option<&str>) -> 
     request.send().await.unwrap()
 }
 
+/// A JSON array of strings, sorted.
+fn sorted(array: &Value) -> Vec<String> {
+    let mut strings: Vec<String> = array
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    strings.sort();
+    strings
+}
+
 async fn digest_of(wharf: &Wharf, reference: &str) -> String {
     let r = wharf
         .get(&format!("/v2/library/app/manifests/{reference}"))
@@ -169,20 +181,17 @@ async fn a_purge_takes_tags_and_manifests_out_and_the_next_pull_fetches_again() 
     let index = upstream.add_manifest("library/app", "v1", OCI_INDEX, &index);
     let lone = upstream.add_manifest("library/app", "v2", OCI_MANIFEST, &manifest("lone"));
     let wharf = Wharf::start(&upstream, |c| c.admin = Some(admin(dir.path()))).await;
-    let accept_index = |path: &str| {
-        wharf
+    let index_status = || async {
+        let r = wharf
             .client
-            .get(wharf.url(path))
+            .get(wharf.url("/v2/library/app/manifests/v1"))
             .header("accept", format!("{OCI_INDEX}, {OCI_MANIFEST}"))
             .send()
-    };
-    assert_eq!(
-        accept_index("/v2/library/app/manifests/v1")
             .await
-            .unwrap()
-            .status(),
-        200
-    );
+            .unwrap();
+        r.status()
+    };
+    assert_eq!(index_status().await, 200);
     assert_eq!(digest_of(&wharf, &platform).await, platform);
     assert_eq!(digest_of(&wharf, "v2").await, lone);
 
@@ -191,25 +200,12 @@ async fn a_purge_takes_tags_and_manifests_out_and_the_next_pull_fetches_again() 
     assert_eq!(r.status(), 200);
     let answer: Value = r.json().await.unwrap();
     assert_eq!(answer["tags"], serde_json::json!(["v1"]));
-    let mut manifests: Vec<&str> = answer["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_str().unwrap())
-        .collect();
-    manifests.sort();
-    let mut expected = [index.as_str(), platform.as_str()];
+    let mut expected = [index.clone(), platform.clone()];
     expected.sort();
-    assert_eq!(manifests, expected);
+    assert_eq!(sorted(&answer["manifests"]), expected);
     let index_gets = upstream.count("GET", "/manifests/v1");
     let platform_gets = upstream.count("GET", &format!("/manifests/{platform}"));
-    assert_eq!(
-        accept_index("/v2/library/app/manifests/v1")
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(index_status().await, 200);
     assert_eq!(digest_of(&wharf, &platform).await, platform);
     assert_eq!(upstream.count("GET", "/manifests/v1"), index_gets + 1);
     assert_eq!(
@@ -228,13 +224,7 @@ async fn a_purge_takes_tags_and_manifests_out_and_the_next_pull_fetches_again() 
     assert_eq!(r.status(), 200);
     let answer: Value = r.json().await.unwrap();
     assert_eq!(answer["tags"], serde_json::json!(["v1"]));
-    assert_eq!(
-        accept_index("/v2/library/app/manifests/v1")
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(index_status().await, 200);
     assert_eq!(upstream.count("GET", "/manifests/v1"), gets + 1);
 
     // The whole repository.
@@ -242,14 +232,7 @@ async fn a_purge_takes_tags_and_manifests_out_and_the_next_pull_fetches_again() 
     let r = post(&wharf, "purge", "app:*", Some(TOKEN)).await;
     assert_eq!(r.status(), 200);
     let answer: Value = r.json().await.unwrap();
-    let mut tags: Vec<&str> = answer["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
-    tags.sort();
-    assert_eq!(tags, ["v1", "v2"]);
+    assert_eq!(sorted(&answer["tags"]), ["v1", "v2"]);
     assert!(
         wharf
             .metric("wharf_cache_evictions_total", &["reason=\"purged\""])
@@ -267,11 +250,7 @@ async fn the_admin_api_lives_where_metrics_do_and_nowhere_without_admin_tokens()
     let r = post(&plain, "refresh", "app:v1", Some(TOKEN)).await;
     assert_eq!(r.status(), 404, "no [admin]: no admin API");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     let wharf = Wharf::start(&upstream, |c| {
         c.admin = Some(admin(dir.path()));
         c.server.metrics_listen = Some(([127, 0, 0, 1], port).into());

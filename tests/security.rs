@@ -178,11 +178,7 @@ async fn only_allowed_networks_may_pull_while_health_checks_answer_everyone() {
 #[tokio::test]
 async fn metrics_can_live_on_a_listener_of_their_own() {
     let upstream = FakeRegistry::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     let wharf = Wharf::start(&upstream, |c| {
         c.server.metrics_listen = Some(([127, 0, 0, 1], port).into());
     })

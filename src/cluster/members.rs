@@ -135,18 +135,9 @@ impl Members {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PeerConfig;
 
     fn members(node: &str, names: &[&str]) -> Members {
-        let peers = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| PeerConfig {
-                name: (*name).into(),
-                url: format!("http://10.0.0.{}:5000", i + 1).parse().unwrap(),
-            })
-            .collect();
-        let config = ClusterConfig::new(node, "/dev/null".into(), peers);
+        let config = ClusterConfig::of_names(node, names);
         Members::new(&config, &Metrics::new())
     }
 

@@ -59,3 +59,19 @@ pub struct PeerConfig {
     /// Its pull API, as the other nodes reach it.
     pub url: Url,
 }
+
+#[cfg(test)]
+impl ClusterConfig {
+    /// A cluster of the nodes `names` (at 10.0.0.1, 10.0.0.2, ...) as `node`, for unit tests.
+    pub fn of_names(node: &str, names: &[&str]) -> ClusterConfig {
+        let peers = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| PeerConfig {
+                name: (*name).into(),
+                url: format!("http://10.0.0.{}:5000", i + 1).parse().unwrap(),
+            })
+            .collect();
+        ClusterConfig::new(node, "/dev/null".into(), peers)
+    }
+}

@@ -243,19 +243,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PeerConfig;
 
     #[test]
     fn records_are_told_past_nodes_thought_down_and_asked_of_nodes_up() {
-        let peers = ["a", "b", "c"]
-            .iter()
-            .enumerate()
-            .map(|(i, name)| PeerConfig {
-                name: (*name).into(),
-                url: format!("http://10.0.0.{}:5000", i + 1).parse().unwrap(),
-            })
-            .collect();
-        let config = ClusterConfig::new("c", "/dev/null".into(), peers);
+        let config = ClusterConfig::of_names("c", &["a", "b", "c"]);
         let upstreams = [UpstreamConfig::docker_hub()];
         let owners = Owners::new(&config, "token", &upstreams, &Metrics::new()).unwrap();
         // The pinned scores (ring.rs) of sha256:000…: a > b > c.

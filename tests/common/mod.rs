@@ -34,6 +34,12 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 /// The `wharf` binary.
 pub const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
 
+/// A loopback port free a moment ago, for a listener wharf binds itself (`metrics_listen`).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
