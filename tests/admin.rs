@@ -109,6 +109,9 @@ async fn a_refresh_shows_a_moved_tag_at_once_and_only_an_admin_may_ask() {
     let r = post(&wharf, "refresh", "library/app:v2", Some(TOKEN)).await;
     assert_eq!(r.status(), 200);
     let third = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest("third"));
+    upstream.add_manifest("library/app", "gone", OCI_MANIFEST, &manifest("gone"));
+    digest_of(&wharf, "gone").await;
+    upstream.remove_tag("library/app", "gone");
     let r = post(&wharf, "refresh", "app:*", Some(TOKEN)).await;
     assert_eq!(r.status(), 200);
     let answer: Value = r.json().await.unwrap();
@@ -124,7 +127,13 @@ async fn a_refresh_shows_a_moved_tag_at_once_and_only_an_admin_may_ask() {
         })
         .collect();
     tags.sort();
-    assert_eq!(tags, [("v1".into(), third), ("v2".into(), other)]);
+    assert_eq!(
+        tags,
+        [("v1".into(), third), ("v2".into(), other)],
+        "a tag gone upstream is forgotten, the others refreshed"
+    );
+    let r = wharf.get("/v2/library/app/manifests/gone").await;
+    assert_eq!(r.status(), 404);
 }
 
 #[tokio::test]

@@ -63,7 +63,13 @@ impl Mirror {
         };
         let mut refreshed = Vec::new();
         for tag in tags {
-            refreshed.extend(self.refresh_tag(&upstream, repo, tag).await?);
+            match self.refresh_tag(&upstream, repo, tag).await {
+                Ok(variants) => refreshed.extend(variants),
+                // Of a whole repository, a tag gone upstream is forgotten, and the rest go on.
+                Err(Error::Client(ClientError::ManifestUnknown)) if *scope == Scope::Repository => {
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(refreshed)
     }
