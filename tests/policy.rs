@@ -64,6 +64,28 @@ async fn get_manifest(wharf: &Wharf, repo: &str, reference: &str) -> reqwest::Re
         .unwrap()
 }
 
+/// Signature checks made under the rule `myorg-signed` with `result` (any result: `None`).
+async fn checks(wharf: &Wharf, result: Option<&str>) -> f64 {
+    let result = result.map(|r| format!("result=\"{r}\""));
+    let labels: Vec<&str> = std::iter::once("myorg-signed")
+        .chain(result.as_deref())
+        .collect();
+    wharf
+        .metric("wharf_policy_verifications_total", &labels)
+        .await
+}
+
+/// The rule `myorg-signed` over `myorg/*`, enforced, trusting the key at `key`.
+fn enforce(key: &Path) -> impl Fn(&mut wharf::Config) + '_ {
+    move |c| {
+        c.policies.push(rule(
+            "myorg-signed",
+            vec![key.to_owned()],
+            PolicyMode::Enforce,
+        ))
+    }
+}
+
 async fn refusal(r: reqwest::Response) -> String {
     assert_eq!(r.status(), 403);
     let body: serde_json::Value = r.json().await.unwrap();
@@ -124,13 +146,7 @@ async fn a_classic_signature_by_a_trusted_key_is_served_and_a_warm_pull_does_no_
     let r = get_manifest(&wharf, "myorg/app", "v1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
-    let verified = ["myorg-signed", "result=\"verified\""];
-    assert_eq!(
-        wharf
-            .metric("wharf_policy_verifications_total", &verified)
-            .await,
-        1.0
-    );
+    assert_eq!(checks(&wharf, Some("verified")).await, 1.0);
 
     let upstream_requests = upstream.seen().len();
     for _ in 0..5 {
@@ -141,9 +157,7 @@ async fn a_classic_signature_by_a_trusted_key_is_served_and_a_warm_pull_does_no_
         );
     }
     assert_eq!(
-        wharf
-            .metric("wharf_policy_verifications_total", &["myorg-signed"])
-            .await,
+        checks(&wharf, None).await,
         1.0,
         "warm pulls reuse the verdict"
     );
@@ -186,13 +200,7 @@ async fn an_unknown_key_and_a_signature_of_another_digest_are_refused_by_name() 
         "{message}"
     );
     for result in ["untrusted_key", "other_digest"] {
-        let labels = ["myorg-signed", &format!("result=\"{result}\"")];
-        assert_eq!(
-            wharf
-                .metric("wharf_policy_verifications_total", &labels)
-                .await,
-            1.0
-        );
+        assert_eq!(checks(&wharf, Some(result)).await, 1.0, "{result}");
     }
 }
 
@@ -247,13 +255,7 @@ async fn platform_manifests_pass_through_their_signed_index_and_nothing_else_doe
         assert_eq!(r.status(), 200, "{child}");
         assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
     }
-    let through = ["myorg-signed", "result=\"through_index\""];
-    assert_eq!(
-        wharf
-            .metric("wharf_policy_verifications_total", &through)
-            .await,
-        2.0
-    );
+    assert_eq!(checks(&wharf, Some("through_index")).await, 2.0);
     refusal(get_manifest(&wharf, "myorg/app", &stray).await).await;
 }
 
@@ -289,13 +291,7 @@ async fn warn_mode_serves_what_does_not_verify_and_counts_it() {
             .await,
         1.0
     );
-    let unsigned = ["myorg-signed", "result=\"no_signature\""];
-    assert_eq!(
-        wharf
-            .metric("wharf_policy_verifications_total", &unsigned)
-            .await,
-        1.0
-    );
+    assert_eq!(checks(&wharf, Some("no_signature")).await, 1.0);
 }
 
 #[tokio::test]
@@ -366,20 +362,10 @@ async fn a_restarted_node_still_lets_platform_manifests_through_their_signed_ind
 
     // A client that resolved the index before the restart asks for its platform manifest.
     let key = signer.write_public(keys.path(), "cosign.pub");
-    let wharf = Wharf::start_in(&upstream, cache, |c| {
-        c.policies
-            .push(rule("myorg-signed", vec![key], PolicyMode::Enforce))
-    })
-    .await;
+    let wharf = Wharf::start_in(&upstream, cache, enforce(&key)).await;
     let r = get_manifest(&wharf, "myorg/app", &children[1].0).await;
     assert_eq!(r.status(), 200);
-    let through = ["myorg-signed", "result=\"through_index\""];
-    assert_eq!(
-        wharf
-            .metric("wharf_policy_verifications_total", &through)
-            .await,
-        1.0
-    );
+    assert_eq!(checks(&wharf, Some("through_index")).await, 1.0);
 }
 
 #[tokio::test]
@@ -391,11 +377,8 @@ async fn an_edge_verifies_against_its_regional_tier_and_a_second_edge_costs_the_
     let (index, children) = signed_index(&upstream, &signer);
     let (unsigned, _) = push_image(&upstream, "myorg/app", "unsigned", 3);
     // Both tiers enforce the same rule: the regional one passes signature objects on.
-    let guard = |c: &mut wharf::Config| {
-        c.policies
-            .push(rule("myorg-signed", vec![key.clone()], PolicyMode::Enforce))
-    };
-    let regional = Wharf::start(&upstream, guard).await;
+    let guard = enforce(&key);
+    let regional = Wharf::start(&upstream, &guard).await;
     let edge = |cache: tempfile::TempDir| {
         let mut config = crate::common::base_config(cache.path());
         config.upstreams = vec![crate::common::upstream_config(
@@ -444,12 +427,7 @@ async fn an_edge_verifies_against_its_regional_tier_and_a_second_edge_costs_the_
         after.is_empty(),
         "the second edge found manifest and signature at the regional tier: {after:?}"
     );
-    assert_eq!(
-        second
-            .metric("wharf_policy_verifications_total", &["result=\"verified\""])
-            .await,
-        1.0
-    );
+    assert_eq!(checks(&second, Some("verified")).await, 1.0);
 }
 
 #[tokio::test]
@@ -467,12 +445,7 @@ async fn clients_pulling_at_once_share_one_signature_check() {
     for r in futures_util::future::join_all(pulls).await {
         assert_eq!(r.status(), 200);
     }
-    assert_eq!(
-        wharf
-            .metric("wharf_policy_verifications_total", &["myorg-signed"])
-            .await,
-        1.0
-    );
+    assert_eq!(checks(&wharf, None).await, 1.0);
     assert_eq!(upstream.count("GET", &sig_tag(&digest)), 1);
 }
 
@@ -484,11 +457,7 @@ async fn a_cluster_lets_platform_manifests_through_on_any_node_even_with_the_ver
     let signer = Signer::generate();
     let (_, children) = signed_index(&upstream, &signer);
     let key = signer.write_public(keys.path(), "cosign.pub");
-    let cluster = start_cluster_with(&upstream, &NODES, |c| {
-        c.policies
-            .push(rule("myorg-signed", vec![key.clone()], PolicyMode::Enforce))
-    })
-    .await;
+    let cluster = start_cluster_with(&upstream, &NODES, enforce(&key)).await;
     let a = &cluster.nodes[0];
     // The nodes' records of which index lists a manifest are theirs alone.
     let record = format!("/v2/myorg/app/_listed_by/{}", children[0].0);
@@ -535,10 +504,7 @@ async fn a_cluster_lets_platform_manifests_through_on_any_node_even_with_the_ver
             assert_eq!(r.status(), 200, "{child} on node {node}");
             assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
         }
-        let through = ["myorg-signed", "result=\"through_index\""];
-        let checked = cluster.nodes[node]
-            .metric("wharf_policy_verifications_total", &through)
-            .await;
+        let checked = checks(&cluster.nodes[node], Some("through_index")).await;
         assert_eq!(checked, 2.0, "node {node}");
     }
 }
