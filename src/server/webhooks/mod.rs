@@ -108,7 +108,8 @@ impl Webhooks {
         forwarded: bool,
     ) -> Result<Response<Body>, Error> {
         let kind = route.kind;
-        let pushes = payloads::parse(kind, &body).map_err(ClientError::BadRequest)?;
+        let pushes =
+            payloads::parse(kind, &body).map_err(|e| ClientError::BadRequest(e.to_string()))?;
         let mut named = Vec::new();
         for push in pushes {
             let upstream = self.upstream_of(state, &route, &push)?;

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::oci::{RepoName, Tag, DOCKER_HUB};
+use crate::oci::{NameError, ReferenceError, RepoName, Tag, DOCKER_HUB};
 
 /// Which registry's format a webhook speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +43,22 @@ pub struct Pushed {
     pub tag: Tag,
 }
 
+/// Why a payload is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("not a {kind} webhook payload: {source}")]
+    Shape {
+        kind: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("repository {repo:?}: {source}")]
+    Repository { repo: String, source: NameError },
+    #[error("tag {tag:?}: {source}")]
+    Tag { tag: String, source: ReferenceError },
+}
+
 /// The tagged pushes `body` announces, or why it is not a payload of `kind`.
-pub fn parse(kind: WebhookKind, body: &[u8]) -> Result<Vec<Pushed>, String> {
+pub fn parse(kind: WebhookKind, body: &[u8]) -> Result<Vec<Pushed>, PayloadError> {
     match kind {
         WebhookKind::Distribution => distribution(body),
         WebhookKind::Harbor => harbor(body),
@@ -52,13 +66,25 @@ pub fn parse(kind: WebhookKind, body: &[u8]) -> Result<Vec<Pushed>, String> {
     }
 }
 
-fn pushed(host: Option<&str>, repo: &str, tag: &str) -> Result<Pushed, String> {
+fn pushed(host: Option<&str>, repo: &str, tag: &str) -> Result<Pushed, PayloadError> {
     Ok(Pushed {
         host: host.filter(|h| !h.is_empty()).map(str::to_owned),
-        repo: repo
-            .parse()
-            .map_err(|e| format!("repository {repo:?}: {e}"))?,
-        tag: tag.parse().map_err(|e| format!("tag {tag:?}: {e}"))?,
+        repo: repo.parse().map_err(|source| PayloadError::Repository {
+            repo: repo.to_owned(),
+            source,
+        })?,
+        tag: tag.parse().map_err(|source| PayloadError::Tag {
+            tag: tag.to_owned(),
+            source,
+        })?,
+    })
+}
+
+/// `body` as the JSON shape `T` of `kind`'s payloads.
+fn shaped<'a, T: Deserialize<'a>>(kind: WebhookKind, body: &'a [u8]) -> Result<T, PayloadError> {
+    serde_json::from_slice(body).map_err(|source| PayloadError::Shape {
+        kind: kind.as_str(),
+        source,
     })
 }
 
@@ -88,9 +114,8 @@ struct EventRequest {
     host: Option<String>,
 }
 
-fn distribution(body: &[u8]) -> Result<Vec<Pushed>, String> {
-    let envelope: Envelope = serde_json::from_slice(body)
-        .map_err(|e| format!("not a distribution notification envelope: {e}"))?;
+fn distribution(body: &[u8]) -> Result<Vec<Pushed>, PayloadError> {
+    let envelope: Envelope = shaped(WebhookKind::Distribution, body)?;
     envelope
         .events
         .iter()
@@ -130,9 +155,8 @@ struct HarborRepository {
     repo_full_name: String,
 }
 
-fn harbor(body: &[u8]) -> Result<Vec<Pushed>, String> {
-    let payload: HarborPayload =
-        serde_json::from_slice(body).map_err(|e| format!("not a Harbor webhook payload: {e}"))?;
+fn harbor(body: &[u8]) -> Result<Vec<Pushed>, PayloadError> {
+    let payload: HarborPayload = shaped(WebhookKind::Harbor, body)?;
     if payload.kind != "PUSH_ARTIFACT" {
         return Ok(Vec::new());
     }
@@ -166,9 +190,8 @@ struct DockerHubRepository {
     repo_name: String,
 }
 
-fn docker_hub(body: &[u8]) -> Result<Vec<Pushed>, String> {
-    let payload: DockerHubPayload = serde_json::from_slice(body)
-        .map_err(|e| format!("not a Docker Hub webhook payload: {e}"))?;
+fn docker_hub(body: &[u8]) -> Result<Vec<Pushed>, PayloadError> {
+    let payload: DockerHubPayload = shaped(WebhookKind::DockerHub, body)?;
     let name = &payload.repository.repo_name;
     // Official images are named without their `library/` namespace.
     let repo = match name.contains('/') {
