@@ -8,8 +8,13 @@ use super::{off_the_workers, Cache, Error, TagKey, Variant};
 use crate::oci::{Digest, RepoName};
 
 impl Cache {
-    /// The tags of `upstream`'s `repo` this cache holds (read from disk, off the workers).
-    pub async fn tags_of(&self, upstream: &str, repo: &RepoName) -> Result<Vec<TagKey>, Error> {
+    /// The tags of `upstream`'s `repo` this cache holds, with their variants (read from disk,
+    /// off the workers).
+    pub async fn tags_of(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+    ) -> Result<Vec<(TagKey, Vec<Variant>)>, Error> {
         let (tags, upstream, repo) = (self.tags.clone(), upstream.to_owned(), repo.clone());
         off_the_workers(move || tags.of_repository(&upstream, &repo)).await
     }

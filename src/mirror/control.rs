@@ -176,15 +176,18 @@ impl Mirror {
         let mut tags = Vec::new();
         let mut roots: Vec<Digest> = Vec::new();
         let candidates = match scope {
-            Scope::Tag(tag) => vec![TagKey {
-                upstream: name.clone(),
-                repo: repo.clone(),
-                tag: tag.clone(),
-            }],
+            Scope::Tag(tag) => {
+                let key = TagKey {
+                    upstream: name.clone(),
+                    repo: repo.clone(),
+                    tag: tag.clone(),
+                };
+                let variants = self.cache.tag_variants(&key).await?;
+                vec![(key, variants)]
+            }
             Scope::Digest(_) | Scope::Repository => self.cache.tags_of(&name, repo).await?,
         };
-        for key in candidates {
-            let variants = self.cache.tag_variants(&key).await?;
+        for (key, variants) in candidates {
             let named = match scope {
                 Scope::Digest(digest) => variants.iter().any(|v| v.digest == *digest),
                 Scope::Tag(_) | Scope::Repository => !variants.is_empty(),
@@ -236,7 +239,7 @@ impl Mirror {
             .tags_of(upstream.name(), repo)
             .await?
             .into_iter()
-            .map(|key| key.tag)
+            .map(|(key, _)| key.tag)
             .collect();
         if tags.is_empty() {
             return Err(ClientError::ManifestUnknown.into());

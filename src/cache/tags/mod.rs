@@ -194,24 +194,24 @@ impl TagTable {
         self.with_variants(key, |variants| variants.clone())
     }
 
-    /// The tags of `upstream`'s `repo` known here (blocking: reads the tag files).
-    pub fn of_repository(&self, upstream: &str, repo: &RepoName) -> Vec<TagKey> {
-        let mut keys: Vec<TagKey> = self
+    /// The tags of `upstream`'s `repo` known here, with their variants (blocking: reads the
+    /// tag files; what memory holds of a tag is newer than its file).
+    pub fn of_repository(&self, upstream: &str, repo: &RepoName) -> Vec<(TagKey, Vec<Variant>)> {
+        let mut tags: Vec<(TagKey, Vec<Variant>)> = self
             .lock()
             .iter()
-            .filter(|(key, held)| {
-                &*key.upstream == upstream && key.repo == *repo && !held.variants.is_empty()
-            })
-            .map(|(key, _)| key.clone())
+            .filter(|(key, _)| &*key.upstream == upstream && key.repo == *repo)
+            .map(|(key, held)| (key.clone(), held.variants.clone()))
             .collect();
         if let Some(files) = &self.files {
-            for (key, _) in files.of_repository(upstream, repo) {
-                if !keys.contains(&key) {
-                    keys.push(key);
+            for (key, variants) in files.of_repository(upstream, repo) {
+                if !tags.iter().any(|(known, _)| *known == key) {
+                    tags.push((key, variants));
                 }
             }
         }
-        keys
+        tags.retain(|(_, variants)| !variants.is_empty());
+        tags
     }
 
     /// Forgets a tag the upstream no longer has.
