@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod policy;
+pub mod secret;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;

@@ -2,13 +2,14 @@
 //! with the shared peer token and from one of the peer's addresses.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 
 use crate::config::ClusterConfig;
+use crate::secret::{self, SecretError};
 
 /// The header a node's requests to its peers carry, naming the node that sends them.
 pub const PEER_HEADER: &str = "x-wharf-peer";
@@ -18,36 +19,18 @@ pub const PEER_HEADER: &str = "x-wharf-peer";
 /// `_`, so it cannot be mistaken for one.
 pub const LISTED_BY: &str = "_listed_by";
 
-/// The shortest peer token: it stands for a whole node.
-const MIN_TOKEN: usize = 16;
-
 /// How long start-up waits for a peer's name to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot read cluster.peer_token_file {path}: {source}")]
-    Token {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cluster.peer_token_file {path}: the token must be at least {MIN_TOKEN} characters on its first line")]
-    ShortToken { path: PathBuf },
+    #[error(transparent)]
+    Token(#[from] SecretError),
 }
 
 /// The peer token: the first line of its file, trimmed.
 pub fn read_token(path: &Path) -> Result<String, SetupError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SetupError::Token {
-        path: path.to_owned(),
-        source,
-    })?;
-    let token = text.lines().next().unwrap_or("").trim();
-    if token.len() < MIN_TOKEN {
-        return Err(SetupError::ShortToken {
-            path: path.to_owned(),
-        });
-    }
-    Ok(token.to_owned())
+    Ok(secret::read("cluster.peer_token_file", path)?)
 }
 
 /// The peers that may send requests as peers, and the credential they must show.
@@ -114,28 +97,5 @@ impl Peers {
         let peer = self.nodes.iter().find(|p| p.name.as_bytes() == name)?;
         let from = from.to_canonical();
         (token_ok && peer.addresses.contains(&from)).then(|| peer.name.clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_token_is_the_first_line_and_must_be_long() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "  0123456789abcdef-peer  \nignored\n").unwrap();
-        assert_eq!(read_token(&path).unwrap(), "0123456789abcdef-peer");
-        std::fs::write(&path, "short\n").unwrap();
-        let err = read_token(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("at least 16") && err.contains("token"),
-            "{err}"
-        );
-        let err = read_token(&dir.path().join("missing"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("missing"), "{err}");
     }
 }

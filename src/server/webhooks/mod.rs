@@ -6,7 +6,6 @@
 
 pub mod payloads;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +23,7 @@ use super::route::WebhookRoute;
 use super::state::AppState;
 use crate::config::AdminConfig;
 use crate::error::{ClientError, Error};
+use crate::secret::{self, SecretError};
 use payloads::{Pushed, WebhookKind};
 
 /// Marks a webhook one node passes on to another, so that it is passed on no further.
@@ -35,13 +35,8 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookSetupError {
-    #[error("cannot read admin.webhook_secret_file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("admin.webhook_secret_file {path}: the secret must be at least 16 characters on its first line")]
-    Short { path: PathBuf },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     #[error("cannot build the client that passes webhooks on: {0}")]
     Client(#[source] reqwest::Error),
 }
@@ -64,7 +59,7 @@ impl Webhooks {
             .build()
             .map_err(WebhookSetupError::Client)?;
         Ok(Some(Webhooks {
-            secret: read_secret(path)?,
+            secret: secret::read("admin.webhook_secret_file", path)?,
             forward_to: config.forward_to.clone(),
             client,
         }))
@@ -201,18 +196,4 @@ impl Webhooks {
             });
         }
     }
-}
-
-fn read_secret(path: &Path) -> Result<String, WebhookSetupError> {
-    let text = std::fs::read_to_string(path).map_err(|source| WebhookSetupError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let secret = text.lines().next().unwrap_or("").trim();
-    if secret.len() < 16 {
-        return Err(WebhookSetupError::Short {
-            path: path.to_owned(),
-        });
-    }
-    Ok(secret.to_owned())
 }
