@@ -322,6 +322,26 @@ METRICS_URL=$WHARF_URL
 read_metrics_of() { METRICS_URL=$1; }
 wmetric() { metric "$METRICS_URL" "$@" || { echo "wharf's /metrics did not answer" >&2; return 1; }; }
 
+# refused_with LABEL STATUS CMD... — the pull fails, wharf answered STATUS more often, and it
+# served no manifest. The client's output is left in $LOGS/refused.out; fails (1) if the pull
+# went through.
+refused_with() {
+    local label=$1 status=$2
+    shift 2
+    local answered manifests
+    answered=$(wmetric wharf_http_requests_total status="$status")
+    manifests=$(wmetric wharf_http_requests_total route=manifest status=200)
+    if timeout "$CLIENT_TIMEOUT" "$@" >"$LOGS/refused.out" 2>&1; then
+        fail "$label: the pull is refused" "it succeeded"
+        return 1
+    fi
+    pass "$label: the pull is refused"
+    expect_cmp "$label: wharf answered $status" \
+        "$(($(wmetric wharf_http_requests_total status="$status") - answered))" -gt 0
+    expect_eq "$label: wharf served no manifest" \
+        "$manifests" "$(wmetric wharf_http_requests_total route=manifest status=200)"
+}
+
 # shellcheck source=clients.sh
 source "$HERE/clients.sh"
 # shellcheck source=checks.sh
