@@ -84,6 +84,8 @@ enum Command {
 enum CacheAction {
     /// Entries, bytes, and the oldest and newest use.
     Stats,
+    /// The cached images: each tag's digest, platforms, size on disk and last use.
+    Images,
     /// Re-hash every entry; remove (and list) those that do not match their digest. Exits with
     /// status 1 if any were found.
     Verify,
@@ -228,6 +230,10 @@ fn cache_command(
     let context = || format!("cache directory {}", dir.display());
     match action {
         CacheAction::Stats => print!("{}", maintenance::stats(dir).with_context(context)?),
+        CacheAction::Images => print!(
+            "{}",
+            wharf::cache::images::on_disk(dir).with_context(context)?
+        ),
         CacheAction::Prune { max_size } => {
             print!(
                 "{}",
@@ -272,6 +278,10 @@ async fn shared_command(
     let context = || format!("shared tier {} bucket {}", config.endpoint, config.bucket);
     match action {
         CacheAction::Stats => print!("{}", tier.stats().await.with_context(context)?),
+        // The bucket holds blobs alone: which image a blob belongs to is in each node's tags.
+        CacheAction::Images => anyhow::bail!(
+            "the shared tier holds blobs, not images: run images on a node's cache directory"
+        ),
         CacheAction::Prune { max_size } => {
             let max_size = max_size.map(|s| s.bytes());
             print!("{}", tier.expire(max_size).await.with_context(context)?)

@@ -287,3 +287,170 @@ async fn the_admin_api_lives_where_metrics_do_and_nowhere_without_admin_tokens()
         .unwrap();
     assert_eq!(r.status(), 401, "still only for admin tokens");
 }
+
+/// Pulls a manifest of library/app, as a client that takes indexes: its length.
+async fn pulled(wharf: &Wharf, reference: String) -> u64 {
+    let path = format!("/v2/library/app/manifests/{reference}");
+    let r = wharf
+        .client
+        .get(wharf.url(&path))
+        .header("accept", format!("{OCI_INDEX}, {OCI_MANIFEST}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.bytes().await.unwrap().len() as u64
+}
+
+async fn images(wharf: &Wharf, query: &str) -> reqwest::Response {
+    wharf
+        .client
+        .get(wharf.url(&format!("/admin/v1/images{query}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_images_view_shows_each_tag_on_disk_what_it_served_and_the_quota() {
+    use crate::common::signing::{push_image, push_index};
+    let upstream = FakeRegistry::start().await;
+    upstream.faults().quota = Some((100, 21600));
+    let dir = tempfile::tempdir().unwrap();
+    let amd = push_image(&upstream, "library/app", "amd", 1);
+    let arm = push_image(&upstream, "library/app", "arm", 2);
+    let index = push_index(
+        &upstream,
+        "library/app",
+        "multi",
+        &[amd.clone(), arm.clone()],
+    );
+    let (single, single_body) = push_image(&upstream, "library/app", "v1", 3);
+    let wharf = Wharf::start(&upstream, |c| c.admin = Some(admin(dir.path()))).await;
+
+    // The index and its amd64 image, whole; the arm64 manifest, without its blobs.
+    let blobs_of = |body: &str| -> Vec<(String, u64)> {
+        let v: Value = serde_json::from_str(body).unwrap();
+        std::iter::once(&v["config"])
+            .chain(v["layers"].as_array().unwrap())
+            .map(|d| {
+                (
+                    d["digest"].as_str().unwrap().to_owned(),
+                    d["size"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // A manifest's file holds its media type on a line before its bytes.
+    let (index_file, image_file) = (OCI_INDEX.len() as u64 + 1, OCI_MANIFEST.len() as u64 + 1);
+    let mut multi_size = pulled(&wharf, "multi".into()).await + index_file;
+    multi_size += pulled(&wharf, amd.0.clone()).await + pulled(&wharf, arm.0.clone()).await;
+    multi_size += 2 * image_file;
+    for (digest, size) in blobs_of(&amd.1) {
+        let r = wharf.get(&format!("/v2/library/app/blobs/{digest}")).await;
+        assert_eq!(r.bytes().await.unwrap().len() as u64, size);
+        assert!(wharf.settled(&digest).await);
+        multi_size += size;
+    }
+    // v1 pulled twice, manifest and blobs: the second time from the cache.
+    let mut single_size = 0;
+    let mut from_cache = 0;
+    for round in 0..2 {
+        let manifest = pulled(&wharf, "v1".into()).await;
+        for (digest, size) in blobs_of(&single_body) {
+            let r = wharf.get(&format!("/v2/library/app/blobs/{digest}")).await;
+            assert_eq!(r.bytes().await.unwrap().len() as u64, size);
+            assert!(wharf.settled(&digest).await);
+            single_size += size * (1 - round);
+            from_cache += size * round;
+        }
+        single_size += (manifest + image_file) * (1 - round);
+        from_cache += manifest * round;
+    }
+
+    let r = wharf
+        .client
+        .get(wharf.url("/admin/v1/images"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "only for admin tokens");
+    let r = images(&wharf, "?n=1").await;
+    assert_eq!(r.status(), 200);
+    let link = r.headers()["link"].to_str().unwrap().to_owned();
+    assert_eq!(
+        link,
+        "</admin/v1/images?n=1&last=docker.io%2Flibrary%2Fapp%3Amulti>; rel=\"next\""
+    );
+    let first: Value = r.json().await.unwrap();
+    let multi = &first["images"][0];
+    assert_eq!(first["images"].as_array().unwrap().len(), 1);
+    assert_eq!(multi["image"], "docker.io/library/app:multi");
+    let variant = &multi["variants"][0];
+    assert_eq!(variant["digest"], index);
+    assert_eq!(
+        sorted(&variant["platforms"]),
+        ["linux/amd64", "linux/arm64"]
+    );
+    assert_eq!(
+        (variant["blobs"].as_u64(), variant["blobs_cached"].as_u64()),
+        (Some(4), Some(2))
+    );
+    assert_eq!(variant["size_bytes"].as_u64(), Some(multi_size));
+    assert!(variant["last_use"].is_string());
+    assert_eq!(multi["served_from_cache"]["hits"], 0);
+    assert_eq!(first["quota"][0]["upstream"], "docker.io");
+    assert_eq!(first["quota"][0]["limit"], 100);
+    assert_eq!(first["quota"][0]["window_seconds"], 21600);
+    let gets = upstream.count("GET", "/manifests/") as u64;
+    assert_eq!(first["quota"][0]["remaining"].as_u64(), Some(100 - gets));
+
+    let r = images(&wharf, "?n=1&last=docker.io%2Flibrary%2Fapp%3Amulti").await;
+    assert!(r.headers().get("link").is_none(), "the last page");
+    let second: Value = r.json().await.unwrap();
+    let v1 = &second["images"][0];
+    assert_eq!(v1["image"], "docker.io/library/app:v1");
+    assert_eq!(v1["variants"][0]["digest"], single);
+    assert_eq!(v1["variants"][0]["platforms"].as_array().unwrap().len(), 0);
+    assert_eq!(v1["variants"][0]["size_bytes"].as_u64(), Some(single_size));
+    assert_eq!(v1["served_from_cache"]["hits"], 1);
+    let manifest_bytes = single_body.len() as u64;
+    assert_eq!(
+        v1["served_from_cache"]["bytes"].as_u64(),
+        Some(manifest_bytes)
+    );
+    let repository = &v1["repository_served_from_cache"];
+    assert_eq!(repository["hits"], 3, "the manifest and both blobs");
+    assert_eq!(repository["bytes"].as_u64(), Some(from_cache));
+    assert_eq!(second["next"], Value::Null);
+
+    let r = images(&wharf, "?n=0").await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "UNSUPPORTED");
+
+    // The same on disk, from the command line, once the server is gone.
+    let cache = wharf.stop().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["cache", "images", "--dir"])
+        .arg(cache.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[1].starts_with("docker.io/library/app:multi"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains(" 2/4 ") && lines[1].contains("linux/amd64,linux/arm64"),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("docker.io/library/app:v1") && lines[2].contains(" 2/2 "),
+        "{text}"
+    );
+    assert!(lines[3].starts_with("2 images;"), "{text}");
+}

@@ -4,7 +4,7 @@
 //! manifest is gone is fetched again) and the same purge asked again finishes it.
 
 use super::store::EntryKey;
-use super::{off_the_workers, Cache, Error, TagKey, Variant};
+use super::{off_the_workers, Cache, CachedImage, Error, TagKey, Variant};
 use crate::oci::{Digest, RepoName};
 
 impl Cache {
@@ -17,6 +17,16 @@ impl Cache {
     ) -> Result<Vec<(TagKey, Vec<Variant>)>, Error> {
         let (tags, upstream, repo) = (self.tags.clone(), upstream.to_owned(), repo.clone());
         off_the_workers(move || tags.of_repository(&upstream, &repo)).await
+    }
+
+    /// Every cached tag's variants, and what of each is on disk (reads every tag file and the
+    /// manifests they name, off the workers).
+    pub async fn images(&self) -> Result<Vec<CachedImage>, Error> {
+        let (tags, store) = (self.tags.clone(), self.store.clone());
+        off_the_workers(move || {
+            super::images::inventory(store.root(), tags.all(), &|key| store.entry(key))
+        })
+        .await
     }
 
     /// Every variant held of a tag (one per kind of client that asked for it).

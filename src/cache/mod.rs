@@ -11,6 +11,7 @@
 mod control;
 mod error;
 mod fill;
+pub mod images;
 pub mod maintenance;
 mod memory;
 mod parents;
@@ -32,6 +33,7 @@ pub use fill::{
     BlobLookup, BlobReader, CachedBlob, Fill, FillPosition, FillWriter, Resume, SegmentWriter,
     TierFeed,
 };
+pub use images::CachedImage;
 use memory::HotManifests;
 pub use parents::ListedKey;
 use parents::Parents;

@@ -6,6 +6,7 @@ mod cluster;
 mod labels;
 mod quota;
 mod register;
+mod usage;
 
 use std::sync::Arc;
 
@@ -16,8 +17,9 @@ use prometheus::{
 
 pub use cluster::PeerCollectors;
 pub use labels::{BypassReason, CacheResult, ContentKind, EvictionReason, RangeKind, Source};
-pub use quota::QuotaCollectors;
+pub use quota::{QuotaCollectors, QuotaSeen};
 use register::{counter, counter_vec, gauge};
+pub use usage::{RepositoryUsage, Served, Usage};
 
 /// Cheap to clone (one reference count): every request's state holds one.
 #[derive(Clone)]
@@ -60,6 +62,8 @@ pub struct Collectors {
     pub range_requests: IntCounterVec,
     pub peers: PeerCollectors,
     pub quota: QuotaCollectors,
+    /// Served from the cache per repository and tag (not exported: unbounded labels).
+    pub usage: Usage,
     pub shared_requests: IntCounterVec,
     pub shared_bytes: IntCounter,
     pub shared_held_bytes: IntGauge,
@@ -228,6 +232,7 @@ impl Metrics {
             ),
             peers: PeerCollectors::new(&registry),
             quota: QuotaCollectors::new(&registry),
+            usage: Usage::default(),
             shared_requests: counter_vec(
                 &registry,
                 "wharf_shared_requests_total",

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use super::state::Mirror;
-use crate::cache::{TagKey, Variant};
+use crate::cache::{CachedImage, TagKey, Variant};
 use crate::error::{ClientError, Error};
+use crate::metrics::RepositoryUsage;
 use crate::oci::manifest::ManifestDoc;
 use crate::oci::media::Accept;
 use crate::oci::{Digest, Reference, RepoName, Tag};
@@ -94,6 +95,24 @@ impl Mirror {
         self.refresh_tag(&upstream, repo, tag.clone())
             .await
             .map(Some)
+    }
+
+    /// Every cached tag's variants, sorted by reference, and what of each is on disk.
+    pub async fn images(&self) -> Result<Vec<CachedImage>, Error> {
+        Ok(self.cache.images().await?)
+    }
+
+    /// What clients were served from the cache of `registry`'s `repo` since start (counted
+    /// from now on if new); `None` for a repository no upstream mirrors, or past the bound.
+    pub fn usage_of(
+        &self,
+        registry: Option<&str>,
+        repo: &RepoName,
+    ) -> Option<Arc<RepositoryUsage>> {
+        let upstream = self.upstream(registry, repo).ok()?;
+        self.metrics
+            .usage
+            .repository(upstream.name(), repo.as_str())
     }
 
     /// The name of the upstream a registry calling itself `host` is, if one is.

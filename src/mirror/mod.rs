@@ -20,6 +20,7 @@ mod signed;
 mod state;
 mod verdicts;
 
+pub use crate::cache::CachedImage;
 pub use blobs::{BlobAnswer, BlobBody, BlobBytes, RangedBlob};
 pub use control::{Purged, Refreshed, Scope};
 pub use manifests::ManifestAnswer;

@@ -3,6 +3,8 @@
 //! served, never the framing. An error ends a body with an error, which makes hyper cut the
 //! connection: the client sees a short body, never a complete-looking wrong one.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures_util::stream;
 use http_body::Frame;
@@ -15,6 +17,7 @@ use super::response::{Body, BodyError};
 use super::sendfile::{FileRanges, MAX_RANGE};
 use crate::body::Chunk;
 use crate::error::Error;
+use crate::metrics::RepositoryUsage;
 use crate::mirror::{BlobBody, RangedBlob};
 
 /// How one response's blob bytes reach its connection: with `zero_copy`, cached ranges the page
@@ -22,12 +25,22 @@ use crate::mirror::{BlobBody, RangedBlob};
 pub struct Delivery {
     served: IntCounter,
     zero_copy: Option<FileRanges>,
+    /// The repository's count of bytes served from the cache, when that is where they come from.
+    from_cache: Option<Arc<RepositoryUsage>>,
 }
 
 impl Delivery {
     /// `served` is looked up once per response, not once per chunk.
-    pub fn new(served: IntCounter, zero_copy: Option<FileRanges>) -> Delivery {
-        Delivery { served, zero_copy }
+    pub fn new(
+        served: IntCounter,
+        zero_copy: Option<FileRanges>,
+        from_cache: Option<Arc<RepositoryUsage>>,
+    ) -> Delivery {
+        Delivery {
+            served,
+            zero_copy,
+            from_cache,
+        }
     }
 
     /// The next chunk of `reader` to send; `Ok(None)` at its end.
@@ -43,6 +56,9 @@ impl Delivery {
         };
         if let Ok(Some(chunk)) = &next {
             self.served.inc_by(chunk.len() as u64);
+            if let Some(usage) = &self.from_cache {
+                usage.all.add_bytes(chunk.len() as u64);
+            }
         }
         next
     }

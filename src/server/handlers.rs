@@ -146,13 +146,38 @@ async fn manifest(
     if let Ok(v) = HeaderValue::from_str(answer.result.as_str()) {
         response = response.header("x-wharf-cache", v);
     }
+    let source = source_of(answer.result);
     if !head {
-        state
-            .metrics
-            .served(source_of(answer.result), m.body.len() as u64);
+        state.metrics.served(source, m.body.len() as u64);
+    }
+    if source == Source::Cache && origin == Origin::Client {
+        count_hit(
+            state,
+            target,
+            reference,
+            if head { 0 } else { m.body.len() as u64 },
+        );
     }
     let body = if head { empty() } else { full(m.body.clone()) };
     Ok(response.body(body).expect("valid headers"))
+}
+
+/// A manifest served from the cache: for its repository, and for its tag when asked by one.
+fn count_hit(state: &AppState, target: &Target, reference: &Reference, bytes: u64) {
+    let Some(usage) = state
+        .mirror
+        .usage_of(target.registry.as_deref(), &target.repo)
+    else {
+        return;
+    };
+    usage.all.hit();
+    usage.all.add_bytes(bytes);
+    if let Reference::Tag(tag) = reference {
+        if let Some(tag) = usage.tag(tag.as_str()) {
+            tag.hit();
+            tag.add_bytes(bytes);
+        }
+    }
 }
 
 fn source_of(result: CacheResult) -> Source {
@@ -223,7 +248,21 @@ async fn blob_get(
     let headers = |content_type: &str| {
         blob_headers(digest, content_type).header("x-wharf-cache", result.as_str())
     };
-    let delivery = Delivery::new(state.metrics.served_counter(answer.source), zero_copy);
+    let from_cache = (answer.source == Source::Cache && origin == Origin::Client)
+        .then(|| {
+            state
+                .mirror
+                .usage_of(target.registry.as_deref(), &target.repo)
+        })
+        .flatten();
+    if let Some(usage) = &from_cache {
+        usage.all.hit();
+    }
+    let delivery = Delivery::new(
+        state.metrics.served_counter(answer.source),
+        zero_copy,
+        from_cache,
+    );
     // A range needs the size; without one (no upstream length), or when the bytes come
     // straight from the upstream, the whole blob is sent.
     let (blob, size) = match (answer.bytes, answer.size) {

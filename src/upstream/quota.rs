@@ -17,18 +17,11 @@ fn parse(value: &str) -> Option<(i64, Option<i64>)> {
 /// Sets `upstream`'s quota gauges from an answer's headers, if it carries them.
 pub fn observe(metrics: &Metrics, upstream: &str, headers: &HeaderMap) {
     let read = |name: &str| parse(headers.get(name)?.to_str().ok()?);
-    let quota = &metrics.quota;
-    if let Some((limit, window)) = read("ratelimit-limit") {
-        quota.limit.with_label_values(&[upstream]).set(limit);
-        if let Some(window) = window {
-            quota.window.with_label_values(&[upstream]).set(window);
-        }
-    }
-    if let Some((remaining, _)) = read("ratelimit-remaining") {
-        quota
-            .remaining
-            .with_label_values(&[upstream])
-            .set(remaining);
+    let (limit, remaining) = (read("ratelimit-limit"), read("ratelimit-remaining"));
+    if limit.is_some() || remaining.is_some() {
+        metrics
+            .quota
+            .observe(upstream, limit, remaining.map(|(count, _)| count));
     }
 }
 
@@ -53,5 +46,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("wharf_upstream_quota_window_seconds{upstream=\"docker.io\"} 21600"));
+        let seen = metrics.quota.seen();
+        assert_eq!(seen.len(), 1);
+        let (upstream, seen) = &seen[0];
+        assert_eq!(upstream, "docker.io");
+        assert_eq!(
+            (seen.limit, seen.remaining, seen.window_seconds),
+            (Some(100), Some(76), Some(21600))
+        );
     }
 }

@@ -110,6 +110,11 @@ impl Index {
         self.lru.contains(key)
     }
 
+    /// An entry's books, without counting a use.
+    pub fn peek(&self, key: &EntryKey) -> Option<Entry> {
+        self.lru.peek(key).copied()
+    }
+
     pub fn remove(&mut self, key: &EntryKey) -> Option<Entry> {
         let entry = self.lru.pop(key)?;
         self.bytes -= entry.size;

@@ -111,6 +111,10 @@ impl Ledger {
         self.lock().contains(key)
     }
 
+    pub fn peek(&self, key: &EntryKey) -> Option<Entry> {
+        self.lock().peek(key)
+    }
+
     pub fn remove(&self, key: &EntryKey) -> Option<Entry> {
         self.lock().remove(key)
     }

@@ -20,7 +20,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::metrics::{BypassReason, EvictionReason, Metrics};
 use crate::oci::{Digest, RawManifest};
@@ -242,6 +242,15 @@ impl Store {
 
     pub fn contains(&self, key: &EntryKey) -> bool {
         self.ledger.contains(key)
+    }
+
+    /// A committed entry's size and last use, without counting a use.
+    pub fn entry(&self, key: &EntryKey) -> Option<(u64, SystemTime)> {
+        let entry = self.ledger.peek(key)?;
+        Some((
+            entry.size,
+            UNIX_EPOCH + Duration::from_secs(entry.last_used.into()),
+        ))
     }
 
     /// Reads a cached manifest and counts the use, re-checking its digest: a damaged file is

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use super::variant::{TagKey, Variant};
 use crate::cache::small_files::SmallFiles;
 use crate::oci::media::Accept;
-use crate::oci::RepoName;
 
 pub struct TagFiles {
     files: SmallFiles,
@@ -59,12 +58,12 @@ impl TagFiles {
         }
     }
 
-    /// Every tag on disk of `upstream`'s `repo`, with its variants (blocking: reads them all).
-    pub fn of_repository(&self, upstream: &str, repo: &RepoName) -> Vec<(TagKey, Vec<Variant>)> {
+    /// Every tag on disk that is `wanted`, with its variants (blocking: reads them all).
+    pub fn matching(&self, wanted: impl Fn(&TagKey) -> bool) -> Vec<(TagKey, Vec<Variant>)> {
         let all = self.files.read_all().unwrap_or_default();
         all.iter()
             .filter_map(|raw| decode(raw))
-            .filter(|(key, _)| &*key.upstream == upstream && key.repo == *repo)
+            .filter(|(key, _)| wanted(key))
             .collect()
     }
 

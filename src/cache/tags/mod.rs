@@ -197,14 +197,23 @@ impl TagTable {
     /// The tags of `upstream`'s `repo` known here, with their variants (blocking: reads the
     /// tag files; what memory holds of a tag is newer than its file).
     pub fn of_repository(&self, upstream: &str, repo: &RepoName) -> Vec<(TagKey, Vec<Variant>)> {
+        self.matching(|key| &*key.upstream == upstream && key.repo == *repo)
+    }
+
+    /// Every tag known here (blocking: reads every tag file).
+    pub fn all(&self) -> Vec<(TagKey, Vec<Variant>)> {
+        self.matching(|_| true)
+    }
+
+    fn matching(&self, wanted: impl Fn(&TagKey) -> bool) -> Vec<(TagKey, Vec<Variant>)> {
         let mut tags: Vec<(TagKey, Vec<Variant>)> = self
             .lock()
             .iter()
-            .filter(|(key, _)| &*key.upstream == upstream && key.repo == *repo)
+            .filter(|(key, _)| wanted(key))
             .map(|(key, held)| (key.clone(), held.variants.clone()))
             .collect();
         if let Some(files) = &self.files {
-            for (key, variants) in files.of_repository(upstream, repo) {
+            for (key, variants) in files.matching(&wanted) {
                 if !tags.iter().any(|(known, _)| *known == key) {
                     tags.push((key, variants));
                 }

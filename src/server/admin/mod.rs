@@ -1,6 +1,7 @@
 //! The admin API: refresh and purge, served where `/metrics` is, for admin tokens only. Every
 //! change is logged with the label of the token that asked for it.
 
+mod images;
 mod tokens;
 
 use http::header::CONTENT_TYPE;
@@ -54,6 +55,8 @@ pub async fn handle(
             tracing::info!(admin = who, %image, variants = tags.len(), moved, "refreshed");
             json!({ "image": image.to_string(), "refreshed": tags })
         }
+        // A read: not logged as a change.
+        AdminRoute::Images(page) => return images::images(mirror, &state.metrics, &page).await,
         AdminRoute::Purge(image) => {
             let AdminImage {
                 registry,

@@ -52,11 +52,48 @@ pub enum AdminRoute {
     Refresh(AdminImage),
     /// `POST purge?image=REF`
     Purge(AdminImage),
+    /// `GET images?n=&last=`
+    Images(ImagesPage),
+}
+
+/// A page of the images view: at most `n` tags, those after the reference `last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagesPage {
+    pub n: usize,
+    pub last: Option<String>,
+}
+
+impl ImagesPage {
+    pub const DEFAULT: usize = 100;
+    pub const MAX: usize = 1000;
+
+    fn parse(query: Option<&str>) -> Result<ImagesPage, ClientError> {
+        let n = match parameter(query, "n") {
+            None => Self::DEFAULT,
+            Some(n) => n
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=Self::MAX).contains(n))
+                .ok_or_else(|| {
+                    ClientError::BadRequest(format!("n={n}: a page holds 1 to {} tags", Self::MAX))
+                })?,
+        };
+        Ok(ImagesPage {
+            n,
+            last: parameter(query, "last"),
+        })
+    }
 }
 
 impl AdminRoute {
     /// `rest`: the path after `/admin/v1/`.
     pub fn parse(method: &Method, rest: &str, query: Option<&str>) -> Result<Self, ClientError> {
+        if rest == "images" {
+            if method != Method::GET {
+                return Err(ClientError::MethodNotAllowed);
+            }
+            return ImagesPage::parse(query).map(AdminRoute::Images);
+        }
         let build: fn(AdminImage) -> AdminRoute = match rest {
             "refresh" => AdminRoute::Refresh,
             "purge" => AdminRoute::Purge,
@@ -170,5 +207,31 @@ mod tests {
             Err(ClientError::MethodNotAllowed)
         ));
         assert!(matches!(post("nothing", ""), Err(ClientError::NotFound)));
+    }
+
+    #[test]
+    fn the_images_view_is_paged() {
+        let get = |query| AdminRoute::parse(&Method::GET, "images", query);
+        assert_eq!(
+            get(None).unwrap(),
+            AdminRoute::Images(ImagesPage { n: 100, last: None })
+        );
+        assert_eq!(
+            get(Some("n=2&last=docker.io%2Fa%3Av1")).unwrap(),
+            AdminRoute::Images(ImagesPage {
+                n: 2,
+                last: Some("docker.io/a:v1".into())
+            })
+        );
+        for bad in ["n=0", "n=1001", "n=many"] {
+            assert!(
+                matches!(get(Some(bad)), Err(ClientError::BadRequest(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            post("images", ""),
+            Err(ClientError::MethodNotAllowed)
+        ));
     }
 }

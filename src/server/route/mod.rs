@@ -13,7 +13,7 @@ use http::Method;
 use crate::cluster::LISTED_BY;
 use crate::error::ClientError;
 use crate::oci::{Digest, Listing, Reference, RepoName};
-pub use admin::{AdminImage, AdminRoute, WebhookRoute};
+pub use admin::{AdminImage, AdminRoute, ImagesPage, WebhookRoute};
 use query::parameter;
 
 /// Which repository on which registry a request is about.

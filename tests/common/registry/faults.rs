@@ -49,6 +49,9 @@ pub struct Faults {
     pub hidden_repos: Vec<String>,
     /// Answer `referrers/` with 404, as registries without the OCI 1.1 API do.
     pub no_referrers_api: bool,
+    /// Manifest answers: send Docker Hub's pull quota headers, this limit per this many
+    /// seconds, the remaining count going down by one with each manifest GET.
+    pub quota: Option<(u32, u32)>,
     /// Counts blob bodies being sent (shared by every clone of these faults).
     pub blob_streams: Arc<Streams>,
 }

@@ -154,11 +154,23 @@ pub(super) async fn respond(state: State, req: Request<Incoming>) -> Response<Bo
                 ];
                 return chunked(&headers, body);
             }
-            let headers = [
+            let mut headers = vec![
                 ("content-type", media_type),
                 ("docker-content-digest", digest),
                 ("content-length", body.len().to_string()),
             ];
+            if let Some((limit, window)) = faults.quota {
+                let gets = state
+                    .seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|s| s.method == "GET" && s.path.contains("/manifests/"))
+                    .count();
+                let remaining = (limit as usize).saturating_sub(gets);
+                headers.push(("ratelimit-limit", format!("{limit};w={window}")));
+                headers.push(("ratelimit-remaining", format!("{remaining};w={window}")));
+            }
             full(200, &headers, if head { Bytes::new() } else { body })
         }
         "blobs" => {
