@@ -28,6 +28,7 @@ FORBIDDEN = {
     "metrics": {"server", "mirror", "cache", "upstream", "warm", "error"},
     "error": {"server", "mirror", "warm"},
     "warm": {"server", "mirror", "cache"},
+    "keep_warm": {"server", "cache", "upstream"},
 }
 
 

@@ -36,6 +36,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod keep_warm;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
@@ -178,9 +179,16 @@ async fn run_with(
         clock,
     );
     let expiry = tokio::spawn(mirror.clone().expire_shared_forever());
+    let keep_warm = Arc::new(keep_warm::KeepWarm::new(
+        &config.sync,
+        mirror.clone(),
+        metrics.clone(),
+    ));
+    let keepers = keep_warm.start();
     let state = server::AppState {
         mirror,
         metrics,
+        keep_warm,
         access: Arc::new(
             server::Access::new(
                 config.server.allow_from.clone(),
@@ -234,6 +242,9 @@ async fn run_with(
     server::serve(listener, operations, state, shutdown, listening, hangups).await;
     sweeper.abort();
     expiry.abort();
+    for keeper in keepers {
+        keeper.abort();
+    }
     if let Some(prober) = prober {
         prober.abort();
     }

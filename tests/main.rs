@@ -15,6 +15,7 @@ mod disk_space;
 mod failures;
 mod grants;
 mod hostile;
+mod keep_warm;
 mod lifecycle;
 mod limits;
 mod manifests;

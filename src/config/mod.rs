@@ -8,6 +8,7 @@ mod grants;
 mod policy;
 mod shared;
 mod size;
+mod sync;
 mod tree;
 mod validate;
 
@@ -17,6 +18,7 @@ pub use grants::GrantConfig;
 pub use policy::{PolicyConfig, PolicyMode};
 pub use shared::SharedConfig;
 pub use size::Size;
+pub use sync::SyncConfig;
 pub use tree::*;
 pub use validate::ConfigError;
 

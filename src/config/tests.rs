@@ -267,3 +267,27 @@ fn grants_name_who_and_what_and_are_checked() {
     assert!(err(&format!("{text}upstream = \"quay.io\"\n")).contains("quay.io"));
     assert!(err(&format!("{text}user = \"x\"\n")).contains("user"));
 }
+
+#[test]
+fn keep_warm_rules_are_checked() {
+    let text = "[[sync]]\nimage = \"docker.io/org/app\"\nevery = \"10m\"\n";
+    let rule = &Config::parse(text).unwrap().sync[0];
+    assert_eq!(
+        (rule.tags.as_str(), rule.jobs, rule.bandwidth),
+        (".*", 2, None)
+    );
+    assert!(rule.tag_filter().unwrap().is_match("anything"));
+    let tagged = Config::parse(&text.replace("\"10m\"", "\"10m\"\ntags = \"v[0-9]+\""));
+    let filter = tagged.unwrap().sync[0].tag_filter().unwrap();
+    assert!(
+        filter.is_match("v12") && !filter.is_match("v12-rc"),
+        "the whole tag"
+    );
+    let err = |text: &str| Config::parse(text).unwrap_err().to_string();
+    assert!(err(&text.replace("org/app", "org/app:v1")).contains("without a tag"));
+    assert!(err(&text.replace("docker.io", "quay.io")).contains("not a configured upstream"));
+    assert!(err(&format!("{text}tags = \"v[\"\n")).contains("regular expression"));
+    assert!(err(&format!("{text}platforms = [\"linux\"]\n")).contains("platform"));
+    assert!(err(&text.replace("10m", "100ms")).contains("at least"));
+    assert!(err(&format!("{text}jobs = 0\n")).contains("jobs"));
+}

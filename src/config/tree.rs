@@ -30,6 +30,9 @@ pub struct Config {
     /// The admin API and webhooks; absent: neither is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<super::AdminConfig>,
+    /// Keep-warm rules: tags fetched before anyone asks.
+    #[serde(default, rename = "sync", skip_serializing_if = "Vec::is_empty")]
+    pub sync: Vec<super::SyncConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -344,6 +347,7 @@ impl Default for Config {
             upstreams: vec![UpstreamConfig::docker_hub()],
             cluster: None,
             policies: Vec::new(),
+            sync: Vec::new(),
             admin: None,
         }
     }

@@ -70,6 +70,11 @@ impl Config {
                 return invalid(format!("server.auth.grant[{i}] {problem}"));
             }
         }
+        for (i, rule) in self.sync.iter().enumerate() {
+            if let Some(problem) = rule.problem(&names) {
+                return invalid(format!("sync[{i}] {problem}"));
+            }
+        }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }

@@ -3,6 +3,7 @@
 //! from the operator's config, never from request input.
 
 mod cluster;
+mod keep_warm;
 mod labels;
 mod quota;
 mod register;
@@ -16,6 +17,7 @@ use prometheus::{
 };
 
 pub use cluster::PeerCollectors;
+pub use keep_warm::KeepWarmCollectors;
 pub use labels::{BypassReason, CacheResult, ContentKind, EvictionReason, RangeKind, Source};
 pub use quota::{QuotaCollectors, QuotaSeen};
 use register::{counter, counter_vec, gauge};
@@ -62,6 +64,7 @@ pub struct Collectors {
     pub range_requests: IntCounterVec,
     pub peers: PeerCollectors,
     pub quota: QuotaCollectors,
+    pub keep_warm: KeepWarmCollectors,
     /// Served from the cache per repository and tag (not exported: unbounded labels).
     pub usage: Usage,
     pub shared_requests: IntCounterVec,
@@ -232,6 +235,7 @@ impl Metrics {
             ),
             peers: PeerCollectors::new(&registry),
             quota: QuotaCollectors::new(&registry),
+            keep_warm: KeepWarmCollectors::new(&registry),
             usage: Usage::default(),
             shared_requests: counter_vec(
                 &registry,

@@ -10,6 +10,7 @@ mod expiry;
 mod feed;
 mod filling;
 mod flights;
+mod keep_warm;
 mod manifest_fetch;
 mod manifests;
 mod owners;

@@ -8,6 +8,7 @@ use super::webhooks::Webhooks;
 use super::{auth, rate, route};
 use crate::cluster::Peers;
 use crate::error::ClientError;
+use crate::keep_warm::KeepWarm;
 use crate::metrics::Metrics;
 use crate::mirror::{Mirror, Origin};
 
@@ -16,6 +17,8 @@ use crate::mirror::{Mirror, Origin};
 pub struct AppState {
     pub mirror: Arc<Mirror>,
     pub metrics: Metrics,
+    /// The keep-warm rules, for the status view and pushed tags.
+    pub keep_warm: Arc<KeepWarm>,
     pub access: Arc<Access>,
     /// The most parts a multi-range blob answer may have (`cache.max_range_parts`).
     pub max_range_parts: usize,

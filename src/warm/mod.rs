@@ -78,7 +78,7 @@ pub enum Platforms {
 }
 
 impl Platforms {
-    fn wants(&self, platform: Option<&Platform>) -> bool {
+    pub fn wants(&self, platform: Option<&Platform>) -> bool {
         match self {
             Platforms::All => true,
             // Entries without a platform (attestations) belong to no platform anyone runs.
@@ -214,7 +214,9 @@ async fn walk(
     Ok(blobs)
 }
 
-fn image_blobs(config: Descriptor, layers: Vec<Descriptor>) -> Vec<Descriptor> {
+/// The blobs an image manifest names that a registry serves: its config and its layers
+/// (foreign layers left out).
+pub fn image_blobs(config: Descriptor, layers: Vec<Descriptor>) -> Vec<Descriptor> {
     std::iter::once(config)
         .chain(layers.into_iter().filter(Descriptor::is_distributable))
         .collect()

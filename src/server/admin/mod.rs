@@ -57,6 +57,7 @@ pub async fn handle(
         }
         // A read: not logged as a change.
         AdminRoute::Images(page) => return images::images(mirror, &state.metrics, &page).await,
+        AdminRoute::Sync => json!({ "rules": state.keep_warm.status() }),
         AdminRoute::Purge(image) => {
             let AdminImage {
                 registry,

@@ -54,6 +54,8 @@ pub enum AdminRoute {
     Purge(AdminImage),
     /// `GET images?n=&last=`
     Images(ImagesPage),
+    /// `GET sync`: the keep-warm rules' status.
+    Sync,
 }
 
 /// A page of the images view: at most `n` tags, those after the reference `last`.
@@ -88,6 +90,12 @@ impl ImagesPage {
 impl AdminRoute {
     /// `rest`: the path after `/admin/v1/`.
     pub fn parse(method: &Method, rest: &str, query: Option<&str>) -> Result<Self, ClientError> {
+        if rest == "sync" {
+            if method != Method::GET {
+                return Err(ClientError::MethodNotAllowed);
+            }
+            return Ok(AdminRoute::Sync);
+        }
         if rest == "images" {
             if method != Method::GET {
                 return Err(ClientError::MethodNotAllowed);

@@ -116,8 +116,13 @@ impl Webhooks {
         }
         let mut refreshed = Vec::new();
         let mut not_cached = Vec::new();
+        let mut warming = Vec::new();
         for (upstream, Pushed { repo, tag, .. }) in named {
             let image = format!("{upstream}/{repo}:{tag}");
+            // A tag a keep-warm rule covers is fetched whole, in the background.
+            if state.keep_warm.pushed(&upstream, &repo, &tag) {
+                warming.push(image.clone());
+            }
             match state.mirror.refresh_if_cached(&upstream, &repo, &tag).await {
                 Ok(Some(variants)) => {
                     for v in variants {
@@ -136,9 +141,10 @@ impl Webhooks {
             forwarded,
             refreshed = refreshed.len(),
             not_cached = not_cached.len(),
+            warming = warming.len(),
             "webhook received"
         );
-        let body = json!({ "refreshed": refreshed, "not_cached": not_cached });
+        let body = json!({ "refreshed": refreshed, "not_cached": not_cached, "warming": warming });
         Ok(Response::builder()
             .header(CONTENT_TYPE, "application/json")
             .body(full(body.to_string()))
