@@ -151,6 +151,13 @@ async fn run_with(
         Some(admin) => server::webhooks::Webhooks::load(admin)?,
         None => None,
     };
+    let forwarder = match &config.admin {
+        Some(admin) if !admin.forward_to.is_empty() => Some(
+            server::admin::forward::Forwarder::new(&admin.forward_to)
+                .map_err(server::webhooks::WebhookSetupError::Client)?,
+        ),
+        _ => None,
+    };
     let policies = policy::Policies::load(&config.policies)?;
     let peers = match &config.cluster {
         Some(cluster) => Some(cluster::Peers::load(cluster).await?),
@@ -196,7 +203,7 @@ async fn run_with(
                 authenticator,
                 peers,
             )
-            .with_admin(admin, webhooks)
+            .with_admin(admin, webhooks, forwarder)
             .with_grants(
                 server::auth::Grants::new(
                     config

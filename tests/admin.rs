@@ -2,12 +2,13 @@
 //! OCI JSON errors for what it cannot do.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use wharf::config::AdminConfig;
 
-use crate::common::{error_code, sha256, FakeRegistry, Wharf, OCI_INDEX, OCI_MANIFEST};
+use crate::common::{error_code, eventually, sha256, FakeRegistry, Wharf, OCI_INDEX, OCI_MANIFEST};
 
 const TOKEN: &str = "admin-token-of-the-operators";
 
@@ -453,4 +454,73 @@ async fn the_images_view_shows_each_tag_on_disk_what_it_served_and_the_quota() {
         "{text}"
     );
     assert!(lines[3].starts_with("2 images;"), "{text}");
+}
+
+#[tokio::test]
+async fn a_refresh_and_a_purge_are_passed_on_to_the_forward_to_nodes_once() {
+    let upstream = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest("first"));
+    // The downstream node serves its admin API apart; what is passed on reaches its main port.
+    let ops = crate::common::free_port();
+    let downstream = Wharf::start(&upstream, |c| {
+        c.admin = Some(admin(dir.path()));
+        c.server.metrics_listen = Some(([127, 0, 0, 1], ops).into());
+    })
+    .await;
+    let edge = Wharf::start(&upstream, |c| {
+        let mut admin = admin(dir.path());
+        admin.forward_to = vec![downstream.url("/").parse().unwrap()];
+        c.admin = Some(admin);
+    })
+    .await;
+    assert_eq!(digest_of(&downstream, "v1").await, first);
+    assert_eq!(digest_of(&edge, "v1").await, first);
+
+    let second = upstream.add_manifest("library/app", "v1", OCI_MANIFEST, &manifest("second"));
+    let r = post(&edge, "refresh", "app:v1", Some(TOKEN)).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            digest_of(&downstream, "v1").await == second
+        })
+        .await,
+        "the downstream node refreshed too"
+    );
+
+    let r = post(&edge, "purge", "app:*", Some(TOKEN)).await;
+    assert_eq!(r.status(), 200);
+    let cached_on_downstream = || async {
+        let r = downstream
+            .client
+            .get(format!("http://127.0.0.1:{ops}/admin/v1/images"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let view: Value = r.json().await.unwrap();
+        view["images"].as_array().unwrap().len()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            cached_on_downstream().await == 0
+        })
+        .await,
+        "the downstream node purged too"
+    );
+
+    // Marked as passed on, the main port takes the admin API, for admin tokens still.
+    let marked = |token: Option<&str>| {
+        let mut request = downstream
+            .client
+            .post(downstream.url("/admin/v1/refresh?image=app:v1"))
+            .header("x-wharf-forwarded", "1");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(marked(None).await.unwrap().status(), 401);
+    assert_eq!(marked(Some("wrong")).await.unwrap().status(), 401);
+    assert_eq!(marked(Some(TOKEN)).await.unwrap().status(), 200);
 }

@@ -59,7 +59,13 @@ pub async fn handle(
         // Answered where the request's payload is at hand (`request.rs`), never here.
         Route::Webhook(_) => Err(ClientError::NotFound.into()),
         Route::Admin(route) => {
-            Box::pin(super::admin::handle(state, route, who.unwrap_or("admin"))).await
+            Box::pin(super::admin::handle(
+                state,
+                route,
+                who.unwrap_or("admin"),
+                headers,
+            ))
+            .await
         }
         Route::Manifest { target, reference } => {
             manifest(state, headers, &target, &reference, head, origin).await

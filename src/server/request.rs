@@ -6,6 +6,7 @@ use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use super::admin::forward::FORWARDED_HEADER;
 use super::response::{self, Body};
 use super::sendfile::FileRanges;
 use super::state::{AppState, Client};
@@ -31,7 +32,15 @@ pub(super) async fn serve_request(
     let route = match route::parse(&method, &path, request.uri().query(), |name| {
         state.mirror.is_registry(name)
     }) {
-        Ok(route) if !client.surface.serves(&route) => Err(ClientError::NotFound),
+        // Another node passes refreshes and purges on to the address its `forward_to` names
+        // (the main port): they are taken there too, still for admin tokens only.
+        Ok(route)
+            if !(client.surface.serves(&route)
+                || matches!(route, route::Route::Admin(_))
+                    && request.headers().contains_key(FORWARDED_HEADER)) =>
+        {
+            Err(ClientError::NotFound)
+        }
         Ok(route) => {
             let authorization = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
             let peer = request.headers().get(PEER_HEADER).map(|v| v.as_bytes());

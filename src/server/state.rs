@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use super::admin::forward::Forwarder;
 use super::admin::AdminTokens;
 use super::webhooks::Webhooks;
 use super::{auth, rate, route};
@@ -38,6 +39,8 @@ pub struct Access {
     pub(super) admin: Option<Arc<AdminTokens>>,
     /// Who may call the webhooks; `None`: they are not served.
     pub(super) webhooks: Option<Arc<Webhooks>>,
+    /// Where refreshes and purges are passed on to (`[admin] forward_to`).
+    pub(super) forwarder: Option<Arc<Forwarder>>,
     /// Which repositories each authenticated client may pull.
     grants: auth::Grants,
     /// What a request that names no registry is for, for the grants.
@@ -58,6 +61,7 @@ impl Access {
             peers: peers.map(Arc::new),
             admin: None,
             webhooks: None,
+            forwarder: None,
             grants: auth::Grants::default(),
             default_upstream: String::new(),
         }
@@ -73,9 +77,15 @@ impl Access {
 
     /// Serves the admin API to the bearers of `tokens`, and the webhooks to the bearers of
     /// their secret.
-    pub fn with_admin(mut self, tokens: Option<AdminTokens>, webhooks: Option<Webhooks>) -> Access {
+    pub fn with_admin(
+        mut self,
+        tokens: Option<AdminTokens>,
+        webhooks: Option<Webhooks>,
+        forwarder: Option<Forwarder>,
+    ) -> Access {
         self.admin = tokens.map(Arc::new);
         self.webhooks = webhooks.map(Arc::new);
+        self.forwarder = forwarder.map(Arc::new);
         self
     }
 

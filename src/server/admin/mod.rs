@@ -1,11 +1,12 @@
 //! The admin API: refresh and purge, served where `/metrics` is, for admin tokens only. Every
 //! change is logged with the label of the token that asked for it.
 
+pub mod forward;
 mod images;
 mod tokens;
 
-use http::header::CONTENT_TYPE;
-use http::Response;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, Response};
 use serde_json::json;
 
 use super::response::{full, Body};
@@ -22,8 +23,10 @@ pub async fn handle(
     state: &AppState,
     route: AdminRoute,
     who: &str,
+    headers: &HeaderMap,
 ) -> Result<Response<Body>, Error> {
     let mirror = &state.mirror;
+    pass_on(state, &route, headers);
     let body = match route {
         AdminRoute::Refresh(image) => {
             let AdminImage {
@@ -83,4 +86,30 @@ pub async fn handle(
         .header(CONTENT_TYPE, "application/json")
         .body(full(body.to_string()))
         .expect("static headers"))
+}
+
+/// Passes a refresh or a purge on to the `forward_to` nodes with the admin token it came with,
+/// unless another node passed it here. Before it is carried out here: a node that does not
+/// hold what is named (a `404` here) may still be told.
+fn pass_on(state: &AppState, route: &AdminRoute, headers: &HeaderMap) {
+    let (Some(forwarder), Some(authorization)) = (
+        &state.access.forwarder,
+        headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()),
+    ) else {
+        return;
+    };
+    if headers.contains_key(forward::FORWARDED_HEADER) {
+        return;
+    }
+    let (action, image) = match route {
+        AdminRoute::Refresh(image) => ("refresh", image),
+        AdminRoute::Purge(image) => ("purge", image),
+        AdminRoute::Images(_) | AdminRoute::Sync => return,
+    };
+    forwarder.post(
+        &format!("admin/v1/{action}"),
+        &[("image", &image.to_string())],
+        authorization,
+        bytes::Bytes::new(),
+    );
 }

@@ -6,8 +6,6 @@
 
 pub mod payloads;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response};
@@ -15,8 +13,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use url::Url;
 
+use super::admin::forward::{Forwarder, FORWARDED_HEADER};
 use super::auth::Presented;
 use super::response::{full, Body};
 use super::route::WebhookRoute;
@@ -26,12 +24,8 @@ use crate::error::{ClientError, Error};
 use crate::secret::{self, SecretError};
 use payloads::{Pushed, WebhookKind};
 
-/// Marks a webhook one node passes on to another, so that it is passed on no further.
-pub const FORWARDED_HEADER: &str = "x-wharf-forwarded";
 /// The largest payload taken: registries send a few KiB.
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
-/// How long passing a webhook on may take.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookSetupError {
@@ -44,8 +38,7 @@ pub enum WebhookSetupError {
 /// The webhook secret, and where webhooks are passed on to.
 pub struct Webhooks {
     secret: String,
-    forward_to: Vec<Url>,
-    client: reqwest::Client,
+    forwarder: Forwarder,
 }
 
 impl Webhooks {
@@ -54,14 +47,9 @@ impl Webhooks {
         let Some(path) = &config.webhook_secret_file else {
             return Ok(None);
         };
-        let client = reqwest::Client::builder()
-            .timeout(FORWARD_TIMEOUT)
-            .build()
-            .map_err(WebhookSetupError::Client)?;
         Ok(Some(Webhooks {
             secret: secret::read("admin.webhook_secret_file", path)?,
-            forward_to: config.forward_to.clone(),
-            client,
+            forwarder: Forwarder::new(&config.forward_to).map_err(WebhookSetupError::Client)?,
         }))
     }
 
@@ -175,31 +163,12 @@ impl Webhooks {
     /// Passes the webhook on to every `forward_to` node, in the background, naming the
     /// upstream (each node names its upstreams alike).
     fn forward(&self, kind: WebhookKind, upstream: Option<String>, body: Bytes) {
-        for base in &self.forward_to {
-            let Ok(mut url) = base.join(&format!("admin/v1/webhooks/{}", kind.as_str())) else {
-                continue;
-            };
-            if let Some(upstream) = &upstream {
-                url.query_pairs_mut().append_pair("upstream", upstream);
-            }
-            let request = self
-                .client
-                .post(url.clone())
-                .bearer_auth(&self.secret)
-                .header(FORWARDED_HEADER, "1")
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.clone());
-            tokio::spawn(async move {
-                match request.send().await {
-                    Ok(r) if r.status().is_success() => {
-                        tracing::debug!(%url, "webhook passed on")
-                    }
-                    Ok(r) => {
-                        tracing::warn!(%url, status = r.status().as_u16(), "a node refused a webhook passed on")
-                    }
-                    Err(e) => tracing::warn!(%url, error = %e, "a webhook could not be passed on"),
-                }
-            });
-        }
+        let query: Vec<(&str, &str)> = upstream.iter().map(|u| ("upstream", u.as_str())).collect();
+        self.forwarder.post(
+            &format!("admin/v1/webhooks/{}", kind.as_str()),
+            &query,
+            &format!("Bearer {}", self.secret),
+            body,
+        );
     }
 }
