@@ -176,3 +176,33 @@ async fn an_https_upstream_is_checked_against_ca_file() {
         "the untrusting edge never got a byte"
     );
 }
+
+#[tokio::test]
+async fn the_operations_listener_serves_https_too_when_tls_is_set() {
+    let upstream = FakeRegistry::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let pki = issue("ops CA");
+    write_pair(certs.path(), &pki);
+    let cache = tempfile::tempdir().unwrap();
+    let port = crate::common::free_port();
+    let mut config = tls_config(&upstream, cache.path(), certs.path());
+    config.server.metrics_listen = Some(([127, 0, 0, 1], port).into());
+    let client = client_trusting(&pki, false);
+    let wharf = Wharf::start_https(config, cache, client.clone()).await;
+    let r = client
+        .get(format!("https://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("wharf_cache_size_bytes"));
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || plain.unwrap().status() == 400,
+        "no plain HTTP beside the certificate"
+    );
+    drop(wharf);
+}

@@ -45,8 +45,8 @@ pub struct ServerConfig {
     /// Serve HTTPS with this certificate instead of plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
-    /// Serve `/metrics` here (plain HTTP, with `/healthz` and `/readyz`) instead of on
-    /// `listen`, so the pull port can be exposed while metrics stay internal.
+    /// Serve `/metrics` and the admin API here (with `/healthz` and `/readyz`; HTTPS when `tls`
+    /// is set) instead of on `listen`, so the pull port can be exposed while they stay internal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
     /// Only clients from these networks may use the pull API and `/metrics` on `listen`

@@ -70,8 +70,9 @@ struct Accepting {
 
 /// Serves until `shutdown` resolves, then lets open connections finish for up to the grace
 /// period. With TLS, every connection to `listener` is HTTPS (HTTP/1.1 or HTTP/2 by ALPN), and
-/// the certificate is reloaded while serving. `operations`, if given, is a plain-HTTP listener
-/// for the operational endpoints, which `listener` then leaves out.
+/// the certificate is reloaded while serving. `operations`, if given, is a listener for the
+/// operational endpoints and the admin API, which `listener` then leaves out; it speaks HTTPS
+/// with the same certificate when TLS is set (the admin API carries tokens).
 pub async fn serve(
     listener: TcpListener,
     operations: Option<TcpListener>,
@@ -116,9 +117,16 @@ pub async fn serve(
         Some(_) => Surface::Pull,
         None => Surface::All,
     };
+    let operations_tls = tls.clone();
     let operations = async {
         if let Some(listener) = operations {
-            accept_loop(listener, Surface::Operations, None, accepting.clone()).await;
+            accept_loop(
+                listener,
+                Surface::Operations,
+                operations_tls,
+                accepting.clone(),
+            )
+            .await;
         }
     };
     tokio::join!(
