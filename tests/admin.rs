@@ -406,6 +406,14 @@ async fn the_images_view_shows_each_tag_on_disk_what_it_served_and_the_quota() {
     assert_eq!(first["quota"][0]["window_seconds"], 21600);
     let gets = upstream.count("GET", "/manifests/") as u64;
     assert_eq!(first["quota"][0]["remaining"].as_u64(), Some(100 - gets));
+    let remaining = wharf
+        .metric("wharf_upstream_quota_remaining", &["docker.io"])
+        .await;
+    assert_eq!(remaining, (100 - gets) as f64, "the gauge says the same");
+    let window = wharf
+        .metric("wharf_upstream_quota_window_seconds", &["docker.io"])
+        .await;
+    assert_eq!(window, 21600.0);
 
     let r = images(&wharf, "?n=1&last=docker.io%2Flibrary%2Fapp%3Amulti").await;
     assert!(r.headers().get("link").is_none(), "the last page");

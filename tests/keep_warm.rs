@@ -205,3 +205,35 @@ async fn a_pushed_tag_a_rule_covers_is_warmed_at_once_and_a_failing_upstream_bac
         "{rule}"
     );
 }
+
+#[tokio::test]
+async fn in_a_cluster_only_the_rules_owner_runs_it() {
+    use crate::common::cluster::{owners, start_cluster_with, NAMES};
+    let upstream = FakeRegistry::start().await;
+    let v1 = push_image(&upstream, "library/app", "v1", 1);
+    let cluster = start_cluster_with(&upstream, &NAMES, |c| {
+        c.sync = vec![rule(".*", Duration::from_secs(1), &[])];
+    })
+    .await;
+    let key = format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest("keep-warm\ndocker.io/library/app"))
+    );
+    let owner = owners(&NAMES, &key)[0];
+    let runs = ["docker.io/library/app", "ok"];
+    assert!(
+        cluster.nodes[owner]
+            .metric_reaches("wharf_keep_warm_runs_total", &runs, 2.0)
+            .await
+    );
+    assert!(all_cached(&cluster.nodes[owner], &blobs_of(&v1.1)).await);
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        if i != owner {
+            assert_eq!(
+                node.metric("wharf_keep_warm_runs_total", &runs).await,
+                0.0,
+                "node {i}"
+            );
+        }
+    }
+}
