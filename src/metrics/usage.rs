@@ -61,32 +61,34 @@ impl RepositoryUsage {
     }
 }
 
-/// The counts of every repository served since start, by upstream name, then repository:
-/// nested so a hit looks its counts up without building a key.
+/// The counts of every repository served since start, by upstream name and repository.
 #[derive(Debug, Default)]
 pub struct Usage {
-    repositories: RwLock<HashMap<String, HashMap<String, Arc<RepositoryUsage>>>>,
+    repositories: RwLock<HashMap<(String, String), Arc<RepositoryUsage>>>,
 }
 
 impl Usage {
     /// The counts of `upstream`'s `repo`, started if new (unless [`MAX_REPOSITORIES`] are).
     pub fn repository(&self, upstream: &str, repo: &str) -> Option<Arc<RepositoryUsage>> {
-        if let Some(found) = self.counted(upstream, repo) {
-            return Some(found);
+        let key = (upstream.to_owned(), repo.to_owned());
+        if let Some(found) = self.repositories.read().expect("usage lock").get(&key) {
+            return Some(found.clone());
         }
         let mut all = self.repositories.write().expect("usage lock");
-        let counted: usize = all.values().map(HashMap::len).sum();
-        let of_upstream = all.entry(upstream.to_owned()).or_default();
-        if !of_upstream.contains_key(repo) && counted >= MAX_REPOSITORIES {
+        if !all.contains_key(&key) && all.len() >= MAX_REPOSITORIES {
             return None;
         }
-        Some(of_upstream.entry(repo.to_owned()).or_default().clone())
+        Some(all.entry(key).or_default().clone())
     }
 
     /// The counts of `upstream`'s `repo`, without starting any.
     pub fn counted(&self, upstream: &str, repo: &str) -> Option<Arc<RepositoryUsage>> {
-        let all = self.repositories.read().expect("usage lock");
-        all.get(upstream)?.get(repo).cloned()
+        let key = (upstream.to_owned(), repo.to_owned());
+        self.repositories
+            .read()
+            .expect("usage lock")
+            .get(&key)
+            .cloned()
     }
 }
 
