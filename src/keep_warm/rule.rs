@@ -14,29 +14,10 @@ use crate::config::SyncConfig;
 use crate::error::Error;
 use crate::metrics::{CacheResult, Metrics};
 use crate::mirror::{BlobBytes, Mirror, Origin};
-use crate::oci::manifest::{Descriptor, ManifestDoc, ManifestError};
+use crate::oci::manifest::{Descriptor, ManifestDoc};
 use crate::oci::media::Accept;
 use crate::oci::{Digest, RawManifest, Reference, RepoName, Tag};
 use crate::warm::{image_blobs, Platforms};
-
-/// Why an image could not be warmed.
-#[derive(Debug, thiserror::Error)]
-enum ImageError {
-    #[error("{what}: {source}")]
-    Fetch {
-        what: String,
-        #[source]
-        source: Error,
-    },
-    #[error("manifest {digest}: {source}")]
-    Manifest {
-        digest: Digest,
-        #[source]
-        source: ManifestError,
-    },
-    #[error("{0}: an index inside an index")]
-    NestedIndex(Digest),
-}
 
 /// The most errors a run keeps for its report.
 const MAX_ERRORS: usize = 20;
@@ -302,7 +283,7 @@ impl Rule {
         metrics: &Metrics,
         manifest: &RawManifest,
         report: &mut RunReport,
-    ) -> Result<(), ImageError> {
+    ) -> Result<(), String> {
         let blobs = match parse(manifest)? {
             ManifestDoc::Image { config, layers } => image_blobs(config, layers),
             ManifestDoc::Index(entries) => {
@@ -320,16 +301,13 @@ impl Rule {
                             Origin::Client,
                         )
                         .await
-                        .map_err(|source| ImageError::Fetch {
-                            what: format!("manifest {}", entry.digest),
-                            source,
-                        })?;
+                        .map_err(|e| format!("manifest {}: {e}", entry.digest))?;
                     match parse(&child.manifest)? {
                         ManifestDoc::Image { config, layers } => {
                             blobs.extend(image_blobs(config, layers));
                         }
                         ManifestDoc::Index(_) => {
-                            return Err(ImageError::NestedIndex(entry.digest.clone()))
+                            return Err(format!("{}: an index inside an index", entry.digest))
                         }
                     }
                 }
@@ -371,11 +349,8 @@ impl Rule {
         &self,
         mirror: &Arc<Mirror>,
         blob: &Descriptor,
-    ) -> Result<Option<u64>, ImageError> {
-        let failed = |source: Error| ImageError::Fetch {
-            what: format!("blob {}", blob.digest),
-            source,
-        };
+    ) -> Result<Option<u64>, String> {
+        let failed = |e: Error| format!("blob {}: {e}", blob.digest);
         if let Some(budget) = &self.budget {
             budget.take(blob.size).await;
         }
@@ -404,11 +379,7 @@ impl Rule {
     }
 }
 
-fn parse(manifest: &RawManifest) -> Result<ManifestDoc, ImageError> {
-    ManifestDoc::parse(manifest.media_type_essence(), &manifest.body).map_err(|source| {
-        ImageError::Manifest {
-            digest: manifest.digest.clone(),
-            source,
-        }
-    })
+fn parse(manifest: &RawManifest) -> Result<ManifestDoc, String> {
+    ManifestDoc::parse(manifest.media_type_essence(), &manifest.body)
+        .map_err(|e| format!("manifest {}: {e}", manifest.digest))
 }
